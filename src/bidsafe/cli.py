@@ -1,0 +1,173 @@
+"""The `bidsafe` command: a thin front over the library, one subcommand per task.
+
+Each subcommand parses its arguments here (so names and flags stay stable in one place) and calls
+`cli_main(args) -> int` in the module that owns the task. Modules are imported lazily so that
+`bidsafe --help` is fast and one broken stage never breaks the others' commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from bidsafe import __version__
+from bidsafe.errors import BidsafeError
+
+Register = Callable[[argparse._SubParsersAction], None]
+
+
+def _demo_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo-data",
+        help="write realistic fake scanner exports (with fake personal data) for demos and tests",
+        description="Write deterministic, realistic raw MR scanner exports: T1w/T2w heads with a face, "
+        "BOLD, DWI, a field-map pair, a localizer and a burned-in screenshot per session, carrying fake "
+        "personal data wherever real exports carry it, plus junk files an inbox really receives.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the exports into (created)")
+    p.add_argument("--subjects", type=int, default=2, help="number of fake patients (default 2)")
+    p.add_argument("--sessions", type=int, default=1, help="sessions per patient (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--consent", metavar="FILE", help="also write a consent registry TSV for these patients")
+    p.add_argument("--demographics", metavar="FILE", help="also write a demographics TSV for these patients")
+    p.set_defaults(handler="bidsafe.demo:cli_main")
+
+
+def _ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="index an inbox of DICOM files by study (header-only), quarantining unreadable files",
+        description="Index every file under INBOX with header-only reads, group DICOM files by "
+        "StudyInstanceUID into sessions and write the private session index. The inbox is never modified.",
+    )
+    p.add_argument("inbox", metavar="INBOX")
+    p.add_argument("--index", required=True, metavar="FILE.tsv", help="session index to write (private)")
+    p.add_argument("--quarantine", required=True, metavar="FILE.tsv", help="quarantine report (private)")
+    p.set_defaults(handler="bidsafe.ingest:cli_main")
+
+
+def _deid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "deid",
+        help="de-identify every DICOM file under SRC into DST (PS3.15 Annex E rules)",
+        description="De-identify every DICOM file under SRC into DST with the rule set (PS3.15 Annex E "
+        "Basic Profile plus options). Output paths are built from de-identified values only. Exit 0 when "
+        "every file was processed or deliberately withheld, 1 when any failed, 2 for bad arguments.",
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--rules", metavar="FILE", help="rule set YAML (default: the shipped profile)")
+    p.add_argument("--key", metavar="FILE", help="secret key file (default: created in a private place)")
+    p.add_argument("--report", metavar="FILE.json", help="write the per-file report here")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    p.set_defaults(handler="bidsafe.deid.engine:cli_main")
+
+
+def _check_rules(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-rules",
+        help="check a de-identification rule file against PS3.15 Table E.1-1",
+        description="Check that every row of Table E.1-1 has an action no weaker than the Basic Profile "
+        "plus the options the file declares, and that every keep-list entry has a reason. Prints a "
+        "coverage table; exits non-zero on a gap.",
+    )
+    p.add_argument("file", metavar="FILE", nargs="?", help="rule file (default: the shipped profile)")
+    p.set_defaults(handler="bidsafe.deid.rules:cli_main")
+
+
+def _deface(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "deface",
+        help="remove the face from a structural NIfTI image (fails closed)",
+        description="Register pydeface's head template to the image, carry its face mask through the "
+        "same transform and zero the face. Exit 3 with no OUT written when a safety guard trips.",
+    )
+    p.add_argument("input", metavar="IN.nii.gz")
+    p.add_argument("output", metavar="OUT.nii.gz")
+    p.add_argument("--engine", choices=["auto", "builtin", "fsl"], default="auto")
+    p.add_argument("--qc", metavar="QC.png", help="write a before/after picture")
+    p.add_argument("--mask", metavar="MASK.nii.gz", help="write the removal mask")
+    p.set_defaults(handler="bidsafe.deface.engine:cli_main")
+
+
+def _validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="run the official BIDS validator and summarise its errors",
+        description="Run the schema-based BIDS validator on DIR and print a readable summary "
+        "(file, code, message). Exit 0 when valid (warnings allowed), 1 on errors.",
+    )
+    p.add_argument("bids_dir", metavar="DIR")
+    p.add_argument("--backend", choices=["deno", "node"], default="deno")
+    p.add_argument("--report", metavar="FILE.json", help="write the parsed result here")
+    p.set_defaults(handler="bidsafe.validate:cli_main")
+
+
+def _leak_scan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "leak-scan",
+        help="scan a dataset for any personal value found in the raw DICOM headers",
+        description="Harvest every personal value from the raw DICOM under --source and scan every file "
+        "(bytes, NIfTI headers, JSON/TSV text) and every path of DIR. Any hit fails, naming file and "
+        "field but never printing the value.",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--source", required=True, metavar="RAW_DIR")
+    p.add_argument("--report", metavar="FILE.json")
+    p.add_argument("--also", action="append", default=[], metavar="DIR", help="more folders (e.g. logs)")
+    p.set_defaults(handler="bidsafe.release.leakscan:cli_main")
+
+
+def _verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a published release against its MANIFEST.sha256",
+        description="Recompute every file's SHA-256 and compare with the release's manifest.",
+    )
+    p.add_argument("release", metavar="RELEASE")
+    p.set_defaults(handler="bidsafe.release.manifest:cli_main")
+
+
+COMMANDS: tuple[Register, ...] = (
+    _demo_data,
+    _ingest,
+    _deid,
+    _check_rules,
+    _deface,
+    _validate,
+    _leak_scan,
+    _verify,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bidsafe",
+        description="Turn raw MRI scanner DICOM sessions into a BIDS dataset that is safe to share. "
+        "The whole pipeline runs with `snakemake --cores N`; these subcommands are its parts.",
+    )
+    parser.add_argument("--version", action="version", version=f"bidsafe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except BidsafeError as exc:
+        print(f"bidsafe {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Exceptions shared by every stage: each names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BidsafeError(Exception):
+    """An expected failure with a message fit for a user (no personal data in it)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class ConfigError(BidsafeError):
+    """The configuration or the command line is wrong."""
+
+    exit_code = 2
+
+
+class GuardError(BidsafeError):
+    """A safety guard tripped: nothing was written (fail closed)."""
+
+    exit_code = 3
