@@ -1,0 +1,302 @@
+"""What counts as personal data: the one vocabulary used by de-identification, scrub and the leak scan.
+
+Harvest every personal value a raw DICOM file carries (names, IDs, dates, addresses, phone numbers,
+institutions, device identity, identifying free text, instance UIDs), then render each value the ways it
+shows up elsewhere (names in any order and case, dates in common formats, phone numbers as digits) so a
+scanner can find it and a cleaner can remove it. Values never leave the private area: nothing here prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+# Standard attributes whose values identify a person, a visit, a place or a device, by category.
+# PN attributes are harvested whatever their keyword (see `harvest_dataset`).
+IDENTITY_KEYWORDS: dict[str, str] = {
+    # who
+    "PatientID": "id",
+    "OtherPatientIDs": "id",
+    "IssuerOfPatientID": "id",
+    "PatientBirthName": "name",
+    "PatientMotherBirthName": "name",
+    "ResponsiblePerson": "name",
+    "ResponsibleOrganization": "institution",
+    "PatientInsurancePlanCodeSequence": "id",
+    "MedicalRecordLocator": "id",
+    "MilitaryRank": "free_text",
+    "BranchOfService": "free_text",
+    "Occupation": "free_text",
+    "CountryOfResidence": "address",
+    "RegionOfResidence": "address",
+    "PatientAddress": "address",
+    "PatientTelephoneNumbers": "phone",
+    "PatientTelecomInformation": "phone",
+    "PersonAddress": "address",
+    "PersonTelephoneNumbers": "phone",
+    "PersonTelecomInformation": "phone",
+    # when (dates that pin a person or a visit)
+    "PatientBirthDate": "date",
+    "PatientBirthTime": "time",
+    "StudyDate": "date",
+    "SeriesDate": "date",
+    "AcquisitionDate": "date",
+    "ContentDate": "date",
+    # visit and order identifiers
+    "AccessionNumber": "id",
+    "StudyID": "id",
+    "AdmissionID": "id",
+    "RequestedProcedureID": "id",
+    "ScheduledProcedureStepID": "id",
+    "PerformedProcedureStepID": "id",
+    "FillerOrderNumberImagingServiceRequest": "id",
+    "PlacerOrderNumberImagingServiceRequest": "id",
+    "ServiceEpisodeID": "id",
+    "VisitComments": "free_text",
+    # free text written about the patient
+    "PatientComments": "free_text",
+    "AdditionalPatientHistory": "free_text",
+    "MedicalAlerts": "free_text",
+    "Allergies": "free_text",
+    "PatientState": "free_text",
+    "ImageComments": "free_text",
+    "StudyComments": "free_text",
+    "InterpretationText": "free_text",
+    "ReasonForTheRequestedProcedure": "free_text",
+    "RequestedProcedureComments": "free_text",
+    # where
+    "InstitutionName": "institution",
+    "InstitutionAddress": "address",
+    "InstitutionalDepartmentName": "institution",
+    # device identity
+    "StationName": "device",
+    "DeviceSerialNumber": "device",
+    "DeviceUID": "uid",
+}
+
+# Instance UIDs are identifying too: an original UID found in a release links it back to the source archive.
+# Registered UIDs (SOP classes, transfer syntaxes) start with the DICOM root and are never personal.
+DICOM_ROOT_UID = "1.2.840.10008."
+
+# Needles shorter than this are not scanned for or cleaned: two letters match everywhere by chance.
+MIN_NEEDLE_LENGTH = 3
+
+_DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d %b %Y")
+_NON_ALNUM = re.compile(r"[^0-9A-Za-z]+")
+
+
+@dataclass(frozen=True, order=True)
+class PersonalValue:
+    """One personal value and where it was found (`field` is a keyword path, safe to print; `value` is not)."""
+
+    category: str
+    field: str
+    value: str
+
+    def renderings(self) -> set[str]:
+        """The forms in which this value may appear elsewhere, lower-cased, at least MIN_NEEDLE_LENGTH long."""
+        forms = _RENDERERS.get(self.category, _render_plain)(self.value)
+        return {f.lower() for f in forms if len(f.strip()) >= MIN_NEEDLE_LENGTH}
+
+
+def _render_plain(value: str) -> set[str]:
+    value = value.strip()
+    squashed = _NON_ALNUM.sub("", value)
+    return {value, squashed} if len(squashed) >= MIN_NEEDLE_LENGTH + 1 else {value}
+
+
+def _render_name(value: str) -> set[str]:
+    """A PN value: every given/family/middle component, and the common orderings and joinings."""
+    forms: set[str] = set()
+    for group in value.split("="):  # alphabetic, ideographic, phonetic groups
+        parts = group.split("^")
+        components = [c.strip() for c in parts[:3] if c.strip()]  # family, given, middle (not prefix/suffix)
+        words = [w for c in components for w in re.split(r"[\s,.'-]+", c) if w]
+        forms.update(words)
+        if len(components) >= 2:
+            family, given = components[0], components[1]
+            for a, b in ((family, given), (given, family)):
+                forms.update({f"{a} {b}", f"{a}{b}", f"{a}_{b}", f"{a}^{b}", f"{a}, {b}", f"{a}.{b}"})
+        if group.strip():
+            forms.add(group.strip())
+    return forms
+
+
+def _render_date(value: str) -> set[str]:
+    value = value.strip()
+    forms = {value}
+    parsed = _parse_date(value)
+    if parsed is not None:
+        forms.update(parsed.strftime(fmt) for fmt in _DATE_FORMATS)
+    return forms
+
+
+def _render_phone(value: str) -> set[str]:
+    forms = {value.strip()}
+    digits = re.sub(r"\D", "", value)
+    if len(digits) >= 6:
+        forms.add(digits)
+    return forms
+
+
+def _render_address(value: str) -> set[str]:
+    forms = {value.strip()}
+    for part in re.split(r"[\^,;\n]+", value):
+        part = part.strip()
+        if len(part) >= 5:
+            forms.add(part)
+    return forms
+
+
+_RENDERERS = {
+    "name": _render_name,
+    "date": _render_date,
+    "phone": _render_phone,
+    "address": _render_address,
+}
+
+
+def _parse_date(value: str) -> date | None:
+    digits = value.strip()[:8]
+    try:
+        return datetime.strptime(digits, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _values_of(element_value: object) -> Iterator[str]:
+    """Plain strings of an element's value (multi-valued elements give one string each)."""
+    if element_value is None:
+        return
+    if isinstance(element_value, (list, tuple, pydicom.multival.MultiValue)):
+        for item in element_value:
+            yield from _values_of(item)
+        return
+    text = str(element_value).strip()
+    if text:
+        yield text
+
+
+def harvest_dataset(ds: Dataset, prefix: str = "") -> set[PersonalValue]:
+    """Every personal value in `ds`, at every nesting level, including identity text in private elements."""
+    found: set[PersonalValue] = set()
+    _harvest_into(ds, prefix, found)
+    return found
+
+
+def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
+    for elem in ds:
+        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        path = f"{prefix}{name}"
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _harvest_into(item, f"{path}>", found)
+            continue
+        if elem.VR == "PN":
+            category = "name"
+        elif elem.keyword in IDENTITY_KEYWORDS:
+            category = IDENTITY_KEYWORDS[elem.keyword]
+        elif elem.VR == "UI" and not elem.tag.is_private:
+            category = "uid"
+        else:
+            continue
+        for text in _values_of(elem.value):
+            if category == "uid" and text.startswith(DICOM_ROOT_UID):
+                continue
+            if category == "time":
+                continue  # a time of day alone identifies no one; kept for completeness of the vocabulary
+            found.add(PersonalValue(category, path, text))
+
+
+class PersonalValues:
+    """A set of harvested values with the needles to scan for and a cleaner for free text."""
+
+    def __init__(self, values: Iterable[PersonalValue] = ()) -> None:
+        self.values: set[PersonalValue] = set(values)
+        self._pattern: re.Pattern[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[PersonalValue]:
+        return iter(sorted(self.values))
+
+    def update(self, values: Iterable[PersonalValue]) -> None:
+        self.values.update(values)
+        self._pattern = None
+
+    def needles(self, categories: Iterable[str] | None = None) -> dict[str, PersonalValue]:
+        """Lower-cased renderings -> the value they come from (first by sort order wins)."""
+        wanted = set(categories) if categories is not None else None
+        out: dict[str, PersonalValue] = {}
+        for value in sorted(self.values):
+            if wanted is not None and value.category not in wanted:
+                continue
+            for form in value.renderings():
+                out.setdefault(form, value)
+        return out
+
+    def _compiled(self) -> re.Pattern[str]:
+        if self._pattern is None:
+            forms = sorted(self.needles(), key=len, reverse=True)
+            if not forms:
+                self._pattern = re.compile(r"(?!x)x")  # matches nothing
+            else:
+                alternatives = "|".join(re.escape(f) for f in forms)
+                # Letters may not continue a match on either side: "Lee" is cleaned from "Lee^Ann" but not
+                # from "asleep"; digits are bounded the same way so an ID is not found inside a longer number.
+                self._pattern = re.compile(rf"(?<![0-9A-Za-z])(?:{alternatives})(?![0-9A-Za-z])", re.IGNORECASE)
+        return self._pattern
+
+    def find(self, text: str) -> list[PersonalValue]:
+        """The values whose renderings occur in `text` (word-bounded, case-insensitive)."""
+        needles = self.needles()
+        return sorted({needles[m.group(0).lower()] for m in self._compiled().finditer(text)})
+
+    def redact(self, text: str, replacement: str = "") -> str:
+        """`text` with every rendering of every value removed (then separators tidied)."""
+        cleaned = self._compiled().sub(replacement, text)
+        if cleaned == text:
+            return text
+        cleaned = re.sub(r"([\s_^,;:-])\1+", r"\1", cleaned)
+        return cleaned.strip(" _^,;:-")
+
+    def to_json(self) -> str:
+        rows = [{"category": v.category, "field": v.field, "value": v.value} for v in sorted(self.values)]
+        return json.dumps(rows, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> PersonalValues:
+        return cls(PersonalValue(r["category"], r["field"], r["value"]) for r in json.loads(text))
+
+
+def harvest_files(paths: Iterable[str | Path]) -> PersonalValues:
+    """Harvest every readable DICOM file (header only); unreadable files are skipped (ingest reports them)."""
+    values = PersonalValues()
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
+            continue
+        values.update(harvest_dataset(ds))
+        values.update(harvest_dataset(ds.file_meta, prefix="meta>") if ds.file_meta else ())
+    return values
+
+
+def save_values(values: PersonalValues, path: str | Path) -> Path:
+    """Store harvested values in the private area (0600)."""
+    from bidsafe.private import private_write_text
+
+    return private_write_text(path, values.to_json())
+
+
+def load_values(path: str | Path) -> PersonalValues:
+    return PersonalValues.from_json(Path(path).read_text(encoding="utf-8"))
