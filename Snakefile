@@ -1,0 +1,26 @@
+# bidsafe: raw MRI DICOM sessions -> a de-identified, defaced, validated BIDS release.
+# A table of contents only: the stages live in workflow/rules/, the logic in src/bidsafe/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/pseudonymise.smk"
+include: "workflow/rules/deid.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/scrub.smk"
+include: "workflow/rules/deface.smk"
+include: "workflow/rules/qc.smk"
+include: "workflow/rules/release.smk"
+
+
+rule all:
+    input:
+        published_target(),
+        report_target(),
+    default_target: True

@@ -1,0 +1,191 @@
+"""One function per pipeline stage: what a Snakemake job does, given its paths.
+
+The workflow scripts only unpack the `snakemake` object and call these, so every stage can be run and tested
+without Snakemake. Each function takes paths and plain values and returns what it decided.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bidsafe.errors import BidsafeError, GuardError
+from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("bidsafe")
+
+WITHHELD = "withheld"
+INCLUDED = "included"
+
+
+def read_file_list(files_txt: Path) -> list[str]:
+    """The inbox-relative paths of one session, as written by the pseudonymise stage."""
+    return [line for line in Path(files_txt).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def deid_session(
+    *,
+    files_txt: Path,
+    inbox: Path,
+    out_dir: Path,
+    values_json: Path,
+    report_json: Path,
+    rules_path: Path,
+    key_path: Path,
+    subject: str,
+    jobs: int = 1,
+) -> dict[str, int]:
+    """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private."""
+    from bidsafe.deid.engine import deidentify_tree, write_report
+    from bidsafe.deid.rules import load_rules
+    from bidsafe.keys import load_key
+    from bidsafe.phi import save_values
+
+    key = load_key(key_path)  # created by the pseudonymise stage; never silently replaced here
+    rules = load_rules(Path(rules_path))
+    files = [Path(inbox) / rel for rel in read_file_list(files_txt)]
+    with atomic_dir(out_dir) as tmp:
+        report = deidentify_tree(Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject)
+    write_report(report, report_json)
+    save_values(report.personal_values, values_json)
+    counts = dict(report.counts)
+    log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return counts
+
+
+def deface_stage(
+    *,
+    in_dir: Path,
+    out_bids: Path,
+    status_json: Path,
+    records_json: Path,
+    pictures_dir: Path,
+    suffixes: Sequence[str],
+    engine: str = "auto",
+) -> dict[str, object]:
+    """Deface every anat image of a session; a tripped guard withholds the session instead of failing the run."""
+    from bidsafe.deface.engine import deface_session
+
+    pictures_dir = Path(pictures_dir)
+    pictures_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        records = deface_session(
+            Path(in_dir), Path(out_bids), list(suffixes), Path(records_json), pictures_dir, engine=engine
+        )
+    except GuardError as exc:
+        Path(out_bids).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(records_json, [])
+        status = {"status": WITHHELD, "reason": f"deface guard: {exc}"}
+        log.warning("session withheld: %s", status["reason"])
+    else:
+        status = {"status": INCLUDED, "images": len(records)}
+    atomic_write_json(status_json, status)
+    return status
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    subject: str
+    session: str
+
+
+def session_from_path(path: Path) -> SessionRef:
+    """`.../sub-S/ses-T[/...]` -> SessionRef(S, T)."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith("sub-") and parts[i + 1].startswith("ses-"):
+            return SessionRef(part[4:], parts[i + 1][4:])
+    raise BidsafeError("path does not name a sub-/ses- pair", path)
+
+
+def sessions_passing_deface(status_files: Sequence[Path]) -> tuple[list[SessionRef], list[tuple[SessionRef, str]]]:
+    """Split sessions by their deface status: (included, [(withheld, reason)])."""
+    included: list[SessionRef] = []
+    withheld: list[tuple[SessionRef, str]] = []
+    for status_file in status_files:
+        ref = session_from_path(Path(status_file))
+        status = json.loads(Path(status_file).read_text(encoding="utf-8"))
+        if status.get("status") == INCLUDED:
+            included.append(ref)
+        else:
+            withheld.append((ref, str(status.get("reason", "withheld"))))
+    return included, withheld
+
+
+def write_included(path: Path, included: Sequence[SessionRef], withheld: Sequence[tuple[SessionRef, str]]) -> None:
+    rows = ["subject\tsession\tstatus\treason"]
+    rows += [f"{r.subject}\t{r.session}\t{INCLUDED}\t" for r in included]
+    rows += [f"{r.subject}\t{r.session}\t{WITHHELD}\t{reason}" for r, reason in withheld]
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def read_included(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of bidsafe and the tools it drives, for GeneratedBy and SHAREABLE.json."""
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bidsafe import __version__
+
+    versions = {"bidsafe": __version__}
+    for package in ("pydicom", "nibabel", "dcm2bids", "dcm2niix", "SimpleITK", "pydeface", "bids-validator-deno"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    dcm2niix = Path(sys.executable).parent / "dcm2niix"
+    if dcm2niix.exists():
+        out = subprocess.run([str(dcm2niix), "--version"], capture_output=True, text=True, check=False)
+        text = (out.stdout + out.stderr).strip().splitlines()
+        if text:
+            versions["dcm2niix"] = text[-1].strip()
+    return versions
+
+
+def load_release_config(release: Mapping[str, object] | None) -> dict[str, object]:
+    return dict(release or {})
+
+
+def assemble_stage(
+    *,
+    staging: Path,
+    included_tsv: Path,
+    deface_status: Sequence[Path],
+    qc_dirs: Sequence[Path],
+    participants_dir: Path,
+    release_config: Mapping[str, object],
+    rules_path: Path,
+) -> list[SessionRef]:
+    """Assemble the staging release from every session that passed deface (the defaced tree sits beside its
+    status file); sessions withheld by a guard are listed with their reason."""
+    from bidsafe.deid.rules import load_rules
+    from bidsafe.release.assemble import SessionInput, assemble_release
+
+    included, withheld = sessions_passing_deface(deface_status)
+    for ref, reason in withheld:
+        log.warning("sub-%s ses-%s withheld: %s", ref.subject, ref.session, reason)
+    sessions = [SessionInput(r.subject, r.session, Path(s).parent / "bids") for r, s in _with_status(included, deface_status)]
+    wanted = {(r.subject, r.session) for r in included}
+    qc = [p for p in qc_dirs if (session_from_path(Path(p) / "x").subject, session_from_path(Path(p) / "x").session) in wanted]
+    config = {**release_config, "profile": load_rules(Path(rules_path)).profile}
+    assemble_release(
+        Path(staging), sessions=sessions, participants_dir=Path(participants_dir), qc_dirs=qc,
+        config=config, versions=tool_versions(),
+    )
+    write_included(included_tsv, included, withheld)
+    log.info("assembled %d sessions, %d withheld", len(included), len(withheld))
+    return included
+
+
+def _with_status(refs: Sequence[SessionRef], status_files: Sequence[Path]) -> list[tuple[SessionRef, Path]]:
+    by_ref = {session_from_path(Path(p)): Path(p) for p in status_files}
+    return [(r, by_ref[r]) for r in refs]

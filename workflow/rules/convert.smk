@@ -1,0 +1,23 @@
+rule convert:
+    input:
+        dicom=rules.deid.output.dicom,
+    output:
+        bids=directory(WORK / "convert" / SESSION),
+    params:
+        config=config["dcm2bids"]["config"],
+        private_logs=PRIVATE / "dcm2bids" / SESSION,
+    log:
+        LOGS / "convert" / "sub-{subject}_ses-{session}.log",
+    resources:
+        mem_mb=2000,
+    threads: 1
+    conda:
+        "../../envs/dicom.yaml"
+    script:
+        "../scripts/convert.py"
+
+
+rule converted:
+    """Partial target: every included session converted to BIDS (for debugging a dcm2bids mapping)."""
+    input:
+        converted_target(),

@@ -1,0 +1,20 @@
+rule deface:
+    input:
+        bids=rules.scrub.output.bids,
+    output:
+        bids=directory(WORK / "deface" / SESSION / "bids"),
+        status=WORK / "deface" / SESSION / "status.json",
+        records=WORK / "deface" / SESSION / "records.json",
+        pictures=directory(WORK / "deface" / SESSION / "qc"),
+    params:
+        engine=config["deface"]["engine"],
+        suffixes=config["deface"]["suffixes"],
+    log:
+        LOGS / "deface" / "sub-{subject}_ses-{session}.log",
+    resources:
+        mem_mb=3000,
+    threads: config["deface"]["threads"]
+    conda:
+        "../../envs/deface.yaml"
+    script:
+        "../scripts/deface.py"

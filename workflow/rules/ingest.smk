@@ -1,0 +1,16 @@
+rule ingest:
+    output:
+        index=PRIVATE / "ingest" / "index.tsv",
+        quarantine=PRIVATE / "ingest" / "quarantine.tsv",
+    params:
+        inbox=INBOX,
+        fingerprint=inbox_fingerprint(),
+    log:
+        LOGS / "ingest" / "ingest.log",
+    resources:
+        mem_mb=1000,
+    threads: 1
+    conda:
+        "../../envs/dicom.yaml"
+    script:
+        "../scripts/ingest.py"

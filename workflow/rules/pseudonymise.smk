@@ -1,0 +1,21 @@
+checkpoint pseudonymise:
+    input:
+        index=rules.ingest.output.index,
+        consent=optional_input("consent"),
+        demographics=optional_input("demographics"),
+    output:
+        sessions=PRIVATE / "pseudonymise" / "sessions.tsv",
+        participants=directory(WORK / "pseudonymise"),
+    params:
+        inbox=INBOX,
+        private_dir=PRIVATE,
+        settings={k: config.get(k) for k in ("consent", "demographics", "pseudonyms", "release", "participants")},
+    log:
+        LOGS / "pseudonymise" / "pseudonymise.log",
+    resources:
+        mem_mb=1000,
+    threads: 1
+    conda:
+        "../../envs/dicom.yaml"
+    script:
+        "../scripts/pseudonymise.py"

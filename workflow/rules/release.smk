@@ -1,0 +1,148 @@
+# assemble -> four independent gates -> publish; plus the HTML report beside the release.
+
+
+rule assemble:
+    input:
+        deface_status=per_included_session(str(WORK / "deface" / SESSION / "status.json")),
+        deface_bids=per_included_session(str(WORK / "deface" / SESSION / "bids")),
+        qc=per_included_session(str(WORK / "qc" / SESSION)),
+        participants=WORK / "pseudonymise",
+    output:
+        staging=directory(WORK / "staging" / "release"),
+        included=WORK / "staging" / "included.tsv",
+    params:
+        release_dir=RELEASE,
+        release=config.get("release", {}),
+        rules=config["deid"]["rules"],
+    log:
+        LOGS / "release" / "assemble.log",
+    resources:
+        mem_mb=1000,
+    threads: 1
+    conda:
+        "../../envs/release.yaml"
+    script:
+        "../scripts/assemble.py"
+
+
+rule gate_validator:
+    input:
+        staging=rules.assemble.output.staging,
+    output:
+        report=WORK / "gates" / "validator.json",
+    params:
+        backend=config["validator"]["backend"],
+    log:
+        LOGS / "gates" / "validator.log",
+    resources:
+        mem_mb=2000,
+    threads: 1
+    conda:
+        "../../envs/validator.yaml"
+    script:
+        "../scripts/gate_validator.py"
+
+
+rule gate_leak_scan:
+    input:
+        staging=rules.assemble.output.staging,
+        index=rules.ingest.output.index,
+    output:
+        report=WORK / "gates" / "leak_scan.json",
+    params:
+        inbox=INBOX,
+        logs=LOGS,
+        values=PRIVATE / "leakscan" / "values.json",
+    log:
+        LOGS / "gates" / "leak_scan.log",
+    resources:
+        mem_mb=2000,
+    threads: 1
+    conda:
+        "../../envs/release.yaml"
+    script:
+        "../scripts/gate_leak_scan.py"
+
+
+rule gate_deface:
+    input:
+        staging=rules.assemble.output.staging,
+        included=rules.assemble.output.included,
+    output:
+        report=WORK / "gates" / "deface.json",
+    params:
+        deface_dir=WORK / "deface",
+        suffixes=config["deface"]["suffixes"],
+    log:
+        LOGS / "gates" / "deface.log",
+    resources:
+        mem_mb=1000,
+    threads: 1
+    conda:
+        "../../envs/release.yaml"
+    script:
+        "../scripts/gate_deface.py"
+
+
+rule gate_consent:
+    input:
+        staging=rules.assemble.output.staging,
+        sessions=PRIVATE / "pseudonymise" / "sessions.tsv",
+    output:
+        report=WORK / "gates" / "consent.json",
+    log:
+        LOGS / "gates" / "consent.log",
+    resources:
+        mem_mb=500,
+    threads: 1
+    conda:
+        "../../envs/release.yaml"
+    script:
+        "../scripts/gate_consent.py"
+
+
+rule publish:
+    input:
+        staging=rules.assemble.output.staging,
+        gates=[
+            rules.gate_validator.output.report,
+            rules.gate_leak_scan.output.report,
+            rules.gate_deface.output.report,
+            rules.gate_consent.output.report,
+        ],
+    output:
+        published=WORK / "publish" / "published.json",
+    params:
+        release_dir=RELEASE,
+        rules=config["deid"]["rules"],
+    log:
+        LOGS / "release" / "publish.log",
+    resources:
+        mem_mb=500,
+    threads: 1
+    conda:
+        "../../envs/release.yaml"
+    script:
+        "../scripts/publish.py"
+
+
+rule report:
+    input:
+        summary=WORK / "pseudonymise",
+        included=rules.assemble.output.included,
+        gates=rules.publish.input.gates,
+        qc=per_included_session(str(WORK / "qc" / SESSION)),
+        pictures=per_included_session(str(WORK / "deface" / SESSION / "qc")),
+    output:
+        html=WORK / "report" / "bidsafe-report.html",
+    params:
+        deface_dir=WORK / "deface",
+    log:
+        LOGS / "release" / "report.log",
+    resources:
+        mem_mb=1000,
+    threads: 1
+    conda:
+        "../../envs/release.yaml"
+    script:
+        "../scripts/report.py"

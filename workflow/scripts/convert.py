@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from bidsafe.convert import convert_session
+from bidsafe.runlog import log_to
+
+with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
+    images = convert_session(
+        Path(snakemake.input.dicom),  # noqa: F821
+        Path(snakemake.output.bids),  # noqa: F821
+        snakemake.wildcards.subject,  # noqa: F821
+        snakemake.wildcards.session,  # noqa: F821
+        config=Path(snakemake.params.config),  # noqa: F821
+        log_dir=Path(snakemake.params.private_logs),  # noqa: F821
+    )
+    log.info("converted %d images", len(images))

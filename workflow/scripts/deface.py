@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from bidsafe.runlog import log_to
+from bidsafe.stages import deface_stage
+
+with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
+    status = deface_stage(
+        in_dir=Path(snakemake.input.bids),  # noqa: F821
+        out_bids=Path(snakemake.output.bids),  # noqa: F821
+        status_json=Path(snakemake.output.status),  # noqa: F821
+        records_json=Path(snakemake.output.records),  # noqa: F821
+        pictures_dir=Path(snakemake.output.pictures),  # noqa: F821
+        suffixes=snakemake.params.suffixes,  # noqa: F821
+        engine=snakemake.params.engine,  # noqa: F821
+    )
+    log.info("deface: %s", status)

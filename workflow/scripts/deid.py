@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from bidsafe.runlog import log_to
+from bidsafe.stages import deid_session
+
+with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+    deid_session(
+        files_txt=Path(snakemake.input.files),  # noqa: F821
+        inbox=Path(snakemake.params.inbox),  # noqa: F821
+        out_dir=Path(snakemake.output.dicom),  # noqa: F821
+        values_json=Path(snakemake.output.values),  # noqa: F821
+        report_json=Path(snakemake.output.report),  # noqa: F821
+        rules_path=Path(snakemake.params.rules),  # noqa: F821
+        key_path=Path(snakemake.params.key),  # noqa: F821
+        subject=snakemake.wildcards.subject,  # noqa: F821
+        jobs=snakemake.threads,  # noqa: F821
+    )

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from bidsafe.phi import load_values
+from bidsafe.runlog import log_to
+from bidsafe.scrub import scrub_session
+
+with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
+    report = scrub_session(
+        Path(snakemake.input.bids),  # noqa: F821
+        Path(snakemake.output.bids),  # noqa: F821
+        values=load_values(snakemake.input.values),  # noqa: F821
+        deid_dir=Path(snakemake.input.dicom),  # noqa: F821
+        allowlist=Path(snakemake.params.allowlist),  # noqa: F821
+    )
+    log.info("scrub: %s", report)
