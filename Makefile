@@ -18,17 +18,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/snakemake --version
 	touch $(STAMP)
 
-demo: setup
-	$(BIN)/bidsafe demo-data $(DEMO_DIR)/inbox --subjects 4 --sessions 2 --seed 1
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
-	@$(BIN)/bidsafe where --configfile config/demo.yaml
+demo: setup $(DEMO_DIR)/.inbox-written
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
+	@echo
+	@echo "Release (BIDS, validated, manifested): $(CURDIR)/$(DEMO_DIR)/release/latest"
+	@echo "Report (per-session status, gates, QC, deface pictures): $(CURDIR)/$(DEMO_DIR)/work/report/bidsafe-report.html"
+
+# Demo scanner exports with fake personal data, plus the research team's consent registry and demographics.
+$(DEMO_DIR)/.inbox-written: | setup
+	$(BIN)/bidsafe demo-data $(DEMO_DIR)/inbox --subjects 4 --sessions 2 --seed 1 \
+		--consent $(DEMO_DIR)/consent.tsv --demographics $(DEMO_DIR)/demographics.tsv
+	touch $@
 
 test: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint --configfile config/demo.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
