@@ -20,6 +20,19 @@ ensure_private_dir(PRIVATE)
 SESSION = "sub-{subject}/ses-{session}"
 
 
+def shipped(path):
+    """A configured file: as given if it exists (relative to the run folder), else from this repository."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(workflow.basedir) / path
+
+
+DEID_RULES = shipped(config["deid"]["rules"])
+DCM2BIDS_CONFIG = shipped(config["dcm2bids"]["config"])
+SIDECAR_ALLOWLIST = shipped(config["scrub"]["allowlist"])
+
+
 wildcard_constraints:
     subject="[A-Za-z0-9]+",
     session="[A-Za-z0-9]+",

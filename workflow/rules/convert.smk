@@ -4,7 +4,7 @@ rule convert:
     output:
         bids=directory(WORK / "convert" / SESSION),
     params:
-        config=config["dcm2bids"]["config"],
+        config=DCM2BIDS_CONFIG,
         private_logs=PRIVATE / "dcm2bids" / SESSION,
     log:
         LOGS / "convert" / "sub-{subject}_ses-{session}.log",

@@ -7,7 +7,7 @@ rule deid:
         report=PRIVATE / "deid" / "sub-{subject}_ses-{session}.json",
     params:
         inbox=INBOX,
-        rules=config["deid"]["rules"],
+        rules=DEID_RULES,
         key=PRIVATE / "secret.key",
     log:
         LOGS / "deid" / "sub-{subject}_ses-{session}.log",

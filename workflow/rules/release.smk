@@ -13,7 +13,7 @@ rule assemble:
     params:
         release_dir=RELEASE,
         release=config.get("release", {}),
-        rules=config["deid"]["rules"],
+        rules=DEID_RULES,
     log:
         LOGS / "release" / "assemble.log",
     resources:
@@ -114,7 +114,7 @@ rule publish:
         published=WORK / "publish" / "published.json",
     params:
         release_dir=RELEASE,
-        rules=config["deid"]["rules"],
+        rules=DEID_RULES,
     log:
         LOGS / "release" / "publish.log",
     resources:

@@ -6,7 +6,7 @@ rule scrub:
     output:
         bids=directory(WORK / "scrub" / SESSION),
     params:
-        allowlist=config["scrub"]["allowlist"],
+        allowlist=SIDECAR_ALLOWLIST,
     log:
         LOGS / "scrub" / "sub-{subject}_ses-{session}.log",
     resources:
