@@ -45,6 +45,12 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inbox", metavar="INBOX")
     p.add_argument("--index", required=True, metavar="FILE.tsv", help="session index to write (private)")
     p.add_argument("--quarantine", required=True, metavar="FILE.tsv", help="quarantine report (private)")
+    p.add_argument(
+        "--cache",
+        metavar="FILE.tsv",
+        help="previous index (private): unchanged files (same path, size, mtime) are not re-read; "
+        "refreshed with the new index afterwards",
+    )
     p.set_defaults(handler="bidsafe.ingest:cli_main")
 
 

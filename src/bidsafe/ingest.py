@@ -1,0 +1,562 @@
+"""Ingest: index an inbox of raw DICOM files by study, header-only, and quarantine what cannot be used.
+
+The inbox is read, never written. Every regular file under it ends up in exactly one of two private
+reports (both may name patients through folder names and PatientID, so both live in `private_dir`):
+
+- the **index** (one row per readable DICOM image file: where it is, its stat, and the UIDs that group it
+  into sessions = studies and series), and
+- the **quarantine** report (one row per file that is not usable image DICOM, with a reason that never
+  contains a value read from the file, attributed to a session when its folder makes that unambiguous).
+
+Reads are header-only (`stop_before_pixels` plus a handful of tags); a file whose declared pixel data runs
+past its end is caught by comparing the element's offset and length with the file size, which costs one
+extra 12-byte read. With a cache (a previous index), files whose (relpath, size, mtime_ns) did not change
+are not opened at all, so re-indexing a large inbox costs one stat() per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import logging
+import os
+import stat
+import struct
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.private import private_write_bytes
+
+log = logging.getLogger(__name__)
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+# The header attributes the index keeps. PatientID is personal data: it is here so the pseudonymise stage
+# can link sessions of one person; the index therefore lives in the private area only.
+HEADER_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesNumber",
+    "Modality",
+    "SOPClassUID",
+)
+
+REASON_NOT_DICOM = "not DICOM"
+REASON_NO_FILE_META = "not DICOM: no DICOM file header (raw data set without 'DICM' prefix; re-export as DICOM)"
+REASON_EMPTY = "empty file"
+REASON_DICOMDIR = "DICOMDIR (index file, no images)"
+REASON_NO_STUDY = "no StudyInstanceUID"
+REASON_NO_SERIES = "no SeriesInstanceUID"
+REASON_NO_SOP = "no SOPInstanceUID"
+REASON_NON_IMAGE = "no pixel data (non-image DICOM object)"
+REASON_DUPLICATE = "duplicate SOPInstanceUID (the same image is indexed from another file)"
+REASON_TRUNCATED = "truncated/unreadable"
+REASON_SYMLINK_OUT = "symbolic link out of the inbox (not followed)"
+REASON_SYMLINK_DIR = "symbolic link to a folder (not followed)"
+REASON_SYMLINK_BROKEN = "broken symbolic link"
+REASON_SPECIAL = "not a regular file"
+
+# Pixel data elements that end a header-only read, and value representations with a 4-byte length.
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_ITEM_TAG = 0xFFFEE000
+_SEQ_DELIMITER_TAG = 0xFFFEE0DD
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+# Index files may hold paths that are not valid UTF-8 (exports from old systems); keep their bytes intact.
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One readable DICOM image file of the inbox (relpath is relative to the inbox, '/'-separated)."""
+
+    relpath: str
+    size: int
+    mtime_ns: int
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    patient_id: str
+    study_date: str
+    study_time: str
+    series_number: str
+    modality: str
+    sop_class_uid: str
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.study_uid, self.series_uid, self.relpath)
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """One file that is not usable image DICOM; study_uid is empty when no session can be attributed."""
+
+    relpath: str
+    study_uid: str
+    reason: str
+
+
+INDEX_COLUMNS = tuple(f.name for f in fields(IndexRow))
+QUARANTINE_COLUMNS = tuple(f.name for f in fields(QuarantineRow))
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """Counts only, so it can be printed and logged: no paths, names or UIDs."""
+
+    files: int
+    dicom: int
+    quarantined: int
+    studies: int
+    series: int = 0
+    reused: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.files} files: {self.dicom} DICOM images in {self.studies} studies "
+            f"({self.series} series), {self.quarantined} quarantined; "
+            f"{self.reused} unchanged files reused from the cache"
+        )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A file found by the walk: where to read it, its stat, or why it is not read at all."""
+
+    relpath: str
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+    skip_reason: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- walk
+
+
+def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
+    """Yield every file under `inbox`, depth first, without following symlinks out of it.
+
+    Folders reached through a symlink are never entered (that is how trees escape or loop); a symlink to a
+    file inside the inbox is read like the file it points to. Special files (FIFOs, sockets, devices) are
+    reported, never opened: reading a FIFO would block forever.
+    """
+    root = inbox.resolve()
+    if not root.is_dir():
+        raise BidsafeError("inbox is not a folder", inbox)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield _Entry(_relpath(folder, root), str(folder), skip_reason=f"unreadable folder: {exc.strerror}")
+            continue
+        subfolders = []
+        for entry in entries:
+            relpath = _relpath(Path(entry.path), root)
+            try:
+                if entry.is_symlink():
+                    yield _symlink_entry(entry, relpath, root)
+                elif entry.is_dir(follow_symlinks=False):
+                    subfolders.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    yield _Entry(relpath, entry.path, st.st_size, st.st_mtime_ns)
+                else:
+                    yield _Entry(relpath, entry.path, skip_reason=REASON_SPECIAL)
+            except OSError as exc:  # vanished or unreadable between listing and stat
+                yield _Entry(relpath, entry.path, skip_reason=f"{REASON_TRUNCATED}: {exc.strerror}")
+        stack.extend(reversed(subfolders))
+
+
+def _symlink_entry(entry: os.DirEntry, relpath: str, root: Path) -> _Entry:
+    target = Path(entry.path).resolve()
+    if not target.exists():
+        return _Entry(relpath, entry.path, skip_reason=REASON_SYMLINK_BROKEN)
+    if not target.is_relative_to(root):
+        return _Entry(relpath, entry.path, skip_reason=REASON_SYMLINK_OUT)
+    if target.is_dir():
+        return _Entry(relpath, entry.path, skip_reason=REASON_SYMLINK_DIR)
+    st = target.stat()
+    if not stat.S_ISREG(st.st_mode):
+        return _Entry(relpath, entry.path, skip_reason=REASON_SPECIAL)
+    return _Entry(relpath, str(target), st.st_size, st.st_mtime_ns)
+
+
+def _relpath(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def inbox_fingerprint(inbox: Path) -> str:
+    """A cheap hash of every file's (relpath, size, mtime_ns), from stat() only.
+
+    Passed to Snakemake as a rule parameter so that ingest re-runs whenever a file is added, removed or
+    replaced in the inbox. The hash hides the paths (they may name patients).
+    """
+    digest = hashlib.sha256()
+    for entry in sorted(_walk_inbox(Path(inbox)), key=lambda e: e.relpath):
+        line = f"{entry.relpath}\t{entry.size}\t{entry.mtime_ns}\t{entry.skip_reason}\n"
+        digest.update(line.encode(_ENCODING, _ERRORS))
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- header reads
+
+
+class _Unusable(Exception):
+    """This file goes to quarantine with the given reason (a fixed phrase, never a value from the file)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> IndexRow:
+    """Read one file's header (never its pixels) into an index row, or raise _Unusable with the reason."""
+    if size == 0:
+        raise _Unusable(REASON_EMPTY)
+    try:
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            # pydicom's warnings can quote header values (names, dates): never let them reach a log.
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+            except InvalidDicomError:
+                fp.seek(0)
+                raise _Unusable(
+                    REASON_NO_FILE_META if _looks_like_raw_dataset(fp.read(8)) else REASON_NOT_DICOM
+                ) from None
+            media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+            if media_class == DICOMDIR_SOP_CLASS:
+                raise _Unusable(REASON_DICOMDIR)
+            values = {kw: _text(ds.get(kw)) for kw in HEADER_KEYWORDS}
+            sop_class = values["SOPClassUID"] or media_class
+            transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+            # Pixels first: a file cut inside its header also lacks the attributes checked below, and
+            # "truncated" is the true reason then.
+            if transfer_syntax != DeflatedExplicitVRLittleEndian:
+                # Deflated files are inflated whole in memory by pydicom, so the offset check cannot apply;
+                # the inflate itself fails on a truncated stream.
+                implicit_vr, little_endian = ds.original_encoding
+                _check_pixel_data(fp, size, bool(implicit_vr), little_endian is not False, sop_class)
+    except _Unusable:
+        raise
+    except OSError as exc:
+        raise _Unusable(f"{REASON_TRUNCATED}: {exc.strerror or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - any parse failure of arbitrary inbox junk means "unreadable"
+        # The exception class names the failure; its message may quote header bytes, so it is dropped.
+        raise _Unusable(f"{REASON_TRUNCATED}: {type(exc).__name__}") from None
+    if not values["StudyInstanceUID"]:
+        raise _Unusable(REASON_NO_STUDY)
+    if not values["SeriesInstanceUID"]:
+        raise _Unusable(REASON_NO_SERIES)
+    if not values["SOPInstanceUID"]:
+        raise _Unusable(REASON_NO_SOP)
+    return IndexRow(
+        relpath=relpath,
+        size=size,
+        mtime_ns=mtime_ns,
+        study_uid=values["StudyInstanceUID"],
+        series_uid=values["SeriesInstanceUID"],
+        sop_uid=values["SOPInstanceUID"],
+        patient_id=values["PatientID"],
+        study_date=values["StudyDate"],
+        study_time=values["StudyTime"],
+        series_number=values["SeriesNumber"],
+        modality=values["Modality"],
+        sop_class_uid=values["SOPClassUID"],
+    )
+
+
+def _check_pixel_data(
+    fp: io.BufferedReader, size: int, implicit_vr: bool, little_endian: bool, sop_class: str
+) -> None:
+    """After a header-only read `fp` sits on the pixel data element (or at the end): check it is whole."""
+    start = fp.tell()
+    head = fp.read(12)
+    endian = "<" if little_endian else ">"
+    if len(head) < 8 or _tag(head[:4], endian) not in _PIXEL_TAGS:
+        # No pixel data: either an object without an image, or a file cut inside its header (pydicom
+        # stops quietly at the end of file). An image storage class without pixels means the latter.
+        if sop_class and "Image Storage" in UID(sop_class).name:
+            raise _Unusable(f"{REASON_TRUNCATED}: file ends before the pixel data")
+        raise _Unusable(REASON_NON_IMAGE)
+    if implicit_vr:
+        (length,) = struct.unpack(f"{endian}I", head[4:8])
+        value_start = start + 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            raise _Unusable(f"{REASON_TRUNCATED}: file ends inside the pixel data element")
+        (length,) = struct.unpack(f"{endian}I", head[8:12])
+        value_start = start + 12
+    else:
+        (length,) = struct.unpack(f"{endian}H", head[6:8])
+        value_start = start + 8
+    if length == _UNDEFINED_LENGTH:
+        _check_encapsulated(fp, value_start, size)
+    elif value_start + length > size:
+        raise _Unusable(f"{REASON_TRUNCATED}: pixel data runs past the end of the file")
+
+
+def _check_encapsulated(fp: io.BufferedReader, position: int, size: int) -> None:
+    """Walk the fragment items of compressed pixel data (seeks only) up to the sequence delimiter."""
+    while True:
+        if position + 8 > size:
+            raise _Unusable(f"{REASON_TRUNCATED}: compressed pixel data ends before its delimiter")
+        fp.seek(position)
+        head = fp.read(8)
+        tag, (length,) = _tag(head[:4], "<"), struct.unpack("<I", head[4:8])
+        if tag == _SEQ_DELIMITER_TAG:
+            return
+        if tag != _ITEM_TAG or length == _UNDEFINED_LENGTH:
+            raise _Unusable(f"{REASON_TRUNCATED}: malformed compressed pixel data")
+        position += 8 + length
+        if position > size:
+            raise _Unusable(f"{REASON_TRUNCATED}: compressed pixel data runs past the end of the file")
+
+
+def _tag(raw: bytes, endian: str) -> int:
+    """A tag is stored as two 16-bit halves (group, element) in the data set's byte order."""
+    group, element = struct.unpack(f"{endian}HH", raw)
+    return group << 16 | element
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """True when a file without 'DICM' starts like a bare data set (group 0008 little endian)."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    return group == 0x0008 and element < 0x0100
+
+
+def _text(element_value: object) -> str:
+    """A header value as one clean line of text (TSV-safe; multi-values joined with a backslash)."""
+    if element_value is None:
+        return ""
+    if isinstance(element_value, MultiValue | list | tuple):
+        text = "\\".join(str(v) for v in element_value)
+    else:
+        text = str(element_value)
+    return " ".join(text.replace("\x00", " ").split())
+
+
+# --------------------------------------------------------------------------------------- the index
+
+
+def index_inbox(
+    inbox: Path, index_tsv: Path, quarantine_tsv: Path, cache: Path | None = None
+) -> IndexSummary:
+    """Index every file under `inbox` into `index_tsv` and `quarantine_tsv` (both private, mode 0600).
+
+    `cache` is a previous index: rows of files whose (relpath, size, mtime_ns) are unchanged are reused
+    without opening the file. When given, the cache is refreshed with the new index afterwards, so it can
+    live outside the outputs a workflow manager deletes before re-running this step.
+    """
+    inbox, index_tsv, quarantine_tsv = Path(inbox), Path(index_tsv), Path(quarantine_tsv)
+    root = inbox.resolve()
+    for label, out in (("--index", index_tsv), ("--quarantine", quarantine_tsv), ("--cache", cache)):
+        if out is not None and Path(out).resolve().is_relative_to(root):
+            raise ConfigError(f"{label} must not be inside the inbox (the inbox is never written)", out)
+
+    cached = _load_cache(Path(cache)) if cache is not None else {}
+    entries = list(_walk_inbox(inbox))
+    rows: list[IndexRow] = []
+    junk: list[tuple[str, str]] = []  # (relpath, reason)
+    reused = 0
+    progress = _Progress(len(entries))
+    for number, entry in enumerate(entries, start=1):
+        progress.update(number)
+        if entry.skip_reason:
+            junk.append((entry.relpath, entry.skip_reason))
+            continue
+        previous = cached.get(entry.relpath)
+        if previous is not None and (previous.size, previous.mtime_ns) == (entry.size, entry.mtime_ns):
+            rows.append(previous)
+            reused += 1
+            continue
+        try:
+            rows.append(read_header(entry.path, entry.relpath, entry.size, entry.mtime_ns))
+        except _Unusable as exc:
+            junk.append((entry.relpath, exc.reason))
+    progress.done()
+
+    rows, duplicates = _drop_duplicates(rows)
+    junk.extend((row.relpath, REASON_DUPLICATE) for row in duplicates)
+    rows.sort(key=IndexRow.sort_key)
+    quarantine = attribute_quarantine(junk, rows)
+
+    _write_tsv(quarantine_tsv, QUARANTINE_COLUMNS, (astuple(q) for q in quarantine))
+    index_text = _tsv_bytes(INDEX_COLUMNS, (astuple(r) for r in rows))
+    private_write_bytes(index_tsv, index_text)
+    if cache is not None and Path(cache).resolve() != index_tsv.resolve():
+        private_write_bytes(Path(cache), index_text)
+    return IndexSummary(
+        files=len(entries),
+        dicom=len(rows),
+        quarantined=len(quarantine),
+        studies=len({r.study_uid for r in rows}),
+        series=len({(r.study_uid, r.series_uid) for r in rows}),
+        reused=reused,
+    )
+
+
+def _drop_duplicates(rows: list[IndexRow]) -> tuple[list[IndexRow], list[IndexRow]]:
+    """Keep one file per SOPInstanceUID (the first by relpath): a copied export must not double slices."""
+    kept: dict[tuple[str, str], IndexRow] = {}
+    duplicates = []
+    for row in sorted(rows, key=lambda r: r.relpath):
+        key = (row.study_uid, row.sop_uid)
+        if key in kept:
+            duplicates.append(row)
+        else:
+            kept[key] = row
+    return list(kept.values()), duplicates
+
+
+def attribute_quarantine(junk: Iterable[tuple[str, str]], rows: Iterable[IndexRow]) -> list[QuarantineRow]:
+    """Attribute each junk file to the session whose DICOM files share its folder.
+
+    Walking up from the junk file's folder, the first folder whose subtree holds any indexed DICOM decides:
+    exactly one study there means the file belongs to that session; several studies leave it unattributed
+    (a shared folder says nothing about which session a stray file came from).
+    """
+    studies_under: dict[str, set[str]] = {}
+    for row in rows:
+        for folder in _ancestors(row.relpath):
+            found = studies_under.setdefault(folder, set())
+            if len(found) < 2:  # only "none, one or several" matters
+                found.add(row.study_uid)
+    result = []
+    for relpath, reason in junk:
+        study_uid = ""
+        for folder in _ancestors(relpath):
+            found = studies_under.get(folder)
+            if found:
+                study_uid = next(iter(found)) if len(found) == 1 else ""
+                break
+        result.append(QuarantineRow(relpath, study_uid, reason))
+    result.sort(key=lambda q: (q.study_uid, q.relpath))
+    return result
+
+
+def _ancestors(relpath: str) -> Iterator[str]:
+    """Folders containing `relpath`, nearest first, ending with the inbox itself ('')."""
+    parts = relpath.split("/")[:-1]
+    for depth in range(len(parts), -1, -1):
+        yield "/".join(parts[:depth])
+
+
+# ------------------------------------------------------------------------------------ TSV in and out
+
+
+def _tsv_bytes(columns: tuple[str, ...], rows: Iterable[tuple]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue().encode(_ENCODING, _ERRORS)
+
+
+def _write_tsv(path: Path, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
+    private_write_bytes(path, _tsv_bytes(columns, rows))
+
+
+def _read_tsv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
+    try:
+        text = Path(path).read_bytes().decode(_ENCODING, _ERRORS)
+    except OSError as exc:
+        raise BidsafeError(f"cannot read: {exc.strerror}", path) from None
+    records = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    if not records or tuple(records[0]) != columns:
+        raise BidsafeError(f"not an index file of this kind: expected columns {', '.join(columns)}", path)
+    body = records[1:]
+    for line, record in enumerate(body, start=2):
+        if len(record) != len(columns):
+            raise BidsafeError(f"line {line}: {len(record)} fields, expected {len(columns)}", path)
+    return body
+
+
+def read_index(index_tsv: Path) -> list[IndexRow]:
+    """Read an index written by `index_inbox` (rows in the file's order: study, series, relpath)."""
+    rows = []
+    for line, record in enumerate(_read_tsv(Path(index_tsv), INDEX_COLUMNS), start=2):
+        try:
+            size, mtime_ns = int(record[1]), int(record[2])
+        except ValueError:
+            raise BidsafeError(f"line {line}: size and mtime_ns must be integers", index_tsv) from None
+        rows.append(IndexRow(record[0], size, mtime_ns, *record[3:]))
+    return rows
+
+
+def read_quarantine(quarantine_tsv: Path) -> list[QuarantineRow]:
+    return [QuarantineRow(*record) for record in _read_tsv(Path(quarantine_tsv), QUARANTINE_COLUMNS)]
+
+
+def sessions(rows: Iterable[IndexRow]) -> dict[str, list[IndexRow]]:
+    """Group index rows by StudyInstanceUID (one scan session each), keeping their order."""
+    grouped: dict[str, list[IndexRow]] = {}
+    for row in rows:
+        grouped.setdefault(row.study_uid, []).append(row)
+    return grouped
+
+
+def _load_cache(cache: Path) -> dict[str, IndexRow]:
+    """A previous index by relpath; a missing or unreadable cache only costs time, so it is not an error."""
+    if not cache.is_file():
+        return {}
+    try:
+        return {row.relpath: row for row in read_index(cache)}
+    except BidsafeError:
+        log.warning("ingest: the cache file is not a readable index; re-reading every file")
+        return {}
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+class _Progress:
+    """A one-line counter on an interactive terminal for big inboxes; silent in logs and pipes."""
+
+    def __init__(self, total: int, every_s: float = 0.5) -> None:
+        self.total = total
+        self.enabled = total >= 1000 and sys.stderr.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+
+    def update(self, number: int) -> None:
+        if self.enabled and (now := time.monotonic()) - self.last >= self.every_s:
+            self.last = now
+            print(f"\ringest: {number}/{self.total} files", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            print(f"\ringest: {self.total}/{self.total} files", file=sys.stderr, flush=True)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """`bidsafe ingest INBOX --index F --quarantine F [--cache F]`: prints counts, never paths or names."""
+    cache = getattr(args, "cache", None)
+    summary = index_inbox(
+        Path(args.inbox), Path(args.index), Path(args.quarantine), Path(cache) if cache else None
+    )
+    print(f"ingest: {summary}")
+    return 0

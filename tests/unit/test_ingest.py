@@ -1,0 +1,369 @@
+"""Ingest: header-only indexing by study, quarantine with reasons, incremental re-runs, an untouched inbox."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+
+from bidsafe.cli import main as bidsafe_main
+from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.ingest import (
+    INDEX_COLUMNS,
+    REASON_DICOMDIR,
+    REASON_DUPLICATE,
+    REASON_EMPTY,
+    REASON_NO_FILE_META,
+    REASON_NO_STUDY,
+    REASON_NON_IMAGE,
+    REASON_NOT_DICOM,
+    REASON_SYMLINK_OUT,
+    attribute_quarantine,
+    inbox_fingerprint,
+    index_inbox,
+    read_index,
+    read_quarantine,
+    sessions,
+)
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+def _mr(study: str, series: str, number: int, patient_id: str, instance: int, implicit: bool = False) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MR_IMAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MR_IMAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "DOE^JOHN"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19800101"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.StudyDate = "20240115"
+    ds.StudyTime = "093000"
+    ds.SeriesNumber = number
+    ds.InstanceNumber = instance
+    ds.Modality = "MR"
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = (np.arange(64, dtype=np.uint16) * (instance + 1)).tobytes()
+    return ds
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+class Inbox:
+    """Two fake patients' exports (nested folders named after them) plus the junk an inbox receives."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.study_a, self.study_b = generate_uid(), generate_uid()
+        self.series_a1, self.series_a2, self.series_b1 = generate_uid(), generate_uid(), generate_uid()
+        john = root / "DOE_JOHN_19800101" / "STUDY_20240115"
+        jane = root / "SMITH_JANE_19751224"
+        self.dicom: dict[str, Dataset] = {}
+        for i in range(3):
+            self._add(john / "SER_T1" / f"IM{i:04d}.dcm", _mr(self.study_a, self.series_a1, 2, "PID-JOHN", i))
+        for i in range(2):
+            self._add(john / "SER_BOLD" / f"IM{i:04d}", _mr(self.study_a, self.series_a2, 5, "PID-JOHN", i))
+        for i in range(2):
+            ds = _mr(self.study_b, self.series_b1, 3, "PID-JANE", i, implicit=True)
+            self._add(jane / "DICOM" / f"{i}.dcm", ds)
+
+        (john / "notes.txt").write_text("scan went fine, patient John Doe, DOB 1980-01-01\n")
+        (jane / "empty.dcm").write_bytes(b"")
+        whole = (john / "SER_T1" / "IM0000.dcm").read_bytes()
+        (john / "SER_T1" / "IM9999.dcm").write_bytes(whole[: len(whole) - 40])  # pixel data cut short
+        _save(_dicomdir(), root / "DICOMDIR")
+        _save(_dicomdir(), root / "DOE_JOHN_19800101" / "DICOMDIR")
+
+    def _add(self, path: Path, ds: Dataset) -> None:
+        _save(ds, path)
+        self.dicom[path.relative_to(self.root).as_posix()] = ds
+
+
+def _dicomdir() -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.FileSetID = "DOE_JOHN"
+    ds.DirectoryRecordSequence = []
+    return ds
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every path under root with its content hash, mtime and mode (lstat: links are not followed)."""
+    result = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = "" if path.is_dir() or path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+        result[path.relative_to(root).as_posix()] = (digest, st.st_mtime_ns, st.st_mode)
+    return result
+
+
+@pytest.fixture()
+def inbox(tmp_path: Path) -> Inbox:
+    return Inbox(tmp_path / "inbox")
+
+
+def test_index_groups_files_by_study_and_quarantines_junk_with_reasons(inbox: Inbox, tmp_path: Path):
+    private = tmp_path / "private"
+    summary = index_inbox(inbox.root, private / "index.tsv", private / "quarantine.tsv")
+
+    rows = read_index(private / "index.tsv")
+    assert {r.relpath for r in rows} == set(inbox.dicom)
+    for row in rows:
+        ds = inbox.dicom[row.relpath]
+        assert (row.study_uid, row.series_uid, row.sop_uid) == (
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
+        )
+        assert (row.patient_id, row.study_date, row.study_time) == (ds.PatientID, "20240115", "093000")
+        assert (row.series_number, row.modality, row.sop_class_uid) == (str(ds.SeriesNumber), "MR", MR_IMAGE)
+        st = (inbox.root / row.relpath).stat()
+        assert (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert [r.sort_key() for r in rows] == sorted(r.sort_key() for r in rows)
+
+    grouped = sessions(rows)
+    assert set(grouped) == {inbox.study_a, inbox.study_b}
+    assert len(grouped[inbox.study_a]) == 5 and len(grouped[inbox.study_b]) == 2
+    assert {r.series_uid for r in grouped[inbox.study_a]} == {inbox.series_a1, inbox.series_a2}
+
+    quarantine = {q.relpath: (q.study_uid, q.reason) for q in read_quarantine(private / "quarantine.tsv")}
+    john = "DOE_JOHN_19800101"
+    assert quarantine == {
+        f"{john}/STUDY_20240115/notes.txt": (inbox.study_a, REASON_NOT_DICOM),
+        f"{john}/STUDY_20240115/SER_T1/IM9999.dcm": (
+            inbox.study_a,
+            "truncated/unreadable: pixel data runs past the end of the file",
+        ),
+        f"{john}/DICOMDIR": (inbox.study_a, REASON_DICOMDIR),
+        "SMITH_JANE_19751224/empty.dcm": (inbox.study_b, REASON_EMPTY),
+        "DICOMDIR": ("", REASON_DICOMDIR),  # the inbox root holds two studies: no attribution
+    }
+    assert (summary.files, summary.dicom, summary.quarantined) == (12, 7, 5)
+    assert (summary.studies, summary.series, summary.reused) == (2, 3, 0)
+
+    for written in ("index.tsv", "quarantine.tsv"):
+        assert stat.S_IMODE((private / written).stat().st_mode) == 0o600
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert (private / "index.tsv").read_text().splitlines()[0].split("\t") == list(INDEX_COLUMNS)
+
+
+def test_inbox_is_never_modified(inbox: Inbox, tmp_path: Path):
+    (inbox.root / "link_to_t1.dcm").symlink_to(next(iter((inbox.root / "DOE_JOHN_19800101").rglob("*.dcm"))))
+    before = _snapshot(inbox.root)
+    index_inbox(inbox.root, tmp_path / "p" / "i.tsv", tmp_path / "p" / "q.tsv", cache=tmp_path / "p" / "c.tsv")
+    index_inbox(inbox.root, tmp_path / "p" / "i.tsv", tmp_path / "p" / "q.tsv", cache=tmp_path / "p" / "c.tsv")
+    inbox_fingerprint(inbox.root)
+    assert _snapshot(inbox.root) == before
+
+
+def test_outputs_inside_the_inbox_are_refused(inbox: Inbox, tmp_path: Path):
+    with pytest.raises(ConfigError, match="inside the inbox"):
+        index_inbox(inbox.root, inbox.root / "index.tsv", tmp_path / "q.tsv")
+    assert not (inbox.root / "index.tsv").exists()
+
+
+def test_cache_reuses_unchanged_files_without_reading_them(inbox: Inbox, tmp_path: Path):
+    index, quarantine, cache = tmp_path / "p" / "i.tsv", tmp_path / "p" / "q.tsv", tmp_path / "p" / "cache.tsv"
+    first = index_inbox(inbox.root, index, quarantine, cache=cache)
+    assert first.reused == 0 and read_index(cache) == read_index(index)
+
+    # Same size and mtime but garbage bytes: a reused row proves the file was not opened again.
+    stale = "SMITH_JANE_19751224/DICOM/0.dcm"
+    path = inbox.root / stale
+    st = path.stat()
+    path.write_bytes(b"\xff" * st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # A changed file (new mtime) is re-read; a new file is read.
+    changed = "DOE_JOHN_19800101/STUDY_20240115/SER_BOLD/IM0000"
+    (inbox.root / changed).write_text("overwritten by a careless copy\n")
+    new_series = generate_uid()
+    _save(_mr(inbox.study_b, new_series, 7, "PID-JANE", 0), inbox.root / "SMITH_JANE_19751224" / "new.dcm")
+
+    second = index_inbox(inbox.root, index, quarantine, cache=cache)
+    rows = {r.relpath: r for r in read_index(index)}
+    assert rows[stale].sop_uid == inbox.dicom[stale].SOPInstanceUID
+    assert changed not in rows
+    assert rows["SMITH_JANE_19751224/new.dcm"].series_uid == new_series
+    assert {q.relpath: q.reason for q in read_quarantine(quarantine)}[changed] == REASON_NOT_DICOM
+    assert second.reused == 6 and second.dicom == 7
+    assert read_index(cache) == read_index(index)
+
+
+def test_fingerprint_follows_stat_changes_only(inbox: Inbox):
+    first = inbox_fingerprint(inbox.root)
+    assert first == inbox_fingerprint(inbox.root)
+    assert len(first) == 64 and "DOE" not in first
+    target = inbox.root / "SMITH_JANE_19751224" / "DICOM" / "1.dcm"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    touched = inbox_fingerprint(inbox.root)
+    assert touched != first
+    (inbox.root / "SMITH_JANE_19751224" / "extra.txt").write_text("x")
+    assert inbox_fingerprint(inbox.root) not in (first, touched)
+
+
+def test_truncated_header_non_image_raw_dataset_and_missing_study(tmp_path: Path):
+    root = tmp_path / "inbox"
+    ds = _mr(generate_uid(), generate_uid(), 1, "P1", 0)
+    whole = _save(ds, root / "whole.dcm").read_bytes()
+    (root / "cut_in_header.dcm").write_bytes(whole[:300])
+
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID, sr.SOPInstanceUID = BASIC_TEXT_SR, sr.file_meta.MediaStorageSOPInstanceUID
+    sr.StudyInstanceUID, sr.SeriesInstanceUID = ds.StudyInstanceUID, generate_uid()
+    sr.Modality = "SR"
+    _save(sr, root / "report.dcm")
+
+    no_study = _mr(generate_uid(), generate_uid(), 1, "P1", 1)
+    del no_study.StudyInstanceUID
+    _save(no_study, root / "no_study.dcm")
+    # A bare data set without preamble and 'DICM' (what some old exports write).
+    (root / "raw.ima").write_bytes(whole[132 + 4 + _meta_length(whole) :])
+
+    summary = index_inbox(root, tmp_path / "i.tsv", tmp_path / "q.tsv")
+    reasons = {q.relpath: q.reason for q in read_quarantine(tmp_path / "q.tsv")}
+    assert reasons == {
+        "cut_in_header.dcm": "truncated/unreadable: file ends before the pixel data",
+        "report.dcm": REASON_NON_IMAGE,
+        "no_study.dcm": REASON_NO_STUDY,
+        "raw.ima": REASON_NO_FILE_META,
+    }
+    assert [r.relpath for r in read_index(tmp_path / "i.tsv")] == ["whole.dcm"]
+    assert summary.dicom == 1 and summary.quarantined == 4
+
+
+def _meta_length(data: bytes) -> int:
+    """Bytes of the file meta group after its (0002,0000) group length element (12 bytes itself)."""
+    assert data[132:136] == b"\x02\x00\x00\x00"
+    return 12 - 4 + int.from_bytes(data[140:144], "little")
+
+
+def test_compressed_pixel_data_is_checked_fragment_by_fragment(tmp_path: Path):
+    root = tmp_path / "inbox"
+    ds = _mr(generate_uid(), generate_uid(), 1, "P1", 3)
+    ds.compress(RLELossless)
+    whole = _save(ds, root / "rle.dcm").read_bytes()
+    (root / "rle_cut.dcm").write_bytes(whole[:-20])
+    index_inbox(root, tmp_path / "i.tsv", tmp_path / "q.tsv")
+    assert [r.relpath for r in read_index(tmp_path / "i.tsv")] == ["rle.dcm"]
+    [cut] = read_quarantine(tmp_path / "q.tsv")
+    assert cut.relpath == "rle_cut.dcm" and cut.reason.startswith("truncated/unreadable: compressed pixel data")
+    assert cut.study_uid == ds.StudyInstanceUID
+
+
+def test_symlinks_and_duplicates(inbox: Inbox, tmp_path: Path):
+    outside = tmp_path / "outside"
+    _save(_mr(generate_uid(), generate_uid(), 9, "PID-OTHER", 0), outside / "other.dcm")
+    (inbox.root / "link_out.dcm").symlink_to(outside / "other.dcm")
+    (inbox.root / "link_dir_out").symlink_to(outside, target_is_directory=True)
+    (inbox.root / "link_dir_in").symlink_to(inbox.root / "SMITH_JANE_19751224", target_is_directory=True)
+    jane_file = "SMITH_JANE_19751224/DICOM/0.dcm"
+    (inbox.root / "SMITH_JANE_19751224" / "DICOM" / "z_link.dcm").symlink_to(inbox.root / jane_file)
+    shutil.copytree(inbox.root / "SMITH_JANE_19751224" / "DICOM", inbox.root / "SMITH_JANE_19751224" / "copy")
+
+    index_inbox(inbox.root, tmp_path / "i.tsv", tmp_path / "q.tsv")
+    rows = read_index(tmp_path / "i.tsv")
+    assert "PID-OTHER" not in {r.patient_id for r in rows}
+    jane = [r.relpath for r in sessions(rows)[inbox.study_b]]
+    assert jane == ["SMITH_JANE_19751224/DICOM/0.dcm", "SMITH_JANE_19751224/DICOM/1.dcm"]
+    reasons = {q.relpath: (q.study_uid, q.reason) for q in read_quarantine(tmp_path / "q.tsv")}
+    assert reasons["link_out.dcm"] == ("", REASON_SYMLINK_OUT)
+    assert reasons["link_dir_out"] == ("", REASON_SYMLINK_OUT)
+    assert reasons["link_dir_in"][1] == "symbolic link to a folder (not followed)"
+    for duplicate in ("DICOM/z_link.dcm", "copy/0.dcm", "copy/1.dcm"):
+        assert reasons[f"SMITH_JANE_19751224/{duplicate}"] == (inbox.study_b, REASON_DUPLICATE)
+
+
+def test_attribution_needs_exactly_one_study_in_the_nearest_folder_with_dicom():
+    from bidsafe.ingest import IndexRow
+
+    def row(relpath: str, study: str) -> IndexRow:
+        return IndexRow(relpath, 1, 1, study, "s", relpath, "", "", "", "", "MR", MR_IMAGE)
+
+    rows = [row("a/x/1.dcm", "A"), row("a/y/2.dcm", "A"), row("b/1.dcm", "B"), row("b/c/2.dcm", "C")]
+    junk = [("a/x/j", "r"), ("a/j", "r"), ("a/z/deep/j", "r"), ("b/j", "r"), ("b/c/j", "r"), ("j", "r"), ("d/j", "r")]
+    attributed = {q.relpath: q.study_uid for q in attribute_quarantine(junk, rows)}
+    assert attributed == {"a/x/j": "A", "a/j": "A", "a/z/deep/j": "A", "b/j": "", "b/c/j": "C", "j": "", "d/j": ""}
+
+
+def test_paths_that_are_not_utf8_round_trip(tmp_path: Path):
+    root = tmp_path / "inbox"
+    name = os.fsdecode(b"M\xdcLLER_\xe9.dcm")  # Latin-1 bytes from an old export, not valid UTF-8
+    _save(_mr(generate_uid(), generate_uid(), 1, "P1", 0), root / name)
+    index_inbox(root, tmp_path / "i.tsv", tmp_path / "q.tsv")
+    [row] = read_index(tmp_path / "i.tsv")
+    assert row.relpath == name and (root / row.relpath).is_file()
+
+
+def test_read_index_rejects_a_foreign_file(tmp_path: Path):
+    other = tmp_path / "other.tsv"
+    other.write_text("a\tb\n1\t2\n")
+    with pytest.raises(BidsafeError, match="expected columns relpath, size"):
+        read_index(other)
+
+
+def test_cli_prints_counts_but_no_names_or_paths(inbox: Inbox, tmp_path: Path, capsys):
+    private = tmp_path / "private"
+    code = bidsafe_main(
+        ["ingest", str(inbox.root), "--index", str(private / "i.tsv"), "--quarantine", str(private / "q.tsv")]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "7 DICOM images in 2 studies (3 series), 5 quarantined" in out
+    for secret in ("DOE", "JOHN", "SMITH", "PID-", str(tmp_path), inbox.study_a):
+        assert secret not in out + err
+    assert len(read_index(private / "i.tsv")) == 7
+
+
+@pytest.mark.corpus
+def test_real_vendor_exports_are_indexed_whole():
+    if not CORPUS.is_dir():
+        pytest.skip(f"real scanner exports not present at {CORPUS}")
+    expected = sorted(p for p in CORPUS.rglob("*") if p.is_file() and _has_dicm(p))
+    # The corpus is shared and read-only: outputs go to a temporary folder outside it.
+    with tempfile.TemporaryDirectory() as private:
+        summary = index_inbox(CORPUS, Path(private) / "i.tsv", Path(private) / "q.tsv")
+        rows = read_index(Path(private) / "i.tsv")
+        quarantined = read_quarantine(Path(private) / "q.tsv")
+    assert sorted(CORPUS / r.relpath for r in rows) == expected
+    assert all(q.reason == REASON_NOT_DICOM for q in quarantined)
+    assert summary.studies >= 3 and all(r.modality == "MR" for r in rows)
+
+
+def _has_dicm(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
