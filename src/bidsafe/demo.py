@@ -6,10 +6,14 @@ patient (`DOE_JOHN_19800101/<StudyDate>_<Accession>/<series folder>/<file>`), wi
 - a 3-plane localizer (excluded from BIDS),
 - a sagittal 3D T1w and an axial T2w of a full head *with a face* (pydeface's head template, moved by a
   small per-session head pose, resampled; T2w contrast by remapping the T1w intensities),
-- a BOLD run (slice timing in the standard TriggerTime, one slice per file, interleaved ascending),
-- a DWI run (b0 + 6 directions; standard DiffusionBValue / DiffusionGradientOrientation),
-- a spin-echo EPI field-map pair with opposite phase-encoding polarity (standard
-  RectilinearPhaseEncodeReordering LINEAR / REVERSE_LINEAR),
+- a BOLD run, one slice per file, interleaved ascending: slice timing in the standard per-slice
+  AcquisitionTime / AcquisitionDateTime / ContentTime (and TriggerTime), which dcm2niix reads,
+- a DWI run (b0 + 6 directions; standard DiffusionBValue / DiffusionGradientOrientation in the patient
+  frame),
+- a spin-echo EPI field-map pair with opposite phase-encoding polarity. No standard attribute carries the
+  polarity, so, like a real Siemens scanner, each image has a (minimal) CSA image header (0029,1010) with
+  PhaseEncodingDirectionPositive and BandwidthPerPixelPhaseEncode; dcm2niix derives PhaseEncodingDirection
+  (with its sign) and TotalReadoutTime from them: de-identification must keep that element,
 - a secondary-capture screenshot with the patient's name burned into the pixels (BurnedInAnnotation YES),
 
 and fake personal data wherever real exports carry it (patient, visit, staff, site, device, free text,
@@ -27,6 +31,7 @@ import argparse
 import csv
 import io
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -45,11 +50,17 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 DETACHED_PATIENT_MANAGEMENT = "1.2.840.10008.3.1.2.1.1"
 
-MANUFACTURER = "GE MEDICAL SYSTEMS"
-MODEL = "DISCOVERY MR750w"
-SOFTWARE = "27\\LX\\MR Software release:RX27.0_R02_1831.a"
+MANUFACTURER = "SIEMENS"
+MODEL = "Prisma_fit"
+SOFTWARE = "syngo MR E11"
 FIELD_STRENGTH = 3.0
-IMAGING_FREQUENCY = 127.7716
+IMAGING_FREQUENCY = 123.2594
+
+# Siemens keeps what the standard lacks (phase-encoding polarity, bandwidth per pixel in the phase
+# direction) in the CSA image header, a private binary element that dcm2niix parses.
+SIEMENS_CSA_CREATOR = "SIEMENS CSA HEADER"
+SIEMENS_CSA_GROUP = 0x0029
+SIEMENS_CSA_IMAGE_ELEMENT = 0x10  # (0029,1010) with the creator in (0029,0010)
 
 # A PACS gateway private block seen in real exports: it repeats the patient's name (UTF-8, as OB).
 PACS_PRIVATE_CREATOR = "MITRA OBJECT UTF8 ATTRIBUTES 1.0"
@@ -75,8 +86,8 @@ TOWNS = ("WEXBRIDGE", "MARLOWDEN", "CASTLEFORTH", "ELDERMOOR")
 INSTITUTION = "ST ALDHELM NEUROIMAGING CENTRE"
 INSTITUTION_ADDRESS = "4 CANONBURY WHARF, WEXBRIDGE WX7 3QP"
 DEPARTMENT = "ALDHELM NEURORADIOLOGY"
-STATION = "ALDHELMMR3"
-DEVICE_SERIAL = "00000608MR750W7731"
+STATION = "AWP167043"
+DEVICE_SERIAL = "167043PRISMA"
 
 # Head centre of the template in patient LPS millimetres (measured on its bounding box).
 HEAD_CENTRE_LPS = np.array([7.0, -13.5, -20.0])
@@ -479,8 +490,8 @@ class _MRSeries:
     pixel_bandwidth: float = 244.0
     phase_direction: str = "COL"
     scan_options: str = ""
-    phase_reordering: str | None = None  # RectilinearPhaseEncodeReordering
-    echo_spacing_us: int | None = None
+    phase_positive: int | None = None  # CSA PhaseEncodingDirectionPositive (EPI only)
+    bandwidth_phase: float | None = None  # CSA BandwidthPerPixelPhaseEncode, Hz/pixel (EPI only)
 
 
 def _write_dataset(ds: Dataset, path: Path) -> None:
@@ -549,8 +560,6 @@ def _mr_file(
     ds.InPlanePhaseEncodingDirection = series.phase_direction
     ds.FlipAngle = f"{series.flip_angle:g}"
     ds.PatientPosition = "HFS"
-    if series.phase_reordering is not None:
-        ds.RectilinearPhaseEncodeReordering = series.phase_reordering
     if diffusion is not None:
         bvalue, direction = diffusion
         ds.DiffusionBValue = float(bvalue)
@@ -584,8 +593,35 @@ def _mr_file(
     ds.PixelRepresentation = 1
     ds.WindowCenter = str(int(pixels.max()) // 2)
     ds.WindowWidth = str(max(int(pixels.max()), 1))
+    csa_tags: list[tuple[str, str, list[str]]] = [("ImaCoilString", "LO", ["HC1-7"])]
+    if series.phase_positive is not None:
+        csa_tags.append(("PhaseEncodingDirectionPositive", "IS", [str(series.phase_positive)]))
+    if series.bandwidth_phase is not None:
+        csa_tags.append(("BandwidthPerPixelPhaseEncode", "FD", [f"{series.bandwidth_phase:.8f}"]))
+    csa_tags.append(("SliceNormalVector", "FD", [f"{v:.8f}" for v in g.normal]))
+    block = ds.private_block(SIEMENS_CSA_GROUP, SIEMENS_CSA_CREATOR, create=True)
+    block.add_new(SIEMENS_CSA_IMAGE_ELEMENT, "OB", siemens_csa_header(csa_tags))
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
     return ds
+
+
+def siemens_csa_header(tags: Sequence[tuple[str, str, Sequence[str]]]) -> bytes:
+    """A Siemens CSA2 ("SV10") header holding `tags` as (name, VR, values).
+
+    Layout: magic, tag count, then per tag a 84-byte header (name, VM, VR, type, item count, 77) and its
+    items, each a 16-byte header (length, length, 77, length) and the value as NUL-terminated text padded
+    to 4 bytes. Real headers list at least six items per tag (the unused ones empty); dcm2niix relies on it.
+    """
+    out = bytearray(b"SV10\x04\x03\x02\x01")
+    out += struct.pack("<2I", len(tags), 77)
+    for name, vr, values in tags:
+        n_items = max(len(values), 6)
+        out += struct.pack("<64si4s3i", name.encode("ascii"), len(values), vr.encode("ascii"), 3, n_items, 77)
+        for i in range(n_items):
+            data = values[i].encode("ascii") + b"\x00" if i < len(values) else b""
+            out += struct.pack("<4i", len(data), len(data), 77, len(data))
+            out += data + b"\x00" * (-len(data) % 4)
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -643,7 +679,7 @@ def _write_volume_series(
 
 
 def _interleaved_slice_times(slices: int, tr_s: float) -> list[float]:
-    """GE-style interleaved ascending order: even-indexed slices first, then odd ones."""
+    """Interleaved ascending order: even-indexed slices first, then odd ones."""
     order = list(range(0, slices, 2)) + list(range(1, slices, 2))
     step = tr_s / slices
     times = [0.0] * slices
@@ -765,9 +801,9 @@ def _write_localizer(ctx: _Context, study_folder: Path, pose: np.ndarray, rng: n
         "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
     }
     series = _MRSeries(
-        key="localizer", number=1, description="3Plane Loc", geometry=None,  # type: ignore[arg-type]
-        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), scanning_sequence="GR", sequence_variant="SS",
-        sequence_name="fgre", acquisition_type="2D", repetition_time=5.4, echo_time=1.6, flip_angle=30,
+        key="localizer", number=1, description="localizer", geometry=None,  # type: ignore[arg-type]
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), scanning_sequence="GR", sequence_variant="SP\\OSP",
+        sequence_name="*fl2d1", acquisition_type="2D", repetition_time=8.6, echo_time=4.0, flip_angle=20,
         start_offset_s=0.0,
     )
     folder = study_folder / f"SE{series.number:06d}"
@@ -800,11 +836,11 @@ def _write_session(ctx: _Context, study_folder: Path) -> list[DemoSeries]:
     t1_geometry = Geometry(rows=224, columns=224, slices=176, row_dir=(0.0, 1.0, 0.0), col_dir=(0.0, 0.0, -1.0),
                            row_spacing=1.0, col_spacing=1.0, slice_spacing=1.0, slice_thickness=1.0,
                            centre=tuple(float(v) for v in HEAD_CENTRE_LPS))
-    t1 = _MRSeries(key="t1", number=2, description="Sag 3D T1 BRAVO", geometry=t1_geometry,
-                   image_type=("ORIGINAL", "PRIMARY", "OTHER"), scanning_sequence="GR", sequence_variant="SS\\SK",
-                   sequence_name="efgre3d", acquisition_type="3D", repetition_time=8.2, echo_time=3.2,
-                   inversion_time=450.0, flip_angle=12, start_offset_s=60.0, scan_options="FAST_GEMS\\EDR_GEMS",
-                   pixel_bandwidth=244.1)
+    t1 = _MRSeries(key="t1", number=2, description="t1_mprage_sag_p2_iso", geometry=t1_geometry,
+                   image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), scanning_sequence="GR\\IR",
+                   sequence_variant="SK\\SP\\MP", sequence_name="*tfl3d1_16ns", acquisition_type="3D",
+                   repetition_time=2300.0, echo_time=2.98, inversion_time=900.0, flip_angle=9, start_offset_s=60.0,
+                   scan_options="IR", pixel_bandwidth=240.0)
     head = _sample_head(t1_geometry, pose)
     t1_name = f"{p.family}_{p.given}"
     folder, files = _write_volume_series(
@@ -819,11 +855,11 @@ def _write_session(ctx: _Context, study_folder: Path) -> list[DemoSeries]:
     t2_geometry = Geometry(rows=224, columns=192, slices=100, row_dir=(1.0, 0.0, 0.0), col_dir=(0.0, 1.0, 0.0),
                            row_spacing=1.0, col_spacing=1.0, slice_spacing=2.0, slice_thickness=2.0,
                            centre=tuple(float(v) for v in HEAD_CENTRE_LPS))
-    t2 = _MRSeries(key="t2", number=3, description="Ax T2 FRFSE", geometry=t2_geometry,
-                   image_type=("ORIGINAL", "PRIMARY", "OTHER"), scanning_sequence="SE", sequence_variant="SK\\OSP",
-                   sequence_name="frfse2d", acquisition_type="2D", repetition_time=6000.0, echo_time=102.0,
-                   flip_angle=111, start_offset_s=420.0, echo_train_length=16, scan_options="FAST_GEMS",
-                   pixel_bandwidth=162.8)
+    t2 = _MRSeries(key="t2", number=3, description="t2_tse_tra", geometry=t2_geometry,
+                   image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), scanning_sequence="SE",
+                   sequence_variant="SK\\SP\\OSP", sequence_name="*tse2d1_16", acquisition_type="2D",
+                   repetition_time=6000.0, echo_time=102.0, flip_angle=150, start_offset_s=420.0,
+                   echo_train_length=16, pixel_bandwidth=190.0)
     head = _t2_contrast(_sample_head(t2_geometry, pose))
     folder, files = _write_volume_series(
         ctx, study_folder, t2, _Naming(lambda n, _d: f"SE{n:06d}", lambda i, _uid: f"IM{i:05d}"),
@@ -836,11 +872,11 @@ def _write_session(ctx: _Context, study_folder: Path) -> list[DemoSeries]:
     epi_geometry = _oblique_axial(64, 64, 30, 3.0, 3.5, 3.0, tilt_deg=12.0, centre=BRAIN_CENTRE_LPS)
     epi_head = _t2_contrast(_sample_head(epi_geometry, pose))
 
-    bold = _MRSeries(key="bold", number=4, description="Ax fMRI rest", geometry=epi_geometry,
-                     image_type=("ORIGINAL", "PRIMARY", "EPI"), scanning_sequence="EP", sequence_variant="NONE",
-                     sequence_name="epi", acquisition_type="2D", repetition_time=BOLD_TR_MS, echo_time=30.0,
-                     flip_angle=77, start_offset_s=840.0, scan_options="EPI_GEMS\\FS_GEMS",
-                     pixel_bandwidth=7812.5, phase_reordering="LINEAR", echo_spacing_us=492)
+    bold = _MRSeries(key="bold", number=4, description="ep2d_bold_rest", geometry=epi_geometry,
+                     image_type=("ORIGINAL", "PRIMARY", "M", "ND"), scanning_sequence="EP",
+                     sequence_variant="SK\\SS", sequence_name="*epfid2d1_64", acquisition_type="2D",
+                     repetition_time=BOLD_TR_MS, echo_time=30.0, flip_angle=77, start_offset_s=840.0,
+                     scan_options="FS", pixel_bandwidth=2232.0, phase_positive=1, bandwidth_phase=31.25)
     slice_times = _interleaved_slice_times(epi_geometry.slices, BOLD_TR_MS / 1000.0)
     drift = rng.normal(0.0, 0.01, size=BOLD_VOLUMES)
     volumes = [_to_int16(epi_head * (1.0 + drift[v]), rng, 1.5, 10.0) for v in range(BOLD_VOLUMES)]
@@ -850,11 +886,11 @@ def _write_session(ctx: _Context, study_folder: Path) -> list[DemoSeries]:
     )
     written.append(DemoSeries(bold.number, bold.description, folder, files, "func", "bold"))
 
-    dwi = _MRSeries(key="dwi", number=5, description="Ax DTI 6dir", geometry=epi_geometry,
-                    image_type=("ORIGINAL", "PRIMARY", "OTHER"), scanning_sequence="EP", sequence_variant="NONE",
-                    sequence_name="epi2", acquisition_type="2D", repetition_time=8000.0, echo_time=81.0,
-                    flip_angle=90, start_offset_s=1200.0, scan_options="EPI_GEMS\\FS_GEMS",
-                    pixel_bandwidth=1953.1, phase_reordering="LINEAR", echo_spacing_us=620)
+    dwi = _MRSeries(key="dwi", number=5, description="ep2d_diff_6dir", geometry=epi_geometry,
+                    image_type=("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE", "ND"), scanning_sequence="EP",
+                    sequence_variant="SK\\SP", sequence_name="*ep_b1000", acquisition_type="2D",
+                    repetition_time=8000.0, echo_time=81.0, flip_angle=90, start_offset_s=1200.0,
+                    scan_options="PFP\\FS", pixel_bandwidth=1628.0, phase_positive=1, bandwidth_phase=25.0)
     diffusion: list[tuple[float, tuple[float, float, float] | None]] = [(0.0, None)]
     diffusion += [(DWI_BVALUE, d) for d in DWI_DIRECTIONS]
     adc = np.where(epi_head > 800, 2.5e-3, 0.8e-3).astype(np.float32)
@@ -869,13 +905,14 @@ def _write_session(ctx: _Context, study_folder: Path) -> list[DemoSeries]:
     written.append(DemoSeries(dwi.number, dwi.description, folder, files, "dwi", "dwi"))
 
     # Spin-echo EPI pair with opposite phase-encoding polarity, each blurred along its own direction.
-    for number, label, reordering, shift in ((6, "AP", "LINEAR", 1), (7, "PA", "REVERSE_LINEAR", -1)):
-        fmap = _MRSeries(key=f"fmap{label}", number=number, description=f"SE-EPI Fieldmap {label}",
-                         geometry=epi_geometry, image_type=("ORIGINAL", "PRIMARY", "OTHER"),
-                         scanning_sequence="SE\\EP", sequence_variant="NONE", sequence_name="epi",
+    # PhaseEncodingDirectionPositive 1 is anterior-to-posterior here (dcm2niix: "j-"), 0 the reverse ("j").
+    for number, label, positive, shift in ((6, "AP", 1, 1), (7, "PA", 0, -1)):
+        fmap = _MRSeries(key=f"fmap{label}", number=number, description=f"SpinEchoFieldMap_{label}",
+                         geometry=epi_geometry, image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+                         scanning_sequence="EP", sequence_variant="SK\\SP", sequence_name="*epse2d1_64",
                          acquisition_type="2D", repetition_time=7000.0, echo_time=60.0, flip_angle=90,
-                         start_offset_s=1500.0 + 30.0 * (number - 6), scan_options="EPI_GEMS",
-                         pixel_bandwidth=7812.5, phase_reordering=reordering, echo_spacing_us=492)
+                         start_offset_s=1500.0 + 30.0 * (number - 6), pixel_bandwidth=2232.0,
+                         phase_positive=positive, bandwidth_phase=31.25)
         distorted = np.roll(epi_head, shift, axis=1)
         folder, files = _write_volume_series(
             ctx, study_folder, fmap,
