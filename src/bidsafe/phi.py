@@ -192,8 +192,37 @@ def harvest_dataset(ds: Dataset, prefix: str = "") -> set[PersonalValue]:
     return found
 
 
+# Tags of IDENTITY_KEYWORDS, and the dictionary VR of standard tags, so harvesting can skip elements that
+# cannot be personal without decoding them (decoding every element of a header costs more than reading it).
+_IDENTITY_TAGS = frozenset(
+    tag for tag in (pydicom.datadict.tag_for_keyword(k) for k in IDENTITY_KEYWORDS) if tag is not None
+)
+_STANDARD_VR: dict[int, str] = {}
+
+
+def _may_be_personal(tag: int, vr: str | None) -> bool:
+    """False only when the element certainly yields nothing in `_harvest_into` (checked before decoding)."""
+    if tag in _IDENTITY_TAGS:
+        return True
+    is_private = bool(tag >> 16 & 1)
+    if vr is None or vr == "UN":
+        if is_private:
+            return True  # the VR is only known after decoding (private dictionary, sequence detection)
+        vr = _STANDARD_VR.get(tag)
+        if vr is None:
+            try:
+                vr = pydicom.datadict.dictionary_VR(tag)
+            except KeyError:
+                vr = "UN"
+            _STANDARD_VR[tag] = vr
+    return vr in ("SQ", "PN") or (vr == "UI" and not is_private)
+
+
 def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
-    for elem in ds:
+    for tag, raw in list(ds._dict.items()):
+        if getattr(raw, "is_raw", False) and not _may_be_personal(tag, raw.VR):
+            continue
+        elem = ds[tag]
         name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
         path = f"{prefix}{name}"
         if elem.VR == "SQ":
