@@ -17,6 +17,7 @@ are not opened at all, so re-indexing a large inbox costs one stat() per file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -230,14 +231,54 @@ class _Unusable(Exception):
         self.reason = reason
 
 
+class _TrackedFile:
+    """A read-only file that notices a read returning fewer bytes than asked for: the file was cut off.
+
+    pydicom stops quietly at the end of a file, even inside a value. The one clean ending is an 8-byte
+    element header read that returns nothing. The name is a placeholder so that nothing pydicom might
+    print names the patient's folder.
+    """
+
+    name = "<inbox file>"
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self._raw = raw
+        self.cut_short = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(size)
+        if size is not None and size > 0 and len(data) < size and not (size == 8 and not data):
+            self.cut_short = True
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+@contextlib.contextmanager
+def _silenced_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log records can quote header values and file names: keep them out of logs."""
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
+
+
 def read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> IndexRow:
     """Read one file's header (never its pixels) into an index row, or raise _Unusable with the reason."""
     if size == 0:
         raise _Unusable(REASON_EMPTY)
     try:
-        with open(path, "rb") as fp, warnings.catch_warnings():
-            # pydicom's warnings can quote header values (names, dates): never let them reach a log.
-            warnings.simplefilter("ignore")
+        with open(path, "rb") as raw, _silenced_pydicom():
+            fp = _TrackedFile(raw)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
             except InvalidDicomError:
@@ -263,8 +304,8 @@ def read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> Ind
     except OSError as exc:
         raise _Unusable(f"{REASON_TRUNCATED}: {exc.strerror or type(exc).__name__}") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure of arbitrary inbox junk means "unreadable"
-        # The exception class names the failure; its message may quote header bytes, so it is dropped.
-        raise _Unusable(f"{REASON_TRUNCATED}: {type(exc).__name__}") from None
+        # The exception's kind names the failure; its message may quote header bytes, so it is dropped.
+        raise _Unusable(f"{REASON_TRUNCATED}: {_failure_kind(exc)}") from None
     if not values["StudyInstanceUID"]:
         raise _Unusable(REASON_NO_STUDY)
     if not values["SeriesInstanceUID"]:
@@ -287,17 +328,16 @@ def read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> Ind
     )
 
 
-def _check_pixel_data(
-    fp: io.BufferedReader, size: int, implicit_vr: bool, little_endian: bool, sop_class: str
-) -> None:
+def _check_pixel_data(fp: _TrackedFile, size: int, implicit_vr: bool, little_endian: bool, sop_class: str) -> None:
     """After a header-only read `fp` sits on the pixel data element (or at the end): check it is whole."""
     start = fp.tell()
-    head = fp.read(12)
+    cut_in_header = fp.cut_short
+    head = fp._raw.read(12)  # untracked: a short read here is judged below
     endian = "<" if little_endian else ">"
     if len(head) < 8 or _tag(head[:4], endian) not in _PIXEL_TAGS:
-        # No pixel data: either an object without an image, or a file cut inside its header (pydicom
-        # stops quietly at the end of file). An image storage class without pixels means the latter.
-        if sop_class and "Image Storage" in UID(sop_class).name:
+        # No pixel data: an object without an image, or a file cut inside its header (a short read, or a
+        # cut exactly between two elements of an image, whose storage class promises pixel data).
+        if cut_in_header or (sop_class and "Image Storage" in UID(sop_class).name):
             raise _Unusable(f"{REASON_TRUNCATED}: file ends before the pixel data")
         raise _Unusable(REASON_NON_IMAGE)
     if implicit_vr:
@@ -317,7 +357,7 @@ def _check_pixel_data(
         raise _Unusable(f"{REASON_TRUNCATED}: pixel data runs past the end of the file")
 
 
-def _check_encapsulated(fp: io.BufferedReader, position: int, size: int) -> None:
+def _check_encapsulated(fp: _TrackedFile, position: int, size: int) -> None:
     """Walk the fragment items of compressed pixel data (seeks only) up to the sequence delimiter."""
     while True:
         if position + 8 > size:
@@ -332,6 +372,16 @@ def _check_encapsulated(fp: io.BufferedReader, position: int, size: int) -> None
         position += 8 + length
         if position > size:
             raise _Unusable(f"{REASON_TRUNCATED}: compressed pixel data runs past the end of the file")
+
+
+def _failure_kind(exc: Exception) -> str:
+    if isinstance(exc, EOFError):
+        return "unexpected end of file"
+    if isinstance(exc, struct.error):
+        return "malformed data element"
+    if isinstance(exc, UnicodeError):
+        return "undecodable text"
+    return type(exc).__name__
 
 
 def _tag(raw: bytes, endian: str) -> int:

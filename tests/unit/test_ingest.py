@@ -367,3 +367,25 @@ def _has_dicm(path: Path) -> bool:
     with open(path, "rb") as handle:
         handle.seek(128)
         return handle.read(4) == b"DICM"
+
+
+def test_nothing_identifying_reaches_logs_or_warnings(tmp_path: Path, caplog, capsys, recwarn):
+    # Files cut at every few bytes make pydicom complain; its messages quote values and file names.
+    folder = tmp_path / "inbox" / "DOE_JOHN_19800101"
+    ds = _mr(generate_uid(), generate_uid(), 8, "PID-JOHN", 0)
+    request = Dataset()
+    request.RequestingPhysician = "DOE^JANE"
+    ds.RequestAttributesSequence = [request]
+    whole = _save(ds, folder / "whole.dcm").read_bytes()
+    cuts = range(132, len(whole), 5)
+    for cut in cuts:
+        (folder / f"cut_{cut}.dcm").write_bytes(whole[:cut])
+    with caplog.at_level("DEBUG"):
+        summary = index_inbox(tmp_path / "inbox", tmp_path / "i.tsv", tmp_path / "q.tsv")
+    out, err = capsys.readouterr()
+    said = out + err + caplog.text + " ".join(str(w.message) for w in recwarn)
+    for secret in ("DOE", "JOHN", "PID-", "19800101", "1.2.826.0.1"):  # names, IDs, pydicom's UID root
+        assert secret not in said
+    quarantine = read_quarantine(tmp_path / "q.tsv")
+    assert summary.dicom == 1 and len(quarantine) == len(cuts)
+    assert all(q.reason.startswith("truncated/unreadable: ") for q in quarantine)
