@@ -79,7 +79,15 @@ def _check_rules(sub: argparse._SubParsersAction) -> None:
         "plus the options the file declares, and that every keep-list entry has a reason. Prints a "
         "coverage table; exits non-zero on a gap.",
     )
-    p.add_argument("file", metavar="FILE", nargs="?", help="rule file (default: the shipped profile)")
+    p.add_argument(
+        "file", metavar="FILE", nargs="?", help="rule file or folder of *.yaml (default: the shipped profile)"
+    )
+    p.add_argument(
+        "--table",
+        metavar="FILE",
+        help="Table E.1-1 JSON (default: $BIDSAFE_PS315_TABLE, else ../shared/ps315/table_e1_1.json next to the "
+        "repository; without it the file is checked against its own 'basic' column)",
+    )
     p.set_defaults(handler="bidsafe.deid.rules:cli_main")
 
 
