@@ -272,7 +272,7 @@ def _silenced_pydicom() -> Iterator[None]:
         logger.disabled = was_disabled
 
 
-def read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> IndexRow:
+def _read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> IndexRow:
     """Read one file's header (never its pixels) into an index row, or raise _Unusable with the reason."""
     if size == 0:
         raise _Unusable(REASON_EMPTY)
@@ -444,7 +444,7 @@ def index_inbox(
             reused += 1
             continue
         try:
-            rows.append(read_header(entry.path, entry.relpath, entry.size, entry.mtime_ns))
+            rows.append(_read_header(entry.path, entry.relpath, entry.size, entry.mtime_ns))
         except _Unusable as exc:
             junk.append((entry.relpath, exc.reason))
     progress.done()
