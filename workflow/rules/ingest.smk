@@ -4,6 +4,8 @@ rule ingest:
         quarantine=PRIVATE / "ingest" / "quarantine.tsv",
     params:
         inbox=INBOX,
+        # Not an output: Snakemake deletes outputs before a job, and the cache must survive to save re-reads.
+        cache=PRIVATE / "ingest" / "cache.tsv",
         fingerprint=inbox_fingerprint(),
     log:
         LOGS / "ingest" / "ingest.log",
