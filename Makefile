@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bidsafe-installed
 CORES ?= all
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup demo test lint clean-demo node-validator
 
 setup: $(STAMP)
 
@@ -30,8 +30,17 @@ $(DEMO_DIR)/.inbox-written: | setup
 		--consent $(DEMO_DIR)/consent.tsv --demographics $(DEMO_DIR)/demographics.tsv
 	touch $@
 
-test: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+# The alternative validator backend (npm `bids-validator`, run with node), installed where npm exists so its
+# tests run; without npm those tests skip with a message.
+NODE_VALIDATOR := $(VENV)/node/node_modules/.bin/bids-validator
+
+node-validator:
+	@if command -v npm >/dev/null 2>&1; then \
+		test -x $(NODE_VALIDATOR) || npm install --silent --no-audit --no-fund --prefix $(VENV)/node bids-validator@1.15.0; \
+	else echo "npm not found: the node validator backend's tests will be skipped"; fi
+
+test: setup node-validator
+	PATH=$(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/node/node_modules/.bin:$$PATH $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
