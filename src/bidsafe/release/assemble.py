@@ -1,0 +1,548 @@
+"""Assemble the release dataset in a staging folder: included sessions plus the dataset-level files.
+
+The staging tree appears whole or not at all (built in a temporary sibling, then renamed). It is built from
+de-identified, scrubbed, defaced session trees and from a fixed list of participant files; nothing else from
+the work area is copied, so private lists (inbox paths, study UIDs) cannot slip in by accident.
+
+Release-level configuration lives under `release:` (see `RELEASE_DEFAULTS` and `RELEASE_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bidsafe import __version__
+from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from bidsafe.release.manifest import RELEASE_MARKERS, TOOL_DROPPINGS
+
+log = logging.getLogger("bidsafe")
+
+# The spec version the release claims. The bundled validator (bids-validator-deno 3.0, schema for BIDS
+# 1.11.1) accepts every 1.x; 1.10.0 is the newest release that other readers (pybids etc.) also know, and
+# every feature used here (GeneratedBy, sessions files, .bidsignore) predates it.
+BIDS_VERSION = "1.10.0"
+QC_PIPELINE = "bidsafe-qc"
+LATEST = "latest"
+
+# Public-domain dedications waive every right: they cannot carry a data usage agreement that forbids
+# re-identification and passing the data on, so they are refused (see `release_config`).
+PUBLIC_DOMAIN_LICENSES = frozenset({"cc0", "cc0-1.0", "pd", "pddl", "pddl-1.0", "unlicense"})
+
+DEFAULT_DATA_USAGE_AGREEMENT = """\
+By accessing or using these data you agree to the following terms:
+
+1. You will not attempt to identify, re-identify or contact any participant, by any means, including by
+   linking these data with other data, by reconstructing faces or by looking for identifying features.
+2. You will not pass these data, or any part of them, on to anyone else (individuals, groups or
+   repositories); every user must obtain them, and agree to these terms, through the data provider.
+3. If you come across information that might identify a participant, you will stop using the affected
+   files, tell the data provider without delay and delete any copy you made of that information.
+4. You will keep the data secure, use them only for research, and acknowledge the dataset as requested.
+"""
+
+RELEASE_DEFAULTS: dict[str, Any] = {
+    "name": "bidsafe release",
+    "version": "auto",
+    "license": "LicenseRef-bidsafe-DUA",
+    "authors": [],
+    "how_to_acknowledge": None,
+    "funding": [],
+    "ethics_approvals": [],
+    "references_and_links": [],
+    "dataset_doi": None,
+    "readme": None,
+    "data_usage_agreement": None,
+    "changes": [],
+    "link": "hardlink",
+}
+
+# JSON-schema fragment for `release:` (the keys above; `audience`, `k_anonymity`... belong to the consent
+# stage and are merely allowed here).
+RELEASE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "default": RELEASE_DEFAULTS["name"]},
+        "version": {
+            "oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}],
+            "default": "auto",
+            "description": "auto: 1 + the highest published v<N>; an integer must exceed every published one",
+        },
+        "license": {
+            "type": "string",
+            "minLength": 1,
+            "default": RELEASE_DEFAULTS["license"],
+            "not": {"enum": ["CC0", "CC0-1.0", "PD", "PDDL", "PDDL-1.0", "Unlicense"]},
+            "description": "dataset_description License; the LICENSE file holds the data usage agreement",
+        },
+        "authors": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": []},
+        "how_to_acknowledge": {"type": ["string", "null"], "default": None},
+        "funding": {"type": "array", "items": {"type": "string"}, "default": []},
+        "ethics_approvals": {"type": "array", "items": {"type": "string"}, "default": []},
+        "references_and_links": {"type": "array", "items": {"type": "string"}, "default": []},
+        "dataset_doi": {"type": ["string", "null"], "default": None},
+        "readme": {"type": ["string", "null"], "default": None, "description": "README body (text)"},
+        "data_usage_agreement": {"type": ["string", "null"], "default": None},
+        "changes": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "default": [],
+            "description": "notes for this version's CHANGES entry (session counts are added automatically)",
+        },
+        "link": {"enum": ["hardlink", "copy"], "default": "hardlink"},
+    },
+}
+
+_LABEL = re.compile(r"^[0-9A-Za-z]+$")
+_CHANGES_HEAD = re.compile(r"^(\d+)\.0\.0\s+\S+")
+
+
+@dataclass(frozen=True)
+class SessionInput:
+    """One included session: `bids_dir` holds `sub-<subject>/ses-<session>/...` (defaced, scrubbed)."""
+
+    subject: str
+    session: str
+    bids_dir: Path
+
+
+# --------------------------------------------------------------------------------------------- config
+def release_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `release:` settings with defaults filled in and checked.
+
+    Accepts the whole pipeline config (with a `release` mapping) or the `release` mapping itself.
+    """
+    section = config.get("release") if isinstance(config.get("release"), Mapping) else config
+    merged = {**RELEASE_DEFAULTS, **{k: v for k, v in dict(section).items() if v is not None}}
+    for key in ("name", "license"):
+        if not isinstance(merged[key], str) or not merged[key].strip():
+            raise ConfigError(f"config: release.{key} must be a non-empty string")
+    if merged["license"].strip().lower() in PUBLIC_DOMAIN_LICENSES:
+        raise ConfigError(
+            f"config: release.license '{merged['license']}' waives every right, so it cannot carry the data "
+            "usage agreement (no re-identification, no passing on); use a custom identifier such as "
+            "'LicenseRef-bidsafe-DUA' (the agreement is written to LICENSE and README)"
+        )
+    for key in ("authors", "funding", "ethics_approvals", "references_and_links"):
+        value = merged[key]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"config: release.{key} must be a list of non-empty strings")
+        merged[key] = list(value)
+    changes = merged["changes"]
+    merged["changes"] = [changes] if isinstance(changes, str) else list(changes)
+    version = merged["version"]
+    if not (version == "auto" or (isinstance(version, int) and not isinstance(version, bool) and version >= 1)):
+        raise ConfigError("config: release.version must be 'auto' or a positive integer")
+    if merged["link"] not in ("hardlink", "copy"):
+        raise ConfigError("config: release.link must be 'hardlink' or 'copy'")
+    return merged
+
+
+def describe_profile(profile: str | Path) -> str:
+    """The de-identification rule profile as recorded in a release: file name plus content hash when a file."""
+    path = Path(profile)
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return f"{path.name} (sha256:{digest[:16]})"
+    return str(profile)
+
+
+# --------------------------------------------------------------------------------------------- versions
+def published_versions(release_dir: str | Path | None) -> list[int]:
+    """The N of every `v<N>` folder under `release_dir`, ascending."""
+    if release_dir is None or not Path(release_dir).is_dir():
+        return []
+    found = []
+    for entry in Path(release_dir).iterdir():
+        match = re.fullmatch(r"v(\d+)", entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def next_version(release_dir: str | Path | None, requested: int | str | None = "auto") -> int:
+    """1 + the highest published version, or `requested` when it is higher than every published one."""
+    published = published_versions(release_dir)
+    highest = published[-1] if published else 0
+    if requested in (None, "auto"):
+        return highest + 1
+    if not isinstance(requested, int) or requested <= highest:
+        raise BidsafeError(f"release version {requested} is not above the highest published v{highest}", release_dir)
+    return requested
+
+
+def version_label(version: int) -> str:
+    """The CHANGES form of release N (CPAN style wants a version number, not `v<N>`)."""
+    return f"{version}.0.0"
+
+
+def changes_version(text: str) -> int | None:
+    """N of the newest entry of a bidsafe CHANGES text (`N.0.0 DATE` on its first non-blank line)."""
+    for line in text.splitlines():
+        if line.strip():
+            match = _CHANGES_HEAD.match(line.strip())
+            return int(match.group(1)) if match else None
+    return None
+
+
+def changes_text(version: int, date: str, notes: Sequence[str], previous: str = "") -> str:
+    """A CHANGES text: the new entry, then every earlier entry carried forward unchanged."""
+    lines = [f"{version_label(version)} {date}"]
+    for note in notes:
+        first, *rest = [part.strip() for part in str(note).strip().splitlines()] or [""]
+        lines.append(f"  - {first}")
+        lines.extend(f"    {part}" for part in rest)
+    entry = "\n".join(lines) + "\n"
+    previous = previous.strip("\n")
+    return entry + ("\n" + previous + "\n" if previous else "")
+
+
+def released_sessions(dataset: str | Path) -> set[tuple[str, str]]:
+    """(subject, session) of every `sub-S/ses-T` folder in a dataset."""
+    dataset = Path(dataset)
+    found = set()
+    if dataset.is_dir():
+        for sub in dataset.glob("sub-*"):
+            if sub.is_dir():
+                found.update((sub.name[4:], ses.name[4:]) for ses in sub.glob("ses-*") if ses.is_dir())
+    return found
+
+
+def _session_list(pairs: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"sub-{s}/ses-{t}" for s, t in sorted(pairs))
+
+
+def automatic_notes(current: set[tuple[str, str]], previous: set[tuple[str, str]] | None) -> list[str]:
+    """Counts, plus which sessions were added or removed since the previous release (pseudonyms only)."""
+    subjects = {s for s, _ in current}
+    counts = f"{len(subjects)} participants, {len(current)} sessions."
+    if previous is None:
+        return [f"Initial release: {counts}"]
+    notes = [f"Release contents: {counts}"]
+    added, removed = current - previous, previous - current
+    if added:
+        notes.append(f"Added {len(added)} sessions: {_session_list(added)}.")
+    if removed:
+        notes.append(f"Removed {len(removed)} sessions (delete any copies you hold): {_session_list(removed)}.")
+    if not added and not removed:
+        notes.append("Same sessions as the previous release; files regenerated.")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------- copying
+def link_or_copy(src: Path, dst: Path, mode: str = "hardlink") -> str:
+    """Hard-link `src` to `dst` when allowed and on the same filesystem, else copy; returns what was done."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "hardlink" and not src.is_symlink():
+        try:
+            os.link(src, dst)
+            return "link"
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                raise
+    shutil.copy2(src, dst)  # follows a symlink: the release gets the content, never a link
+    return "copy"
+
+
+def copy_tree(src: Path, dst: Path, mode: str = "hardlink", *, keep: Any = None) -> int:
+    """Copy every file under `src` into `dst` (same relative paths); `keep(rel)` may veto files."""
+    count = 0
+    for dirpath, _dirnames, filenames in os.walk(src, followlinks=False):
+        for name in sorted(filenames):
+            if name in TOOL_DROPPINGS:
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(src)
+            if keep is not None and not keep(rel):
+                continue
+            link_or_copy(path, dst / rel, mode)
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------- TSVs
+def _read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _tsv_text(header: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(header), delimiter="\t", lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("n/a" if row.get(k) in (None, "") else row[k]) for k in header})
+    return out.getvalue()
+
+
+def _filtered_tsv(src: Path, column: str, keep: set[str], prefix: str) -> str:
+    header, rows = _read_tsv(src)
+    if column not in header:
+        raise BidsafeError(f"lacks the '{column}' column", src.name)
+    kept = [row for row in rows if _with_prefix(row.get(column, ""), prefix) in keep]
+    return _tsv_text(header, kept)
+
+
+def _with_prefix(label: str, prefix: str) -> str:
+    label = (label or "").strip()
+    return label if label.startswith(prefix) else prefix + label
+
+
+# --------------------------------------------------------------------------------------------- texts
+def dataset_description(rc: Mapping[str, Any], versions: Mapping[str, str], profile: str) -> dict[str, Any]:
+    """dataset_description.json for the raw release."""
+    description: dict[str, Any] = {
+        "Name": rc["name"],
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+        "License": rc["license"],
+    }
+    if rc["authors"]:
+        description["Authors"] = rc["authors"]
+    if rc["how_to_acknowledge"]:
+        description["HowToAcknowledge"] = rc["how_to_acknowledge"]
+    if rc["funding"]:
+        description["Funding"] = rc["funding"]
+    if rc["ethics_approvals"]:
+        description["EthicsApprovals"] = rc["ethics_approvals"]
+    if rc["references_and_links"]:
+        description["ReferencesAndLinks"] = rc["references_and_links"]
+    if rc["dataset_doi"]:
+        description["DatasetDOI"] = rc["dataset_doi"]
+    description["GeneratedBy"] = generated_by(versions, profile)
+    return description
+
+
+def generated_by(versions: Mapping[str, str], profile: str) -> list[dict[str, str]]:
+    """bidsafe first (with the rule profile), then every tool version it was given, by name."""
+    entries = [
+        {
+            "Name": "bidsafe",
+            "Version": str(versions.get("bidsafe", __version__)),
+            "Description": "De-identified DICOM headers, converted, scrubbed sidecars, defaced anatomical "
+            f"images and gated the release. De-identification rule profile: {profile}.",
+        }
+    ]
+    for name in sorted(versions, key=str.lower):
+        if name != "bidsafe" and versions[name]:
+            entries.append({"Name": name, "Version": str(versions[name])})
+    return entries
+
+
+def data_usage_agreement(rc: Mapping[str, Any]) -> str:
+    text = rc.get("data_usage_agreement") or DEFAULT_DATA_USAGE_AGREEMENT
+    return text.strip() + "\n"
+
+
+def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile: str) -> str:
+    """README: the configured body (or a default) and, always, the data usage agreement."""
+    agreement = data_usage_agreement(rc)
+    body = rc.get("readme")
+    if not body:
+        body = (
+            f"# {rc['name']}\n\n"
+            f"MRI data of {n_subjects} participants ({n_sessions} sessions) in BIDS format, prepared for sharing "
+            "with bidsafe.\n\n"
+            "## How these data were prepared\n\n"
+            "- Only sessions of participants whose consent covers this release's audience are included.\n"
+            "- Subject and session labels are pseudonyms; the key linking them to people is not shared.\n"
+            f"- DICOM headers were de-identified (rule profile: {profile}) before conversion; dates are "
+            "shifted per participant; sidecar fields pass an allow-list.\n"
+            "- Faces were removed from every anatomical image.\n"
+            "- The release passed the BIDS validator, a scan for every personal value found in the source "
+            "headers, a deface check and a consent check before it was published.\n"
+            "- Image quality metrics are in derivatives/bidsafe-qc.\n\n"
+            "## Integrity\n\n"
+            "MANIFEST.sha256 lists every file's SHA-256: check a download with `sha256sum -c MANIFEST.sha256` "
+            "or `bidsafe verify`. SHAREABLE.json records the version, the gates passed and the manifest's hash.\n"
+        )
+    body = body.rstrip() + "\n"
+    if agreement.strip() not in body:
+        body += "\n## Data usage agreement\n\n" + agreement
+    return body
+
+
+def license_text(rc: Mapping[str, Any]) -> str:
+    """LICENSE must correspond to the License field: name it, then the agreement that is the licence."""
+    return (
+        f"License: {rc['license']}\n\n"
+        "These data are made available only under the following data usage agreement.\n\n" + data_usage_agreement(rc)
+    )
+
+
+BIDSIGNORE = "\n".join(sorted(RELEASE_MARKERS)) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- assemble
+def assemble_release(
+    staging: Path,
+    *,
+    sessions: Sequence[SessionInput],
+    participants_dir: Path,
+    qc_dirs: Sequence[Path],
+    config: Mapping[str, Any],
+    versions: Mapping[str, str],
+    release_dir: Path | None = None,
+    profile: str | Path | None = None,
+    now: datetime | None = None,
+) -> Path:
+    """Build the release dataset in `staging` (replaced whole) and return it.
+
+    `release_dir` (or `config["release_dir"]`) is read to number this version and carry CHANGES forward;
+    `profile` (or `config["rules"]`/`config["profile"]`) names the de-identification rule profile.
+    """
+    staging = Path(staging)
+    rc = release_config(config)
+    if release_dir is None and config.get("release_dir"):
+        release_dir = Path(config["release_dir"])
+    if profile is None:
+        profile = config.get("profile") or config.get("rules") or (config.get("deid") or {}).get("rules")
+    if not profile:
+        raise ConfigError("assemble: the de-identification rule profile is not known (pass profile=...)")
+    profile_text = describe_profile(profile)
+    when = now or datetime.now(UTC)
+
+    wanted = _check_sessions(sessions)
+    subjects = sorted({s.subject for s in wanted})
+    version = next_version(release_dir, rc["version"])
+    latest = Path(release_dir) / LATEST if release_dir is not None else None
+    previous_changes = ""
+    previous_sessions: set[tuple[str, str]] | None = None
+    if latest is not None and latest.is_dir():
+        if (latest / "CHANGES").is_file():
+            previous_changes = (latest / "CHANGES").read_text(encoding="utf-8")
+        previous_sessions = released_sessions(latest)
+    current = {(s.subject, s.session) for s in wanted}
+
+    with atomic_dir(staging) as tmp:
+        links = 0
+        for item in wanted:
+            src = Path(item.bids_dir) / f"sub-{item.subject}" / f"ses-{item.session}"
+            if not src.is_dir():
+                raise BidsafeError(f"holds no sub-{item.subject}/ses-{item.session} folder", item.bids_dir)
+            links += copy_tree(src, tmp / f"sub-{item.subject}" / f"ses-{item.session}", rc["link"])
+        _copy_participants(Path(participants_dir), tmp, current)
+        _copy_qc(qc_dirs, tmp / "derivatives" / QC_PIPELINE, current, rc["link"], versions)
+
+        atomic_write_json(tmp / "dataset_description.json", dataset_description(rc, versions, profile_text))
+        atomic_write_text(tmp / "README", readme_text(rc, len(subjects), len(current), profile_text))
+        atomic_write_text(tmp / "LICENSE", license_text(rc))
+        notes = [*rc["changes"], *automatic_notes(current, previous_sessions)]
+        atomic_write_text(tmp / "CHANGES", changes_text(version, when.strftime("%Y-%m-%d"), notes, previous_changes))
+        atomic_write_text(tmp / ".bidsignore", BIDSIGNORE)
+    log.info(
+        "assembled release %s: %d participants, %d sessions, %d session files",
+        version_label(version),
+        len(subjects),
+        len(current),
+        links,
+    )
+    return staging
+
+
+def _check_sessions(sessions: Sequence[SessionInput]) -> list[SessionInput]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for item in sessions:
+        subject = item.subject.removeprefix("sub-")
+        session = item.session.removeprefix("ses-")
+        if not (_LABEL.match(subject) and _LABEL.match(session)):
+            raise BidsafeError(f"session labels must be letters and digits: sub-{subject} ses-{session}")
+        if (subject, session) in seen:
+            raise BidsafeError(f"sub-{subject} ses-{session} is listed twice")
+        seen.add((subject, session))
+        out.append(SessionInput(subject, session, Path(item.bids_dir)))
+    return sorted(out, key=lambda s: (s.subject, s.session))
+
+
+def _copy_participants(participants_dir: Path, dataset: Path, current: set[tuple[str, str]]) -> None:
+    """participants.tsv/json and per-subject sessions files, restricted to the included subjects/sessions.
+
+    Only these named files are read: the pseudonymise work folder holds other lists that must not ship.
+    """
+    subjects = {s for s, _ in current}
+    participants = participants_dir / "participants.tsv"
+    if not participants.is_file():
+        raise BidsafeError("participants.tsv is missing", participants_dir)
+    table = _filtered_tsv(participants, "participant_id", {f"sub-{s}" for s in subjects}, "sub-")
+    listed = {row["participant_id"] for row in csv.DictReader(io.StringIO(table), delimiter="\t")}
+    unlisted = sorted(f"sub-{s}" for s in subjects if f"sub-{s}" not in listed)
+    if unlisted:
+        raise BidsafeError(f"participants.tsv has no row for {', '.join(unlisted)}", participants_dir)
+    atomic_write_text(dataset / "participants.tsv", table)
+    for name in ("participants.json", "sessions.json"):
+        if (participants_dir / name).is_file():
+            shutil.copyfile(participants_dir / name, dataset / name)
+    for subject in sorted(subjects):
+        sessions_tsv = participants_dir / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+        if sessions_tsv.is_file():
+            keep = {f"ses-{t}" for s, t in current if s == subject}
+            atomic_write_text(
+                dataset / f"sub-{subject}" / sessions_tsv.name, _filtered_tsv(sessions_tsv, "session_id", keep, "ses-")
+            )
+        else:
+            log.warning("sub-%s: no sessions file in the participants folder", subject)
+        sidecar = sessions_tsv.with_suffix(".json")
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, dataset / f"sub-{subject}" / sidecar.name)
+
+
+def _session_of(path: Path) -> tuple[str, str] | None:
+    parts = path.parts
+    for i in range(len(parts) - 1):
+        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
+            return parts[i][4:], parts[i + 1][4:]
+    return None
+
+
+def _copy_qc(
+    qc_dirs: Sequence[Path], out: Path, current: set[tuple[str, str]], mode: str, versions: Mapping[str, str]
+) -> None:
+    """QC outputs of the included sessions under derivatives/bidsafe-qc, in the same sub-/ses- layout.
+
+    A folder that names a session (`.../sub-S/ses-T`) lands at `sub-S/ses-T/`; any other folder is taken as
+    a derivatives root whose files are copied when they name no session or an included one.
+    """
+    copied = 0
+    for qc_dir in map(Path, qc_dirs):
+        if not qc_dir.is_dir():
+            raise BidsafeError("QC folder is missing", qc_dir)
+        named = _session_of(qc_dir)
+        if named is not None:
+            if named in current:
+                copied += copy_tree(qc_dir, out / f"sub-{named[0]}" / f"ses-{named[1]}", mode)
+            continue
+
+        def keep(rel: Path) -> bool:
+            from bidsafe.release.gates import path_entities
+
+            subjects, sessions = path_entities(rel.as_posix())
+            return all((s, t) in current for s in subjects for t in sessions) and (
+                bool(sessions) or all(any(s == c for c, _ in current) for s in subjects)
+            )
+
+        copied += copy_tree(qc_dir, out, mode, keep=keep)
+    if copied and not (out / "dataset_description.json").exists():
+        atomic_write_json(
+            out / "dataset_description.json",
+            {
+                "Name": "bidsafe image quality metrics",
+                "BIDSVersion": BIDS_VERSION,
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "bidsafe", "Version": str(versions.get("bidsafe", __version__))}],
+            },
+        )

@@ -1,0 +1,449 @@
+"""The release gates: four independent checks of an assembled staging tree, each with its own JSON report.
+
+1. `validator`: the official BIDS validator finds 0 errors.
+2. `leak_scan`: no personal value harvested from the raw DICOM appears in any file, header or path.
+3. `deface`: every anatomical image has a deface record whose output hash equals the released file's.
+4. `consent`: every subject/session in the tree is marked included by the pseudonymise stage; nothing else.
+
+Each gate fails closed: a missing module, an unreadable input or an empty list of values to look for is a
+failed gate, never a pass. Reports name gates, codes, counts and release-relative paths only; never a personal
+value, never a private identifier (the private sessions table's study UIDs stay out of them).
+
+Every result carries a fingerprint of the staging tree it checked, so `publish` can refuse gate results that
+were computed on a different (or since modified) tree.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bidsafe.errors import BidsafeError
+from bidsafe.fsutil import atomic_write_json
+from bidsafe.release.manifest import TOOL_DROPPINGS, iter_release_files, sha256_file
+
+VALIDATOR = "validator"
+LEAK_SCAN = "leak_scan"
+DEFACE = "deface"
+CONSENT = "consent"
+REQUIRED_GATES: tuple[str, ...] = (VALIDATOR, LEAK_SCAN, DEFACE, CONSENT)
+
+# Cap on the paths listed in one report: a systematic failure on 10,000 files needs a sample, not a novel.
+MAX_LISTED = 200
+
+_LABEL = re.compile(r"^[0-9A-Za-z]+$")
+_ENTITY = re.compile(r"(?:^|_)(sub|ses)-([0-9A-Za-z]+)(?=_|\.|$)")
+_NIFTI = (".nii", ".nii.gz")
+_TRUE = frozenset({"1", "true", "yes", "y", "included", "include"})
+
+
+@dataclass
+class GateResult:
+    """One gate's verdict. `details` is JSON-safe and free of personal values."""
+
+    name: str
+    passed: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    checked_utc: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateResult:
+        return cls(
+            name=str(data["name"]),
+            passed=data["passed"] is True,
+            summary=str(data.get("summary", "")),
+            details=dict(data.get("details") or {}),
+            fingerprint=str(data.get("fingerprint", "")),
+            checked_utc=str(data.get("checked_utc", "")),
+        )
+
+
+def write_gate_report(result: GateResult, path: str | Path) -> Path:
+    """Write one gate's result as JSON (atomically)."""
+    return atomic_write_json(path, result.to_dict())
+
+
+def read_gate_report(path: str | Path) -> GateResult:
+    try:
+        return GateResult.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BidsafeError(f"unreadable gate report ({type(exc).__name__})", path) from exc
+
+
+def staging_fingerprint(staging: str | Path) -> str:
+    """A digest of the tree's file list, sizes and modification times (cheap; changes when any file does)."""
+    staging = Path(staging)
+    digest = hashlib.sha256()
+    for rel in iter_release_files(staging, skip=TOOL_DROPPINGS):
+        st = os.stat(staging / rel)
+        digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _result(name: str, passed: bool, summary: str, details: dict[str, Any], fingerprint: str) -> GateResult:
+    return GateResult(name, passed, summary, details, fingerprint=fingerprint, checked_utc=_now())
+
+
+def _capped(items: Iterable[Any]) -> list[Any]:
+    return list(items)[:MAX_LISTED]
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------------------------- validator
+def gate_validator(staging: str | Path, backend: str = "deno") -> GateResult:
+    """Pass when the BIDS validator reports 0 errors (warnings are counted, not failed)."""
+    staging = Path(staging)
+    fingerprint = staging_fingerprint(staging)
+    try:
+        from bidsafe.validate import run_validator
+    except ImportError:
+        return _result(VALIDATOR, False, "bidsafe.validate is not available: validator not run", {}, fingerprint)
+    result = run_validator(staging, backend=backend)
+    # Codes and locations only: validator messages can quote file contents ("evidence"), which must not
+    # reach a report that is kept outside the private area.
+    errors = [_issue_brief(issue) for issue in result.errors]
+    warnings = [_issue_brief(issue) for issue in result.warnings]
+    error_codes = Counter(e["code"] for e in errors)
+    passed = bool(result.valid) and not errors
+    codes = ", ".join(f"{code} x{n}" for code, n in sorted(error_codes.items()))
+    summary = f"{len(errors)} errors, {len(warnings)} warnings" + (f" ({codes})" if codes else "")
+    details = {
+        "backend": backend,
+        "validator_version": str(getattr(result, "validator_version", "")),
+        "errors": len(errors),
+        "warnings": len(warnings),
+        "error_issues": _capped(errors),
+        "warning_codes": dict(sorted(Counter(w["code"] for w in warnings).items())),
+    }
+    return _result(VALIDATOR, passed, summary, details, fingerprint)
+
+
+def _issue_brief(issue: Any) -> dict[str, str]:
+    code = _get(issue, "code", "key") or "UNKNOWN"
+    location = _get(issue, "location", "file", "path") or ""
+    brief = {"code": str(code), "location": str(location)}
+    sub_code = _get(issue, "sub_code", "subCode")  # names a field (e.g. the missing key), never its value
+    if sub_code:
+        brief["sub_code"] = str(sub_code)
+    return brief
+
+
+# --------------------------------------------------------------------------------------------- leak scan
+def gate_leak_scan(staging: str | Path, values: Any, also: Sequence[str | Path] = ()) -> GateResult:
+    """Pass when no harvested personal value (any rendering) occurs in the staging tree or in `also`.
+
+    `values` is a `bidsafe.phi.PersonalValues` or the path of a saved one. An empty harvest fails: a scan
+    that looks for nothing proves nothing.
+    """
+    staging = Path(staging)
+    fingerprint = staging_fingerprint(staging)
+    if isinstance(values, str | Path):
+        from bidsafe.phi import load_values
+
+        values = load_values(values)
+    try:
+        from bidsafe.release.leakscan import leak_scan
+    except ImportError:
+        return _result(LEAK_SCAN, False, "bidsafe.release.leakscan is not available: scan not run", {}, fingerprint)
+    if len(values) == 0:
+        return _result(LEAK_SCAN, False, "no personal values were harvested: nothing to scan for", {}, fingerprint)
+    also_paths = [Path(p) for p in also]
+    report = leak_scan(staging, values, also=also_paths)
+    hits = [_hit_brief(hit, staging, also_paths) for hit in report.hits]
+    passed = bool(report.clean) and not hits
+    where = Counter(h["file"] for h in hits)
+    summary = f"{len(hits)} hits in {len(where)} files" + ("" if passed else " (values not shown)")
+    details = {
+        "values_scanned": len(values),
+        "also": [p.name for p in also_paths],
+        "hits": _capped(hits),
+    }
+    for counter_name in ("files_scanned", "bytes_scanned", "seconds"):
+        counted = getattr(report, counter_name, None)
+        if isinstance(counted, int | float):
+            details[counter_name] = counted
+    return _result(LEAK_SCAN, passed, summary, details, fingerprint)
+
+
+def _hit_brief(hit: Any, staging: Path, also: Sequence[Path]) -> dict[str, str]:
+    """File, field and category of a hit; the matched value and its context are deliberately dropped."""
+    raw = _get(hit, "path", "file", "location") or ""
+    shown = str(raw)
+    candidate = Path(raw)
+    for root, label in [(staging, ""), *[(p, f"{p.name}:") for p in also]]:
+        try:
+            shown = label + candidate.relative_to(root).as_posix()
+            break
+        except ValueError:
+            continue
+    brief = {"file": shown}
+    for name in ("field", "category", "where", "part", "kind"):
+        value = _get(hit, name)
+        if value is not None:
+            brief[name] = str(value)
+    return brief
+
+
+# --------------------------------------------------------------------------------------------- deface
+def image_suffix(name: str) -> str | None:
+    """BIDS suffix of a NIfTI file name (`sub-1_ses-1_T1w.nii.gz` -> `T1w`), None for other files."""
+    for ext in sorted(_NIFTI, key=len, reverse=True):
+        if name.endswith(ext):
+            stem = name[: -len(ext)]
+            return stem.rsplit("_", 1)[-1]
+    return None
+
+
+def load_deface_records(records: Sequence[str | Path]) -> tuple[dict[str, set[str]], list[str]]:
+    """{dataset-relative path: {sha256, ...}} from the per-session record files, plus unreadable files."""
+    recorded: dict[str, set[str]] = {}
+    unreadable: list[str] = []
+    for records_file in map(Path, records):
+        try:
+            data = json.loads(records_file.read_text(encoding="utf-8"))
+            entries = data.get("records", []) if isinstance(data, Mapping) else data
+            for entry in entries:
+                rel = _dataset_relative(str(entry["path"]), records_file)
+                recorded.setdefault(rel, set()).add(str(entry["sha256"]).lower())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            unreadable.append(_session_name(records_file))
+    return recorded, unreadable
+
+
+def _session_name(path: Path) -> str:
+    """`sub-S/ses-T/<name>` when the path names a session, else the bare file name (never an absolute path)."""
+    parts = path.parts
+    for i in range(len(parts) - 1):
+        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
+            return "/".join(parts[i:])
+    return path.name
+
+
+def _dataset_relative(rel: str, records_file: Path) -> str:
+    """A record's path relative to the dataset root (`sub-S/ses-T/anat/...`).
+
+    Records may give it relative to the dataset (starts with `sub-`) or to the session folder (`anat/...`);
+    the session is then read from the file name's entities or, failing that, from the records file's folder.
+    """
+    rel = Path(rel).as_posix().lstrip("/")
+    if rel.startswith("sub-"):
+        return rel
+    entities = dict(_ENTITY.findall(Path(rel).name))
+    subject, session = entities.get("sub"), entities.get("ses")
+    if subject is None:
+        parts = records_file.parts
+        for i in range(len(parts) - 1):
+            if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
+                subject, session = parts[i][4:], parts[i + 1][4:]
+                break
+    if subject is None:
+        return rel
+    return f"sub-{subject}/ses-{session}/{rel}" if session else f"sub-{subject}/{rel}"
+
+
+def gate_deface(staging: str | Path, records: Sequence[str | Path], anat_suffixes: Sequence[str]) -> GateResult:
+    """Pass when every released image whose suffix is anatomical has a matching deface record.
+
+    Every NIfTI in the tree is considered, derivatives included: a T1w copied anywhere still shows a face.
+    """
+    staging = Path(staging)
+    fingerprint = staging_fingerprint(staging)
+    suffixes = set(anat_suffixes)
+    if not suffixes:
+        return _result(DEFACE, False, "no anatomical suffixes configured: nothing would be checked", {}, fingerprint)
+    recorded, unreadable = load_deface_records(records)
+    checked: list[str] = []
+    no_record: list[str] = []
+    mismatch: list[str] = []
+    for rel in iter_release_files(staging):
+        if image_suffix(Path(rel).name) not in suffixes:
+            continue
+        checked.append(rel)
+        expected = recorded.get(rel)
+        if not expected:
+            no_record.append(rel)
+        elif sha256_file(staging / rel) not in expected:
+            mismatch.append(rel)
+    passed = not (no_record or mismatch or unreadable)
+    summary = (
+        f"{len(checked)} anatomical images checked: {len(no_record)} without a deface record, "
+        f"{len(mismatch)} differ from the defaced output"
+        + (f", {len(unreadable)} unreadable record files" if unreadable else "")
+    )
+    details = {
+        "suffixes": sorted(suffixes),
+        "checked": len(checked),
+        "records_files": len(records),
+        "no_record": _capped(no_record),
+        "hash_mismatch": _capped(mismatch),
+        "unreadable_records": _capped(unreadable),
+    }
+    return _result(DEFACE, passed, summary, details, fingerprint)
+
+
+# --------------------------------------------------------------------------------------------- consent
+def read_included_sessions(sessions_tsv: str | Path) -> set[tuple[str, str]]:
+    """The (subject, session) pairs the pseudonymise stage marked included (labels without prefixes)."""
+    path = Path(sessions_tsv)
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            missing = {"subject", "session", "included"} - set(reader.fieldnames or ())
+            if missing:
+                raise BidsafeError(f"sessions table lacks columns {sorted(missing)}", path.name)
+            rows = list(reader)
+    except OSError as exc:
+        raise BidsafeError(f"sessions table unreadable ({type(exc).__name__})", path.name) from exc
+    included: set[tuple[str, str]] = set()
+    for row in rows:
+        if str(row.get("included") or "").strip().lower() in _TRUE:
+            included.add((_strip(row["subject"], "sub-"), _strip(row["session"], "ses-")))
+    return included
+
+
+def _strip(label: str | None, prefix: str) -> str:
+    label = (label or "").strip()
+    return label[len(prefix) :] if label.startswith(prefix) else label
+
+
+def path_entities(rel: str) -> tuple[set[str], set[str]]:
+    """Every subject and session label a release-relative path names, in folder names or file entities."""
+    subjects: set[str] = set()
+    sessions: set[str] = set()
+    for part in Path(rel).parts:
+        for key, label in _ENTITY.findall(part):
+            (subjects if key == "sub" else sessions).add(label)
+    return subjects, sessions
+
+
+_SUBJECT_COLUMNS = ("participant_id", "subject", "sub")
+_SESSION_COLUMNS = ("session_id", "session", "ses")
+
+
+def gate_consent(staging: str | Path, sessions_tsv: str | Path) -> GateResult:
+    """Pass when every subject/session the tree names (paths and TSV rows) is marked included; nothing else.
+
+    Included sessions absent from the tree are allowed (a later stage may withhold one) and only counted.
+    """
+    staging = Path(staging)
+    fingerprint = staging_fingerprint(staging)
+    try:
+        included = read_included_sessions(sessions_tsv)
+    except BidsafeError as exc:
+        return _result(CONSENT, False, str(exc), {}, fingerprint)
+    included_subjects = {subject for subject, _ in included}
+    violations: list[dict[str, str]] = []
+
+    def check(subjects: set[str], sessions: set[str], where: str) -> None:
+        if len(subjects) > 1:
+            violations.append({"file": where, "problem": "names more than one subject"})
+        for subject in sorted(subjects):
+            if not sessions and subject not in included_subjects:
+                violations.append({"file": where, "problem": f"sub-{subject} has no included session"})
+            for session in sorted(sessions):
+                if (subject, session) not in included:
+                    violations.append({"file": where, "problem": f"sub-{subject} ses-{session} is not included"})
+        if sessions and not subjects:
+            violations.append({"file": where, "problem": "names a session without a subject"})
+
+    present: set[tuple[str, str]] = set()
+    files = list(iter_release_files(staging))
+    for rel in files:
+        subjects, sessions = path_entities(rel)
+        check(subjects, sessions, rel)
+        present.update((s, t) for s in subjects for t in sessions)
+        if rel.endswith(".tsv"):
+            for line, row_subjects, row_sessions in _tsv_entities(staging / rel):
+                # A per-subject table (sub-S_sessions.tsv) names its subject in the path, not in its rows.
+                check(row_subjects or subjects, row_sessions, f"{rel} row {line}")
+    passed = not violations
+    summary = (
+        f"{len(present)} sessions in the release, all included"
+        if passed
+        else f"{len(violations)} entries name subjects/sessions not marked included"
+    )
+    details = {
+        "sessions_in_release": len(present),
+        "files_checked": len(files),
+        "included_not_released": len(included - present),
+        "violations": _capped(violations),
+    }
+    return _result(CONSENT, passed, summary, details, fingerprint)
+
+
+def _tsv_entities(path: Path) -> Iterable[tuple[int, set[str], set[str]]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        header = reader.fieldnames or []
+        subject_column = next((c for c in _SUBJECT_COLUMNS if c in header), None)
+        session_column = next((c for c in _SESSION_COLUMNS if c in header), None)
+        if subject_column is None and session_column is None:
+            return
+        for line, row in enumerate(reader, start=2):
+            subjects = {_strip(row.get(subject_column), "sub-")} if subject_column else set()
+            sessions = {_strip(row.get(session_column), "ses-")} if session_column else set()
+            yield line, {s for s in subjects if s and s != "n/a"}, {s for s in sessions if s and s != "n/a"}
+
+
+# --------------------------------------------------------------------------------------------- all four
+def run_gates(
+    staging: str | Path,
+    *,
+    backend: str = "deno",
+    values: Any,
+    also: Sequence[str | Path] = (),
+    records: Sequence[str | Path],
+    anat_suffixes: Sequence[str],
+    sessions_tsv: str | Path,
+    report_dir: str | Path | None = None,
+) -> list[GateResult]:
+    """Run the four gates independently (one crashing fails only itself); optionally write their reports."""
+    gates = [
+        (VALIDATOR, lambda: gate_validator(staging, backend)),
+        (LEAK_SCAN, lambda: gate_leak_scan(staging, values, also)),
+        (DEFACE, lambda: gate_deface(staging, records, anat_suffixes)),
+        (CONSENT, lambda: gate_consent(staging, sessions_tsv)),
+    ]
+    results: list[GateResult] = []
+    for name, run in gates:
+        try:
+            result = run()
+        except BidsafeError as exc:
+            result = _result(name, False, f"gate could not run: {exc}", {}, "")
+        except Exception as exc:  # any crash is a failed gate; record its type only (messages may quote data)
+            result = _result(name, False, f"gate crashed: {type(exc).__name__}", {}, "")
+        results.append(result)
+        if report_dir is not None:
+            write_gate_report(result, Path(report_dir) / f"{name}.json")
+    return results
+
+
+def label_ok(label: str) -> bool:
+    """A BIDS label: letters and digits only."""
+    return bool(_LABEL.match(label))

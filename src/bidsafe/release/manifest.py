@@ -1,0 +1,208 @@
+"""Release manifests: `MANIFEST.sha256` (one `sha256sum -c` line per file) and `bidsafe verify RELEASE`.
+
+The manifest lists every regular file of a release by its path relative to the release root, sorted, in the
+exact format `sha256sum` writes (`<64 hex>  <path>`), so a recipient can check a download with either
+`sha256sum -c MANIFEST.sha256` or `bidsafe verify`. `SHAREABLE.json` is written after the manifest and records
+the manifest's own hash, so the pair cannot be swapped for another release's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bidsafe.errors import BidsafeError
+from bidsafe.fsutil import atomic_write_text
+
+MANIFEST_NAME = "MANIFEST.sha256"
+SHAREABLE_NAME = "SHAREABLE.json"
+# Files that describe the release rather than belong to it: never listed in the manifest.
+RELEASE_MARKERS = frozenset({MANIFEST_NAME, SHAREABLE_NAME})
+# Written by tools into folders they manage; never part of a dataset (Snakemake marks directory outputs so).
+TOOL_DROPPINGS = frozenset({".snakemake_timestamp"})
+
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def scan_tree(root: str | Path, *, skip: Iterable[str] = TOOL_DROPPINGS) -> tuple[list[str], list[str]]:
+    """(regular files, anything else: symlinks, sockets...) under `root`, as sorted relative POSIX paths."""
+    root = Path(root)
+    skipped = set(skip)
+    files: list[str] = []
+    odd: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in dirnames:
+            if (here / name).is_symlink():
+                odd.append((here / name).relative_to(root).as_posix())
+        for name in filenames:
+            if name in skipped:
+                continue
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            (files if path.is_file() and not path.is_symlink() else odd).append(rel)
+    return sorted(files), sorted(odd)
+
+
+def iter_release_files(root: str | Path, *, skip: Iterable[str] = TOOL_DROPPINGS) -> Iterator[str]:
+    """Relative POSIX paths of every regular file under `root`, sorted; symlinks are refused.
+
+    A release holds plain files only: a symlink could point outside the release (or at private data) and
+    its target would escape the manifest.
+    """
+    files, odd = scan_tree(root, skip=skip)
+    if odd:
+        raise BidsafeError("a release may contain regular files only, no symbolic links: " + ", ".join(odd), root)
+    return iter(files)
+
+
+def hash_tree(root: str | Path, rel_paths: Iterable[str], *, threads: int = 2) -> dict[str, str]:
+    """{relative path: sha256} for the given files (hashing releases the GIL, so threads help on big files)."""
+    root = Path(root)
+    rels = list(rel_paths)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests = list(pool.map(lambda rel: sha256_file(root / rel), rels))
+    return dict(zip(rels, digests, strict=True))
+
+
+def format_manifest(digests: Mapping[str, str]) -> str:
+    """`sha256sum` text-mode lines, sorted by path."""
+    lines = []
+    for rel in sorted(digests):
+        # sha256sum escapes such names with a leading backslash; BIDS names never need it, so refuse them.
+        if "\n" in rel or "\\" in rel or "\r" in rel:
+            raise BidsafeError("file name with a newline or backslash cannot be listed in a manifest", rel)
+        lines.append(f"{digests[rel]}  {rel}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def parse_manifest(text: str, *, source: str | Path = MANIFEST_NAME) -> dict[str, str]:
+    """Inverse of `format_manifest`; accepts `sha256sum`'s binary marker (`*`) too."""
+    digests: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _MANIFEST_LINE.match(line)
+        if match is None:
+            raise BidsafeError(f"line {number} is not '<sha256>  <path>'", source)
+        digest, rel = match.groups()
+        if rel in digests:
+            raise BidsafeError(f"line {number} lists a file twice", source)
+        digests[rel] = digest
+    return digests
+
+
+def write_manifest(root: str | Path, *, threads: int = 2) -> tuple[Path, str, dict[str, str]]:
+    """Hash every file under `root` (markers excluded) and write `root/MANIFEST.sha256` atomically.
+
+    Returns (manifest path, sha256 of the manifest text, {path: sha256}).
+    """
+    root = Path(root)
+    rels = [rel for rel in iter_release_files(root) if rel not in RELEASE_MARKERS]
+    digests = hash_tree(root, rels, threads=threads)
+    text = format_manifest(digests)
+    path = atomic_write_text(root / MANIFEST_NAME, text)
+    return path, sha256_bytes(text.encode("utf-8")), digests
+
+
+@dataclass
+class VerifyResult:
+    """What `verify_release` found; every list holds release-relative paths."""
+
+    release: Path
+    files_checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.changed or self.problems)
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.release}: OK, {self.files_checked} files match {MANIFEST_NAME}"
+        parts = [f"{self.release}: FAILED"]
+        for label, items in (("missing", self.missing), ("extra", self.extra), ("changed", self.changed)):
+            if items:
+                parts.append(f"{len(items)} {label}: " + ", ".join(items))
+        parts.extend(self.problems)
+        return "\n".join(parts)
+
+
+def resolve_release(path: str | Path) -> Path:
+    """`release_dir/latest`, `release_dir/v<N>` or `release_dir` itself (then its `latest`)."""
+    path = Path(path)
+    if not (path / MANIFEST_NAME).exists() and (path / "latest" / MANIFEST_NAME).exists():
+        path = path / "latest"
+    return path.resolve()
+
+
+def verify_release(release: str | Path, *, threads: int = 2) -> VerifyResult:
+    """Recompute every file's SHA-256 against MANIFEST.sha256 and check SHAREABLE.json's record of it."""
+    root = resolve_release(release)
+    result = VerifyResult(release=Path(release))
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BidsafeError("not a release folder", release)
+    if not manifest_path.is_file():
+        result.problems.append(f"{MANIFEST_NAME} is missing")
+        return result
+    manifest_bytes = manifest_path.read_bytes()
+    try:
+        listed = parse_manifest(manifest_bytes.decode("utf-8"), source=manifest_path)
+    except (UnicodeDecodeError, BidsafeError) as exc:
+        result.problems.append(f"{MANIFEST_NAME} is unreadable: {exc}")
+        return result
+
+    files, odd = scan_tree(root, skip=())
+    if odd:
+        result.problems.append("not regular files (symbolic links?): " + ", ".join(odd))
+    present = set(files) - RELEASE_MARKERS
+    result.missing = sorted(set(listed) - present)
+    result.extra = sorted(present - set(listed))
+    common = sorted(set(listed) & present)
+    digests = hash_tree(root, common, threads=threads)
+    result.changed = [rel for rel in common if digests[rel] != listed[rel]]
+    result.files_checked = len(common)
+
+    shareable_path = root / SHAREABLE_NAME
+    if not shareable_path.is_file():
+        result.problems.append(f"{SHAREABLE_NAME} is missing: this folder was never marked shareable")
+    else:
+        try:
+            shareable = json.loads(shareable_path.read_text(encoding="utf-8"))
+            recorded = shareable["manifest"]["sha256"]
+        except (ValueError, KeyError, TypeError):
+            result.problems.append(f"{SHAREABLE_NAME} is unreadable or lacks manifest.sha256")
+        else:
+            if recorded != sha256_bytes(manifest_bytes):
+                result.problems.append(f"{MANIFEST_NAME} does not match the hash recorded in {SHAREABLE_NAME}")
+            if shareable.get("shareable") is not True:
+                result.problems.append(f"{SHAREABLE_NAME} does not mark the release shareable")
+    return result
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """`bidsafe verify RELEASE`: exit 0 when every file matches the manifest, 1 otherwise."""
+    result = verify_release(args.release)
+    print(result.summary())
+    return 0 if result.ok else 1

@@ -1,0 +1,692 @@
+"""Assemble, gates, publish and report on a tiny synthetic BIDS release (real files, real hashes).
+
+The validator and leak-scan gates use the real `bidsafe.validate` / `bidsafe.release.leakscan` modules; their
+tests skip with a message while those modules cannot be imported. The publish tests then use explicit
+stand-in results for those two gates only (clearly marked), so publish itself is always exercised.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.phi import PersonalValue, PersonalValues
+from bidsafe.release import gates as gates_mod
+from bidsafe.release.assemble import (
+    DEFAULT_DATA_USAGE_AGREEMENT,
+    SessionInput,
+    assemble_release,
+    changes_version,
+    release_config,
+)
+from bidsafe.release.gates import (
+    CONSENT,
+    DEFACE,
+    LEAK_SCAN,
+    VALIDATOR,
+    GateResult,
+    gate_consent,
+    gate_deface,
+    read_gate_report,
+    run_gates,
+    staging_fingerprint,
+    write_gate_report,
+)
+from bidsafe.release.manifest import parse_manifest, verify_release
+from bidsafe.release.publish import publish
+from bidsafe.release.report import write_report
+
+ANAT = ["T1w", "T2w", "FLAIR"]
+PROFILE = "basic-mr"
+VERSIONS = {"bidsafe": "0.1.0", "dcm2niix": "v1.0.20240202", "dcm2bids": "3.3.0", "pydicom": "3.0.1"}
+# Fake personal values harvested "from the raw headers" (never real people).
+PLANTED_NAME = "Quintavalle^Berenike"
+
+
+def _module_available(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_VALIDATE = _module_available("bidsafe.validate")
+HAVE_LEAKSCAN = _module_available("bidsafe.release.leakscan")
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _nifti(path: Path, shape: tuple[int, ...], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    img = nib.Nifti1Image(rng.integers(0, 1000, size=shape, dtype=np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    if len(shape) == 4:
+        img.header["pixdim"][4] = 2.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+
+
+def _json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+
+
+def make_session(work: Path, subject: str, session: str, seed: int) -> tuple[SessionInput, Path, Path]:
+    """A defaced, scrubbed session tree (T1w + BOLD), its deface records file and its QC folder."""
+    bids = work / "deface" / f"sub-{subject}" / f"ses-{session}" / "bids"
+    ses = bids / f"sub-{subject}" / f"ses-{session}"
+    stem = f"sub-{subject}_ses-{session}"
+    t1 = ses / "anat" / f"{stem}_T1w.nii.gz"
+    _nifti(t1, (8, 8, 8), seed)
+    _json(t1.with_name(f"{stem}_T1w.json"), {"RepetitionTime": 2.3, "EchoTime": 0.003, "FlipAngle": 9})
+    bold = ses / "func" / f"{stem}_task-rest_bold.nii.gz"
+    _nifti(bold, (6, 6, 4, 5), seed + 100)
+    _json(bold.with_name(f"{stem}_task-rest_bold.json"), {"RepetitionTime": 2.0, "TaskName": "rest"})
+    (ses / f"{stem}_scans.tsv").write_text(
+        f"filename\tacq_time\nanat/{stem}_T1w.nii.gz\t2000-01-01T10:00:00\n"
+        f"func/{stem}_task-rest_bold.nii.gz\t2000-01-01T10:10:00\n",
+        encoding="utf-8",
+    )
+    # dcm2bids-scaffold leftovers beside the session: must never reach the release
+    (bids / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\nsub-03\n", encoding="utf-8")
+    (bids / "tmp_dcm2bids").mkdir()
+    (bids / "tmp_dcm2bids" / "log.txt").write_text("input /inbox/Quintavalle_Berenike\n", encoding="utf-8")
+    records = work / "deface" / f"sub-{subject}" / f"ses-{session}" / "records.json"
+    _json(records, [{"path": t1.relative_to(bids).as_posix(), "sha256": _sha256(t1), "engine": "test"}])
+    qc = work / "qc" / f"sub-{subject}" / f"ses-{session}"
+    qc.mkdir(parents=True)
+    (qc / f"{stem}_desc-qc_metrics.tsv").write_text(f"image\tsnr\n{stem}_T1w.nii.gz\t{10 + seed}.5\n", encoding="utf-8")
+    return SessionInput(subject, session, bids), records, qc
+
+
+class Project:
+    """A work area with sessions, a participants folder and a private sessions table."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.work = root / "work"
+        self.private = root / "private"
+        self.release_dir = root / "release"
+        self.staging = self.work / "staging" / "release"
+        self.participants = self.work / "pseudonymise"
+        self.sessions: list[SessionInput] = []
+        self.records: list[Path] = []
+        self.qc: list[Path] = []
+        self.table_rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, subject: str, session: str, seed: int, included: bool = True, reason: str = "") -> None:
+        si, records, qc = make_session(self.work, subject, session, seed)
+        if included:
+            self.sessions.append(si)
+            self.records.append(records)
+        self.qc.append(qc)  # QC exists for every session; assemble must only take the included ones
+        self.table_rows.append((subject, session, "true" if included else "false", reason))
+
+    def write_tables(self) -> None:
+        self.private.mkdir(exist_ok=True)
+        lines = ["subject\tsession\tstudy_uid\tincluded\treason"]
+        lines += [
+            f"{s}\t{t}\t1.2.826.0.1.3680043.2.{i}\t{inc}\t{r}" for i, (s, t, inc, r) in enumerate(self.table_rows)
+        ]
+        (self.private / "sessions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        p = self.participants
+        p.mkdir(parents=True, exist_ok=True)
+        subjects = sorted({s for s, *_ in self.table_rows})
+        rows = "".join(f"sub-{s}\t{'F' if i % 2 else 'M'}\t{30 + i}\n" for i, s in enumerate(subjects))
+        (p / "participants.tsv").write_text("participant_id\tsex\tage\n" + rows, encoding="utf-8")
+        _json(p / "participants.json", {"sex": {"Description": "sex"}, "age": {"Description": "age", "Units": "year"}})
+        for s in subjects:
+            sessions = [t for s2, t, *_ in self.table_rows if s2 == s]
+            text = "session_id\tage\n" + "".join(f"ses-{t}\t{30 + j}\n" for j, t in enumerate(sessions))
+            (p / f"sub-{s}").mkdir(exist_ok=True)
+            (p / f"sub-{s}" / f"sub-{s}_sessions.tsv").write_text(text, encoding="utf-8")
+            # private-looking lists the pseudonymise stage keeps in its work folder: never copied
+            (p / f"sub-{s}" / "files.txt").write_text("Quintavalle_Berenike/IM0001.dcm\n", encoding="utf-8")
+
+    @property
+    def sessions_tsv(self) -> Path:
+        return self.private / "sessions.tsv"
+
+    def assemble(self, **extra: object) -> Path:
+        config = {
+            "name": "bidsafe test release",
+            "authors": ["A. Author", "B. Author"],
+            "how_to_acknowledge": "Cite the test.",
+            "funding": ["Grant 1"],
+            "ethics_approvals": ["Ethics board 42"],
+            "audience": "public",
+            **extra,
+        }
+        return assemble_release(
+            self.staging,
+            sessions=self.sessions,
+            participants_dir=self.participants,
+            qc_dirs=self.qc,
+            config=config,
+            versions=VERSIONS,
+            release_dir=self.release_dir,
+            profile=PROFILE,
+        )
+
+    def values(self) -> PersonalValues:
+        return PersonalValues(
+            [
+                PersonalValue("name", "PatientName", PLANTED_NAME),
+                PersonalValue("id", "PatientID", "PX7731904"),
+                PersonalValue("date", "PatientBirthDate", "19610423"),
+            ]
+        )
+
+    def gate_results(self, fast: bool = False) -> list[GateResult]:
+        """Real deface and consent gates; validator and leak scan real when importable, else stand-ins.
+
+        `fast`: stand-ins for those two even when importable, for tests about publish's file operations
+        (the validator costs ~1 s per run on a shared machine).
+        """
+        results = [
+            gate_deface(self.staging, self.records, ANAT),
+            gate_consent(self.staging, self.sessions_tsv),
+        ]
+        fingerprint = staging_fingerprint(self.staging)
+        if HAVE_VALIDATE and not fast:
+            results.append(gates_mod.gate_validator(self.staging, "deno"))
+        else:
+            results.append(GateResult(VALIDATOR, True, "stand-in", {}, fingerprint))
+        if HAVE_LEAKSCAN and not fast:
+            results.append(gates_mod.gate_leak_scan(self.staging, self.values()))
+        else:
+            results.append(GateResult(LEAK_SCAN, True, "stand-in", {}, fingerprint))
+        return results
+
+
+def _snapshot(root: Path) -> dict[str, object]:
+    """Everything observable about a release folder: names, link targets, file hashes."""
+    if not root.exists():
+        return {}
+    state: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                state[rel] = "-> " + os.readlink(path)
+            elif path.is_file():
+                state[rel] = _sha256(path)
+            else:
+                state[rel] = "dir"
+    return state
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    proj = Project(tmp_path)
+    proj.add("a1", "01", seed=1)
+    proj.add("a1", "02", seed=2)
+    proj.add("b2", "01", seed=3)
+    proj.add("c3", "01", seed=4, included=False, reason="consent none")
+    proj.write_tables()
+    proj.assemble()
+    return proj
+
+
+# ------------------------------------------------------------------------------------------- assemble
+def test_assemble_copies_included_sessions_and_dataset_files(project: Project) -> None:
+    staging = project.staging
+    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    assert "sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz" in files
+    assert "sub-b2/ses-01/func/sub-b2_ses-01_task-rest_bold.json" in files
+    assert not any(f.startswith("sub-c3") for f in files), "a withheld subject reached the staging tree"
+    assert not any("files.txt" in f or "tmp_dcm2bids" in f for f in files), "private/scaffold files copied"
+    assert {"dataset_description.json", "README", "CHANGES", "LICENSE", ".bidsignore", "participants.tsv"} <= set(files)
+    # same bytes as the session tree, hard-linked (same filesystem)
+    src = project.sessions[0].bids_dir / "sub-a1" / "ses-01" / "anat" / "sub-a1_ses-01_T1w.nii.gz"
+    dst = staging / "sub-a1" / "ses-01" / "anat" / "sub-a1_ses-01_T1w.nii.gz"
+    assert os.stat(src).st_ino == os.stat(dst).st_ino
+    # participants and sessions tables hold included subjects/sessions only
+    with open(staging / "participants.tsv", encoding="utf-8") as handle:
+        ids = [row["participant_id"] for row in csv.DictReader(handle, delimiter="\t")]
+    assert ids == ["sub-a1", "sub-b2"]
+    assert (staging / "sub-a1" / "sub-a1_sessions.tsv").read_text().splitlines()[1:] == ["ses-01\t30", "ses-02\t31"]
+    assert not (staging / "sub-c3").exists()
+    # QC derivatives of included sessions only, with a derivative dataset_description
+    qc = staging / "derivatives" / "bidsafe-qc"
+    assert (qc / "sub-a1" / "ses-02" / "sub-a1_ses-02_desc-qc_metrics.tsv").read_text().endswith("\t12.5\n")
+    assert not (qc / "sub-c3").exists()
+    assert json.loads((qc / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+
+
+def test_dataset_description_readme_changes_license(project: Project) -> None:
+    staging = project.staging
+    dd = json.loads((staging / "dataset_description.json").read_text())
+    assert dd["BIDSVersion"] == "1.10.0"
+    assert dd["DatasetType"] == "raw"
+    assert dd["License"] == "LicenseRef-bidsafe-DUA"
+    assert dd["Authors"] == ["A. Author", "B. Author"]
+    assert dd["HowToAcknowledge"] == "Cite the test."
+    assert dd["Funding"] == ["Grant 1"] and dd["EthicsApprovals"] == ["Ethics board 42"]
+    by_name = {g["Name"]: g for g in dd["GeneratedBy"]}
+    assert by_name["bidsafe"]["Version"] == "0.1.0"
+    assert "basic-mr" in by_name["bidsafe"]["Description"]
+    assert by_name["dcm2niix"]["Version"] == "v1.0.20240202" and by_name["pydicom"]["Version"] == "3.0.1"
+    readme = (staging / "README").read_text()
+    assert "Data usage agreement" in readme and "re-identify" in readme and "not pass these data" in readme
+    assert DEFAULT_DATA_USAGE_AGREEMENT.strip() in (staging / "LICENSE").read_text()
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    changes = (staging / "CHANGES").read_text().splitlines()
+    assert changes[0] == f"1.0.0 {today}"
+    assert changes[1] == "  - Initial release: 2 participants, 3 sessions."
+    assert (staging / ".bidsignore").read_text().split() == ["MANIFEST.sha256", "SHAREABLE.json"]
+
+
+def test_configured_readme_still_carries_the_agreement(project: Project) -> None:
+    project.assemble(readme="# My study\n\nSome words about it.", data_usage_agreement="Be nice. Never re-identify.")
+    readme = (project.staging / "README").read_text()
+    assert readme.startswith("# My study\n\nSome words about it.\n")
+    assert readme.rstrip().endswith("Be nice. Never re-identify.")
+
+
+@pytest.mark.parametrize("license_id", ["CC0", "cc0-1.0", "PDDL"])
+def test_public_domain_license_is_refused(license_id: str) -> None:
+    with pytest.raises(ConfigError, match="data usage agreement"):
+        release_config({"release": {"license": license_id}})
+
+
+def test_release_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="release.version"):
+        release_config({"version": 0})
+    with pytest.raises(ConfigError, match="release.authors"):
+        release_config({"authors": [""]})
+    assert release_config({"release": {"authors": "Solo"}})["authors"] == ["Solo"]
+
+
+def test_assemble_refuses_missing_session_tree(project: Project, tmp_path: Path) -> None:
+    project.sessions.append(SessionInput("d4", "01", tmp_path / "nowhere"))
+    with pytest.raises(BidsafeError, match="sub-d4/ses-01"):
+        project.assemble()
+
+
+# ------------------------------------------------------------------------------------------- gates
+def test_clean_staging_passes_deface_and_consent(project: Project) -> None:
+    deface = gate_deface(project.staging, project.records, ANAT)
+    assert deface.passed, deface.details
+    assert deface.details["checked"] == 3 and deface.details["no_record"] == []
+    consent = gate_consent(project.staging, project.sessions_tsv)
+    assert consent.passed, consent.details
+    assert consent.details["sessions_in_release"] == 3
+    assert consent.fingerprint == deface.fingerprint == staging_fingerprint(project.staging)
+
+
+def test_session_relative_record_paths_are_understood(project: Project) -> None:
+    for records in project.records:
+        entries = json.loads(records.read_text())
+        for entry in entries:
+            entry["path"] = entry["path"].split("/", 2)[2]  # "anat/sub-..._T1w.nii.gz"
+        records.write_text(json.dumps(entries))
+    assert gate_deface(project.staging, project.records, ANAT).passed
+
+
+def test_deface_gate_fails_without_a_record(project: Project) -> None:
+    result = gate_deface(project.staging, project.records[1:], ANAT)
+    assert not result.passed
+    assert result.details["no_record"] == ["sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz"]
+
+
+def test_deface_gate_fails_when_one_byte_changed(project: Project) -> None:
+    t1 = project.staging / "sub-b2" / "ses-01" / "anat" / "sub-b2_ses-01_T1w.nii.gz"
+    data = bytearray(t1.read_bytes())
+    data[-1] ^= 0x01
+    t1.unlink()  # break the hard link: the session tree keeps its defaced bytes
+    t1.write_bytes(bytes(data))
+    result = gate_deface(project.staging, project.records, ANAT)
+    assert not result.passed
+    assert result.details["hash_mismatch"] == ["sub-b2/ses-01/anat/sub-b2_ses-01_T1w.nii.gz"]
+
+
+def test_deface_gate_checks_anat_images_anywhere(project: Project) -> None:
+    stray = project.staging / "derivatives" / "bidsafe-qc" / "sub-a1" / "ses-01" / "sub-a1_ses-01_T2w.nii.gz"
+    _nifti(stray, (4, 4, 4), 9)
+    result = gate_deface(project.staging, project.records, ANAT)
+    assert not result.passed and result.details["no_record"] == [stray.relative_to(project.staging).as_posix()]
+
+
+def test_deface_gate_fails_closed_on_unreadable_records_or_no_suffixes(project: Project) -> None:
+    project.records[0].write_text("{not json")
+    result = gate_deface(project.staging, project.records, ANAT)
+    assert not result.passed and result.details["unreadable_records"] == ["sub-a1/ses-01/records.json"]
+    assert not gate_deface(project.staging, project.records, []).passed
+
+
+def test_consent_gate_fails_on_a_subject_not_included(project: Project) -> None:
+    # a withheld participant's session ends up in the tree
+    withheld = make_session(project.work / "other", "c3", "01", seed=4)[0]
+    src = withheld.bids_dir / "sub-c3" / "ses-01" / "anat" / "sub-c3_ses-01_T1w.nii.gz"
+    dst = project.staging / "sub-c3" / "ses-01" / "anat" / "sub-c3_ses-01_T1w.nii.gz"
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(src.read_bytes())
+    result = gate_consent(project.staging, project.sessions_tsv)
+    assert not result.passed
+    assert {"file": "sub-c3/ses-01/anat/sub-c3_ses-01_T1w.nii.gz", "problem": "sub-c3 ses-01 is not included"} in (
+        result.details["violations"]
+    )
+    report = json.dumps(result.to_dict())
+    assert "1.2.826.0.1.3680043" not in report, "private study UIDs must not reach the gate report"
+
+
+def test_consent_gate_reads_table_rows(project: Project) -> None:
+    participants = project.staging / "participants.tsv"
+    participants.write_text(participants.read_text() + "sub-c3\tF\t40\n")
+    result = gate_consent(project.staging, project.sessions_tsv)
+    assert not result.passed
+    assert result.details["violations"] == [
+        {"file": "participants.tsv row 4", "problem": "sub-c3 has no included session"}
+    ]
+
+
+def test_consent_gate_fails_on_unknown_session_of_included_subject(project: Project) -> None:
+    sessions = project.staging / "sub-a1" / "sub-a1_sessions.tsv"
+    sessions.write_text(sessions.read_text() + "ses-09\t40\n")
+    result = gate_consent(project.staging, project.sessions_tsv)
+    assert not result.passed
+    assert result.details["violations"][0]["problem"] == "sub-a1 ses-09 is not included"
+
+
+def test_consent_gate_fails_closed_on_a_bad_table(project: Project) -> None:
+    project.sessions_tsv.write_text("subject\tsession\nA\t1\n")
+    result = gate_consent(project.staging, project.sessions_tsv)
+    assert not result.passed and "included" in result.summary
+
+
+def test_gate_reports_round_trip(project: Project, tmp_path: Path) -> None:
+    result = gate_deface(project.staging, project.records, ANAT)
+    path = write_gate_report(result, tmp_path / "gates" / "deface.json")
+    again = read_gate_report(path)
+    assert again == result
+
+
+@pytest.mark.skipif(not HAVE_VALIDATE, reason="bidsafe.validate not importable yet: validator gate not tested")
+def test_validator_gate_passes_clean_and_fails_on_a_stray_file(project: Project) -> None:
+    clean = gates_mod.gate_validator(project.staging, "deno")
+    assert clean.passed, clean.details
+    assert clean.details["errors"] == 0
+    # (a missing README is only a warning for bids-validator 3.x; a file BIDS does not know is an error)
+    (project.staging / "scanner_notes.txt").write_text("exported by the console\n")
+    broken = gates_mod.gate_validator(project.staging, "deno")
+    assert not broken.passed
+    assert {"code": "NOT_INCLUDED", "location": "/scanner_notes.txt"} in broken.details["error_issues"], broken.details
+
+
+@pytest.mark.skipif(not HAVE_LEAKSCAN, reason="bidsafe.release.leakscan not importable yet: leak gate not tested")
+def test_leak_gate_passes_clean_and_fails_on_a_planted_name(project: Project) -> None:
+    clean = gates_mod.gate_leak_scan(project.staging, project.values())
+    assert clean.passed, clean.details
+    sidecar = project.staging / "sub-b2" / "ses-01" / "anat" / "sub-b2_ses-01_T1w.json"
+    data = json.loads(sidecar.read_text())
+    sidecar.unlink()
+    _json(sidecar, {**data, "ImageComments": "patient Berenike Quintavalle"})
+    leaked = gates_mod.gate_leak_scan(project.staging, project.values())
+    assert not leaked.passed
+    assert [h["file"] for h in leaked.details["hits"]] == ["sub-b2/ses-01/anat/sub-b2_ses-01_T1w.json"]
+    report = json.dumps(leaked.to_dict()).lower()
+    assert "quintavalle" not in report and "berenike" not in report, "the gate report printed the value"
+
+
+def test_leak_gate_fails_closed_with_nothing_to_look_for(project: Project) -> None:
+    result = gates_mod.gate_leak_scan(project.staging, PersonalValues())
+    assert not result.passed
+
+
+def test_run_gates_writes_four_reports(project: Project, tmp_path: Path) -> None:
+    results = run_gates(
+        project.staging,
+        values=project.values(),
+        records=project.records,
+        anat_suffixes=ANAT,
+        sessions_tsv=project.sessions_tsv,
+        report_dir=tmp_path / "gates",
+    )
+    assert [r.name for r in results] == [VALIDATOR, LEAK_SCAN, DEFACE, CONSENT]
+    assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == sorted(
+        ["validator.json", "leak_scan.json", "deface.json", "consent.json"]
+    )
+    by_name = {r.name: r for r in results}
+    assert by_name[DEFACE].passed and by_name[CONSENT].passed
+    assert by_name[VALIDATOR].passed is HAVE_VALIDATE  # a missing module fails closed
+    assert by_name[LEAK_SCAN].passed is HAVE_LEAKSCAN
+
+
+# ------------------------------------------------------------------------------------------- publish
+def _manifest_lines(release: Path) -> list[str]:
+    return (release / "MANIFEST.sha256").read_text().splitlines()
+
+
+def test_clean_publish_creates_v1_latest_manifest_and_shareable(project: Project) -> None:
+    staged_files = sorted(p.relative_to(project.staging).as_posix() for p in project.staging.rglob("*") if p.is_file())
+    v1 = publish(project.staging, project.release_dir, project.gate_results(), profile=PROFILE)
+    assert v1 == project.release_dir / "v1"
+    latest = project.release_dir / "latest"
+    assert latest.is_symlink() and os.readlink(latest) == "v1"
+    assert sorted(p.name for p in project.release_dir.iterdir()) == [".publish.lock", "latest", "v1"]
+
+    listed = parse_manifest((v1 / "MANIFEST.sha256").read_text())
+    assert sorted(listed) == staged_files
+    lines = _manifest_lines(v1)
+    assert lines == sorted(lines, key=lambda line: line[66:])
+    for rel, digest in listed.items():
+        assert digest == _sha256(v1 / rel)
+    # compatible with coreutils
+    check = subprocess.run(["sha256sum", "--check", "--quiet", "MANIFEST.sha256"], cwd=v1, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    shareable = json.loads((v1 / "SHAREABLE.json").read_text())
+    assert shareable["shareable"] is True and shareable["version"] == 1 and shareable["version_label"] == "1.0.0"
+    assert shareable["profile"] == PROFILE
+    assert shareable["manifest"]["sha256"] == _sha256(v1 / "MANIFEST.sha256")
+    assert shareable["manifest"]["files"] == len(staged_files)
+    assert {g["name"] for g in shareable["gates"]} == {VALIDATOR, LEAK_SCAN, DEFACE, CONSENT}
+    assert all(g["passed"] for g in shareable["gates"])
+    assert datetime.strptime(shareable["published_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    # SHAREABLE.json is written last
+    assert os.stat(v1 / "SHAREABLE.json").st_mtime_ns >= os.stat(v1 / "MANIFEST.sha256").st_mtime_ns
+    # released files are read-only; the staging tree is still there
+    assert not os.stat(v1 / "README").st_mode & 0o222
+    assert (project.staging / "README").is_file()
+
+    assert verify_release(latest).ok
+    assert verify_release(v1).ok
+
+
+def test_verify_fails_after_one_byte_changes(project: Project) -> None:
+    from bidsafe.cli import main
+
+    v1 = publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    assert main(["verify", str(project.release_dir / "latest")]) == 0
+    target = v1 / "sub-a1" / "ses-02" / "func" / "sub-a1_ses-02_task-rest_bold.json"
+    data = bytearray(target.read_bytes())
+    data[5] ^= 0x20
+    target.unlink()
+    target.write_bytes(bytes(data))
+    result = verify_release(project.release_dir / "latest")
+    assert not result.ok
+    assert result.changed == ["sub-a1/ses-02/func/sub-a1_ses-02_task-rest_bold.json"]
+    assert result.missing == [] and result.extra == []
+    assert main(["verify", str(v1)]) == 1
+
+
+def test_second_publish_makes_v2_and_carries_changes(project: Project) -> None:
+    publish(project.staging, project.release_dir, project.gate_results(), profile=PROFILE)
+    project.add("d4", "01", seed=5)
+    project.write_tables()
+    project.assemble(changes=["Added a participant who consented late."])
+    changes = (project.staging / "CHANGES").read_text()
+    assert changes_version(changes) == 2
+    v2 = publish(project.staging, project.release_dir, project.gate_results(), profile=PROFILE)
+    assert v2.name == "v2" and os.readlink(project.release_dir / "latest") == "v2"
+    text = (v2 / "CHANGES").read_text()
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    v1_text = (project.release_dir / "v1" / "CHANGES").read_text()
+    assert text.startswith(
+        f"2.0.0 {today}\n  - Added a participant who consented late.\n"
+        "  - Release contents: 3 participants, 4 sessions.\n  - Added 1 sessions: sub-d4/ses-01.\n"
+    )
+    assert text.endswith("\n" + v1_text), "v1's entry must be carried forward unchanged"
+    assert verify_release(project.release_dir / "v1").ok and verify_release(v2).ok
+    assert json.loads((v2 / "SHAREABLE.json").read_text())["version"] == 2
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        "deface_missing_record",
+        "deface_changed_byte",
+        "consent_not_included",
+        "leak_planted_name",
+        "validator_stray_file",
+    ],
+)
+def test_a_failed_gate_blocks_publish(project: Project, defect: str) -> None:
+    # an earlier, good release exists
+    publish(project.staging, project.release_dir, project.gate_results(), profile=PROFILE)
+    project.write_tables()
+    project.assemble()
+    before = _snapshot(project.release_dir)
+    staging = project.staging
+    if defect == "deface_missing_record":
+        project.records = project.records[:-1]
+    elif defect == "deface_changed_byte":
+        # the released T1w is not the defaced output: one voxel differs (still a readable NIfTI)
+        t1 = staging / "sub-a1" / "ses-02" / "anat" / "sub-a1_ses-02_T1w.nii.gz"
+        img = nib.load(t1)
+        voxels = np.asarray(img.dataobj).copy()
+        voxels[0, 0, 0] += 1
+        t1.unlink()
+        nib.save(nib.Nifti1Image(voxels, img.affine, img.header), t1)
+    elif defect == "consent_not_included":
+        rows = project.sessions_tsv.read_text().replace("b2\t01\t1.2.826.0.1.3680043.2.2\ttrue", "b2\t01\tx\tfalse")
+        project.sessions_tsv.write_text(rows)
+    elif defect == "leak_planted_name":
+        if not HAVE_LEAKSCAN:
+            pytest.skip("bidsafe.release.leakscan not importable yet: leak defect not tested")
+        desc = staging / "dataset_description.json"
+        data = json.loads(desc.read_text())
+        desc.unlink()
+        _json(desc, {**data, "Acknowledgements": "Thanks to Berenike Quintavalle"})
+    elif defect == "validator_stray_file":
+        if not HAVE_VALIDATE:
+            pytest.skip("bidsafe.validate not importable yet: validator defect not tested")
+        (staging / "scanner_notes.txt").write_text("exported by the console\n")
+    results = project.gate_results()
+    failed = [r.name for r in results if not r.passed]
+    assert len(failed) == 1, failed
+    with pytest.raises(BidsafeError, match="not published; gates failed: " + failed[0]):
+        publish(staging, project.release_dir, results, profile=PROFILE)
+    assert _snapshot(project.release_dir) == before
+    assert not (project.release_dir / "v2").exists()
+    assert not (staging / "SHAREABLE.json").exists() and not (staging / "MANIFEST.sha256").exists()
+
+
+def test_publish_refuses_missing_or_stale_gates(project: Project) -> None:
+    results = project.gate_results(fast=True)
+    with pytest.raises(BidsafeError, match="not run: consent"):
+        publish(project.staging, project.release_dir, [r for r in results if r.name != CONSENT], profile=PROFILE)
+    with pytest.raises(BidsafeError, match="not run: validator, leak_scan, deface, consent"):
+        publish(project.staging, project.release_dir, [], profile=PROFILE)
+    (project.staging / "README").write_text("changed after the gates ran\n" * 20)
+    with pytest.raises(BidsafeError, match="changed since these gates ran"):
+        publish(project.staging, project.release_dir, results, profile=PROFILE)
+    forged = [replace(r, fingerprint="") for r in project.gate_results(fast=True)]
+    with pytest.raises(BidsafeError, match="changed since"):
+        publish(project.staging, project.release_dir, forged, profile=PROFILE)
+    assert not project.release_dir.exists()
+
+
+def test_publish_accepts_gate_report_files(project: Project, tmp_path: Path) -> None:
+    paths = [write_gate_report(r, tmp_path / "gates" / f"{r.name}.json") for r in project.gate_results(fast=True)]
+    assert publish(project.staging, project.release_dir, paths, profile=PROFILE).name == "v1"
+
+
+def test_publish_refuses_a_staging_numbered_for_another_version(project: Project) -> None:
+    publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    # staging still says 1.0.0 (not reassembled); the next version would be 2
+    with pytest.raises(BidsafeError, match="assembled as version 1 but the next version is 2"):
+        publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    assert sorted(p.name for p in project.release_dir.iterdir()) == [".publish.lock", "latest", "v1"]
+
+
+@pytest.mark.parametrize("fail_on", ["MANIFEST.sha256", "SHAREABLE.json", "latest"])
+def test_publish_is_atomic_when_a_write_fails(project: Project, monkeypatch: pytest.MonkeyPatch, fail_on: str) -> None:
+    publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    project.write_tables()
+    project.assemble()
+    results = project.gate_results(fast=True)
+    before = _snapshot(project.release_dir)
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if Path(str(dst)).name == fail_on and not calls:
+            calls.append(dst)
+            raise OSError(28, "No space left on device (simulated)")
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        publish(project.staging, project.release_dir, results, profile=PROFILE)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert calls, "the simulated failure never happened"
+    assert _snapshot(project.release_dir) == before
+    assert not (project.release_dir / "v2").exists() and not (project.release_dir / ".v2.tmp").exists()
+    assert os.readlink(project.release_dir / "latest") == "v1"
+    # and the same staging publishes fine afterwards
+    assert publish(project.staging, project.release_dir, results, profile=PROFILE).name == "v2"
+
+
+# ------------------------------------------------------------------------------------------- report
+def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = tmp_path / "sub-a1_ses-01_T1w_deface.png"
+    plt.imsave(png, np.arange(64, dtype=float).reshape(8, 8), cmap="gray")
+    results = project.gate_results(fast=True)
+    results[0] = replace(results[0], passed=False, summary="1 anatomical images <b>checked</b>")
+    html_path = write_report(
+        tmp_path / "report" / "bidsafe-report.html",
+        sessions_tsv_summary=[
+            {"subject": "a1", "session": "01", "included": "true", "reason": "", "study_uid": "1.2.3.99"},
+            {"subject": "c3", "session": "01", "included": "false", "reason": "consent none"},
+        ],
+        gate_results=results,
+        qc_rows=[{"image": "sub-a1_ses-01_T1w.nii.gz", "snr": 11.5}],
+        deface_pngs=[png],
+    )
+    text = html_path.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert '<td>sub-c3</td><td>ses-01</td><td><span class="withheld">withheld</span></td><td>consent none</td>' in text
+    assert "1 of 2 sessions included" in text
+    assert "A gate failed: the release was not published." in text
+    assert "1 anatomical images &lt;b&gt;checked&lt;/b&gt;" in text
+    assert '<td class="num">11.5</td>' in text
+    import base64
+
+    assert "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode() in text
+    assert "1.2.3.99" not in text, "private columns of the sessions table must not be shown"
+    assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
+    assert str(tmp_path) not in text, "no absolute paths in the report"
