@@ -12,7 +12,9 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -506,6 +508,8 @@ def test_clean_publish_creates_v1_latest_manifest_and_shareable(project: Project
     # released files are read-only; the staging tree is still there
     assert not os.stat(v1 / "README").st_mode & 0o222
     assert (project.staging / "README").is_file()
+    t1 = "sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz"
+    assert os.stat(v1 / t1).st_ino == os.stat(project.staging / t1).st_ino, "same filesystem: hard links"
 
     assert verify_release(latest).ok
     assert verify_release(v1).ok
@@ -623,9 +627,34 @@ def test_publish_accepts_gate_report_files(project: Project, tmp_path: Path) -> 
 def test_publish_refuses_a_staging_numbered_for_another_version(project: Project) -> None:
     publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
     # staging still says 1.0.0 (not reassembled); the next version would be 2
-    with pytest.raises(BidsafeError, match="assembled as version 1 but the next version is 2"):
+    with pytest.raises(BidsafeError, match="assembled as version 1 but this would publish version 2"):
         publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
     assert sorted(p.name for p in project.release_dir.iterdir()) == [".publish.lock", "latest", "v1"]
+
+
+def test_publish_copies_across_filesystems(project: Project) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(project.staging).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to publish onto")
+    release_dir = Path(tempfile.mkdtemp(prefix="bidsafe-test-release-", dir=shm))
+    try:
+        v1 = publish(project.staging, release_dir, project.gate_results(fast=True), profile=PROFILE)
+        t1 = "sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz"
+        assert os.stat(v1 / t1).st_dev != os.stat(project.staging / t1).st_dev
+        assert _sha256(v1 / t1) == _sha256(project.staging / t1)
+        assert verify_release(release_dir / "latest").ok
+        assert sorted(p.name for p in release_dir.iterdir()) == [".publish.lock", "latest", "v1"]
+    finally:
+        shutil.rmtree(release_dir)
+
+
+def test_configured_version_is_published(project: Project) -> None:
+    project.assemble(version=7)
+    assert (project.staging / "CHANGES").read_text().startswith("7.0.0 ")
+    v7 = publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    assert v7.name == "v7" and os.readlink(project.release_dir / "latest") == "v7"
+    with pytest.raises(BidsafeError, match="version 3 is not above the highest published v7"):
+        project.assemble(version=3)
 
 
 @pytest.mark.parametrize("fail_on", ["MANIFEST.sha256", "SHAREABLE.json", "latest"])

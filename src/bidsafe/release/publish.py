@@ -37,6 +37,7 @@ from bidsafe.release.assemble import (
     copy_tree,
     describe_profile,
     next_version,
+    published_versions,
     version_label,
 )
 from bidsafe.release.gates import REQUIRED_GATES, GateResult, read_gate_report, staging_fingerprint
@@ -151,6 +152,27 @@ def shareable_record(
     }
 
 
+def _version_to_publish(staging: Path, release_dir: Path, version: int | None) -> int:
+    """The N to publish: `version`, else the one the staging tree was assembled for (its CHANGES entry),
+    else 1 + the highest published. A staging tree numbered for another N must be reassembled: its CHANGES
+    would otherwise lie about the version and miss the entries of releases published since."""
+    staged_for = None
+    if (staging / "CHANGES").is_file():
+        staged_for = changes_version((staging / "CHANGES").read_text(encoding="utf-8"))
+    published = published_versions(release_dir)
+    highest = published[-1] if published else 0
+    number = next_version(release_dir, "auto" if version is None else version)
+    if staged_for is not None and version is None and staged_for > highest:
+        number = staged_for
+    if staged_for is not None and staged_for != number:
+        raise BidsafeError(
+            f"staging was assembled as version {staged_for} but this would publish version {number} "
+            f"(highest published: v{highest}); reassemble it",
+            staging,
+        )
+    return number
+
+
 def publish(
     staging: Path,
     release_dir: Path,
@@ -177,15 +199,7 @@ def publish(
 
     release_dir.mkdir(parents=True, exist_ok=True)
     with _publish_lock(release_dir):
-        number = next_version(release_dir, "auto" if version is None else version)
-        staged_for = None
-        if (staging / "CHANGES").is_file():
-            staged_for = changes_version((staging / "CHANGES").read_text(encoding="utf-8"))
-        if staged_for is not None and staged_for != number:
-            raise BidsafeError(
-                f"staging was assembled as version {staged_for} but the next version is {number}; reassemble it",
-                staging,
-            )
+        number = _version_to_publish(staging, release_dir, version)
         final = release_dir / f"v{number}"
         tmp = release_dir / f".v{number}.tmp"
         if final.exists() or final.is_symlink():
