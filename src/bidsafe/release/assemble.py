@@ -104,6 +104,12 @@ RELEASE_SCHEMA: dict[str, Any] = {
     },
 }
 
+AUDIENCES = {
+    "named": "named individuals only",
+    "members": "members of the centre",
+    "public": "external researchers who accept the data usage agreement",
+}
+
 _LABEL = re.compile(r"^[0-9A-Za-z]+$")
 _CHANGES_HEAD = re.compile(r"^(\d+)\.0\.0\s+\S+")
 
@@ -351,6 +357,7 @@ def data_usage_agreement(rc: Mapping[str, Any]) -> str:
 def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile: str) -> str:
     """README: the configured body (or a default) and, always, the data usage agreement."""
     agreement = data_usage_agreement(rc)
+    audience = AUDIENCES.get(str(rc.get("audience", "")), "as configured")
     body = rc.get("readme")
     if not body:
         body = (
@@ -358,10 +365,11 @@ def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile
             f"MRI data of {n_subjects} participants ({n_sessions} sessions) in BIDS format, prepared for sharing "
             "with bidsafe.\n\n"
             "## How these data were prepared\n\n"
-            "- Only sessions of participants whose consent covers this release's audience are included.\n"
+            f"- Only sessions of participants whose consent covers this release's audience ({audience}) are "
+            "included.\n"
             "- Subject and session labels are pseudonyms; the key linking them to people is not shared.\n"
             f"- DICOM headers were de-identified (rule profile: {profile}) before conversion; dates are "
-            "shifted per participant; sidecar fields pass an allow-list.\n"
+            "shifted; sidecar fields pass an allow-list.\n"
             "- Faces were removed from every anatomical image.\n"
             "- The release passed the BIDS validator, a scan for every personal value found in the source "
             "headers, a deface check and a consent check before it was published.\n"
