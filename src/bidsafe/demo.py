@@ -287,16 +287,24 @@ class Geometry:
 
 
 def _sample_head(geometry: Geometry, pose: np.ndarray) -> np.ndarray:
-    """Template intensities at every voxel of `geometry`, for a head moved by the 4x4 RAS `pose`."""
+    """Template intensities at every voxel of `geometry`, for a head moved by the 4x4 RAS `pose`.
+
+    One affine chain maps output (slice, row, column) indices to template voxel indices, so no grid of
+    coordinates is ever materialised.
+    """
     from scipy import ndimage
 
     data, affine = _template()
-    lps = geometry.points().reshape(-1, 3)
-    ras = lps * np.array([-1.0, -1.0, 1.0])
-    to_template = np.linalg.inv(affine) @ np.linalg.inv(pose)
-    ijk = ras @ to_template[:3, :3].T + to_template[:3, 3]
-    values = ndimage.map_coordinates(data, ijk.T, order=1, mode="constant", cval=0.0)
-    return values.reshape(geometry.slices, geometry.rows, geometry.columns).astype(np.float32)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    # (column, row, slice) -> template (i, j, k); reorder the input axes to (slice, row, column).
+    chain = np.linalg.inv(affine) @ np.linalg.inv(pose) @ lps_to_ras @ geometry.affine_lps()
+    krc_to_crs = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    matrix = chain @ krc_to_crs
+    values = ndimage.affine_transform(
+        data, matrix[:3, :3], offset=matrix[:3, 3], order=1, mode="constant", cval=0.0,
+        output_shape=(geometry.slices, geometry.rows, geometry.columns), output=np.float32,
+    )
+    return values
 
 
 def _t2_contrast(t1: np.ndarray) -> np.ndarray:
@@ -652,14 +660,19 @@ def _write_volume_series(
     files = []
     n_vol = len(volumes)
     tr_s = series.repetition_time / 1000.0
+    # 2D series acquire their slices one after another within each TR (interleaved); a 3D volume at once.
+    if slice_times_s is not None:
+        times = list(slice_times_s)
+    elif series.acquisition_type == "2D":
+        times = _interleaved_slice_times(series.geometry.slices, tr_s)
+    else:
+        times = [0.0] * series.geometry.slices
     instance = 0
     for v, volume in enumerate(volumes):
         for k in range(series.geometry.slices):
             instance += 1
-            slice_offset = slice_times_s[k] if slice_times_s is not None else 0.0
+            slice_offset = times[k]
             acquired = series_start + timedelta(seconds=v * tr_s + slice_offset)
-            if n_vol == 1 and slice_times_s is None:
-                acquired = series_start
             ds = _mr_file(
                 ctx,
                 series,
@@ -959,6 +972,7 @@ def _dicomdir_bytes(ctx: _Context, study_folder: Path, series: Sequence[DemoSeri
 
     fileset = FileSet()
     fileset.ID = "DEMOEXPORT"
+    fileset.UID = ctx.uid("fileset")
     for one in series:
         fileset.add(dcmread(one.files[0]))
     with tempfile.TemporaryDirectory() as tmp:
