@@ -414,6 +414,20 @@ def test_consent_gate_fails_closed_on_a_bad_table(project: Project) -> None:
     assert not result.passed and "included" in result.summary
 
 
+def test_gates_fail_closed_on_a_symlink_in_the_tree(project: Project, tmp_path: Path) -> None:
+    secret = tmp_path / "private-note.txt"
+    secret.write_text("not for release\n")
+    os.symlink(secret, project.staging / "sub-a1" / "notes.txt")
+    for result in (
+        gate_deface(project.staging, project.records, ANAT),
+        gate_consent(project.staging, project.sessions_tsv),
+        gates_mod.gate_leak_scan(project.staging, project.values()),
+    ):
+        assert not result.passed
+        assert result.fingerprint == ""
+    assert "sub-a1/notes.txt" in gate_deface(project.staging, project.records, ANAT).summary
+
+
 def test_gate_reports_round_trip(project: Project, tmp_path: Path) -> None:
     result = gate_deface(project.staging, project.records, ANAT)
     path = write_gate_report(result, tmp_path / "gates" / "deface.json")

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,7 +116,29 @@ def _get(obj: Any, *names: str) -> Any:
     return None
 
 
+def _fail_closed(name: str) -> Callable[[Callable[..., GateResult]], Callable[..., GateResult]]:
+    """An expected failure inside a gate (tool missing, unreadable input) is a failed gate with a report,
+    not a crash without one."""
+
+    def wrap(gate: Callable[..., GateResult]) -> Callable[..., GateResult]:
+        @functools.wraps(gate)
+        def run(staging: str | Path, *args: Any, **kwargs: Any) -> GateResult:
+            try:
+                return gate(staging, *args, **kwargs)
+            except BidsafeError as exc:
+                try:
+                    fingerprint = staging_fingerprint(staging)
+                except BidsafeError:
+                    fingerprint = ""
+                return _result(name, False, f"gate could not run: {exc}", {}, fingerprint)
+
+        return run
+
+    return wrap
+
+
 # --------------------------------------------------------------------------------------------- validator
+@_fail_closed(VALIDATOR)
 def gate_validator(staging: str | Path, backend: str = "deno") -> GateResult:
     """Pass when the BIDS validator reports 0 errors (warnings are counted, not failed)."""
     staging = Path(staging)
@@ -155,6 +178,7 @@ def _issue_brief(issue: Any) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- leak scan
+@_fail_closed(LEAK_SCAN)
 def gate_leak_scan(staging: str | Path, values: Any, also: Sequence[str | Path] = ()) -> GateResult:
     """Pass when no harvested personal value (any rendering) occurs in the staging tree or in `also`.
 
@@ -267,6 +291,7 @@ def _dataset_relative(rel: str, records_file: Path) -> str:
     return f"sub-{subject}/ses-{session}/{rel}" if session else f"sub-{subject}/{rel}"
 
 
+@_fail_closed(DEFACE)
 def gate_deface(staging: str | Path, records: Sequence[str | Path], anat_suffixes: Sequence[str]) -> GateResult:
     """Pass when every released image whose suffix is anatomical has a matching deface record.
 
@@ -346,6 +371,7 @@ _SUBJECT_COLUMNS = ("participant_id", "subject", "sub")
 _SESSION_COLUMNS = ("session_id", "session", "ses")
 
 
+@_fail_closed(CONSENT)
 def gate_consent(staging: str | Path, sessions_tsv: str | Path) -> GateResult:
     """Pass when every subject/session the tree names (paths and TSV rows) is marked included; nothing else.
 
