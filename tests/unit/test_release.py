@@ -733,3 +733,8 @@ def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None
     assert "1.2.3.99" not in text, "private columns of the sessions table must not be shown"
     assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
     assert str(tmp_path) not in text, "no absolute paths in the report"
+    passing = [r for r in project.gate_results(fast=True) if r.name != LEAK_SCAN]
+    partial = write_report(
+        tmp_path / "partial.html", sessions_tsv_summary=[], gate_results=passing, qc_rows=[], deface_pngs={}
+    ).read_text()
+    assert "Gates not run: leak_scan." in partial and "Every gate passed" not in partial

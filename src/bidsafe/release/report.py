@@ -18,7 +18,7 @@ from typing import Any
 from bidsafe import __version__
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_text
-from bidsafe.release.gates import GateResult, read_gate_report
+from bidsafe.release.gates import REQUIRED_GATES, GateResult, read_gate_report
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -87,12 +87,13 @@ def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
 def _gates_section(gates: Sequence[GateResult]) -> str:
     if not gates:
         return '<p class="banner fail">No gate results: nothing may be published.</p>'
-    all_passed = all(g.passed for g in gates)
-    banner = (
-        '<p class="banner pass">Every gate passed.</p>'
-        if all_passed
-        else '<p class="banner fail">A gate failed: the release was not published.</p>'
-    )
+    missing = [name for name in REQUIRED_GATES if name not in {g.name for g in gates}]
+    if not all(g.passed for g in gates):
+        banner = '<p class="banner fail">A gate failed: the release was not published.</p>'
+    elif missing:
+        banner = f'<p class="banner fail">Gates not run: {_e(", ".join(missing))}. Nothing may be published.</p>'
+    else:
+        banner = '<p class="banner pass">Every gate passed.</p>'
     rows = []
     for g in gates:
         verdict = '<span class="pass">passed</span>' if g.passed else '<span class="fail">FAILED</span>'
