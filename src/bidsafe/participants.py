@@ -112,8 +112,10 @@ def _parse_rule(name: str, spec: object) -> ColumnRule:
         spec = {}
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where} must be a mapping (e.g. {{source: age_at_scan, unit: years, precision: 1}})")
-    if not _COLUMN_NAME.match(name) or name in _RESERVED:
-        raise ConfigError(f"{where}: a column name must be letters, digits and '_' and not a reserved BIDS column")
+    if name in _RESERVED:
+        raise ConfigError(f"{where}: participant_id, session_id and acq_time are reserved BIDS columns")
+    if not _COLUMN_NAME.match(name):
+        raise ConfigError(f"{where}: a column name must start with a letter and hold only letters, digits and '_'")
     if _FORBIDDEN_NAME.search(name):
         raise ConfigError(f"{where}: the name looks like a date, name or identifier; those are never released")
     spec = dict(spec)
@@ -304,7 +306,7 @@ def parse_dicom_age(text: object) -> Age | None:
     match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(text or "").upper())
     if not match:
         return None
-    n, unit = int(match.group(1)), match.group(2)
+    n, unit = float(match.group(1)), match.group(2)
     if unit == "D":
         return Age(days=n, months=n / 30.4375, years=n / 365.25)
     if unit == "W":
@@ -479,7 +481,8 @@ def _raw_value(rule: ColumnRule, s: SessionMetadataInput, participant_row: Mappi
             value = _demographics_level(rule, cell, notes)
         else:
             value = _demographics_number(rule, cell, notes)
-    if isinstance(value, float):
+    if value is not None and rule.kind == "numeric":
+        value = float(value)  # ages from PatientAge are whole numbers: they must be range-checked and top-coded too
         low, high = rule.valid_range or (-math.inf, math.inf)
         if not (low <= value <= high):
             notes[f"{rule.name}: value outside the plausible range, released as n/a"] += 1
