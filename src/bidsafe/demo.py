@@ -984,20 +984,14 @@ def _dicomdir_bytes(ctx: _Context, study_folder: Path, series: Sequence[DemoSeri
 # public API
 
 
-def generate(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0) -> list[DemoSession]:
-    """Write `subjects` x `sessions` raw exports under `out_dir`; return what was planted where.
-
-    Deterministic: the same arguments give the same bytes. Each session's study folder appears whole
-    (built in a temporary sibling, then renamed); an existing study folder of the same name is replaced.
-    """
+def _plan(out_dir: Path, subjects: int, sessions: int, seed: int) -> list[tuple[_Context, Path, Path]]:
+    """Every session's shared context, patient folder and study folder, from the seed alone."""
     if subjects < 1 or sessions < 1:
         raise BidsafeError("--subjects and --sessions must be at least 1")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = []
+    planned = []
     for patient in _make_patients(subjects, seed):
         rng = np.random.default_rng([seed, patient.index, 11])
-        patient_folder = out_dir / f"{patient.family}_{patient.given}_{_da(patient.birth)}"
+        patient_folder = Path(out_dir) / f"{patient.family}_{patient.given}_{_da(patient.birth)}"
         study_day = patient.first_study
         for s in range(1, sessions + 1):
             if s > 1:
@@ -1021,38 +1015,70 @@ def generate(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0)
             )
             ctx.study_uid = ctx.uid("study")
             ctx.frame_uid = ctx.uid("frame")
-            study_name = f"{_da(study_day)}_{ctx.accession}"
-            final = patient_folder / study_name
-            with atomic_dir(final) as tmp:
-                series = _write_session(ctx, tmp)
-                junk = _write_junk(ctx, tmp, series)
-            series = [_relocate(one, tmp, final) for one in series]
-            junk = tuple(final / j.relative_to(tmp) for j in junk)
-            result.append(
-                DemoSession(
-                    subject_index=patient.index,
-                    session_index=s,
-                    family_name=patient.family,
-                    given_name=patient.given,
-                    patient_name=ctx.patient_name,
-                    patient_id=patient.patient_id,
-                    birth_date=_da(patient.birth),
-                    sex=patient.sex,
-                    age=_age(patient.birth, study_day),
-                    weight=f"{patient.weight:.1f}",
-                    size=f"{patient.size:.2f}",
-                    study_date=_da(study_day),
-                    study_time=start.strftime("%H%M%S"),
-                    accession=ctx.accession,
-                    study_id=ctx.study_id,
-                    study_instance_uid=ctx.study_uid,
-                    patient_folder=patient_folder,
-                    folder=final,
-                    series=tuple(series),
-                    planted=_planted(ctx, patient_folder.name),
-                    junk=junk,
-                )
-            )
+            planned.append((ctx, patient_folder, patient_folder / f"{_da(study_day)}_{ctx.accession}"))
+    return planned
+
+
+def _session_record(
+    ctx: _Context, patient_folder: Path, folder: Path, series: Sequence[DemoSeries] = (),
+    junk: Sequence[Path] = (),
+) -> DemoSession:
+    p = ctx.patient
+    return DemoSession(
+        subject_index=p.index,
+        session_index=ctx.session_index,
+        family_name=p.family,
+        given_name=p.given,
+        patient_name=ctx.patient_name,
+        patient_id=p.patient_id,
+        birth_date=_da(p.birth),
+        sex=p.sex,
+        age=_age(p.birth, ctx.study_date),
+        weight=f"{p.weight:.1f}",
+        size=f"{p.size:.2f}",
+        study_date=_da(ctx.study_date),
+        study_time=ctx.study_time.strftime("%H%M%S"),
+        accession=ctx.accession,
+        study_id=ctx.study_id,
+        study_instance_uid=ctx.study_uid,
+        patient_folder=patient_folder,
+        folder=folder,
+        series=tuple(series),
+        planted=_planted(ctx, patient_folder.name),
+        junk=tuple(junk),
+    )
+
+
+def plan_sessions(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0) -> list[DemoSession]:
+    """What `generate` would write (identities, planted values, folders) without writing anything.
+
+    `series` and `junk` are empty. Cheap: use it where only the identities matter (consent registries,
+    expected labels). A patient does not depend on how many patients follow it.
+    """
+    return [_session_record(ctx, patient_folder, folder)
+            for ctx, patient_folder, folder in _plan(Path(out_dir), subjects, sessions, seed)]
+
+
+def generate(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0) -> list[DemoSession]:
+    """Write `subjects` x `sessions` raw exports under `out_dir`; return what was planted where.
+
+    Deterministic: the same arguments give the same bytes, and patient n's sessions do not depend on
+    how many patients or later sessions are asked for. Each study folder appears whole (built in a
+    temporary sibling, then renamed); an existing study folder of the same name is replaced.
+    """
+    out_dir = Path(out_dir)
+    planned = _plan(out_dir, subjects, sessions, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = []
+    for ctx, patient_folder, final in planned:
+        with atomic_dir(final) as tmp:
+            series = _write_session(ctx, tmp)
+            junk = _write_junk(ctx, tmp, series)
+        result.append(_session_record(
+            ctx, patient_folder, final,
+            [_relocate(one, tmp, final) for one in series],
+            [final / j.relative_to(tmp) for j in junk],
+        ))
     return result
 
 
@@ -1135,6 +1161,7 @@ __all__ = [
     "Geometry",
     "consent_level",
     "generate",
+    "plan_sessions",
     "write_consent_registry",
     "write_demographics",
 ]
