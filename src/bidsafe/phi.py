@@ -200,28 +200,58 @@ _IDENTITY_TAGS = frozenset(
 _STANDARD_VR: dict[int, str] = {}
 
 
+def _resolved_vr(tag: int, vr: str | None) -> str | None:
+    """The VR an element will have once decoded, when that is known without decoding (else None)."""
+    if vr is not None and vr != "UN":
+        return vr
+    if tag >> 16 & 1:
+        return None  # private: the VR is only known after decoding (private dictionary, sequence detection)
+    known = _STANDARD_VR.get(tag)
+    if known is None:
+        try:
+            known = pydicom.datadict.dictionary_VR(tag)
+        except KeyError:
+            known = "UN"
+        _STANDARD_VR[tag] = known
+    return known
+
+
 def _may_be_personal(tag: int, vr: str | None) -> bool:
     """False only when the element certainly yields nothing in `_harvest_into` (checked before decoding)."""
     if tag in _IDENTITY_TAGS:
         return True
-    is_private = bool(tag >> 16 & 1)
-    if vr is None or vr == "UN":
-        if is_private:
-            return True  # the VR is only known after decoding (private dictionary, sequence detection)
-        vr = _STANDARD_VR.get(tag)
-        if vr is None:
-            try:
-                vr = pydicom.datadict.dictionary_VR(tag)
-            except KeyError:
-                vr = "UN"
-            _STANDARD_VR[tag] = vr
-    return vr in ("SQ", "PN") or (vr == "UI" and not is_private)
+    resolved = _resolved_vr(tag, vr)
+    if resolved is None:
+        return True
+    return resolved in ("SQ", "PN") or (resolved == "UI" and not tag >> 16 & 1)
+
+
+_KEYWORDS: dict[int, str] = {}
+
+
+def _keyword(tag: int) -> str:
+    keyword = _KEYWORDS.get(tag)
+    if keyword is None:
+        keyword = _KEYWORDS[tag] = pydicom.datadict.keyword_for_tag(tag)
+    return keyword
 
 
 def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
     for tag, raw in list(ds._dict.items()):
-        if getattr(raw, "is_raw", False) and not _may_be_personal(tag, raw.VR):
-            continue
+        if getattr(raw, "is_raw", False):
+            tag = int(tag)  # plain int: dictionary lookups with pydicom's BaseTag run Python-level __eq__
+            if not _may_be_personal(tag, raw.VR):
+                continue
+            if tag not in _IDENTITY_TAGS and not tag >> 16 & 1 and _resolved_vr(tag, raw.VR) == "UI":
+                # Instance UIDs are ASCII: read them as pydicom would, without decoding the element in
+                # place (a header holds dozens, and undecoded elements are written back faster).
+                name = _keyword(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                text = (raw.value or b"").decode("latin-1").rstrip(" \x00")
+                for item in text.split("\\"):
+                    item = item.strip()
+                    if item and not item.startswith(DICOM_ROOT_UID):
+                        found.add(PersonalValue("uid", f"{prefix}{name}", item))
+                continue
         elem = ds[tag]
         name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
         path = f"{prefix}{name}"
