@@ -599,16 +599,28 @@ class KAnonymityOutcome:
 
 def equivalence_classes(tables: MetadataTables, columns: Sequence[ColumnRule],
                         steps: Mapping[str, float]) -> Counter:
-    """Class sizes over the released (binned) quasi-identifier values of participants.tsv."""
-    classes: Counter = Counter()
-    for values in tables.participants.values():
-        classes[tuple(release_value(c, values.get(c.name), steps.get(c.name)) for c in columns)] += 1
-    return classes
+    """Class sizes (distinct participants) over the released, binned quasi-identifier values.
+
+    Every released session row is a record an attacker can match: it carries the participant's columns
+    (participants.tsv) and the session's (sessions.tsv; a column in both tables is taken per session, so every
+    session's age is checked, not only the first). A participant counts once per class however many sessions
+    fall into it.
+    """
+    members: dict[tuple[str, ...], set[str]] = {}
+    for subject, participant_values in tables.participants.items():
+        for session_values in (tables.sessions.get(subject) or {"": {}}).values():
+            key = tuple(
+                release_value(c, (session_values if c.in_sessions else participant_values).get(c.name),
+                              steps.get(c.name))
+                for c in columns
+            )
+            members.setdefault(key, set()).add(subject)
+    return Counter({key: len(subjects) for key, subjects in members.items()})
 
 
 def enforce_k_anonymity(tables: MetadataTables, *, k: int, action: str, quasi_identifiers: Sequence[str],
                         bins: Sequence[float] = DEFAULT_GENERALISE_BINS) -> KAnonymityOutcome:
-    """Check k-anonymity of participants.tsv over the released quasi-identifiers; fail or generalise.
+    """Check k-anonymity over the released quasi-identifiers (see `equivalence_classes`); fail or generalise.
 
     Generalising coarsens every numeric quasi-identifier one step at a time (precision x 5, 10, 20, 50), then
     suppresses numeric ones, then categorical ones (last listed first). With no quasi-identifier left, nothing
@@ -618,7 +630,7 @@ def enforce_k_anonymity(tables: MetadataTables, *, k: int, action: str, quasi_id
         raise ConfigError("config: release.k_anonymity_action must be 'fail' or 'generalise'")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError("config: release.k_anonymity must be a whole number >= 1")
-    by_name = {r.name: r for r in tables.rules if r.in_participants}
+    by_name = {r.name: r for r in tables.rules}
     qis = [by_name[name] for name in quasi_identifiers if name in by_name]
     outcome = KAnonymityOutcome(k=k, action=action, quasi_identifiers=[q.name for q in qis],
                                 participants=len(tables.participants))
@@ -648,7 +660,7 @@ def enforce_k_anonymity(tables: MetadataTables, *, k: int, action: str, quasi_id
             classes = equivalence_classes(tables, active, steps)
             listing = "; ".join(f"({', '.join(key)}): {size}" for key, size in sorted(classes.items()) if size < k)
             raise BidsafeError(
-                f"k-anonymity: {len(small)} equivalence class(es) of ({', '.join(q.name for q in active)}) have "
+                f"k-anonymity: {len(small)} equivalence class(es) of ({', '.join(q.name for q in active)}) hold "
                 f"fewer than k={k} participants [{listing}]; set release.k_anonymity_action: generalise, lower "
                 "release.k_anonymity, or release fewer quasi-identifier columns"
             )
@@ -679,9 +691,13 @@ def _sidecar_entry(rule: ColumnRule, step: float | None) -> dict[str, object]:
     description = rule.description
     if rule.kind == "numeric":
         step = step if step is not None else rule.precision or 1.0
-        how = "rounded down to a multiple of" if rule.floor else "rounded to the nearest multiple of"
         unit = f" {rule.unit}" if rule.unit else ""
-        description += f"; {how} {_plain(step)}{unit}"
+        if rule.floor:
+            how = f"in whole {rule.unit}, rounded down" if step == 1 and rule.unit else \
+                f"rounded down to a multiple of {_plain(step)}{unit}"
+        else:
+            how = f"rounded to the nearest {_plain(step)}{unit}"
+        description += f"; {how}"
         if rule.top_code is not None:
             description += f"; values above {_plain(rule.top_code)} are given as {_plain(rule.top_code)}"
         if step != (rule.precision or 1.0):

@@ -168,7 +168,7 @@ def test_k_anonymity_fail_lists_small_classes_by_bin_only():
     with pytest.raises(BidsafeError) as caught:
         enforce_k_anonymity(tables, k=2, action="fail", quasi_identifiers=["sex", "age"])
     message = str(caught.value)
-    assert "5 equivalence class(es) of (sex, age) have fewer than k=2" in message
+    assert "5 equivalence class(es) of (sex, age) hold fewer than k=2" in message
     assert "(F, 31): 1" in message and "(M, 44): 1" in message
     assert "31.2" not in message and "P0" not in message
     assert enforce_k_anonymity(tables, k=1, action="fail", quasi_identifiers=["sex", "age"]).holds
@@ -201,6 +201,23 @@ def test_k_anonymity_generalise_terminates_by_suppressing_everything_when_k_exce
     assert files["participants.tsv"].splitlines()[0] == "participant_id"
     assert set(json.loads(files["participants.json"])) == {"participant_id"}
     assert files["sub-s00/sub-s00_sessions.tsv"] == "session_id\nses-01\n"
+
+
+def test_k_anonymity_checks_every_released_session_age_not_only_the_first():
+    rules = parse_columns({"sex": {}, "age": {"round_years": 1}})
+    sessions = [
+        SessionMetadataInput("anna", "01", "P1", "1.1", "20200101", "", HeaderFacts(sex="F", age=_years(30.5))),
+        SessionMetadataInput("anna", "02", "P1", "1.2", "20210101", "", HeaderFacts(sex="F", age=_years(31.5))),
+        SessionMetadataInput("bea", "01", "P2", "1.3", "20200101", "", HeaderFacts(sex="F", age=_years(30.2))),
+    ]
+    tables = build_tables(sessions, rules, Demographics())
+    # participants.tsv alone would be 2-anonymous: (F, 30) x2. Anna's second session at 31 is alone.
+    outcome = enforce_k_anonymity(tables, k=2, action="generalise", quasi_identifiers=["sex", "age"])
+    assert outcome.small_classes_before == [1] and outcome.steps == ["age: bins of 5 years"]
+    files = render_metadata(tables, outcome).files
+    assert files["sub-anna/sub-anna_sessions.tsv"] == "session_id\tage\nses-01\t30\nses-02\t30\n"
+    with pytest.raises(BidsafeError, match=r"\(F, 31\): 1"):
+        enforce_k_anonymity(tables, k=2, action="fail", quasi_identifiers=["sex", "age"])
 
 
 def test_k_anonymity_ignores_columns_that_are_not_released_and_counts_na():
