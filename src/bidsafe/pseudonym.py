@@ -397,8 +397,9 @@ def _read_one_header(inbox: Path, relpaths: Sequence[str]) -> Dataset | None:
     for relpath in relpaths:
         try:
             return pydicom.dcmread(Path(inbox) / relpath, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
-            continue
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError,
+                IndexError, NotImplementedError):
+            continue  # an unreadable header only costs metadata; ingest already reported the file
     return None
 
 
@@ -501,9 +502,6 @@ def run_pseudonymise(
     meta.write_metadata(out_dir, rendered)
     summary = _summary(settings, registry, decisions, outcome, tables)
     write_if_changed(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    for decision in decisions:
-        if not decision.included:
-            log.info("sub-%s ses-%s withheld: %s", decision.subject, decision.session, decision.reason)
     log.info("pseudonymise: %d of %d sessions included", sum(d.included for d in decisions), len(decisions))
     return PseudonymiseResult(decisions=decisions, k_anonymity=outcome, summary=summary)
 
