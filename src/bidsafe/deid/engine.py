@@ -1,0 +1,1256 @@
+"""The de-identification engine: apply a rule set to every DICOM file of a tree (PS3.15 Annex E).
+
+Two passes over the files:
+
+1. header-only harvest, grouped by StudyInstanceUID, of every personal value (`bidsafe.phi`), so that
+   free text (action C) and kept private text can be cleaned of values found in *any* file of the study;
+2. per file: read once, apply the resolved action of every standard element at every nesting level, keep
+   only safe private elements (their text cleaned in place, same length), remap UIDs with the key, shift
+   dates by the subject's offset, add the de-identification attributes, write under a path built only
+   from de-identified values.
+
+Speed comes from never decoding what is kept or removed unchanged: pydicom reads elements as raw bytes and
+only the few elements an action changes are decoded; the output is encoded directly from those raw bytes.
+Nothing identifying is printed or logged; the report (which names input paths) is private.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import struct
+import sys
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
+
+from bidsafe import __version__
+from bidsafe.deid.dates import shift_da, shift_days_for, shift_dt
+from bidsafe.deid.private import TextCleaner
+from bidsafe.deid.uids import UidMapper
+from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.fsutil import atomic_dir
+from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset
+
+if TYPE_CHECKING:
+    from bidsafe.deid.rules import RuleSet
+
+# --- vocabulary -------------------------------------------------------------------------------------------
+
+PROCESSED = "processed"
+WITHHELD = "withheld"
+FAILED = "failed"
+NOT_DICOM = "not_dicom"
+DUPLICATE = "duplicate"
+STATUSES: tuple[str, ...] = (PROCESSED, WITHHELD, FAILED, NOT_DICOM, DUPLICATE)
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+# A fixed UID naming this writer in the file meta (2.25 + a UUID-derived integer: no registered root needed).
+IMPLEMENTATION_CLASS_UID = "2.25.100587432469113350717338396520358221157"
+IMPLEMENTATION_VERSION_NAME = f"BIDSAFE_{__version__}"[:16]
+
+_TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+# VRs whose ASCII text encodes the same in every character set (PN objects and numbers go through pydicom).
+_ASCII_SAFE_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+# A kept (K) element is left alone unless it is a UID (remapped) or a date (shifted).
+_KEEP_NEEDS_LOOK = frozenset({"UI", "DA", "DT"})
+_BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "OF", "OD", "OL", "OV"})
+_LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
+_DUMMY_BY_VR: dict[str, bytes] = {
+    **dict.fromkeys(("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"), b"ANONYMOUS "),
+    "AS": b"000Y",
+    "DA": b"19000101",
+    "DT": b"19000101000000",
+    "TM": b"000000",
+    "IS": b"0 ",
+    "DS": b"0 ",
+    **dict.fromkeys(("US", "SS"), b"\x00" * 2),
+    **dict.fromkeys(("UL", "SL", "FL", "AT"), b"\x00" * 4),
+    **dict.fromkeys(("FD", "SV", "UV"), b"\x00" * 8),
+    **dict.fromkeys(("OB", "OW", "UN", "OF", "OD", "OL", "OV"), b"\x00" * 8),
+}
+_TAG_SOP_CLASS = 0x00080016
+_TAG_SOP_INSTANCE = 0x00080018
+_TAG_STUDY_UID = 0x0020000D
+_TAG_SERIES_UID = 0x0020000E
+_TAG_PATIENT_ID = 0x00100020
+_TAG_IMAGE_TYPE = 0x00080008
+_TAG_MODALITY = 0x00080060
+_TAG_SERIES_NUMBER = 0x00200011
+_TAG_INSTANCE_NUMBER = 0x00200013
+_TAG_BURNED_IN = 0x00280301
+_TAG_VISUAL_FEATURES = 0x00280302
+_TAG_CHARSET = 0x00080005
+
+# UIDs that name a class or an encoding, never an instance: left alone even when not under the DICOM root
+# (a vendor's private SOP class must keep naming that class).
+_CLASS_UID_TAGS = frozenset(
+    tag
+    for tag, entry in pydicom.datadict.DicomDictionary.items()
+    if entry[0] == "UI" and entry[4].endswith(("ClassUID", "TransferSyntaxUID", "ClassUIDInFile"))
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileEntry:
+    """One input file's fate. `input` is an input path: private, never printed."""
+
+    input: str
+    status: str
+    output: str | None = None  # path relative to DST, built from de-identified values only
+    reason: str = ""
+
+
+@dataclass
+class DeidReport:
+    entries: list[FileEntry]
+    personal_values: PersonalValues
+    key_path: Path | None = None
+    rules_profile: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for entry in self.entries:
+            counts[entry.status] += 1
+        return counts
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed (processed, withheld, duplicate and non-DICOM files are all accounted for)."""
+        return not any(entry.status == FAILED for entry in self.entries)
+
+
+def write_report(report: DeidReport, path: str | Path) -> Path:
+    """Write the report as JSON, 0600: it names input paths, so it belongs in the private area."""
+    import json
+
+    from bidsafe.private import private_write_text
+
+    payload = {
+        "tool": "bidsafe deid",
+        "version": __version__,
+        "rules_profile": report.rules_profile,
+        "key_path": str(report.key_path) if report.key_path else None,
+        "counts": report.counts,
+        "files": [
+            {"input": e.input, "output": e.output, "status": e.status, "reason": e.reason} for e in report.entries
+        ],
+    }
+    return private_write_text(path, json.dumps(payload, indent=1) + "\n")
+
+
+# --- pydicom noise ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _silenced_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log records can quote header values: none may reach a terminal or a log."""
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
+
+
+# --- element helpers --------------------------------------------------------------------------------------
+
+
+def _element_text(elem: Any) -> str:
+    """The value of an element as DICOM text (multi-values joined by backslash), decoded leniently."""
+    if getattr(elem, "is_raw", False):
+        value = elem.value
+        return value.decode("latin-1").strip(" \x00") if value else ""
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00")
+
+
+def _ascii_value(text: str, vr: str) -> bytes:
+    data = text.encode("ascii", "replace")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return data
+
+
+def _raw(tag: int, vr: str, data: bytes, implicit: bool, little: bool) -> RawDataElement:
+    return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little)
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    implicit: bool
+    little: bool
+
+
+TEXT = "text"
+PRIVATE = "private"
+
+
+@dataclass
+class Pending:
+    """An element whose cleaning waits for the study's personal values, and where it sits once written.
+
+    TEXT: a free-text element (action C); `value` is its decoded text. PRIVATE: a kept private element,
+    cleaned as the bytes written, in place (same length). `offset`/`header`/`size` locate the whole element
+    (header + value) in the written file; `encodings` is the character set in force there.
+    """
+
+    kind: str
+    tag: int
+    vr: str
+    value: Any = None
+    encodings: Any = None
+    offset: int = -1
+    header: int = 0
+    size: int = 0
+
+
+def _plain_value(value: Any) -> str | list[str]:
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return [str(v) for v in value]
+    return str(value)
+
+
+# --- the per-dataset de-identifier ------------------------------------------------------------------------
+
+
+class Deidentifier:
+    """Applies one rule set under one key; caches resolved actions and UID mappings across files."""
+
+    def __init__(self, rules: RuleSet, key: bytes) -> None:
+        self.rules = rules
+        self.key = key
+        self.uids = UidMapper(key)
+        self._actions: dict[int, str] = dict(getattr(rules, "resolved", {}) or {})
+        self._std_vr: dict[int, str] = {}
+        self._safe_private: dict[tuple[str, int, int], bool] = {}
+        self._private_vr: dict[tuple[str, int], str] = {}
+        self.shift_mode = rules.date_mode == "shift"
+        self._added: dict[_Encoding, dict[BaseTag, RawDataElement]] = {}
+
+    # rules, cached
+    def action(self, tag: int) -> str:
+        action = self._actions.get(tag)
+        if action is None:
+            action = self.rules.resolved_action_for(tag)
+            self._actions[tag] = action
+        return action
+
+    def _standard_vr(self, tag: int, elem: Any) -> str:
+        vr = elem.VR
+        if vr and vr != "UN" and len(vr) == 2:
+            return vr
+        known = self._std_vr.get(tag)
+        if known is None:
+            try:
+                known = dictionary_VR(tag)
+            except KeyError:
+                known = vr or "UN"
+            self._std_vr[tag] = known
+        return known if len(known) == 2 else (vr or known[:2])
+
+    def _is_safe_private(self, creator: str, group: int, offset: int) -> bool:
+        decision_key = (creator, group, offset)
+        decision = self._safe_private.get(decision_key)
+        if decision is None:
+            decision = bool(self.rules.is_safe_private(creator, group, offset))
+            self._safe_private[decision_key] = decision
+        return decision
+
+    def _private_element_vr(self, tag: int, elem: Any, creator: str) -> str:
+        vr = elem.VR
+        if vr and vr != "UN" and len(vr) == 2:
+            return vr
+        cache_key = (creator, tag & 0xFFFF00FF)
+        known = self._private_vr.get(cache_key)
+        if known is None:
+            try:
+                known = private_dictionary_VR(tag, creator)
+            except KeyError:
+                known = "UN"
+            if len(known) != 2:
+                known = "UN"
+            self._private_vr[cache_key] = known
+        return known
+
+    # values
+    def _shifted(self, text: str, vr: str, shift_days: int | None) -> str | None:
+        if shift_days is None:
+            return None
+        return shift_da(text, shift_days) if vr == "DA" else shift_dt(text, shift_days)
+
+    def _dummy(self, tag: int, vr: str, elem: Any, shift_days: int | None, enc: _Encoding) -> RawDataElement:
+        if vr == "UI":
+            original = _element_text(elem) or f"bidsafe-dummy-{tag:08X}"
+            return _raw(tag, vr, _ascii_value(self.uids.remap_multi(original), vr), enc.implicit, enc.little)
+        if vr in ("DA", "DT"):
+            shifted = self._shifted(_element_text(elem), vr, shift_days)
+            if shifted:
+                return _raw(tag, vr, _ascii_value(shifted, vr), enc.implicit, enc.little)
+        data = _DUMMY_BY_VR.get(vr, b"\x00\x00")
+        return _raw(tag, vr, data, enc.implicit, enc.little)
+
+    def deidentify(self, ds: Dataset, *, shift_days: int | None) -> dict[int, Pending]:
+        """De-identify `ds` in place: every element at every level, then the added attributes.
+
+        Cleaning free text (C) and kept private values needs every personal value of the study, which is
+        only known once all its files are read; those elements are left as they are and returned as
+        pending (keyed by the element object's id) for `finish_bytes` / `finish_file` to clean once written.
+        """
+        implicit, little = ds.original_encoding
+        enc = _Encoding(bool(implicit) if implicit is not None else False, little is not False)
+        pending: dict[int, Pending] = {}
+        self._clean_dataset(ds, shift_days, enc, pending)
+        self._add_deidentification_attributes(ds, enc)
+        return pending
+
+    def _clean_dataset(self, ds: Dataset, shift_days: int | None, enc: _Encoding, pending: dict[int, Pending]) -> None:
+        elements = ds._dict  # raw elements stay undecoded unless an action needs their value
+        private_tags: list[Any] = []
+        charset: Any = None
+        # `key` is pydicom's BaseTag (dict operations on `elements` by identity); `tag` the plain int for our
+        # own tables (a BaseTag lookup would run its Python-level __eq__).
+        for key in list(elements):
+            tag = int(key)
+            if tag >> 16 & 1:
+                private_tags.append(key)
+                continue
+            if not tag & 0xFFFF:
+                del elements[key]  # group length: stale once elements go, and retired anyway
+                continue
+            action = "K" if tag == _TAG_CHARSET else self._actions.get(tag) or self.action(tag)
+            if action == "X":
+                del elements[key]
+                continue
+            elem = elements[key]
+            vr = self._standard_vr(tag, elem)
+            if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
+                if action == "Z":
+                    elements[key] = DataElement(tag, "SQ", DicomSequence())
+                    continue
+                for item in ds[key].value or ():
+                    self._clean_dataset(item, shift_days, enc, pending)
+                continue
+            if action == "K" and vr not in _KEEP_NEEDS_LOOK:
+                continue
+            if action == "Z":
+                elements[key] = _raw(tag, vr, b"", enc.implicit, enc.little)
+            elif action == "D" or (action == "C" and vr == "PN"):
+                elements[key] = self._dummy(tag, vr, elem, shift_days, enc)
+            elif vr == "UI":
+                if action in ("U", "U*") or tag not in _CLASS_UID_TAGS:
+                    text = _element_text(elem)
+                    new = self.uids.remap_multi(text)
+                    if new != text:
+                        elements[key] = _raw(tag, vr, _ascii_value(new, vr), enc.implicit, enc.little)
+            elif action in ("U", "U*"):
+                elements[key] = self._dummy(tag, vr, elem, shift_days, enc)  # U on a non-UID: replace
+            elif vr in ("DA", "DT"):
+                text = _element_text(elem)
+                if text:
+                    shifted = self._shifted(text, vr, shift_days)
+                    data = _ascii_value(shifted, vr) if shifted else b""
+                    elements[key] = _raw(tag, vr, data, enc.implicit, enc.little)
+            elif action == "C" and vr in _TEXT_VRS:
+                if elem.is_raw:
+                    # Decoded for cleaning but left raw in the dataset: unchanged text is written as it came.
+                    if charset is None:
+                        charset = ds._character_set
+                    decoded = convert_raw_data_element(elem, encoding=charset, ds=ds)
+                else:
+                    decoded = elem
+                if decoded.value not in (None, ""):
+                    pending[id(elem)] = Pending(TEXT, tag, vr, value=_plain_value(decoded.value))
+        if private_tags:
+            self._clean_private(ds, private_tags, shift_days, enc, pending)
+
+    def _clean_private(
+        self,
+        ds: Dataset,
+        private_tags: list[int],
+        shift_days: int | None,
+        enc: _Encoding,
+        pending: dict[int, Pending],
+    ) -> None:
+        elements = ds._dict
+        creators: dict[int, str] = {}  # creator tag -> creator text
+        for key in private_tags:
+            if 0x10 <= key & 0xFFFF <= 0xFF:
+                creators[int(key)] = _element_text(elements[key]).strip()
+        kept_creators: set[int] = set()
+        for key in private_tags:
+            tag = int(key)
+            element = tag & 0xFFFF
+            if element < 0x1000:
+                continue  # creators decided below; (gggg,0000-000F) are never kept
+            group = tag >> 16
+            creator_tag = (tag & 0xFFFF0000) | (element >> 8)
+            creator = creators.get(creator_tag)
+            if not creator or not self._is_safe_private(creator, group, element & 0xFF):
+                del elements[key]
+                continue
+            kept_creators.add(creator_tag)
+            elem = elements[key]
+            vr = self._private_element_vr(tag, elem, creator)
+            if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
+                for item in ds[key].value or ():
+                    self._clean_dataset(item, shift_days, enc, pending)
+            elif vr in ("DA", "DT"):
+                text = _element_text(elem)
+                shifted = self._shifted(text, vr, shift_days) if text else ""
+                data = _ascii_value(shifted, vr) if shifted else b""
+                elements[key] = _raw(tag, vr, data, enc.implicit, enc.little)
+            elif vr == "UI":
+                text = _element_text(elem)
+                new = self.uids.remap_multi(text)
+                if new != text:
+                    elements[key] = _raw(tag, vr, _ascii_value(new, vr), enc.implicit, enc.little)
+            elif vr not in _BINARY_NUMBER_VRS:
+                # Cleaned as the bytes written (same length), whatever the element's decoded form.
+                pending[id(elem)] = Pending(PRIVATE, tag, vr)
+        for key in private_tags:
+            if key & 0xFFFF < 0x1000 and int(key) not in kept_creators:
+                del elements[key]
+
+    def _add_deidentification_attributes(self, ds: Dataset, enc: _Encoding) -> None:
+        added = self._added.get(enc)
+        if added is None:
+            added = self._added[enc] = self._encode_added(enc)
+        ds._dict.update(added)
+
+    def _encode_added(self, enc: _Encoding) -> dict[BaseTag, RawDataElement]:
+        """PatientIdentityRemoved, DeidentificationMethod(CodeSequence), LongitudinalTemporalInformationModified:
+        the same in every file, so encoded once per transfer syntax."""
+        method = _lo_values(self.rules.method)
+        method_text = "\\".join(method) if isinstance(method, list) else method
+        codes = Dataset()
+        items = []
+        for value, meaning in self.rules.codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning[:64]
+            items.append(item)
+        codes.DeidentificationMethodCodeSequence = items
+        writer = _Writer(enc.implicit, enc.little, {}, 0)
+        writer.dataset(codes, ["iso8859"])
+        sequence = b"".join(writer.chunks)
+        header = len(writer.header(0x00120064, "SQ", 0xFFFFFFFF))
+        modified = "MODIFIED" if self.shift_mode else "REMOVED"
+        return {
+            BaseTag(0x00120062): _raw(0x00120062, "CS", _ascii_value("YES", "CS"), enc.implicit, enc.little),
+            BaseTag(0x00120063): _raw(0x00120063, "LO", _ascii_value(method_text, "LO"), enc.implicit, enc.little),
+            # the sequence re-read from its own encoding: items with undefined length, then the delimiter
+            BaseTag(0x00120064): RawDataElement(
+                BaseTag(0x00120064), "SQ", 0xFFFFFFFF, sequence[header:-8], 0, enc.implicit, enc.little
+            ),
+            BaseTag(0x00280303): _raw(0x00280303, "CS", _ascii_value(modified, "CS"), enc.implicit, enc.little),
+        }
+
+
+def _lo_values(text: str) -> str | list[str]:
+    """A long text as LO values of at most 64 characters, split at spaces."""
+    text = " ".join(text.split())
+    if len(text) <= 64:
+        return text
+    values, current = [], ""
+    for word in text.split(" "):
+        while len(word) > 64:
+            if current:
+                values.append(current)
+                current = ""
+            values.append(word[:64])
+            word = word[64:]
+        candidate = f"{current} {word}".strip()
+        if len(candidate) > 64:
+            values.append(current)
+            current = word
+        else:
+            current = candidate
+    if current:
+        values.append(current)
+    return values
+
+
+# --- burned-in text ---------------------------------------------------------------------------------------
+
+
+def withhold_reason(ds: Dataset) -> str | None:
+    """Why a file must not be released as is (burned-in text, a face, a screenshot), or None."""
+    elements = ds._dict
+
+    def text(tag: int) -> str:
+        elem = elements.get(tag)
+        return _element_text(elem).upper() if elem is not None else ""
+
+    sop_class = text(_TAG_SOP_CLASS)
+    if sop_class == MEDIA_DIRECTORY_SOP_CLASS:
+        return "DICOMDIR: a media directory (lists patients), not an image"
+    if text(_TAG_BURNED_IN) == "YES":
+        return "BurnedInAnnotation is YES: text burned into the pixels"
+    if text(_TAG_VISUAL_FEATURES) == "YES":
+        return "RecognizableVisualFeatures is YES: the pixels may show a face"
+    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "Secondary Capture SOP class: a screenshot may carry burned-in text"
+    image_type = [part.strip() for part in text(_TAG_IMAGE_TYPE).split("\\")]
+    if "SCREEN SAVE" in image_type:
+        return "ImageType SCREEN SAVE: a screenshot may carry burned-in text"
+    if "SECONDARY" in image_type and text(_TAG_MODALITY) in ("OT", "SC"):
+        return "ImageType SECONDARY with Modality OT/SC: a derived picture may carry burned-in text"
+    return None
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Encodes a dataset straight from its raw element bytes (pydicom only for the few decoded elements),
+    noting where pending elements land."""
+
+    def __init__(self, implicit: bool, little: bool, pending: dict[int, Pending], base: int) -> None:
+        self.implicit = implicit
+        self.little = little
+        self.pending = pending
+        self.placed: list[Pending] = []
+        self.chunks: list[bytes] = []
+        self.size = base  # bytes before the first chunk (preamble and file meta)
+        self._tag = struct.Struct("<HH" if little else ">HH").pack
+        self._u16 = struct.Struct("<H" if little else ">H").pack
+        self._u32 = struct.Struct("<I" if little else ">I").pack
+        self._item_start = self._tag(0xFFFE, 0xE000) + self._u32(0xFFFFFFFF)
+        self._item_end = self._tag(0xFFFE, 0xE00D) + self._u32(0)
+        self._seq_end = self._tag(0xFFFE, 0xE0DD) + self._u32(0)
+
+    def _add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    def header(self, tag: int, vr: str | None, length: int) -> bytes:
+        tag_bytes = self._tag(tag >> 16, tag & 0xFFFF)
+        if self.implicit:
+            return tag_bytes + self._u32(length)
+        if vr is None or len(vr) != 2:
+            vr = "UN"
+        if vr in _LONG_LENGTH_VRS:
+            return tag_bytes + vr.encode("ascii") + b"\x00\x00" + self._u32(length)
+        if length > 0xFFFF:
+            raise ValueError(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) too long for VR {vr}")
+        return tag_bytes + vr.encode("ascii") + self._u16(length)
+
+    def encode_element(self, elem: Any, encodings: Any) -> bytes:
+        """One non-sequence element: plain ASCII text and small integers directly, the rest by pydicom
+        (value representation rules, character sets)."""
+        vr = elem.VR
+        value = elem.value
+        if vr in _ASCII_SAFE_VRS:
+            if value is None:
+                text = ""
+            elif isinstance(value, str):
+                text = value
+            elif isinstance(value, (list, pydicom.multival.MultiValue)) and all(isinstance(v, str) for v in value):
+                text = "\\".join(value)
+            else:
+                text = None
+            if text is not None and text.isascii():
+                data = text.encode("ascii")
+                if len(data) % 2:
+                    data += b"\x00" if vr == "UI" else b" "
+                return self.header(elem.tag, vr, len(data)) + data
+        elif vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
+            return self.header(elem.tag, vr, 2) + self._u16(value)
+        buffer = DicomBytesIO()
+        buffer.is_little_endian = self.little
+        buffer.is_implicit_VR = self.implicit
+        write_data_element(buffer, elem, encodings)
+        return buffer.getvalue()
+
+    def dataset(self, ds: Dataset, encodings: Any) -> None:
+        elements = ds._dict
+        if _TAG_CHARSET in elements:
+            encodings = ds._character_set
+        for tag in sorted(elements):
+            elem = elements[tag]
+            record = self.pending.get(id(elem))
+            start = self.size
+            if elem.is_raw:
+                value = elem.value or b""
+                vr = elem.VR
+                if vr is None and not self.implicit:
+                    vr = _fallback_vr(tag)
+                if elem.length == 0xFFFFFFFF:
+                    self._add(self.header(tag, vr, 0xFFFFFFFF))
+                    self._add(value)
+                    self._add(self._seq_end)
+                else:
+                    head = self.header(tag, vr, len(value))
+                    self._add(head)
+                    self._add(value)
+                    if record is not None:
+                        self._place(record, start, len(head), encodings)
+            elif elem.VR == "SQ":
+                self._add(self.header(tag, "SQ", 0xFFFFFFFF))
+                for item in elem.value or ():
+                    self._add(self._item_start)
+                    self.dataset(item, encodings)
+                    self._add(self._item_end)
+                self._add(self._seq_end)
+            else:
+                encoded = self.encode_element(elem, encodings)
+                self._add(encoded)
+                if record is not None:
+                    header = 8 if self.implicit else _explicit_header_size(elem.VR)
+                    self._place(record, start, header, encodings)
+
+    def _place(self, record: Pending, start: int, header: int, encodings: Any) -> None:
+        record.offset = start
+        record.size = self.size - start
+        record.header = header
+        record.encodings = encodings
+        self.placed.append(record)
+
+
+def _explicit_header_size(vr: str) -> int:
+    return 12 if vr in _LONG_LENGTH_VRS else 8
+
+
+def _fallback_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr if len(vr) == 2 else vr[:2]
+
+
+def _meta_element(tag: int, vr: str, value: bytes) -> bytes:
+    header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_LENGTH_VRS:
+        return header + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return header + struct.pack("<H", len(value)) + value
+
+
+@dataclass
+class Encoded:
+    """A de-identified file before its pending elements are cleaned (the dataset body never deflated yet)."""
+
+    data: bytes
+    pending: list[Pending]
+    implicit: bool
+    little: bool
+    deflate: bool
+    body_offset: int
+
+
+def encode_file(
+    ds: Dataset,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax: str,
+    pending: dict[int, Pending] | None = None,
+) -> Encoded:
+    """The whole file: preamble, a fresh file meta group (nothing copied from the input's), the dataset."""
+    meta = b"".join(
+        (
+            _meta_element(0x00020001, "OB", b"\x00\x01"),
+            _meta_element(0x00020002, "UI", _ascii_value(sop_class_uid, "UI")),
+            _meta_element(0x00020003, "UI", _ascii_value(sop_instance_uid, "UI")),
+            _meta_element(0x00020010, "UI", _ascii_value(transfer_syntax, "UI")),
+            _meta_element(0x00020012, "UI", _ascii_value(IMPLEMENTATION_CLASS_UID, "UI")),
+            _meta_element(0x00020013, "SH", _ascii_value(IMPLEMENTATION_VERSION_NAME, "SH")),
+        )
+    )
+    head = b"\x00" * 128 + b"DICM" + _meta_element(0x00020000, "UL", struct.pack("<I", len(meta))) + meta
+    implicit = transfer_syntax == IMPLICIT_VR_LE
+    little = transfer_syntax != EXPLICIT_VR_BE
+    writer = _Writer(implicit, little, pending or {}, base=len(head))
+    writer.dataset(ds, ds._character_set)
+    return Encoded(
+        data=head + b"".join(writer.chunks),
+        pending=writer.placed,
+        implicit=implicit,
+        little=little,
+        deflate=transfer_syntax == DEFLATED_EXPLICIT_VR_LE,
+        body_offset=len(head),
+    )
+
+
+def _deflated(data: bytes, body_offset: int) -> bytes:
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = compressor.compress(data[body_offset:]) + compressor.flush()
+    if len(body) % 2:
+        body += b"\x00"
+    return data[:body_offset] + body
+
+
+def _cleaned_pending(record: Pending, value_bytes: bytes, cleaner: TextCleaner, writer: _Writer) -> bytes | None:
+    """The new bytes of a pending element (whole element for TEXT; value only if same length for PRIVATE),
+    or None when cleaning changes nothing."""
+    if record.kind == TEXT:
+        value = record.value
+        cleaned: Any = [cleaner.clean_text(v) for v in value] if isinstance(value, list) else cleaner.clean_text(value)
+        if cleaned == value:
+            return None
+        return writer.encode_element(DataElement(record.tag, record.vr, cleaned), record.encodings)
+    cleaned_bytes = cleaner.clean_private_value(value_bytes)
+    if cleaned_bytes == value_bytes:
+        return None
+    if len(cleaned_bytes) == len(value_bytes):
+        return cleaned_bytes
+    return writer.header(record.tag, record.vr, len(cleaned_bytes)) + cleaned_bytes
+
+
+def finish_bytes(encoded: Encoded, cleaner: TextCleaner) -> bytes:
+    """The final file bytes: pending elements cleaned with the study's values, then deflated if needed."""
+    data = encoded.data
+    writer = _Writer(encoded.implicit, encoded.little, {}, 0)
+    parts: list[bytes] = []
+    position = 0
+    for record in sorted(encoded.pending, key=lambda r: r.offset):
+        value_start = record.offset + record.header
+        end = record.offset + record.size
+        new = _cleaned_pending(record, data[value_start:end], cleaner, writer)
+        if new is None:
+            continue
+        same_length_value = record.kind == PRIVATE and len(new) == end - value_start
+        parts.append(data[position : value_start if same_length_value else record.offset])
+        parts.append(new)
+        position = end
+    if parts:
+        parts.append(data[position:])
+        data = b"".join(parts)
+    return _deflated(data, encoded.body_offset) if encoded.deflate else data
+
+
+def finish_file(temp: Path, final: Path, stub: Encoded, cleaner: TextCleaner) -> None:
+    """Clean a staged file's pending elements and move it to its final name.
+
+    Same-length private patches are written in place; a changed text or a deflated body rewrites the file.
+    `stub` is the staged file's `Encoded` without its data (offsets and encoding only).
+    """
+    writer = _Writer(stub.implicit, stub.little, {}, 0)
+    patches: list[tuple[int, bytes]] = []
+    rewrite = stub.deflate
+    with open(temp, "rb") as handle:
+        fd = handle.fileno()
+        for record in stub.pending:
+            value_start = record.offset + record.header
+            value_bytes = os.pread(fd, record.size - record.header, value_start)
+            new = _cleaned_pending(record, value_bytes, cleaner, writer)
+            if new is None:
+                continue
+            if record.kind == PRIVATE and len(new) == len(value_bytes):
+                patches.append((value_start, new))
+            else:
+                rewrite = True
+    if rewrite:
+        data = finish_bytes(
+            Encoded(temp.read_bytes(), stub.pending, stub.implicit, stub.little, stub.deflate, stub.body_offset),
+            cleaner,
+        )
+        rewritten = temp.with_name(temp.name + ".final")
+        with open(rewritten, "xb") as handle:
+            handle.write(data)
+        os.replace(rewritten, final)
+        temp.unlink()
+        return
+    if patches:
+        with open(temp, "r+b") as handle:
+            for offset, new in patches:
+                os.pwrite(handle.fileno(), new, offset)
+    os.replace(temp, final)
+
+
+def _output_transfer_syntax(ds: Dataset) -> str:
+    """The input's transfer syntax, corrected when the dataset is really encoded otherwise."""
+    meta = getattr(ds, "file_meta", None)
+    declared = ""
+    if meta is not None and 0x00020010 in meta._dict:
+        declared = _element_text(meta._dict[0x00020010])
+    implicit, little = ds.original_encoding
+    actual = IMPLICIT_VR_LE if implicit else (EXPLICIT_VR_LE if little is not False else EXPLICIT_VR_BE)
+    if declared in ("", IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE):
+        return actual
+    if declared == DEFLATED_EXPLICIT_VR_LE:
+        return declared if not implicit else actual
+    return declared if not implicit and little is not False else actual
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+
+class _NotDicom(Exception):
+    pass
+
+
+_UID_SHAPE = re.compile(r"[0-9]+(\.[0-9]+)+")
+
+
+def read_dicom(path: str | Path, *, header_only: bool = False) -> Dataset:
+    """Read a DICOM file; raise _NotDicom when it is not one (a raw dataset without preamble is accepted
+    only when it parses and names its SOP class and instance)."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except InvalidDicomError:
+        pass
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+        sop_class = _element_text(ds._dict[_TAG_SOP_CLASS]) if _TAG_SOP_CLASS in ds._dict else ""
+        sop_instance = _element_text(ds._dict[_TAG_SOP_INSTANCE]) if _TAG_SOP_INSTANCE in ds._dict else ""
+    except Exception as exc:  # noqa: BLE001 - anything that does not parse is not DICOM
+        raise _NotDicom("not a DICOM file") from exc
+    if not (_UID_SHAPE.fullmatch(sop_class) and _UID_SHAPE.fullmatch(sop_instance)):
+        raise _NotDicom("not a DICOM file")
+    return ds
+
+
+# --- one dataset, in memory -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """A de-identified dataset encoded, before its study-dependent cleaning."""
+
+    encoded: Encoded
+    relpath: str
+    sop_instance_uid: str
+
+
+def _text_of(ds: Dataset, tag: int) -> str:
+    elem = ds._dict.get(tag)
+    return _element_text(elem) if elem is not None else ""
+
+
+def _prepare(deidentifier: Deidentifier, ds: Dataset, shift_days: int | None) -> _Prepared:
+    """De-identify and encode `ds` (everything except the study-dependent cleaning)."""
+    meta = getattr(ds, "file_meta", None)
+    meta_elements = meta._dict if meta is not None else {}
+    original_sop = _text_of(ds, _TAG_SOP_INSTANCE)
+    if not original_sop and 0x00020003 in meta_elements:
+        original_sop = _element_text(meta_elements[0x00020003])
+    if not original_sop:
+        raise BidsafeError("no SOPInstanceUID: cannot name the de-identified instance")
+    sop_class = _text_of(ds, _TAG_SOP_CLASS)
+    if not sop_class and 0x00020002 in meta_elements:
+        sop_class = _element_text(meta_elements[0x00020002])
+    transfer_syntax = _output_transfer_syntax(ds)
+    pending = deidentifier.deidentify(ds, shift_days=shift_days)
+    new_sop = _text_of(ds, _TAG_SOP_INSTANCE) or deidentifier.uids.remap(original_sop)
+    relpath = _output_relpath(ds, new_sop)
+    return _Prepared(encode_file(ds, sop_class, new_sop, transfer_syntax, pending), relpath, new_sop)
+
+
+def deidentify_dataset(
+    ds: Dataset,
+    *,
+    rules: RuleSet,
+    key: bytes,
+    shift_days: int | None,
+    values: Iterable[PersonalValue] = (),
+) -> Dataset:
+    """De-identify one dataset exactly as `deidentify_tree` does a file, and return the result read back.
+
+    `ds` is changed in place on the way (do not reuse it). `values` are the study's personal values.
+    """
+    with _silenced_pydicom():
+        prepared = _prepare(Deidentifier(rules, key), ds, shift_days)
+        data = finish_bytes(prepared.encoded, TextCleaner(values))
+        return pydicom.dcmread(DicomBytesIO(data))
+
+
+def deidentify_bytes(
+    ds: Dataset, *, rules: RuleSet, key: bytes, shift_days: int | None, values: Iterable[PersonalValue] = ()
+) -> bytes:
+    """Like `deidentify_dataset`, but the file's bytes."""
+    with _silenced_pydicom():
+        prepared = _prepare(Deidentifier(rules, key), ds, shift_days)
+        return finish_bytes(prepared.encoded, TextCleaner(values))
+
+
+# --- output names -----------------------------------------------------------------------------------------
+
+
+def _safe_component(text: str, fallback: str = "x") -> str:
+    cleaned = re.sub(r"[^0-9A-Za-z]", "", text)[:16]
+    return cleaned or fallback
+
+
+def _number_component(text: str, width: int) -> str:
+    try:
+        number = int(float(text.split("\\")[0]))
+    except (ValueError, IndexError, OverflowError):
+        return "x"
+    return f"{number:0{width}d}" if number >= 0 else f"m{-number}"
+
+
+def _output_relpath(ds: Dataset, new_sop_instance: str) -> str:
+    """`<SeriesNumber>_<Modality>_<hash of new series UID>/<InstanceNumber>_<hash of new SOP UID>.dcm`:
+    only de-identified values, read from the de-identified dataset."""
+    series_uid = _text_of(ds, _TAG_SERIES_UID) or "no-series"
+    series = "_".join(
+        (
+            _number_component(_text_of(ds, _TAG_SERIES_NUMBER), 4),
+            _safe_component(_text_of(ds, _TAG_MODALITY)),
+            hashlib.sha256(series_uid.encode()).hexdigest()[:10],
+        )
+    )
+    instance = "_".join(
+        (
+            _number_component(_text_of(ds, _TAG_INSTANCE_NUMBER), 5),
+            hashlib.sha256(new_sop_instance.encode()).hexdigest()[:16],
+        )
+    )
+    return f"{series}/{instance}.dcm"
+
+
+# --- the two passes over files ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Staged:
+    """Pass A's result for one file: harvest, and the staged de-identified file awaiting its cleaning."""
+
+    index: int
+    status: str
+    study: str = ""
+    values: frozenset[PersonalValue] = frozenset()
+    output: str | None = None
+    temp: str | None = None
+    stub: Encoded | None = None
+    reason: str = ""
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+class _StageWorker:
+    """Pass A in one process: read once, harvest, de-identify, write a staged file."""
+
+    def __init__(self, rules: RuleSet, key: bytes, subject_key: str | None, temp_root: Path) -> None:
+        self.deidentifier = Deidentifier(rules, key)
+        self.rules = rules
+        self.key = key
+        self.subject_key = subject_key
+        self.temp_root = temp_root
+        self._count = 0
+
+    def run(self, index: int, path: str) -> _Staged:
+        values: frozenset[PersonalValue] = frozenset()
+        study = ""
+        try:
+            with _silenced_pydicom():
+                ds = read_dicom(path)
+                study = _text_of(ds, _TAG_STUDY_UID)
+                harvested = set(harvest_dataset(ds))
+                if getattr(ds, "file_meta", None) is not None:
+                    harvested.update(harvest_dataset(ds.file_meta, prefix="meta>"))
+                values = frozenset(harvested)
+                reason = withhold_reason(ds)
+                if reason is not None and (self.rules.burned_in == "withhold" or reason.startswith("DICOMDIR")):
+                    return _Staged(index, WITHHELD, study, values, reason=reason)
+                subject = self.subject_key if self.subject_key is not None else _text_of(ds, _TAG_PATIENT_ID)
+                prepared = _prepare(self.deidentifier, ds, study_shift_days(self.rules, self.key, subject))
+        except _NotDicom as exc:
+            return _Staged(index, NOT_DICOM, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            return _Staged(index, FAILED, study, values, reason=f"{type(exc).__name__}: {_short(exc)}")
+        self._count += 1
+        temp = self.temp_root / f"{os.getpid()}-{self._count}.tmp"
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "xb") as handle:
+            handle.write(prepared.encoded.data)
+        encoded = prepared.encoded
+        stub = Encoded(b"", encoded.pending, encoded.implicit, encoded.little, encoded.deflate, encoded.body_offset)
+        return _Staged(index, PROCESSED, study, values, prepared.relpath, str(temp), stub)
+
+
+class _FinishWorker:
+    """Pass B in one process: clean pending elements with the study's values, move to the final name."""
+
+    def __init__(self, studies: dict[str, tuple[PersonalValue, ...]], staging: Path) -> None:
+        self.studies = studies
+        self.staging = staging
+        self._cleaners: dict[str, TextCleaner] = {}
+
+    def cleaner_for(self, study: str) -> TextCleaner:
+        cleaner = self._cleaners.get(study)
+        if cleaner is None:
+            cleaner = TextCleaner(self.studies.get(study, ()))
+            self._cleaners[study] = cleaner
+        return cleaner
+
+    def run(self, index: int, temp: str, output: str, study: str, stub: Encoded) -> tuple[int, str, str]:
+        try:
+            final = self.staging / output
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with _silenced_pydicom():
+                finish_file(Path(temp), final, stub, self.cleaner_for(study))
+        except Exception as exc:  # noqa: BLE001
+            Path(temp).unlink(missing_ok=True)
+            return index, FAILED, f"{type(exc).__name__}: {_short(exc)}"
+        return index, PROCESSED, ""
+
+
+_STAGE_WORKER: _StageWorker | None = None
+_FINISH_WORKER: _FinishWorker | None = None
+
+
+def _init_stage(rules: RuleSet, key: bytes, subject_key: str | None, temp_root: Path) -> None:
+    global _STAGE_WORKER
+    _STAGE_WORKER = _StageWorker(rules, key, subject_key, temp_root)
+
+
+def _init_finish(studies: dict[str, tuple[PersonalValue, ...]], staging: Path) -> None:
+    global _FINISH_WORKER
+    _FINISH_WORKER = _FinishWorker(studies, staging)
+
+
+def _stage_task(task: tuple[int, str]) -> _Staged:
+    assert _STAGE_WORKER is not None
+    return _STAGE_WORKER.run(*task)
+
+
+def _finish_task(task: tuple[int, str, str, str, Encoded]) -> tuple[int, str, str]:
+    assert _FINISH_WORKER is not None
+    return _FINISH_WORKER.run(*task)
+
+
+def _run_tasks(
+    function: Callable[[Any], Any],
+    tasks: list[Any],
+    jobs: int,
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...],
+) -> Iterator[Any]:
+    """Results in task order; in this process for one job, else a process pool fed in chunks."""
+    if jobs <= 1 or len(tasks) <= 1:
+        initializer(*initargs)
+        for task in tasks:
+            yield function(task)
+        return
+    chunk = max(1, min(32, len(tasks) // (jobs * 8)))
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(jobs, initializer=initializer, initargs=initargs) as pool:
+        yield from pool.imap(function, tasks, chunksize=chunk)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+
+    def show(self, label: str, done: int) -> None:
+        if self.enabled and (done == self.total or done % 25 == 0):
+            sys.stderr.write(f"\rbidsafe deid: {label} {done}/{self.total} files ")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --- the tree ---------------------------------------------------------------------------------------------
+
+
+def _list_files(src: Path) -> list[Path]:
+    found: list[Path] = []
+    for root, dirs, names in os.walk(src):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            if path.is_file():
+                found.append(path)
+    return found
+
+
+def study_shift_days(rules: RuleSet, key: bytes, subject: str) -> int | None:
+    """The per-subject shift in days (None when dates are removed instead)."""
+    if rules.date_mode != "shift":
+        return None
+    return shift_days_for(key, subject, int(rules.max_shift_days))
+
+
+def deidentify_tree(
+    src: Path,
+    dst: Path,
+    *,
+    rules: RuleSet | None = None,
+    key: bytes,
+    jobs: int = 1,
+    files: Sequence[Path] | None = None,
+    subject_key: str | None = None,
+    report: Path | None = None,
+    progress: bool = False,
+) -> DeidReport:
+    """De-identify every file under `src` (or `files`) into the new folder `dst` (which appears whole).
+
+    `dst` must not exist or be an empty folder; it must not overlap `src`. `subject_key` (the subject's
+    pseudonym) sets the date shift; default: each file's original PatientID. Returns the report; writes
+    it (private, 0600) to `report` when given.
+    """
+    src = Path(src)
+    dst = Path(dst)
+    if rules is None:
+        from bidsafe.deid.rules import load_rules
+
+        rules = load_rules()
+    _check_tree_arguments(src, dst, jobs)
+    paths = _list_files(src) if files is None else [Path(p) if Path(p).is_absolute() else src / p for p in files]
+    entries = [FileEntry(input=str(p), status=FAILED, reason="not processed") for p in paths]
+    meter = _Progress(progress, len(paths))
+    studies: dict[str, set[PersonalValue]] = {}
+    with atomic_dir(dst) as staging:
+        temp_root = staging / ".bidsafe-staging"
+        # Pass A: read each file once; harvest; de-identify; stage.
+        staged: list[_Staged] = []
+        claimed: set[str] = set()
+        tasks = [(i, str(p)) for i, p in enumerate(paths)]
+        for done, result in enumerate(
+            _run_tasks(_stage_task, tasks, jobs, _init_stage, (rules, key, subject_key, temp_root)), 1
+        ):
+            meter.show("de-identifying", done)
+            if result.values:
+                studies.setdefault(result.study, set()).update(result.values)
+            path = str(paths[result.index])
+            if result.status != PROCESSED:
+                entries[result.index] = FileEntry(path, result.status, reason=result.reason)
+                continue
+            if result.output in claimed:  # same de-identified name: same SOPInstanceUID
+                Path(result.temp or "").unlink(missing_ok=True)
+                entries[result.index] = FileEntry(
+                    path,
+                    DUPLICATE,
+                    output=result.output,
+                    reason="same SOPInstanceUID as an earlier file; the earlier one was kept",
+                )
+                continue
+            claimed.add(result.output or "")
+            staged.append(result)
+        # Pass B: clean free text and kept private text with every value of the study.
+        contexts = {study: tuple(sorted(values)) for study, values in studies.items()}
+        finish = [(s.index, s.temp, s.output, s.study, s.stub) for s in staged]
+        outputs = {s.index: s.output for s in staged}
+        for done, (index, status, reason) in enumerate(
+            _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging)), 1
+        ):
+            meter.show("cleaning text", done)
+            output = outputs[index] if status == PROCESSED else None
+            entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason)
+        shutil.rmtree(temp_root, ignore_errors=True)
+    meter.end()
+    all_values = PersonalValues(v for values in studies.values() for v in values)
+    result_report = DeidReport(entries, all_values, rules_profile=getattr(rules, "profile", ""))
+    if report is not None:
+        write_report(result_report, report)
+    return result_report
+
+
+def _check_tree_arguments(src: Path, dst: Path, jobs: int) -> None:
+    if not src.is_dir():
+        raise ConfigError("SRC does not exist or is not a folder")
+    if jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    src_resolved, dst_resolved = src.resolve(), dst.resolve()
+    if dst_resolved == src_resolved or dst_resolved.is_relative_to(src_resolved):
+        raise ConfigError("DST must not be inside SRC (the raw input is never written to)")
+    if src_resolved.is_relative_to(dst_resolved):
+        raise ConfigError("SRC must not be inside DST")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConfigError("DST exists and is not an empty folder; bidsafe deid only writes a new folder")
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+
+def default_key_path() -> Path:
+    """Where `bidsafe deid` keeps its key when none is given: the user's private data folder."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bidsafe" / "secret.key"
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    from bidsafe.deid.rules import load_rules
+    from bidsafe.keys import load_key, load_or_create_key
+    from bidsafe.private import ensure_private_dir
+
+    src, dst = Path(args.src), Path(args.dst)
+    jobs = int(getattr(args, "jobs", 1) or 1)
+    _check_tree_arguments(src, dst, jobs)
+    rules = load_rules(Path(args.rules) if args.rules else None)
+    if args.key:
+        key_path = Path(args.key)
+        if not key_path.exists():
+            raise ConfigError("--key: the key file does not exist (refusing to create one silently)")
+        key = load_key(key_path)
+        created = False
+    else:
+        key_path = default_key_path()
+        created = not key_path.exists()
+        ensure_private_dir(key_path.parent)
+        key = load_or_create_key(key_path)
+    print(f"bidsafe deid: secret key {'created at' if created else 'read from'} {key_path}", file=sys.stderr)
+    report = deidentify_tree(src, dst, rules=rules, key=key, jobs=jobs, progress=sys.stderr.isatty())
+    report.key_path = key_path
+    if args.report:
+        write_report(report, Path(args.report))
+    counts = report.counts
+    print(
+        "bidsafe deid: "
+        + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES)
+        + (" (see the report for the reasons)" if counts[FAILED] or counts[WITHHELD] else ""),
+        file=sys.stderr,
+    )
+    return 0 if report.ok else 1
+
+
+__all__ = [
+    "DeidReport",
+    "Deidentifier",
+    "FileEntry",
+    "cli_main",
+    "deidentify_dataset",
+    "deidentify_tree",
+    "encode_file",
+    "withhold_reason",
+    "write_report",
+]
