@@ -24,6 +24,7 @@ from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -144,18 +145,23 @@ def _save_logs(
     from bidsafe.private import ensure_private_dir, private_write_text
 
     ensure_private_dir(log_dir)
-    parts = [f"$ dcm2bids (exit {completed.returncode})\n", "--- stdout ---\n", completed.stdout,
-             "--- stderr ---\n", completed.stderr]
+    parts = [f"$ dcm2bids (exit {completed.returncode})\n", "--- stdout ---\n", _ANSI.sub("", completed.stdout),
+             "--- stderr ---\n", _ANSI.sub("", completed.stderr)]
     for log in sorted((bids_scratch / "tmp_dcm2bids" / "log").glob("*.log")):
         parts += [f"--- {log.name} ---\n", log.read_text(encoding="utf-8", errors="replace")]
+    left_out = unmatched_series(completed.stdout)
+    parts.append(f"--- series left out by the config: {len(left_out)} ---\n")
+    parts += [f"{line}\n" for line in left_out]
     private_write_text(log_dir / f"convert_sub-{subject}_ses-{session}.log", "".join(parts))
 
 
 def unmatched_series(log_text: str) -> list[str]:
     """Sidecars dcm2bids left unpaired ("No Pairing") or skipped as ambiguous ("Several Pairing")."""
-    found = []
-    for line in log_text.splitlines():
+    found: list[str] = []
+    for line in _ANSI.sub("", log_text).splitlines():
         match = re.search(r"(No Pairing|Several Pairing)\s+<-\s+(\S+)", line)
         if match:
-            found.append(f"{match.group(1).lower()}: {match.group(2)}")
+            entry = f"{match.group(1).lower()}: {match.group(2)}"
+            if entry not in found:
+                found.append(entry)
     return found
