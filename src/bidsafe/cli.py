@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -181,6 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A traceback may quote input paths or header values (personal data): show it only on request.
+        if os.environ.get("BIDSAFE_DEBUG"):
+            raise
+        print(
+            f"bidsafe {args.command}: internal error ({type(exc).__name__}); rerun with BIDSAFE_DEBUG=1 to see "
+            "the traceback (it may contain personal data)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
