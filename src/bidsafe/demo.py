@@ -10,10 +10,12 @@ patient (`DOE_JOHN_19800101/<StudyDate>_<Accession>/<series folder>/<file>`), wi
   AcquisitionTime / AcquisitionDateTime / ContentTime (and TriggerTime), which dcm2niix reads,
 - a DWI run (b0 + 6 directions; standard DiffusionBValue / DiffusionGradientOrientation in the patient
   frame),
-- a spin-echo EPI field-map pair with opposite phase-encoding polarity. No standard attribute carries the
-  polarity, so, like a real Siemens scanner, each image has a (minimal) CSA image header (0029,1010) with
-  PhaseEncodingDirectionPositive and BandwidthPerPixelPhaseEncode; dcm2niix derives PhaseEncodingDirection
-  (with its sign) and TotalReadoutTime from them: de-identification must keep that element,
+- a spin-echo EPI field-map pair with opposite phase-encoding polarity. dcm2niix reads the polarity from a
+  standard attribute (RectilinearPhaseEncodeReordering) only for GE, and for GE it takes slice timing and
+  gradient directions from private tags instead (measured), so the exports mimic a Siemens scanner: each MR
+  image has a minimal CSA image header (0029,1010) with PhaseEncodingDirectionPositive and
+  BandwidthPerPixelPhaseEncode, from which dcm2niix derives PhaseEncodingDirection (with its sign) and
+  TotalReadoutTime. De-identification must keep that element (private creator "SIEMENS CSA HEADER"),
 - a secondary-capture screenshot with the patient's name burned into the pixels (BurnedInAnnotation YES),
 
 and fake personal data wherever real exports carry it (patient, visit, staff, site, device, free text,
@@ -87,6 +89,7 @@ INSTITUTION = "ST ALDHELM NEUROIMAGING CENTRE"
 INSTITUTION_ADDRESS = "4 CANONBURY WHARF, WEXBRIDGE WX7 3QP"
 DEPARTMENT = "ALDHELM NEURORADIOLOGY"
 STATION = "AWP167043"
+ISSUER_OF_PATIENT_ID = "ALDHELM PAS"
 DEVICE_SERIAL = "167043PRISMA"
 
 # Head centre of the template in patient LPS millimetres (measured on its bounding box).
@@ -385,7 +388,7 @@ def _identity(ds: Dataset, ctx: _Context) -> None:
     ds.ReferencedPatientSequence = [ref_patient]
     ds.PatientName = name
     ds.PatientID = p.patient_id
-    ds.IssuerOfPatientID = "ALDHELM PAS"
+    ds.IssuerOfPatientID = ISSUER_OF_PATIENT_ID
     ds.PatientBirthDate = _da(p.birth)
     ds.PatientSex = p.sex
     other = Dataset()
@@ -433,6 +436,7 @@ def _planted(ctx: _Context, patient_folder: str) -> dict[str, str]:
         "PatientFamilyName": p.family,
         "PatientGivenName": p.given,
         "PatientID": p.patient_id,
+        "IssuerOfPatientID": ISSUER_OF_PATIENT_ID,
         "OtherPatientIDs": p.other_id,
         "PatientBirthDate": _da(p.birth),
         "PatientAge": ds.PatientAge,
@@ -560,7 +564,7 @@ def _mr_file(
     ds.PercentPhaseFieldOfView = "100"
     ds.PixelBandwidth = f"{series.pixel_bandwidth:g}"
     ds.SoftwareVersions = SOFTWARE.split("\\")
-    ds.ProtocolName = "PROTO NEURO RESEARCH 3T"
+    ds.ProtocolName = series.description  # Siemens: the protocol name is the series description
     if trigger_time_ms is not None:
         ds.TriggerTime = f"{trigger_time_ms:g}"
     ds.ReceiveCoilName = "32Ch Head"
