@@ -203,12 +203,13 @@ def gate_leak_scan(staging: str | Path, values: Any, also: Sequence[str | Path] 
     passed = bool(report.clean) and not hits
     where = Counter(h["file"] for h in hits)
     summary = f"{len(hits)} hits in {len(where)} files" + ("" if passed else " (values not shown)")
-    details = {
+    details: dict[str, Any] = {
         "values_scanned": len(values),
-        "also": [p.name for p in also_paths],
+        # the scanner's own sanitised folder names when it gives them (a folder name could itself be personal)
+        "also": [str(name) for name in getattr(report, "also", [])] or [p.name for p in also_paths],
         "hits": _capped(hits),
     }
-    for counter_name in ("files_scanned", "bytes_scanned", "seconds"):
+    for counter_name in ("files", "bytes", "seconds", "needles"):
         counted = getattr(report, counter_name, None)
         if isinstance(counted, int | float):
             details[counter_name] = counted
