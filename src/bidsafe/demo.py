@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import math
 import struct
@@ -264,20 +265,6 @@ class Geometry:
             - (self.slices - 1) / 2 * self.slice_spacing * self.normal
         )
         return first + k * self.slice_spacing * self.normal
-
-    def points(self) -> np.ndarray:
-        """LPS coordinates of every voxel, shape (slices, rows, columns, 3)."""
-        k, i, j = np.meshgrid(
-            np.arange(self.slices), np.arange(self.rows), np.arange(self.columns), indexing="ij"
-        )
-        r, c = np.array(self.row_dir), np.array(self.col_dir)
-        origin = self.position(0)
-        return (
-            origin
-            + j[..., None] * self.col_spacing * r
-            + i[..., None] * self.row_spacing * c
-            + k[..., None] * self.slice_spacing * self.normal
-        )
 
     def affine_lps(self) -> np.ndarray:
         """4x4 matrix from (column, row, slice) voxel indices to LPS millimetres."""
@@ -817,8 +804,14 @@ def _write_localizer(ctx: _Context, study_folder: Path, pose: np.ndarray, rng: n
         "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
         "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
     }
+    geometries = [
+        Geometry(rows=128, columns=128, slices=3, row_dir=row_dir, col_dir=col_dir, row_spacing=2.0,
+                 col_spacing=2.0, slice_spacing=10.0, slice_thickness=8.0,
+                 centre=tuple(float(v) for v in HEAD_CENTRE_LPS))
+        for row_dir, col_dir in planes.values()
+    ]
     series = _MRSeries(
-        key="localizer", number=1, description="localizer", geometry=None,  # type: ignore[arg-type]
+        key="localizer", number=1, description="localizer", geometry=geometries[0],
         image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), scanning_sequence="GR", sequence_variant="SP\\OSP",
         sequence_name="*fl2d1", acquisition_type="2D", repetition_time=8.6, echo_time=4.0, flip_angle=20,
         start_offset_s=0.0,
@@ -827,11 +820,8 @@ def _write_localizer(ctx: _Context, study_folder: Path, pose: np.ndarray, rng: n
     series_uid = ctx.uid("localizer", "series")
     files = []
     instance = 0
-    for row_dir, col_dir in planes.values():
-        g = Geometry(rows=128, columns=128, slices=3, row_dir=row_dir, col_dir=col_dir, row_spacing=2.0,
-                     col_spacing=2.0, slice_spacing=10.0, slice_thickness=8.0,
-                     centre=tuple(float(v) for v in HEAD_CENTRE_LPS))
-        plane_series = _MRSeries(**{**series.__dict__, "geometry": g})
+    for g in geometries:
+        plane_series = dataclasses.replace(series, geometry=g)
         volume = _to_int16(_sample_head(g, pose), rng, 2.0, 6.0)
         for k in range(g.slices):
             instance += 1
