@@ -63,6 +63,7 @@ def _seconds(tm: str) -> float:
 # ------------------------------------------------------------------------------------------ determinism
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_and_the_cli_writes_the_tables(demo, tmp_path, capsys):
     """The CLI with the same seed, asked for fewer sessions, rewrites the first session byte for byte."""
     root, sessions = demo
@@ -99,6 +100,7 @@ def test_invalid_counts_are_rejected(tmp_path):
 # -------------------------------------------------------------------------------------- personal data
 
 
+@pytest.mark.slow
 def test_every_planted_value_is_in_the_image_headers_or_paths(demo):
     """Later "no leak" tests are only meaningful if every planted value is really there to leak."""
     _, sessions = demo
@@ -116,6 +118,7 @@ def test_every_planted_value_is_in_the_image_headers_or_paths(demo):
         assert any(session.family_name in f.name for f in image_files)
 
 
+@pytest.mark.slow
 def test_identity_sits_where_real_exports_carry_it(demo):
     _, sessions = demo
     session = sessions[0]
@@ -139,6 +142,7 @@ def test_identity_sits_where_real_exports_carry_it(demo):
     assert block[0x13].value.decode("utf-8") == session.patient_name
 
 
+@pytest.mark.slow
 def test_same_patient_across_sessions_months_apart(demo):
     _, (first, second) = demo
     assert (first.patient_id, first.patient_name, first.birth_date) == (
@@ -156,6 +160,7 @@ def test_same_patient_across_sessions_months_apart(demo):
 # ------------------------------------------------------------------------------------- DICOM structure
 
 
+@pytest.mark.slow
 def test_uids_meta_and_counts_are_consistent(demo):
     _, sessions = demo
     session = sessions[0]
@@ -187,6 +192,7 @@ def test_uids_meta_and_counts_are_consistent(demo):
     assert len(series_uids) == len(session.series) and len(frames) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fragment", ["localizer", "mprage", "t2_tse", "bold", "diff", "FieldMap_AP"])
 def test_slice_geometry_is_consistent(demo, fragment):
     """Within each orientation the slices lie on one line along the normal, spaced as declared."""
@@ -214,6 +220,7 @@ def test_slice_geometry_is_consistent(demo, fragment):
         assert all(0.5 < p < 4 for p in pixel)
 
 
+@pytest.mark.slow
 def test_structural_images_have_the_expected_grids_and_a_face(demo):
     _, sessions = demo
     t1 = _read(_by_description(sessions[0], "mprage"))
@@ -256,6 +263,7 @@ def _volume_and_affine(series: DemoSeries) -> tuple[np.ndarray, np.ndarray]:
     return volume, affine
 
 
+@pytest.mark.slow
 def test_t2_contrast_is_inverted_against_the_t1_in_the_brain(demo):
     """Sampled at the same points, T1w and T2w intensities anti-correlate inside the brain (CSF dark in one,
     bright in the other), so the T2w is a real second contrast of the same head."""
@@ -275,6 +283,7 @@ def test_t2_contrast_is_inverted_against_the_t1_in_the_brain(demo):
     assert np.corrcoef(a, b)[0, 1] < -0.3
 
 
+@pytest.mark.slow
 def test_bold_slice_timing_is_in_the_standard_times(demo):
     _, sessions = demo
     datasets = _read(_by_description(sessions[0], "bold"))
@@ -303,6 +312,7 @@ def test_bold_slice_timing_is_in_the_standard_times(demo):
                        np.arange(n) * step, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_dwi_carries_standard_diffusion_attributes(demo):
     _, sessions = demo
     datasets = _read(_by_description(sessions[0], "diff"))
@@ -321,6 +331,7 @@ def test_dwi_carries_standard_diffusion_attributes(demo):
     assert dw < 0.8 * b0
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The DICOM readers are highly experimental")
 def test_fieldmap_pair_has_opposite_polarity_in_the_csa_header(demo):
     from nibabel.nicom import csareader
@@ -337,6 +348,7 @@ def test_fieldmap_pair_has_opposite_polarity_in_the_csa_header(demo):
     assert polarity == {"AP": 1, "PA": 0}
 
 
+@pytest.mark.slow
 def test_screenshot_is_a_burned_in_secondary_capture(demo):
     _, sessions = demo
     ds = pydicom.dcmread(_by_description(sessions[0], "Screen Save").files[0])
@@ -347,6 +359,7 @@ def test_screenshot_is_a_burned_in_secondary_capture(demo):
     assert pixels.shape == (ds.Rows, ds.Columns, 3) and (pixels > 128).mean() > 0.001  # text is drawn
 
 
+@pytest.mark.slow
 def test_junk_files_are_next_to_the_images(demo):
     _, sessions = demo
     junk = {p.name: p for p in sessions[0].junk}
@@ -364,6 +377,7 @@ def test_junk_files_are_next_to_the_images(demo):
     assert "SOPInstanceUID" not in cut and "PixelData" not in cut
 
 
+@pytest.mark.slow
 def test_expected_mapping_is_declared_for_every_series(demo):
     _, sessions = demo
     mapping = {s.description: (s.expected_datatype, s.expected_suffix) for s in sessions[0].series}
