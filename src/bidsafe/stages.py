@@ -164,28 +164,106 @@ def assemble_stage(
     participants_dir: Path,
     release_config: Mapping[str, object],
     rules_path: Path,
+    release_dir: Path,
 ) -> list[SessionRef]:
-    """Assemble the staging release from every session that passed deface (the defaced tree sits beside its
-    status file); sessions withheld by a guard are listed with their reason."""
-    from bidsafe.deid.rules import load_rules
+    """Assemble the staging release from every session that passed deface; withheld ones are listed with why."""
     from bidsafe.release.assemble import SessionInput, assemble_release
 
     included, withheld = sessions_passing_deface(deface_status)
     for ref, reason in withheld:
         log.warning("sub-%s ses-%s withheld: %s", ref.subject, ref.session, reason)
-    sessions = [SessionInput(r.subject, r.session, Path(s).parent / "bids") for r, s in _with_status(included, deface_status)]
-    wanted = {(r.subject, r.session) for r in included}
-    qc = [p for p in qc_dirs if (session_from_path(Path(p) / "x").subject, session_from_path(Path(p) / "x").session) in wanted]
-    config = {**release_config, "profile": load_rules(Path(rules_path)).profile}
+    status_of = {session_from_path(Path(p)): Path(p) for p in deface_status}
+    # the defaced tree sits beside its status file (see workflow/rules/deface.smk)
+    sessions = [SessionInput(r.subject, r.session, status_of[r].parent / "bids") for r in included]
+    wanted = set(included)
+    qc = [Path(p) for p in qc_dirs if session_from_path(Path(p) / "metrics") in wanted]
     assemble_release(
-        Path(staging), sessions=sessions, participants_dir=Path(participants_dir), qc_dirs=qc,
-        config=config, versions=tool_versions(),
+        Path(staging),
+        sessions=sessions,
+        participants_dir=Path(participants_dir),
+        qc_dirs=qc,
+        config=release_config,
+        versions=tool_versions(),
+        release_dir=Path(release_dir),
+        profile=Path(rules_path),
     )
     write_included(included_tsv, included, withheld)
-    log.info("assembled %d sessions, %d withheld", len(included), len(withheld))
+    log.info("assembled %d sessions, %d withheld by deface", len(included), len(withheld))
     return included
 
 
-def _with_status(refs: Sequence[SessionRef], status_files: Sequence[Path]) -> list[tuple[SessionRef, Path]]:
-    by_ref = {session_from_path(Path(p)): Path(p) for p in status_files}
-    return [(r, by_ref[r]) for r in refs]
+def gate_stage(name: str, report: Path, **inputs: object) -> bool:
+    """Run one release gate and write its report; a failed gate is a result, not an error (publish decides)."""
+    from bidsafe.release import gates
+
+    runners = {
+        "validator": lambda: gates.gate_validator(inputs["staging"], str(inputs.get("backend", "deno"))),
+        "leak_scan": lambda: gates.gate_leak_scan(inputs["staging"], _leak_values(inputs), inputs.get("also", ())),
+        "deface": lambda: gates.gate_deface(inputs["staging"], _deface_records(inputs), inputs["suffixes"]),
+        "consent": lambda: gates.gate_consent(inputs["staging"], inputs["sessions_tsv"]),
+    }
+    try:
+        result = runners[name]()
+    except BidsafeError as exc:
+        result = gates.GateResult(name=name, passed=False, summary=f"gate could not run: {exc}", details={})
+    gates.write_gate_report(result, report)
+    (log.info if result.passed else log.error)("gate %s: %s", name, result.summary)
+    return result.passed
+
+
+def _leak_values(inputs: Mapping[str, object]):
+    """Harvested independently from the raw inbox (not from deid's own harvest), kept private."""
+    from bidsafe.phi import save_values
+    from bidsafe.release.leakscan import harvest_source
+
+    values = harvest_source(Path(str(inputs["inbox"])))
+    save_values(values, Path(str(inputs["values_json"])))
+    return values
+
+
+def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
+    included = [r for r in read_included(Path(str(inputs["included_tsv"]))) if r["status"] == INCLUDED]
+    deface_dir = Path(str(inputs["deface_dir"]))
+    return [deface_dir / f"sub-{r['subject']}" / f"ses-{r['session']}" / "records.json" for r in included]
+
+
+def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], rules_path: Path,
+                  published_json: Path) -> Path:
+    """Publish when every gate passed; otherwise raise with the failed gates named (release left untouched)."""
+    from bidsafe.release.gates import read_gate_report
+    from bidsafe.release.publish import publish
+
+    results = [read_gate_report(p) for p in gate_reports]
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise BidsafeError(
+            "not published: gate(s) failed: " + "; ".join(f"{r.name}: {r.summary}" for r in failed), staging
+        )
+    version_dir = publish(Path(staging), Path(release_dir), results, profile=Path(rules_path))
+    atomic_write_json(published_json, {"release": str(version_dir), "gates": [r.name for r in results]})
+    log.info("published %s", version_dir.name)
+    return version_dir
+
+
+def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_reports: Sequence[Path],
+                 qc_dirs: Sequence[Path], picture_dirs: Sequence[Path]) -> Path:
+    """The run report: per-session status (pseudonyms only), gates, QC table, deface pictures."""
+    from bidsafe.release.report import write_report
+
+    summary = json.loads(Path(summary_json).read_text(encoding="utf-8")) if Path(summary_json).exists() else {}
+    rows = {(s["subject"], s["session"]): dict(s) for s in summary.get("sessions", [])}
+    for row in read_included(included_tsv):
+        if row["status"] == WITHHELD:
+            rows[(row["subject"], row["session"])] |= {"included": False, "reason": row["reason"]}
+    qc_rows = []
+    for qc_dir in qc_dirs:
+        for tsv in sorted(Path(qc_dir).rglob("*.tsv")):
+            with open(tsv, encoding="utf-8", newline="") as handle:
+                qc_rows.extend(csv.DictReader(handle, delimiter="\t"))
+    pictures = {
+        f"{session_from_path(png).subject}/{session_from_path(png).session}: {png.stem}": png
+        for d in picture_dirs
+        for png in sorted(Path(d).glob("*.png"))
+    }
+    return write_report(html, sessions_tsv_summary=list(rows.values()), gate_results=list(gate_reports),
+                        qc_rows=qc_rows, deface_pngs=pictures)

@@ -78,7 +78,7 @@ def session_file_list(wildcards):
 
 
 def converted_target():
-    return per_included_session(str(WORK / "convert" / SESSION))
+    return per_included_session(str(WORK / "convert" / SESSION / "bids"))
 
 
 def published_target():

@@ -2,7 +2,8 @@ rule convert:
     input:
         dicom=rules.deid.output.dicom,
     output:
-        bids=directory(WORK / "convert" / SESSION),
+        # a small BIDS root per session (sub-S/ses-T/...), like every later per-session stage
+        bids=directory(WORK / "convert" / SESSION / "bids"),
     params:
         config=DCM2BIDS_CONFIG,
         private_logs=PRIVATE / "dcm2bids" / SESSION,

@@ -31,6 +31,7 @@ rule gate_validator:
     output:
         report=WORK / "gates" / "validator.json",
     params:
+        gate="validator",
         backend=config["validator"]["backend"],
     log:
         LOGS / "gates" / "validator.log",
@@ -40,7 +41,7 @@ rule gate_validator:
     conda:
         "../../envs/validator.yaml"
     script:
-        "../scripts/gate_validator.py"
+        "../scripts/gate.py"
 
 
 rule gate_leak_scan:
@@ -50,9 +51,10 @@ rule gate_leak_scan:
     output:
         report=WORK / "gates" / "leak_scan.json",
     params:
+        gate="leak_scan",
         inbox=INBOX,
-        logs=LOGS,
-        values=PRIVATE / "leakscan" / "values.json",
+        also=[LOGS],
+        values_json=PRIVATE / "leakscan" / "values.json",
     log:
         LOGS / "gates" / "leak_scan.log",
     resources:
@@ -61,16 +63,17 @@ rule gate_leak_scan:
     conda:
         "../../envs/release.yaml"
     script:
-        "../scripts/gate_leak_scan.py"
+        "../scripts/gate.py"
 
 
 rule gate_deface:
     input:
         staging=rules.assemble.output.staging,
-        included=rules.assemble.output.included,
+        included_tsv=rules.assemble.output.included,
     output:
         report=WORK / "gates" / "deface.json",
     params:
+        gate="deface",
         deface_dir=WORK / "deface",
         suffixes=config["deface"]["suffixes"],
     log:
@@ -81,15 +84,17 @@ rule gate_deface:
     conda:
         "../../envs/release.yaml"
     script:
-        "../scripts/gate_deface.py"
+        "../scripts/gate.py"
 
 
 rule gate_consent:
     input:
         staging=rules.assemble.output.staging,
-        sessions=PRIVATE / "pseudonymise" / "sessions.tsv",
+        sessions_tsv=PRIVATE / "pseudonymise" / "sessions.tsv",
     output:
         report=WORK / "gates" / "consent.json",
+    params:
+        gate="consent",
     log:
         LOGS / "gates" / "consent.log",
     resources:
@@ -98,7 +103,7 @@ rule gate_consent:
     conda:
         "../../envs/release.yaml"
     script:
-        "../scripts/gate_consent.py"
+        "../scripts/gate.py"
 
 
 rule publish:

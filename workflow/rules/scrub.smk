@@ -4,7 +4,7 @@ rule scrub:
         dicom=rules.deid.output.dicom,
         values=rules.deid.output.values,
     output:
-        bids=directory(WORK / "scrub" / SESSION),
+        bids=directory(WORK / "scrub" / SESSION / "bids"),
     params:
         allowlist=SIDECAR_ALLOWLIST,
     log:

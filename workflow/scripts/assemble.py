@@ -12,4 +12,5 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         participants_dir=Path(snakemake.input.participants),  # noqa: F821
         release_config=snakemake.params.release,  # noqa: F821
         rules_path=Path(snakemake.params.rules),  # noqa: F821
+        release_dir=Path(snakemake.params.release_dir),  # noqa: F821
     )
