@@ -337,8 +337,11 @@ class PersonalValues:
         return cls(PersonalValue(r["category"], r["field"], r["value"]) for r in json.loads(text))
 
 
-def harvest_files(paths: Iterable[str | Path]) -> PersonalValues:
-    """Harvest every readable DICOM file (header only); unreadable files are skipped (ingest reports them)."""
+def harvest_files(paths: Iterable[str | Path], *, private_text: bool = False) -> PersonalValues:
+    """Harvest every readable DICOM file (header only); unreadable files are skipped (ingest reports them).
+
+    With `private_text`, strings of identity private blocks are harvested too (`harvest_private_identity`).
+    """
     values = PersonalValues()
     for path in paths:
         try:
@@ -347,7 +350,85 @@ def harvest_files(paths: Iterable[str | Path]) -> PersonalValues:
             continue
         values.update(harvest_dataset(ds))
         values.update(harvest_dataset(ds.file_meta, prefix="meta>") if ds.file_meta else ())
+        if private_text:
+            values.update(harvest_private_identity(ds))
     return values
+
+
+# Private blocks that hold patient or visit identity, whatever their elements are called: PACS gateways and
+# worklist brokers repeat the patient's name, ID and birth date there (often as OB, so the PN rule above misses
+# them), and vendors keep patient data in the private group right after the patient group (0011). Matched on
+# the private creator, case-insensitively. Device and protocol blocks (CSA, GEMS_IDEN's product ID) are not
+# listed: their strings are physics or model names, and harvesting them would flag every release.
+IDENTITY_PRIVATE_CREATORS = ("PATI", "PERSON", "UTF8 ATTRIBUTES", "LINKED ATTRIBUTES", "CTP", "IDENTITY")
+IDENTITY_PRIVATE_GROUPS = frozenset({0x0011})
+_PRIVATE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "OB", "UN", "CS", "DA", "DT"})
+_PRINTABLE = re.compile(r"^[^\x00-\x08\x0e-\x1f\x7f]+$")
+
+
+def _private_text(value: object) -> Iterator[str]:
+    """Printable strings of a private element's value (bytes decoded as UTF-8, else Latin-1)."""
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value).strip(b" \x00")
+        if not raw:
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        items: Iterable[object] = text.split("\\")
+    else:
+        items = _values_of(value)
+    for item in items:
+        text = str(item).strip(" \x00")
+        if len(text) >= MIN_NEEDLE_LENGTH and _PRINTABLE.match(text):
+            yield text
+
+
+def _private_category(text: str) -> str:
+    if "^" in text:
+        return "name"
+    if re.fullmatch(r"\d{8}", text) and _parse_date(text) is not None:
+        return "date"
+    return "private"
+
+
+def harvest_private_identity(ds: Dataset, prefix: str = "") -> set[PersonalValue]:
+    """Strings in private blocks near identity data (see IDENTITY_PRIVATE_CREATORS/GROUPS), at every level.
+
+    An addition to `harvest_dataset` (which takes private PN elements only): the leak scan uses both.
+    """
+    found: set[PersonalValue] = set()
+    _harvest_private_into(ds, prefix, found)
+    return found
+
+
+def _harvest_private_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
+    for elem in ds:
+        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _harvest_private_into(item, f"{prefix}{name}>", found)
+            continue
+        tag = elem.tag
+        if not tag.is_private or tag.element < 0x1000 or elem.VR not in _PRIVATE_TEXT_VRS:
+            continue  # standard elements, private creator elements themselves, binary values
+        creator = (getattr(elem, "private_creator", None) or _creator_of(ds, tag) or "").upper()
+        near_identity = tag.group in IDENTITY_PRIVATE_GROUPS or any(
+            marker in creator for marker in IDENTITY_PRIVATE_CREATORS
+        )
+        if not near_identity:
+            continue
+        for text in _private_text(elem.value):
+            found.add(PersonalValue(_private_category(text), f"{prefix}{name}", text))
+
+
+def _creator_of(ds: Dataset, tag: object) -> str | None:
+    group, element = tag.group, tag.element  # type: ignore[attr-defined]
+    creator_tag = (group << 16) | (element >> 8)
+    if creator_tag in ds:
+        return str(ds[creator_tag].value)
+    return None
 
 
 def save_values(values: PersonalValues, path: str | Path) -> Path:

@@ -1,0 +1,382 @@
+"""Leak scan: every planted personal value is found wherever it hides; a clean dataset has no hit."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from bidsafe import cli
+from bidsafe.phi import MIN_NEEDLE_LENGTH, PersonalValues, harvest_dataset
+from bidsafe.release import leakscan
+from bidsafe.release.leakscan import (
+    BINARY_NEEDLE_MIN,
+    VOXEL_NEEDLE_MIN,
+    Scanner,
+    _is_noise,
+    harvest_source,
+    leak_scan,
+)
+
+FAMILY, GIVEN = "Quillfeather", "Marisol"
+
+
+def _identity() -> Dataset:
+    ds = Dataset()
+    ds.PatientName = f"{FAMILY}^{GIVEN}^Anne"
+    ds.PatientID = "QX-778812"
+    ds.PatientBirthDate = "19800417"
+    ds.PatientAddress = "17 Wrenfield Lane, Oakhurst, OX9 4TT"
+    ds.PatientTelephoneNumbers = "+44 (0)20 7946 0321"
+    ds.InstitutionName = "Harrowgate Imaging Centre"
+    ds.StationName = "HARROWMR01"
+    ds.DeviceSerialNumber = "5512399"
+    ds.AccessionNumber = "ACC99123"
+    ds.StudyDate = "20240315"
+    ds.ReferringPhysicianName = "Voskuijlen^Tamsin"
+    ds.StudyInstanceUID = "1.3.6.1.4.1.99999.20240315.778812"
+    ds.SeriesInstanceUID = "1.3.6.1.4.1.99999.20240315.778812.7"
+    request = Dataset()
+    request.PatientName = f"{FAMILY}^{GIVEN}"
+    request.RequestingPhysician = "Ostrowiczka^Ludmila"
+    ds.RequestAttributesSequence = [request]
+    return ds
+
+
+VALUES = PersonalValues(harvest_dataset(_identity()))
+
+
+# ------------------------------------------------------------------------------------------- clean dataset
+
+
+def _nifti_bytes(shape: tuple[int, ...], seed: int, descrip: bytes = b"bidsafe") -> bytes:
+    rng = np.random.default_rng(seed)
+    image = nib.Nifti1Image(rng.integers(0, 1200, size=shape).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    image.header["descrip"] = descrip
+    buffer = io.BytesIO()
+    image.to_file_map({"image": nib.FileHolder(fileobj=buffer), "header": nib.FileHolder(fileobj=buffer)})
+    return buffer.getvalue()
+
+
+def _build_clean(root: Path) -> None:
+    """A tiny released-looking BIDS tree with logs: shifted dates, new UIDs, ordinary words and numbers."""
+    session = root / "release" / "sub-01" / "ses-1"
+    (session / "anat").mkdir(parents=True)
+    (session / "func").mkdir()
+    (session / "dwi").mkdir()
+    release = root / "release"
+    (release / "dataset_description.json").write_text(json.dumps({
+        "Name": "bidsafe demo release", "BIDSVersion": "1.10.0", "DatasetType": "raw", "License": "CC0",
+        "Authors": ["bidsafe demo team"], "GeneratedBy": [{"Name": "bidsafe", "Version": "0.1.0"}],
+    }, indent=2))
+    (release / "README").write_text("Recipients agree not to attempt re-identification and not to pass data on.\n"
+                                    "Participants were asleep or resting; see CHANGES.\n")
+    (release / "participants.tsv").write_text("participant_id\tsex\tage\nsub-01\tF\t43\n")
+    anat = {"Modality": "MR", "MagneticFieldStrength": 3, "Manufacturer": "GE", "SeriesDescription": "T1 MPRAGE",
+            "RepetitionTime": 2.3, "EchoTime": 0.00298, "FlipAngle": 9, "SeriesNumber": 2,
+            "SliceTiming": [0.0, 0.0778812, 0.19800417], "ImageType": ["ORIGINAL", "PRIMARY", "M"]}
+    (session / "anat" / "sub-01_ses-1_T1w.json").write_text(json.dumps(anat, indent=2))
+    (session / "anat" / "sub-01_ses-1_T1w.nii.gz").write_bytes(gzip.compress(_nifti_bytes((12, 12, 10), 1), mtime=0))
+    bold = {"TaskName": "rest", "RepetitionTime": 2.0, "PhaseEncodingDirection": "j-",
+            "IntendedFor": ["bids::sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.nii.gz"]}
+    (session / "func" / "sub-01_ses-1_task-rest_bold.json").write_text(json.dumps(bold))
+    (session / "func" / "sub-01_ses-1_task-rest_bold.nii.gz").write_bytes(
+        gzip.compress(_nifti_bytes((8, 8, 6, 5), 2), mtime=0)
+    )
+    (session / "dwi" / "sub-01_ses-1_dwi.bval").write_text("0 1000 1000\n")
+    (session / "dwi" / "sub-01_ses-1_dwi.bvec").write_text("0 1 0\n0 0 1\n0 0 0\n")
+    (session / "sub-01_ses-1_scans.tsv").write_text(
+        "filename\tacq_time\nanat/sub-01_ses-1_T1w.nii.gz\t2023-11-10T10:15:00\n"
+    )
+    (release / "derivatives").mkdir()
+    (release / "derivatives" / "uids.txt").write_text("2.25.1234567890123456789 2.25.98765432109876\n")
+    logs = root / "logs" / "scrub"
+    logs.mkdir(parents=True)
+    (logs / "sub-01_ses-1.log").write_text("2025-01-02 10:00:00 INFO bidsafe: scrub: sub-01 ses-1: 8 files\n")
+
+
+@pytest.fixture(scope="module")
+def clean_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("leak")
+    _build_clean(root)
+    return root
+
+
+def test_clean_dataset_has_no_hit(clean_tree: Path) -> None:
+    report = leak_scan(clean_tree / "release", VALUES, also=[clean_tree / "logs"])
+    assert report.hits == []
+    assert report.clean and report.files == 12 and report.bytes > 0
+    assert report.needles > 50
+
+
+# ------------------------------------------------------------------------------------------- planting
+
+
+def _eligible(form: str, minimum: int) -> bool:
+    return len(form) >= max(minimum, MIN_NEEDLE_LENGTH) and not _is_noise(form)
+
+
+def _owners(form: str) -> set[str]:
+    return {v.field for v in VALUES if form in v.renderings()}
+
+
+def _plant(root: Path, place: str, form: str) -> str:
+    """Put `form` somewhere in the tree; returns the `where` prefix a hit must carry."""
+    release = root / "release"
+    anat = release / "sub-01" / "ses-1" / "anat"
+    if place == "json-value":
+        path = anat / "sub-01_ses-1_T1w.json"
+        data = json.loads(path.read_text())
+        data["SeriesDescription"] = f"T1 {form} MPRAGE"
+        path.write_text(json.dumps(data))  # ensure_ascii: non-ASCII is escaped, only a decoding scan sees it
+        return "json:SeriesDescription"
+    if place == "json-key":
+        path = release / "dataset_description.json"
+        data = json.loads(path.read_text())
+        data["GeneratedBy"][0][f"Note {form}"] = "x"
+        path.write_text(json.dumps(data, ensure_ascii=False))
+        return "json:GeneratedBy[0].<withheld>"
+    if place == "tsv-cell":
+        path = release / "participants.tsv"
+        path.write_text(path.read_text() + f"sub-02\t{form}\t51\n")
+        return "tsv:sex"
+    if place == "nifti-descrip":
+        path = anat / "sub-01_ses-1_T1w.nii.gz"
+        path.write_bytes(gzip.compress(_nifti_bytes((12, 12, 10), 1, descrip=form.encode("utf-8")[:79])))
+        return "nifti-header:descrip"
+    if place == "path-dir":
+        (release / "sub-01" / f"ses-{form}").mkdir()
+        return "path"
+    if place == "path-file":
+        (anat / f"sub-01_{form}_T1w.json").write_text("{}")
+        return "path"
+    if place == "gzip-member":
+        (release / "sub-01" / "ses-1" / "sub-01_ses-1_physio.tsv.gz").write_bytes(
+            gzip.compress(f"onset\tnote\n0.1\t{form}\n".encode())
+        )
+        return "tsv:note"
+    if place == "gzip-fname":
+        buffer = io.BytesIO()
+        with gzip.GzipFile(filename=f"{form}.nii", mode="wb", fileobj=buffer) as handle:
+            handle.write(_nifti_bytes((4, 4, 4), 5))
+        (release / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T2w.nii.gz").write_bytes(buffer.getvalue())
+        return "gzip-header"
+    if place == "raw-bytes":
+        rng = np.random.default_rng(len(form))
+        blob = rng.integers(0, 256, size=20000, dtype=np.uint8).tobytes()
+        (release / "derivatives" / "blob.bin").write_bytes(blob[:7000] + b"\x00" + form.encode() + b"\x00" + blob)
+        return "bytes"
+    if place == "nifti-voxels":
+        raw = bytearray(_nifti_bytes((16, 16, 8), 3))
+        needle = b"\x00" + form.encode() + b"\x00"
+        raw[1000 : 1000 + len(needle)] = needle
+        (release / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_bold.nii.gz").write_bytes(
+            gzip.compress(bytes(raw))
+        )
+        return "nifti-data"
+    if place == "log-text":
+        (root / "logs" / "scrub" / "sub-01_ses-1.log").write_text(f"INFO converting {form} series\n")
+        return "text"
+    raise AssertionError(place)
+
+
+PLACES = {
+    "json-value": MIN_NEEDLE_LENGTH,
+    "json-key": MIN_NEEDLE_LENGTH,
+    "tsv-cell": MIN_NEEDLE_LENGTH,
+    "nifti-descrip": MIN_NEEDLE_LENGTH,
+    "path-dir": MIN_NEEDLE_LENGTH,
+    "path-file": MIN_NEEDLE_LENGTH,
+    "gzip-member": MIN_NEEDLE_LENGTH,
+    "gzip-fname": MIN_NEEDLE_LENGTH,
+    "log-text": MIN_NEEDLE_LENGTH,
+    "raw-bytes": BINARY_NEEDLE_MIN,
+    "nifti-voxels": VOXEL_NEEDLE_MIN,
+}
+FORMS = sorted({form for value in VALUES for form in value.renderings()})
+
+
+def _plantable(place: str, form: str) -> bool:
+    if not _eligible(form, PLACES[place]):
+        return False  # too short to be looked for in this place (documented thresholds)
+    if place in ("path-dir", "path-file", "gzip-fname") and "/" in form:
+        return False  # a file name cannot hold a slash
+    # UIDs are looked for in text and headers, not in voxel data (documented)
+    return not (place == "nifti-voxels" and {v.category for v in VALUES if form in v.renderings()} == {"uid"})
+
+
+PLANTINGS = [(place, form) for place in sorted(PLACES) for form in FORMS if _plantable(place, form)]
+
+
+def test_plantings_cover_every_place_and_value() -> None:
+    assert {place for place, _ in PLANTINGS} == set(PLACES)
+    planted_fields = {field for _, form in PLANTINGS for field in _owners(form)}
+    assert planted_fields == {v.field for v in VALUES}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(planting=st.sampled_from(PLANTINGS), upper=st.booleans())
+def test_every_planted_value_is_found(clean_tree: Path, planting: tuple[str, str], upper: bool) -> None:
+    place, form = planting
+    planted = form.upper() if upper else form
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(clean_tree, root, dirs_exist_ok=True)
+        where = _plant(root, place, planted)
+        report = leak_scan(root / "release", VALUES, also=[root / "logs"])
+    owners = _owners(form)
+    matching = [h for h in report.hits if h.where.startswith(where)]
+    assert matching, f"{place}: planted value of {sorted(owners)} not found; hits: {report.hits}"
+    # The clean tree has no hit, so every hit comes from the planted value; none may carry it.
+    everything = json.dumps(report.to_dict()).lower()
+    for token in {form.lower(), json.dumps(form)[1:-1].lower()}:
+        assert token not in everything
+
+
+def test_hits_name_fields_and_withhold_values_in_paths(clean_tree: Path, tmp_path: Path) -> None:
+    shutil.copytree(clean_tree, tmp_path, dirs_exist_ok=True)
+    anat = tmp_path / "release" / "sub-01" / "ses-1" / "anat"
+    target = anat / f"{FAMILY}_{GIVEN}_19800417"
+    target.mkdir()
+    (target / "note.json").write_text(json.dumps({"Comment": "ACC99123", "Accession": "ACC99123"}))
+    report = leak_scan(tmp_path / "release", VALUES)
+    lines = {h.line() for h in report.hits}
+    assert "sub-01/ses-1/anat/<withheld>: path: PatientName (name)" in lines
+    assert "sub-01/ses-1/anat/<withheld>: path: PatientBirthDate (date)" in lines
+    assert "sub-01/ses-1/anat/<withheld>/note.json: json:Comment: AccessionNumber (id)" in lines
+    assert "sub-01/ses-1/anat/<withheld>/note.json: json:Accession: AccessionNumber (id)" in lines
+    assert not any(FAMILY.lower() in line.lower() or "19800417" in line for line in lines)
+
+
+def test_boundaries_numbers_and_words() -> None:
+    scanner = Scanner(PersonalValues(harvest_dataset(_identity())))
+    fields = lambda text: {v.field for v in scanner.in_text(text)}  # noqa: E731
+    assert fields("EchoTime 0.19800417") == set()  # a decimal, not a birth date
+    assert fields("born 1980-04-17.") == {"PatientBirthDate"}
+    assert fields("17.04.1980") == {"PatientBirthDate"}
+    assert fields("id 5512399x") == {"DeviceSerialNumber"}  # a letter does not shield digits
+    assert fields("serial 155123990") == set()  # digits continue the number: another number
+    assert fields("xQUILLFEATHERx") == {"PatientName"}  # long names count inside words
+    assert fields("anneal annex") == set()  # "Anne" (short) only as a word
+    assert fields("Dr anne.") == {"PatientName"}
+    assert fields("ref 2.25.1.3.6.1.4.1.99999.20240315.778812.7.1") >= {"SeriesInstanceUID"}  # UID inside a UID
+    assert fields("call 4402079460321 now") == {"PatientTelephoneNumbers"}
+
+
+def test_chunk_seams_lose_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(leakscan, "CHUNK_BYTES", 64)
+    values = PersonalValues(harvest_dataset(_identity()))
+    needle = b"harrowgate imaging centre"
+    for offset in range(0, 140, 7):
+        blob = bytearray(b"\x01" * 400)
+        blob[offset : offset + len(needle)] = needle
+        path = tmp_path / f"blob{offset}.bin"
+        path.write_bytes(bytes(blob))
+        hits, _, _ = leakscan.scan_tree(tmp_path, Scanner(values))
+        assert {h.field for h in hits if h.file == path.name} == {"InstitutionName"}, offset
+        path.unlink()
+
+
+def test_voxel_scan_can_be_skipped(tmp_path: Path) -> None:
+    raw = bytearray(_nifti_bytes((16, 16, 8), 3))
+    raw[2000:2027] = b"\x00harrowgate imaging centre\x00"
+    (tmp_path / "x.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    assert [h.where for h in leak_scan(tmp_path, VALUES).hits] == ["nifti-data"]
+    assert leak_scan(tmp_path, VALUES, scan_voxels=False).hits == []
+
+
+def test_empty_values_never_pass_as_clean(tmp_path: Path) -> None:
+    with pytest.raises(leakscan.ConfigError):
+        leak_scan(tmp_path, PersonalValues())
+
+
+# ------------------------------------------------------------------------------------------- harvest + CLI
+
+
+def _write_dicom(path: Path, ds: Dataset) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = "1.3.6.1.4.1.99999.1.1.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _raw_source(root: Path) -> Path:
+    raw = root / "inbox" / "export" / "series1"
+    ds = _identity()
+    other = Dataset()
+    other.PatientID = "NHS4455667"
+    ds.OtherPatientIDsSequence = [other]
+    pacs = ds.private_block(0x0033, "MITRA OBJECT UTF8 ATTRIBUTES 1.0", create=True)
+    pacs.add_new(0x13, "OB", "Quillfeather^Marisolé".encode())
+    pacs.add_new(0x17, "OB", b"19800417")
+    patient_group = ds.private_block(0x0011, "ACME PATIENT INFO", create=True)
+    patient_group.add_new(0x01, "LO", "Kestrelmoor Ward")
+    csa = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
+    csa.add_new(0x08, "CS", "IMAGE NUM 4")  # physics block: not harvested
+    _write_dicom(raw / "IM0001.dcm", ds)
+    (raw / "notes.txt").write_text("not dicom")
+    (raw / "empty").write_bytes(b"")
+    (raw / "truncated.dcm").write_bytes((raw / "IM0001.dcm").read_bytes()[:200])
+    return root / "inbox"
+
+
+def test_harvest_source_finds_nested_and_private_block_values(tmp_path: Path) -> None:
+    values = harvest_source(_raw_source(tmp_path))
+    found = {(v.field, v.value) for v in values}
+    assert ("RequestAttributesSequence>PatientName", f"{FAMILY}^{GIVEN}") in found
+    assert ("RequestAttributesSequence>RequestingPhysician", "Ostrowiczka^Ludmila") in found
+    assert ("OtherPatientIDsSequence>PatientID", "NHS4455667") in found
+    assert ("(0033,1013)", "Quillfeather^Marisolé") in found
+    assert ("(0033,1017)", "19800417") in found
+    assert ("(0011,1001)", "Kestrelmoor Ward") in found
+    assert not any(v.value == "IMAGE NUM 4" for v in values)
+    categories = {v.field: v.category for v in values}
+    assert categories["(0033,1013)"] == "name" and categories["(0033,1017)"] == "date"
+
+
+def test_cli_exit_codes_and_output_hold_no_values(
+    clean_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _raw_source(tmp_path)
+    release = tmp_path / "release"
+    shutil.copytree(clean_tree / "release", release)
+    report_path = tmp_path / "leak.json"
+    assert cli.main(["leak-scan", str(release), "--source", str(source), "--report", str(report_path),
+                     "--also", str(clean_tree / "logs")]) == 0
+    assert json.loads(report_path.read_text())["clean"] is True
+
+    (release / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.json").write_text(
+        json.dumps({"SeriesDescription": "T1 Kestrelmoor Ward", "ImageComments": "Marisolé"})
+    )
+    capsys.readouterr()
+    assert cli.main(["leak-scan", str(release), "--source", str(source), "--report", str(report_path)]) == 1
+    out = capsys.readouterr()
+    assert "sub-01/ses-1/anat/sub-01_ses-1_T1w.json: json:SeriesDescription: (0011,1001) (private)" in out.out
+    assert "json:ImageComments: (0033,1013) (name)" in out.out
+    report = json.loads(report_path.read_text())
+    assert report["clean"] is False and len(report["hits"]) == 3  # "Marisol" (7 letters) also inside "Marisolé"
+    assert "json:ImageComments: PatientName (name)" in out.out
+    for text in (out.out, out.err, report_path.read_text()):
+        assert "kestrelmoor" not in text.lower() and "marisol" not in text.lower()
+
+    assert cli.main(["leak-scan", str(tmp_path / "missing"), "--source", str(source)]) == 2
+    assert cli.main(["leak-scan", str(release), "--source", str(tmp_path / "nowhere")]) == 2
+    empty = tmp_path / "empty_source"
+    empty.mkdir()
+    assert cli.main(["leak-scan", str(release), "--source", str(empty)]) == 2
