@@ -175,7 +175,10 @@ def _make_patients(subjects: int, seed: int) -> list[_Patient]:
     rng.shuffle(families)
     patients = []
     for i in range(subjects):
-        sex = "F" if rng.random() < 0.5 else "M"
+        # Pairs of participants share a sex (M, M, F, F, ...) so the demo's consenting pair (3 and 4) can form
+        # a k-anonymous group once ages are generalised; the random draw stays so every other value is as before.
+        rng.random()
+        sex = "M" if (i // 2) % 2 == 0 else "F"
         given = _pick(rng, GIVEN_NAMES_F if sex == "F" else GIVEN_NAMES_M)
         family = families[i % len(families)]
         if i >= len(families):  # more patients than names: make the family name unique again
@@ -1101,17 +1104,17 @@ def consent_level(subject_index: int, subjects: int) -> str:
 def write_consent_registry(sessions: Sequence[DemoSession], path: Path) -> Path:
     """Write a consent registry TSV (patient_id, study_id, consent, consent_form_id, withdrawn).
 
-    One row per session; levels follow `consent_level` (participant 1 `none`, 2 `members`, others
-    `public`); nobody has withdrawn (`withdrawn` is `no`).
+    One row per participant, as a research team keeps it: the research study's participant ID, the consent
+    level (`consent_level`: participant 1 `none`, 2 `members`, others `public`) and the consent form's ID;
+    nobody has withdrawn (`withdrawn` empty).
     """
     subjects = len({s.subject_index for s in sessions})
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(["patient_id", "study_id", "consent", "consent_form_id", "withdrawn"])
-    for s in sessions:
+    for index, patient_id in sorted({(s.subject_index, s.patient_id) for s in sessions}):
         writer.writerow([
-            s.patient_id, s.study_id, consent_level(s.subject_index, subjects),
-            f"CF-2021-{s.subject_index:04d}", "no",
+            patient_id, f"BSF-{index:04d}", consent_level(index, subjects), f"CF-2021-{index:04d}", "",
         ])
     return atomic_write_text(path, buffer.getvalue())
 

@@ -139,7 +139,7 @@ def test_identity_sits_where_real_exports_carry_it(demo):
         text = str(ds.data_element(keyword).value).upper()
         assert session.family_name in text or session.patient_id in text, keyword
     block = ds.private_block(0x0033, "MITRA OBJECT UTF8 ATTRIBUTES 1.0")
-    assert block[0x13].value.decode("utf-8") == session.patient_name
+    assert block[0x13].value.rstrip(b"\x00").decode("utf-8") == session.patient_name  # OB pads to even length
 
 
 @pytest.mark.slow
@@ -395,13 +395,19 @@ def test_consent_registry_levels(tmp_path, subjects):
     path = write_consent_registry(sessions, tmp_path / "consent.tsv")
     rows = list(csv.DictReader(path.open(), delimiter="\t"))
     assert list(rows[0]) == ["patient_id", "study_id", "consent", "consent_form_id", "withdrawn"]
-    assert len(rows) == 2 * subjects
+    assert len(rows) == subjects  # one row per participant, as a research team keeps it
     by_patient = {s.patient_id: s.subject_index for s in sessions}
     levels = {by_patient[r["patient_id"]]: r["consent"] for r in rows}
     expected = {1: "none", 2: "members", 3: "public", 4: "public"}
     assert levels == {i: expected[i] for i in range(1, subjects + 1)}
-    assert {r["study_id"] for r in rows} == {s.study_id for s in sessions}
-    assert all(r["withdrawn"] == "no" for r in rows)
+    assert [r["study_id"] for r in rows] == [f"BSF-{i:04d}" for i in range(1, subjects + 1)]
+    assert not {r["study_id"] for r in rows} & {s.study_id for s in sessions}  # not the DICOM StudyID
+    assert all(r["withdrawn"] == "" for r in rows)
+
+
+def test_consenting_pair_shares_sex(tmp_path):
+    sessions = plan_sessions(tmp_path / "inbox", subjects=4, sessions=1, seed=1)
+    assert [s.sex for s in sorted(sessions, key=lambda s: s.subject_index)] == ["M", "M", "F", "F"]
     assert consent_level(7, 9) == "public"
 
 
