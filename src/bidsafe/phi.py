@@ -404,31 +404,39 @@ def harvest_private_identity(ds: Dataset, prefix: str = "") -> set[PersonalValue
 
 
 def _harvest_private_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
-    for elem in ds:
-        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
-        if elem.VR == "SQ":
-            for item in elem.value or ():
-                _harvest_private_into(item, f"{prefix}{name}>", found)
+    # Looks at tags and VRs before decoding anything: a header's big private blocks (CSA, vendor physics)
+    # are skipped without being parsed, as in `_harvest_into`.
+    creators: dict[int, str] = {}
+    for tag, raw in list(ds._dict.items()):
+        tag = int(tag)
+        group, element = tag >> 16, tag & 0xFFFF
+        vr = raw.VR
+        if not group & 1:
+            if (vr if vr not in (None, "UN") else _resolved_vr(tag, None)) == "SQ":
+                elem = ds[tag]
+                name = elem.keyword or f"({group:04X},{element:04X})"
+                for item in elem.value or ():
+                    _harvest_private_into(item, f"{prefix}{name}>", found)
             continue
-        tag = elem.tag
-        if not tag.is_private or tag.element < 0x1000 or elem.VR not in _PRIVATE_TEXT_VRS:
-            continue  # standard elements, private creator elements themselves, binary values
-        creator = (getattr(elem, "private_creator", None) or _creator_of(ds, tag) or "").upper()
-        near_identity = tag.group in IDENTITY_PRIVATE_GROUPS or any(
-            marker in creator for marker in IDENTITY_PRIVATE_CREATORS
-        )
-        if not near_identity:
+        if element < 0x1000:
+            continue  # private creator elements name a block; they are not its content
+        block = (group << 16) | (element >> 8)
+        if block not in creators:
+            creators[block] = str(ds[block].value).upper() if block in ds._dict else ""
+        creator = creators[block]
+        near_identity = group in IDENTITY_PRIVATE_GROUPS or any(m in creator for m in IDENTITY_PRIVATE_CREATORS)
+        if vr == "SQ" or (near_identity and vr in (None, "UN")):
+            elem = ds[tag]  # decoding resolves implicit VRs (private dictionary) and sequences
+            vr = elem.VR
+            if vr == "SQ":
+                for item in elem.value or ():
+                    _harvest_private_into(item, f"{prefix}({group:04X},{element:04X})>", found)
+                continue
+        if not near_identity or vr not in _PRIVATE_TEXT_VRS:
             continue
+        elem = ds[tag]
         for text in _private_text(elem.value):
-            found.add(PersonalValue(_private_category(text), f"{prefix}{name}", text))
-
-
-def _creator_of(ds: Dataset, tag: object) -> str | None:
-    group, element = tag.group, tag.element  # type: ignore[attr-defined]
-    creator_tag = (group << 16) | (element >> 8)
-    if creator_tag in ds:
-        return str(ds[creator_tag].value)
-    return None
+            found.add(PersonalValue(_private_category(text), f"{prefix}({group:04X},{element:04X})", text))
 
 
 def save_values(values: PersonalValues, path: str | Path) -> Path:
