@@ -39,7 +39,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
@@ -105,6 +105,7 @@ _TAG_INSTANCE_NUMBER = 0x00200013
 _TAG_BURNED_IN = 0x00280301
 _TAG_VISUAL_FEATURES = 0x00280302
 _TAG_CHARSET = 0x00080005
+_TAG_DIRECTORY_RECORDS = 0x00041220
 
 # UIDs that name a class or an encoding, never an instance: left alone even when not under the DICOM root
 # (a vendor's private SOP class must keep naming that class).
@@ -354,8 +355,10 @@ class Deidentifier:
             if tag >> 16 & 1:
                 private_tags.append(key)
                 continue
-            if not tag & 0xFFFF:
-                del elements[key]  # group length: stale once elements go, and retired anyway
+            if not tag & 0xFFFF or tag >> 16 in (0x0000, 0x0002):
+                # group lengths go stale once elements go (and are retired); command and file meta elements
+                # do not belong in a stored data set (the file meta is rebuilt by `encode_file`)
+                del elements[key]
                 continue
             action = "K" if tag == _TAG_CHARSET else self._actions.get(tag) or self.action(tag)
             if action == "X":
@@ -523,7 +526,10 @@ def withhold_reason(ds: Dataset) -> str | None:
         return _element_text(elem).upper() if elem is not None else ""
 
     sop_class = text(_TAG_SOP_CLASS)
-    if sop_class == MEDIA_DIRECTORY_SOP_CLASS:
+    meta = getattr(ds, "file_meta", None)
+    if not sop_class and meta is not None and 0x00020002 in meta._dict:
+        sop_class = _element_text(meta._dict[0x00020002]).upper()
+    if sop_class == MEDIA_DIRECTORY_SOP_CLASS or _TAG_DIRECTORY_RECORDS in elements:
         return "DICOMDIR: a media directory (lists patients), not an image"
     if text(_TAG_BURNED_IN) == "YES":
         return "BurnedInAnnotation is YES: text burned into the pixels"
@@ -634,6 +640,8 @@ class _Writer:
                     self._add(self._item_end)
                 self._add(self._seq_end)
             else:
+                if len(elem.VR) != 2:  # "US or SS", "OB or OW": only in datasets built in memory
+                    elem = correct_ambiguous_vr_element(elem, ds, self.little)
                 encoded = self.encode_element(elem, encodings)
                 self._add(encoded)
                 if record is not None:
@@ -817,7 +825,16 @@ def _output_transfer_syntax(ds: Dataset) -> str:
 
 
 class _NotDicom(Exception):
-    pass
+    """Not DICOM, or DICOM that cannot be read whole: listed with the reason, never copied."""
+
+
+def _check_complete(ds: Dataset) -> None:
+    """pydicom stops quietly at the end of a file, even inside a value: refuse a file that was cut short."""
+    if not ds._dict:
+        raise _NotDicom("unreadable DICOM: no data set after the file meta (cut short?)")
+    for elem in ds._dict.values():
+        if elem.is_raw and elem.value is not None and elem.length != 0xFFFFFFFF and len(elem.value) < elem.length:
+            raise _NotDicom("unreadable DICOM: the file is cut short inside a value")
 
 
 _UID_SHAPE = re.compile(r"[0-9]+(\.[0-9]+)+")
@@ -830,6 +847,8 @@ def read_dicom(path: str | Path, *, header_only: bool = False) -> Dataset:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError:
         pass
+    except Exception as exc:  # noqa: BLE001 - DICOM that pydicom cannot parse: unreadable, not a failure of ours
+        raise _NotDicom(f"unreadable DICOM: {type(exc).__name__}") from exc
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
         sop_class = _element_text(ds._dict[_TAG_SOP_CLASS]) if _TAG_SOP_CLASS in ds._dict else ""
@@ -858,13 +877,19 @@ def _text_of(ds: Dataset, tag: int) -> str:
     return _element_text(elem) if elem is not None else ""
 
 
-def _prepare(deidentifier: Deidentifier, ds: Dataset, shift_days: int | None) -> _Prepared:
-    """De-identify and encode `ds` (everything except the study-dependent cleaning)."""
+def _prepare(deidentifier: Deidentifier, ds: Dataset, shift_days: int | None, source: Path | None = None) -> _Prepared:
+    """De-identify and encode `ds` (everything except the study-dependent cleaning).
+
+    An instance named nowhere (no SOPInstanceUID, empty file meta) is named after the bytes of its
+    `source` file, through the key like any UID: the same file always gets the same new UID.
+    """
     meta = getattr(ds, "file_meta", None)
     meta_elements = meta._dict if meta is not None else {}
     original_sop = _text_of(ds, _TAG_SOP_INSTANCE)
     if not original_sop and 0x00020003 in meta_elements:
         original_sop = _element_text(meta_elements[0x00020003])
+    if not original_sop and source is not None:
+        original_sop = "bidsafe-unnamed-instance-" + hashlib.sha256(source.read_bytes()).hexdigest()
     if not original_sop:
         raise BidsafeError("no SOPInstanceUID: cannot name the de-identified instance")
     sop_class = _text_of(ds, _TAG_SOP_CLASS)
@@ -873,6 +898,15 @@ def _prepare(deidentifier: Deidentifier, ds: Dataset, shift_days: int | None) ->
     transfer_syntax = _output_transfer_syntax(ds)
     pending = deidentifier.deidentify(ds, shift_days=shift_days)
     new_sop = _text_of(ds, _TAG_SOP_INSTANCE) or deidentifier.uids.remap(original_sop)
+    # SOP Common is Type 1: an instance named only by its file meta gets its (new) UIDs in the data set too
+    implicit, little = ds.original_encoding
+    implicit, little = bool(implicit), little is not False
+    if _TAG_SOP_INSTANCE not in ds._dict:
+        ds._dict[BaseTag(_TAG_SOP_INSTANCE)] = _raw(
+            _TAG_SOP_INSTANCE, "UI", _ascii_value(new_sop, "UI"), implicit, little
+        )
+    if _TAG_SOP_CLASS not in ds._dict and sop_class:
+        ds._dict[BaseTag(_TAG_SOP_CLASS)] = _raw(_TAG_SOP_CLASS, "UI", _ascii_value(sop_class, "UI"), implicit, little)
     relpath = _output_relpath(ds, new_sop)
     return _Prepared(encode_file(ds, sop_class, new_sop, transfer_syntax, pending), relpath, new_sop)
 
@@ -978,6 +1012,7 @@ class _StageWorker:
         try:
             with _silenced_pydicom():
                 ds = read_dicom(path)
+                _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
                 harvested = set(harvest_dataset(ds))
                 if getattr(ds, "file_meta", None) is not None:
@@ -987,7 +1022,8 @@ class _StageWorker:
                 if reason is not None and (self.rules.burned_in == "withhold" or reason.startswith("DICOMDIR")):
                     return _Staged(index, WITHHELD, study, values, reason=reason)
                 subject = self.subject_key if self.subject_key is not None else _text_of(ds, _TAG_PATIENT_ID)
-                prepared = _prepare(self.deidentifier, ds, study_shift_days(self.rules, self.key, subject))
+                shift_days = study_shift_days(self.rules, self.key, subject)
+                prepared = _prepare(self.deidentifier, ds, shift_days, source=Path(path))
         except _NotDicom as exc:
             return _Staged(index, NOT_DICOM, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
@@ -1214,7 +1250,7 @@ def cli_main(args: argparse.Namespace) -> int:
     from bidsafe.private import ensure_private_dir
 
     src, dst = Path(args.src), Path(args.dst)
-    jobs = int(getattr(args, "jobs", 1) or 1)
+    jobs = int(args.jobs) if getattr(args, "jobs", None) is not None else 1
     _check_tree_arguments(src, dst, jobs)
     rules = load_rules(Path(args.rules) if args.rules else None)
     if args.key:
