@@ -199,8 +199,9 @@ def main() -> None:
             per_session = scan_seconds / args.sessions
             label = "with voxel data" if scan_voxels else "headers/text only"
             print(
-                f"scan {label}: {report.speed()}; decompressed {decompressed / 1e6 / report.seconds:.0f} MB/s; "
-                f"{per_session:.2f} s/session -> 500 sessions ~ {(build + 500 * per_session) / 60:.1f} min"
+                f"scan {label}: {report.speed()} incl. automata; scan alone {files / scan_seconds:.1f} files/s, "
+                f"{on_disk / 1e6 / scan_seconds:.0f} MB/s on disk, {decompressed / 1e6 / scan_seconds:.0f} MB/s "
+                f"decompressed; {per_session:.2f} s/session; 500 sessions ~ {(build + 500 * per_session) / 60:.1f} min"
             )
         print(_harvest_rate())
     finally:
