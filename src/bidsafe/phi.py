@@ -281,6 +281,7 @@ class PersonalValues:
     def __init__(self, values: Iterable[PersonalValue] = ()) -> None:
         self.values: set[PersonalValue] = set(values)
         self._pattern: re.Pattern[str] | None = None
+        self._all_needles: dict[str, PersonalValue] | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -291,6 +292,7 @@ class PersonalValues:
     def update(self, values: Iterable[PersonalValue]) -> None:
         self.values.update(values)
         self._pattern = None
+        self._all_needles = None
 
     def needles(self, categories: Iterable[str] | None = None) -> dict[str, PersonalValue]:
         """Lower-cased renderings -> the value they come from (first by sort order wins)."""
@@ -317,7 +319,9 @@ class PersonalValues:
 
     def find(self, text: str) -> list[PersonalValue]:
         """The values whose renderings occur in `text` (word-bounded, case-insensitive)."""
-        needles = self.needles()
+        if self._all_needles is None:  # rendering every value per call made find() slow on long lists
+            self._all_needles = self.needles()
+        needles = self._all_needles
         return sorted({needles[m.group(0).lower()] for m in self._compiled().finditer(text)})
 
     def redact(self, text: str, replacement: str = "") -> str:
