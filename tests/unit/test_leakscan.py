@@ -6,6 +6,8 @@ import gzip
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -146,7 +148,7 @@ def _plant(root: Path, place: str, form: str) -> str:
         data = json.loads(path.read_text())
         data["GeneratedBy"][0][f"Note {form}"] = "x"
         path.write_text(json.dumps(data, ensure_ascii=False))
-        return "json:GeneratedBy[0].<withheld>"
+        return "json:GeneratedBy[0].Note <withheld>"
     if place == "tsv-cell":
         path = release / "participants.tsv"
         path.write_text(path.read_text() + f"sub-02\t{form}\t51\n")
@@ -252,10 +254,11 @@ def test_hits_name_fields_and_withhold_values_in_paths(clean_tree: Path, tmp_pat
     (target / "note.json").write_text(json.dumps({"Comment": "ACC99123", "Accession": "ACC99123"}))
     report = leak_scan(tmp_path / "release", VALUES)
     lines = {h.line() for h in report.hits}
-    assert "sub-01/ses-1/anat/<withheld>: path: PatientName (name)" in lines
-    assert "sub-01/ses-1/anat/<withheld>: path: PatientBirthDate (date)" in lines
-    assert "sub-01/ses-1/anat/<withheld>/note.json: json:Comment: AccessionNumber (id)" in lines
-    assert "sub-01/ses-1/anat/<withheld>/note.json: json:Accession: AccessionNumber (id)" in lines
+    folder = "sub-01/ses-1/anat/<withheld>_<withheld>"  # the name pair, then the birth date
+    assert f"{folder}: path: PatientName (name)" in lines
+    assert f"{folder}: path: PatientBirthDate (date)" in lines
+    assert f"{folder}/note.json: json:Comment: AccessionNumber (id)" in lines
+    assert f"{folder}/note.json: json:Accession: AccessionNumber (id)" in lines
     assert not any(FAMILY.lower() in line.lower() or "19800417" in line for line in lines)
 
 
@@ -272,6 +275,8 @@ def test_boundaries_numbers_and_words() -> None:
     assert fields("Dr anne.") == {"PatientName"}
     assert fields("ref 2.25.1.3.6.1.4.1.99999.20240315.778812.7.1") >= {"SeriesInstanceUID"}  # UID inside a UID
     assert fields("call 4402079460321 now") == {"PatientTelephoneNumbers"}
+    assert fields("T1_20240315101500_2.nii") == {"StudyDate"}  # a date running on into a time (dcm2niix %t)
+    assert fields("x_120240315_2") == set()
 
 
 def test_chunk_seams_lose_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -304,10 +309,10 @@ def test_empty_values_never_pass_as_clean(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- harvest + CLI
 
 
-def _write_dicom(path: Path, ds: Dataset) -> None:
+def _write_dicom(path: Path, ds: Dataset, instance_uid: str = "1.3.6.1.4.1.99999.1.1.1") -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    meta.MediaStorageSOPInstanceUID = "1.3.6.1.4.1.99999.1.1.1"
+    meta.MediaStorageSOPInstanceUID = instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
@@ -380,3 +385,39 @@ def test_cli_exit_codes_and_output_hold_no_values(
     empty = tmp_path / "empty_source"
     empty.mkdir()
     assert cli.main(["leak-scan", str(release), "--source", str(empty)]) == 2
+
+
+def test_dcm2niix_output_of_raw_dicom_is_caught(tmp_path: Path) -> None:
+    """The known trap end to end: dcm2niix on raw DICOM puts names, dates, site and comments into file
+    names, sidecars and the NIfTI header; the scan names each place."""
+    dcm2niix = Path(sys.executable).parent / "dcm2niix"
+    if not dcm2niix.exists():
+        pytest.skip("the venv's dcm2niix is not installed")
+    raw = tmp_path / "inbox"
+    for index in range(3):
+        ds = _identity()
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 3, index + 1
+        ds.SeriesDescription = ds.ProtocolName = "t1 mprage"
+        ds.ImageComments = f"{GIVEN} {FAMILY}"
+        ds.AcquisitionDate, ds.AcquisitionTime, ds.StudyTime = "20240315", "101500", "101500"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(index)], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
+        ds.Rows = ds.Columns = 8
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        ds.PixelData = (np.arange(64, dtype=np.uint16) * (index + 1)).tobytes()
+        _write_dicom(raw / f"IM{index}.dcm", ds, instance_uid=f"1.3.6.1.4.1.99999.1.1.{index + 1}")
+    out = tmp_path / "converted"
+    out.mkdir()
+    subprocess.run([str(dcm2niix), "-ba", "y", "-z", "y", "-f", "%n_%p_%t", "-o", str(out), str(raw)],
+                   check=True, capture_output=True)
+    report = leak_scan(out, harvest_source(raw))
+    places = {(h.where, h.field) for h in report.hits}
+    assert ("path", "PatientName") in places  # %n
+    assert ("path", "AcquisitionDate") in places  # %t: the date runs on into the time
+    assert ("json:InstitutionName", "InstitutionName") in places
+    assert ("json:ImageComments", "PatientName") in places
+    assert ("nifti-header:aux_file", "PatientName") in places  # dcm2niix copies ImageComments there
+    assert all("<withheld>" in h.file for h in report.hits)
+    assert not any(FAMILY.lower() in h.line().lower() for h in report.hits)

@@ -25,12 +25,13 @@ such a release, while a header or text block pasted into voxel data is still fou
 Matching is one Aho-Corasick automaton per needle length class over ASCII-lower-cased bytes (non-ASCII
 needles are added in lower, upper and title case, UTF-8 and Latin-1), then boundary rules per match: a digit
 may not continue a number on either side (nor a decimal point followed by a digit: "0.19800417" is not a
-birth date), and a letter may not continue a short word (< UNBOUNDED_MIN letters), so "Lee" is not found in
-"asleep" while "Quillfeather" is found in "xQuillfeatherx". UIDs (hundreds of thousands in a big release)
-are found by tokenising dotted numbers and looking each component-aligned piece up in a set.
+birth date; but a date may run on into a time, "20220627125713"), and a letter may not continue a short
+word (< UNBOUNDED_MIN letters), so "Lee" is not found in "asleep" while "Quillfeather" is found in
+"xQuillfeatherx". UIDs (hundreds of thousands in a big release) are found by tokenising dotted numbers and
+looking each component-aligned piece up in a set.
 
-A hit names the file (path components that carry a value are replaced by `<withheld>`), where, the DICOM
-field and the category, never the value. Any hit fails the gate.
+A hit names the file (the parts of path components that carry a value are replaced by `<withheld>`), where,
+the DICOM field and the category, never the value. Any hit fails the gate.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ class _Needles:
         self.patterns = sorted(patterns)
         self.owners = [patterns[p] for p in self.patterns]
         self.unbounded = [len(p) >= UNBOUNDED_MIN for p in self.patterns]
+        # A date may run on into a time ("20220627125713", DICOM DT and dcm2niix's %t in file names).
+        self.open_right = [self.owners[i].category == "date" for i in range(len(self.patterns))]
         self.max_length = max((len(p) for p in self.patterns), default=0)
         self._automaton = (
             ahocorasick_rs.BytesAhoCorasick(self.patterns, implementation=ahocorasick_rs.Implementation.DFA)
@@ -191,8 +194,8 @@ class _Needles:
     def __len__(self) -> int:
         return len(self.patterns)
 
-    def find(self, lowered: bytes | memoryview, final: bool = True) -> Iterator[tuple[int, PersonalValue]]:
-        """(start, value) of every match in `lowered` that passes its boundary rule.
+    def find(self, lowered: bytes | memoryview, final: bool = True) -> Iterator[tuple[int, int, PersonalValue]]:
+        """(start, end, value) of every match in `lowered` that passes its boundary rule.
 
         With `final` False the buffer continues in the next window: matches touching its end are left for it.
         """
@@ -203,11 +206,13 @@ class _Needles:
             if not final and end >= size - 1:
                 continue
             pattern = self.patterns[index]
-            if _bounded_ok(lowered, start, end, pattern, self.unbounded[index]):
-                yield start, self.owners[index]
+            if _bounded_ok(lowered, start, end, pattern, self.unbounded[index], self.open_right[index]):
+                yield start, end, self.owners[index]
 
 
-def _bounded_ok(data: bytes | memoryview, start: int, end: int, pattern: bytes, unbounded: bool) -> bool:
+def _bounded_ok(
+    data: bytes | memoryview, start: int, end: int, pattern: bytes, unbounded: bool, open_right: bool = False
+) -> bool:
     first, last = pattern[0], pattern[-1]
     before = data[start - 1] if start > 0 else None
     after = data[end] if end < len(data) else None
@@ -218,6 +223,8 @@ def _bounded_ok(data: bytes | memoryview, start: int, end: int, pattern: bytes, 
             return False
     elif first in _LETTERS and not unbounded and before is not None and before in _LETTERS:
         return False
+    if open_right:
+        return True
     if last in _DIGITS:
         if after is not None and (
             after in _DIGITS or (after == 0x2E and end + 1 < len(data) and data[end + 1] in _DIGITS)
@@ -254,15 +261,15 @@ class Scanner:
     def in_bytes(self, data: bytes | memoryview, needles: _Needles, *, uids: bool = True,
                  final: bool = True) -> set[PersonalValue]:
         lowered = bytes(data).lower()
-        found = {value for _, value in needles.find(lowered, final=final)}
+        found = {value for _, _, value in needles.find(lowered, final=final)}
         if uids and self.uids:
-            found.update(self._uids_in(lowered, final))
+            found.update(value for _, _, value in self._uids_in(lowered, final))
         return found
 
     def in_text(self, text: str) -> set[PersonalValue]:
         return self.in_bytes(text.encode("utf-8"), self.text)
 
-    def _uids_in(self, data: bytes, final: bool) -> Iterator[PersonalValue]:
+    def _uids_in(self, data: bytes, final: bool) -> Iterator[tuple[int, int, PersonalValue]]:
         size = len(data)
         for match in _UID_TOKEN.finditer(data):
             if not final and match.end() >= size - 1:
@@ -272,14 +279,41 @@ class Scanner:
                 continue
             if b"." not in token:
                 if token in self.uids:
-                    yield self.uids[token]
+                    yield match.start(), match.end(), self.uids[token]
                 continue
             parts = token.split(b".")
+            offsets = [0]
+            for part in parts:
+                offsets.append(offsets[-1] + len(part) + 1)
             for i in range(len(parts)):
                 for j in range(i + 2, len(parts) + 1):
                     piece = b".".join(parts[i:j])
                     if len(piece) >= UID_MIN_LENGTH and piece in self.uids:
-                        yield self.uids[piece]
+                        start = match.start() + offsets[i]
+                        yield start, start + len(piece), self.uids[piece]
+
+    def withhold(self, name: str) -> str:
+        """`name` with every personal value in it replaced by `<withheld>` (for labels: paths, keys)."""
+        data = name.encode("utf-8")
+        lowered = data.lower()
+        spans = sorted(
+            [(start, end) for start, end, _ in self.text.find(lowered)]
+            + [(start, end) for start, end, _ in self._uids_in(lowered, True)]
+        )
+        if not spans:
+            return name
+        merged: list[list[int]] = []
+        for start, end in spans:  # overlapping renderings ("smith", "smith_john") become one span
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        out, position = [], 0
+        for start, end in merged:
+            out += [data[position:start], WITHHELD.encode()]
+            position = end
+        out.append(data[position:])
+        return b"".join(out).decode("utf-8", errors="replace")
 
     def in_chunks(self, chunks: Iterable[bytes], needles: _Needles, *, uids: bool) -> set[PersonalValue]:
         """Scan a stream in windows that overlap by the longest needle, so nothing is lost at the seams."""
@@ -506,7 +540,7 @@ def _looks_text(name: str, head: bytes) -> bool:
 
 
 def _safe_component(text: str, scanner: Scanner) -> str:
-    return WITHHELD if scanner.in_text(text) else text
+    return scanner.withhold(text)
 
 
 def _json_items(document: Any, scanner: Scanner, path: str = "") -> Iterator[tuple[str, str]]:
