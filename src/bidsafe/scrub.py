@@ -463,15 +463,17 @@ def scrub_session(
     allowed = load_allowlist(allowlist)
     subject, session, session_dir = _session_tree(in_dir)
     report = ScrubReport(subject, session)
+    # A converter's own scans.tsv is replaced by ours (shifted acq_time from the de-identified DICOM).
+    own_scans = session_dir / f"sub-{subject}_ses-{session}_scans.tsv"
     report.ignored_outside_session = sum(
-        1 for p in in_dir.rglob("*") if p.is_file() and not p.is_relative_to(session_dir)
+        1 for p in in_dir.rglob("*") if p.is_file() and (not p.is_relative_to(session_dir) or p == own_scans)
     )
     series = index_deid_series(Path(deid_dir)) if deid_dir is not None else []
     personal = NameChecker(values)
     scans: list[tuple[str, str]] = []
 
     with atomic_dir(out_dir) as tmp:
-        for src in sorted(p for p in session_dir.rglob("*") if p.is_file()):
+        for src in sorted(p for p in session_dir.rglob("*") if p.is_file() and p != own_scans):
             relative = src.relative_to(in_dir)
             check_bids_path(relative, subject, session, personal)
             dst = tmp / relative
