@@ -545,12 +545,6 @@ def _copy_qc(
 
         copied += copy_tree(qc_dir, out, mode, keep=keep)
     if copied and not (out / "dataset_description.json").exists():
-        atomic_write_json(
-            out / "dataset_description.json",
-            {
-                "Name": "bidsafe image quality metrics",
-                "BIDSVersion": BIDS_VERSION,
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "bidsafe", "Version": str(versions.get("bidsafe", __version__))}],
-            },
-        )
+        from bidsafe.qc import write_qc_dataset_description
+
+        write_qc_dataset_description(out, versions)
