@@ -6,8 +6,13 @@ import copy
 import functools
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pydicom
 import pytest
 import yaml
 
@@ -377,3 +382,112 @@ def test_unreadable_rule_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read rule file"):
         load_rules(tmp_path / "missing.yaml")
     assert cli(["check-rules", str(tmp_path / "missing.yaml")]) == 2
+
+
+# --- the allow-list keeps what dcm2niix needs (real scanner files) --------------------------------------
+
+CORPUS = REPO.parent / "shared" / "corpus"
+# Sidecar fields that may disappear: they identify a person, a site or a device, and the rule set removes
+# their source attributes on purpose (Basic Profile; patient characteristics and device identity not retained).
+IDENTITY_SIDECAR_FIELDS = frozenset(
+    {
+        "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+        "DeviceSerialNumber", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+        "PatientWeight", "PatientSize", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+        "AccessionNumber", "StudyID",
+    }
+)
+
+
+def _dcm2niix() -> str:
+    venv = REPO / ".venv" / "bin" / "dcm2niix"
+    found = str(venv) if venv.is_file() else shutil.which("dcm2niix")
+    if found is None:
+        pytest.skip("dcm2niix not installed")
+    return found
+
+
+def _allow_listed(ds, rules) -> None:
+    """Remove, at every level, what the rule set removes: standard attributes resolving to X and private
+    elements off the safe-private list (with the creators of emptied blocks). Values are left alone:
+    this checks the allow-list, not the engine's replacements."""
+    creators = {
+        (el.tag.group, el.tag.element): str(el.value)
+        for el in ds
+        if el.tag.is_private and 0x10 <= el.tag.element <= 0xFF
+    }
+    kept_blocks = set()
+    for el in list(ds):
+        tag = el.tag
+        if tag.is_private:
+            if tag.element <= 0xFF:
+                continue
+            creator = creators.get((tag.group, tag.element >> 8))
+            if creator is None or not rules.is_safe_private(creator, tag.group, tag.element & 0xFF):
+                del ds[tag]
+                continue
+            kept_blocks.add((tag.group, tag.element >> 8))
+        elif rules.resolved_action_for(int(tag)) == "X":
+            del ds[tag]
+            continue
+        if el.VR == "SQ":
+            for item in el.value:
+                _allow_listed(item, rules)
+    for el in list(ds):
+        if el.tag.is_private and el.tag.element <= 0xFF and (el.tag.group, el.tag.element) not in kept_blocks:
+            del ds[el.tag]
+
+
+def _convert(dcm2niix: str, src: Path, out: Path) -> dict:
+    out.mkdir()
+    subprocess.run([dcm2niix, "-ba", "n", "-f", "%s_%e", "-o", str(out), str(src)], capture_output=True, check=True)
+    result: dict = {}
+    for f in sorted(out.iterdir()):
+        if f.suffix == ".json":
+            result[f.name] = json.loads(f.read_text(encoding="utf-8"))
+        elif f.suffix in (".bval", ".bvec"):
+            result[f.name] = f.read_text(encoding="utf-8")
+        else:
+            img = nib.load(f)
+            result[f.name] = (np.asarray(img.dataobj).tobytes(), img.shape, np.round(img.affine, 4).tolist())
+    return result
+
+
+def _series_dirs() -> list[Path]:
+    return sorted({p.parent for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md"})
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+def test_allow_list_keeps_everything_dcm2niix_needs_on_real_scanner_files(shipped, tmp_path):
+    """GE, Siemens mosaic (CSA) and Philips series convert to the same voxels, geometry, bvals/bvecs and
+    sidecar values with only the keep-list, the table's non-X rows and the safe-private list left."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"real scanner corpus absent ({CORPUS})")
+    dcm2niix = _dcm2niix()
+    vendors_seen = set()
+    for index, series in enumerate(_series_dirs()):
+        reduced = tmp_path / f"in{index}"
+        reduced.mkdir()
+        private_before = private_after = 0
+        for path in sorted(series.iterdir()):
+            ds = pydicom.dcmread(path)
+            vendors_seen.add(str(ds.get("Manufacturer", "")).split()[0].upper())
+            private_before += sum(1 for el in ds if el.tag.is_private)
+            _allow_listed(ds, shipped)
+            private_after += sum(1 for el in ds if el.tag.is_private)
+            ds.save_as(reduced / path.name, enforce_file_format=False)
+        assert private_after < private_before  # the allow-list really removed private elements
+        raw = _convert(dcm2niix, series, tmp_path / f"raw{index}")
+        kept = _convert(dcm2niix, reduced, tmp_path / f"out{index}")
+        name = series.relative_to(CORPUS).as_posix()
+        assert sorted(kept) == sorted(raw), name
+        assert any(f.endswith(".nii") for f in raw), name
+        for file_name, before in raw.items():
+            after = kept[file_name]
+            if not isinstance(before, dict):
+                assert after == before, f"{name}/{file_name}"
+                continue
+            lost_or_changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+            assert lost_or_changed <= IDENTITY_SIDECAR_FIELDS, f"{name}/{file_name}: {sorted(lost_or_changed)}"
+    assert {"GE", "SIEMENS", "PHILIPS"} <= vendors_seen
