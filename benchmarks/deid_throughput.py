@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs for the parallel run")
     parser.add_argument("--repeat", type=int, default=2, help="runs per variant; the best is kept (default 2)")
+    parser.add_argument("--rules", type=Path, help="rule file for bidsafe deid (default: the shipped profile)")
     args = parser.parse_args()
 
     files = dicom_files(args.corpus)
@@ -89,7 +90,8 @@ def main() -> int:
         def deid(jobs: int) -> float:
             out = work / f"deid-{jobs}"
             shutil.rmtree(out, ignore_errors=True)
-            return timed([bidsafe, "deid", str(src), str(out), "--key", str(key), "--jobs", str(jobs)])
+            rules = ["--rules", str(args.rules)] if args.rules else []
+            return timed([bidsafe, "deid", str(src), str(out), "--key", str(key), "--jobs", str(jobs), *rules])
 
         variants = [("pydicom read+write (1 core)", baseline), ("bidsafe deid --jobs 1", lambda: deid(1))]
         if args.jobs > 1:
@@ -102,6 +104,7 @@ def main() -> int:
 
     base = best[variants[0][0]]
     print(f"corpus: {args.corpus} ({len(files)} DICOM files, {megabytes:.1f} MB)")
+    print(f"rules: {args.rules or 'shipped profile'}")
     print(f"{'variant':32s} {'seconds':>8s} {'files/s':>8s} {'MB/s':>7s} {'x baseline':>10s}")
     for name, _ in variants:
         seconds = best[name]

@@ -1,16 +1,17 @@
 """The de-identification engine: apply a rule set to every DICOM file of a tree (PS3.15 Annex E).
 
-Two passes over the files:
+Each file is parsed once. Pass A, per file (in parallel): read; harvest its personal values
+(`bidsafe.phi`); apply the resolved action of every standard element at every nesting level; keep only
+safe private elements; remap UIDs with the key; shift dates by the subject's offset; add the
+de-identification attributes; write the result to a staging file under a name built only from
+de-identified values. Free text (action C) and kept private values cannot be cleaned yet: they must lose
+every personal value found in *any* file of the study, known only once every file was read. Pass A notes
+where those elements sit in the staged file. Pass B, per file: clean them with the study's values (kept
+private values are overwritten by same-length filler in place, so binary structures such as Siemens CSA
+headers stay valid) and move the file to its final name. The output folder appears whole at the end.
 
-1. header-only harvest, grouped by StudyInstanceUID, of every personal value (`bidsafe.phi`), so that
-   free text (action C) and kept private text can be cleaned of values found in *any* file of the study;
-2. per file: read once, apply the resolved action of every standard element at every nesting level, keep
-   only safe private elements (their text cleaned in place, same length), remap UIDs with the key, shift
-   dates by the subject's offset, add the de-identification attributes, write under a path built only
-   from de-identified values.
-
-Speed comes from never decoding what is kept or removed unchanged: pydicom reads elements as raw bytes and
-only the few elements an action changes are decoded; the output is encoded directly from those raw bytes.
+Speed comes from never decoding what is kept or removed unchanged: pydicom reads elements as raw bytes,
+only the elements an action changes are decoded, and the output is encoded straight from the raw bytes.
 Nothing identifying is printed or logged; the report (which names input paths) is private.
 """
 
@@ -115,8 +116,6 @@ _CLASS_UID_TAGS = frozenset(
     if entry[0] == "UI" and entry[4].endswith(("ClassUID", "TransferSyntaxUID", "ClassUIDInFile"))
 )
 
-log = logging.getLogger(__name__)
-
 
 # --- report -----------------------------------------------------------------------------------------------
 
@@ -155,7 +154,8 @@ def write_report(report: DeidReport, path: str | Path) -> Path:
     """Write the report as JSON, 0600: it names input paths, so it belongs in the private area."""
     import json
 
-    from bidsafe.private import private_write_text
+    from bidsafe.fsutil import atomic_write_text
+    from bidsafe.private import FILE_MODE, private_write_text
 
     payload = {
         "tool": "bidsafe deid",
@@ -167,7 +167,12 @@ def write_report(report: DeidReport, path: str | Path) -> Path:
             {"input": e.input, "output": e.output, "status": e.status, "reason": e.reason} for e in report.entries
         ],
     }
-    return private_write_text(path, json.dumps(payload, indent=1) + "\n")
+    text = json.dumps(payload, indent=1) + "\n"
+    path = Path(path)
+    if path.parent.is_dir():
+        # An existing folder is left as it is (it may be the user's working folder); the file is 0600.
+        return atomic_write_text(path, text, mode=FILE_MODE)
+    return private_write_text(path, text)  # new folders are made 0700
 
 
 # --- pydicom noise ----------------------------------------------------------------------------------------
