@@ -58,7 +58,7 @@ def _baseline_bytes() -> bytes:
 BASELINE = _baseline_bytes()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     family=names,
     given_name=names,
