@@ -491,3 +491,11 @@ def test_allow_list_keeps_everything_dcm2niix_needs_on_real_scanner_files(shippe
             lost_or_changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
             assert lost_or_changed <= IDENTITY_SIDECAR_FIELDS, f"{name}/{file_name}: {sorted(lost_or_changed)}"
     assert {"GE", "SIEMENS", "PHILIPS"} <= vendors_seen
+
+
+def test_removing_dates_contradicts_the_modified_dates_option(tmp_path):
+    def remove_dates(data):
+        data["dates"] = {"mode": "remove"}
+
+    with pytest.raises(ConfigError, match="mode remove contradicts the declared option retain_long_modif_dates"):
+        load_rules(_edited(tmp_path, remove_dates))

@@ -375,6 +375,11 @@ def _parse(raw: Any, path: Path) -> tuple[RuleSet | None, list[str]]:
             else:
                 if max_shift_days < 1:
                     problems.append("dates.max_shift_days must be at least 1")
+    if date_mode == "remove" and "retain_long_modif_dates" in options:
+        problems.append(
+            "dates: mode remove contradicts the declared option retain_long_modif_dates (its code says dates "
+            "were kept, shifted): drop the option, its code and its rows' C actions"
+        )
     burned_in = raw.get("burned_in")
     if burned_in not in ("withhold", "keep"):
         problems.append("'burned_in' must be withhold or keep")
