@@ -1010,6 +1010,7 @@ class _StageWorker:
         self.subject_key = subject_key
         self.temp_root = temp_root
         self._count = 0
+        self._sent: dict[str, set[PersonalValue]] = {}
 
     def run(self, index: int, path: str) -> _Staged:
         values: frozenset[PersonalValue] = frozenset()
@@ -1022,7 +1023,11 @@ class _StageWorker:
                 harvested = set(harvest_dataset(ds))
                 if getattr(ds, "file_meta", None) is not None:
                     harvested.update(harvest_dataset(ds.file_meta, prefix="meta>"))
-                values = frozenset(harvested)
+                # Only values this process has not reported for this study yet: a study repeats the same
+                # values in every file, and shipping them back once per file costs more than finding them.
+                sent = self._sent.setdefault(study, set())
+                values = frozenset(harvested - sent)
+                sent.update(values)
                 reason = withhold_reason(ds)
                 if reason is not None and (self.rules.burned_in == "withhold" or reason.startswith("DICOMDIR")):
                     return _Staged(index, WITHHELD, study, values, reason=reason)
