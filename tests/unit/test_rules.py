@@ -499,3 +499,12 @@ def test_removing_dates_contradicts_the_modified_dates_option(tmp_path):
 
     with pytest.raises(ConfigError, match="mode remove contradicts the declared option retain_long_modif_dates"):
         load_rules(_edited(tmp_path, remove_dates))
+
+
+def test_declared_option_applied_to_no_row_fails(tmp_path):
+    def declare_unused(data):
+        data["options"].append("retain_device_ident")
+        data["codes"].append({"value": "113109", "meaning": "Retain Device Identity Option"})
+
+    result = check_rules(_edited(tmp_path, declare_unused))
+    assert "option retain_device_ident is declared (code 113109) but applied to no row" in result.gaps

@@ -762,6 +762,9 @@ def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult
                 gaps.append(f"{rule.tag} {rule.keyword}: {why}")
             _count(rule, rules, applied_counts, option_counts)
         rows_expected = rows_present
+    for option in declared:
+        if option in TABLE_OPTIONS and not option_counts.get(option):
+            gaps.append(f"option {option} is declared (code {OPTION_CODES[option][0]}) but applied to no row")
     if rules is not None:
         for tag, rule in rules.extra.items():
             if STRENGTH[rule.action] < STRENGTH["U"] and rule.action != "C":
