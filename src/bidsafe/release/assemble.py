@@ -4,7 +4,8 @@ The staging tree appears whole or not at all (built in a temporary sibling, then
 de-identified, scrubbed, defaced session trees and from a fixed list of participant files; nothing else from
 the work area is copied, so private lists (inbox paths, study UIDs) cannot slip in by accident.
 
-Release-level configuration lives under `release:` (see `RELEASE_DEFAULTS` and `RELEASE_SCHEMA`).
+Release-level configuration lives under `release:` (defaults in `RELEASE_DEFAULTS`; the workflow's config
+schema documents each key).
 """
 
 from __future__ import annotations
@@ -71,39 +72,6 @@ RELEASE_DEFAULTS: dict[str, Any] = {
 
 # JSON-schema fragment for `release:` (the keys above; `audience`, `k_anonymity`... belong to the consent
 # stage and are merely allowed here).
-RELEASE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "default": RELEASE_DEFAULTS["name"]},
-        "version": {
-            "oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}],
-            "default": "auto",
-            "description": "auto: 1 + the highest published v<N>; an integer must exceed every published one",
-        },
-        "license": {
-            "type": "string",
-            "minLength": 1,
-            "default": RELEASE_DEFAULTS["license"],
-            "not": {"enum": ["CC0", "CC0-1.0", "PD", "PDDL", "PDDL-1.0", "Unlicense"]},
-            "description": "dataset_description License; the LICENSE file holds the data usage agreement",
-        },
-        "authors": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": []},
-        "how_to_acknowledge": {"type": ["string", "null"], "default": None},
-        "funding": {"type": "array", "items": {"type": "string"}, "default": []},
-        "ethics_approvals": {"type": "array", "items": {"type": "string"}, "default": []},
-        "references_and_links": {"type": "array", "items": {"type": "string"}, "default": []},
-        "dataset_doi": {"type": ["string", "null"], "default": None},
-        "readme": {"type": ["string", "null"], "default": None, "description": "README body (text)"},
-        "data_usage_agreement": {"type": ["string", "null"], "default": None},
-        "changes": {
-            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-            "default": [],
-            "description": "notes for this version's CHANGES entry (session counts are added automatically)",
-        },
-        "link": {"enum": ["hardlink", "copy"], "default": "hardlink"},
-    },
-}
-
 AUDIENCES = {
     "named": "named individuals only",
     "members": "members of the centre",
