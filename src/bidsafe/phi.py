@@ -236,21 +236,43 @@ def _keyword(tag: int) -> str:
     return keyword
 
 
+# Single-valued text VRs: a backslash in them is text, not a value separator.
+_SINGLE_VALUED_TEXT = frozenset({"LT", "ST", "UT", "UR"})
+
+
+def _category_of(tag: int, vr: str) -> str | None:
+    """The category `_harvest_into` gives a non-sequence element of this tag and VR, or None."""
+    if vr == "PN":
+        return "name"
+    is_private = bool(tag >> 16 & 1)
+    if not is_private and tag in _IDENTITY_TAGS:
+        return IDENTITY_KEYWORDS[_keyword(tag)]
+    if vr == "UI" and not is_private:
+        return "uid"
+    return None
+
+
 def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
     for tag, raw in list(ds._dict.items()):
         if getattr(raw, "is_raw", False):
             tag = int(tag)  # plain int: dictionary lookups with pydicom's BaseTag run Python-level __eq__
             if not _may_be_personal(tag, raw.VR):
                 continue
-            if tag not in _IDENTITY_TAGS and not tag >> 16 & 1 and _resolved_vr(tag, raw.VR) == "UI":
-                # Instance UIDs are ASCII: read them as pydicom would, without decoding the element in
-                # place (a header holds dozens, and undecoded elements are written back faster).
+            vr = raw.VR if raw.VR not in (None, "UN") else _resolved_vr(tag, raw.VR)
+            data = raw.value or b""
+            if vr not in (None, "UN", "SQ") and data.isascii() and b"\x1b" not in data:
+                # Plain ASCII (no ISO 2022 escapes) reads the same in every character set: split and strip
+                # the bytes as pydicom would, without decoding the element in place (a header holds dozens,
+                # and undecoded elements are written back faster).
+                category = _category_of(tag, vr)
+                if category is None or category == "time":
+                    continue
                 name = _keyword(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-                text = (raw.value or b"").decode("latin-1").rstrip(" \x00")
-                for item in text.split("\\"):
+                text = data.decode("ascii").rstrip(" \x00")
+                for item in [text] if vr in _SINGLE_VALUED_TEXT else text.split("\\"):
                     item = item.strip()
-                    if item and not item.startswith(DICOM_ROOT_UID):
-                        found.add(PersonalValue("uid", f"{prefix}{name}", item))
+                    if item and not (category == "uid" and item.startswith(DICOM_ROOT_UID)):
+                        found.add(PersonalValue(category, f"{prefix}{name}", item))
                 continue
         elem = ds[tag]
         name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
