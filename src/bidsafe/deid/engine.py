@@ -775,13 +775,14 @@ def finish_bytes(encoded: Encoded, cleaner: TextCleaner) -> bytes:
 def finish_file(temp: Path, final: Path, stub: Encoded, cleaner: TextCleaner) -> None:
     """Clean a staged file's pending elements and move it to its final name.
 
-    Same-length private patches are written in place; a changed text or a deflated body rewrites the file.
-    `stub` is the staged file's `Encoded` without its data (offsets and encoding only).
+    The staged file is changed in place (it sits in the run's staging folder, which is published whole
+    or not at all): same-length private patches are written over their bytes; a changed text or a deflated
+    body rewrites the file. `stub` is the staged file's `Encoded` without its data (offsets and encoding).
     """
     writer = _Writer(stub.implicit, stub.little, {}, 0)
     patches: list[tuple[int, bytes]] = []
     rewrite = stub.deflate
-    with open(temp, "rb") as handle:
+    with open(temp, "r+b") as handle:
         fd = handle.fileno()
         for record in stub.pending:
             value_start = record.offset + record.header
@@ -793,21 +794,15 @@ def finish_file(temp: Path, final: Path, stub: Encoded, cleaner: TextCleaner) ->
                 patches.append((value_start, new))
             else:
                 rewrite = True
-    if rewrite:
-        data = finish_bytes(
-            Encoded(temp.read_bytes(), stub.pending, stub.implicit, stub.little, stub.deflate, stub.body_offset),
-            cleaner,
-        )
-        rewritten = temp.with_name(temp.name + ".final")
-        with open(rewritten, "xb") as handle:
+        if rewrite:
+            staged = Encoded(handle.read(), stub.pending, stub.implicit, stub.little, stub.deflate, stub.body_offset)
+            data = finish_bytes(staged, cleaner)
+            handle.seek(0)
             handle.write(data)
-        os.replace(rewritten, final)
-        temp.unlink()
-        return
-    if patches:
-        with open(temp, "r+b") as handle:
+            handle.truncate()
+        else:
             for offset, new in patches:
-                os.pwrite(handle.fileno(), new, offset)
+                os.pwrite(fd, new, offset)
     os.replace(temp, final)
 
 
