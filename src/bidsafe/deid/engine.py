@@ -1121,7 +1121,7 @@ class _Progress:
 
     def show(self, label: str, done: int) -> None:
         if self.enabled and (done == self.total or done % 25 == 0):
-            sys.stderr.write(f"\rbidsafe deid: {label} {done}/{self.total} files ")
+            sys.stderr.write(f"\rbidsafe deid: {label} {done}/{self.total} files    ")
             sys.stderr.flush()
 
     def end(self) -> None:
@@ -1211,6 +1211,7 @@ def deidentify_tree(
         contexts = {study: tuple(sorted(values)) for study, values in studies.items()}
         finish = [(s.index, s.temp, s.output, s.study, s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
+        meter = _Progress(progress, len(finish))  # same terminal line, second pass
         for done, (index, status, reason) in enumerate(
             _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging)), 1
         ):
@@ -1278,7 +1279,7 @@ def cli_main(args: argparse.Namespace) -> int:
     print(
         "bidsafe deid: "
         + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES)
-        + (" (see the report for the reasons)" if counts[FAILED] or counts[WITHHELD] else ""),
+        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[WITHHELD]) else ""),
         file=sys.stderr,
     )
     return 0 if report.ok else 1
