@@ -89,6 +89,15 @@ DICOM_ROOT_UID = "1.2.840.10008."
 # Needles shorter than this are not scanned for or cleaned: two letters match everywhere by chance.
 MIN_NEEDLE_LENGTH = 3
 
+# Values that say "nothing here": not personal, present in every dataset, never searched for or cleaned.
+PLACEHOLDERS = frozenset(
+    {
+        "none", "null", "nil", "n/a", "na", "unknown", "anonymous", "anonymized", "anonymised", "anon",
+        "removed", "deidentified", "de-identified", "not available", "not applicable", "empty", "blank",
+        "redacted", "nobody", "patient", "research", "test", "phantom", "yes", "no",
+    }
+)
+
 _DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d %b %Y")
 _NON_ALNUM = re.compile(r"[^0-9A-Za-z]+")
 
@@ -104,7 +113,8 @@ class PersonalValue:
     def renderings(self) -> set[str]:
         """The forms in which this value may appear elsewhere, lower-cased, at least MIN_NEEDLE_LENGTH long."""
         forms = _RENDERERS.get(self.category, _render_plain)(self.value)
-        return {f.lower() for f in forms if len(f.strip()) >= MIN_NEEDLE_LENGTH}
+        lowered = {f.lower() for f in forms if len(f.strip()) >= MIN_NEEDLE_LENGTH}
+        return {f for f in lowered if f.strip() not in PLACEHOLDERS}
 
 
 def _render_plain(value: str) -> set[str]:

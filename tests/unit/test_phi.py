@@ -57,3 +57,10 @@ def test_round_trip_json():
     values = PersonalValues(harvest_dataset(_dataset()))
     again = PersonalValues.from_json(values.to_json())
     assert again.values == values.values
+
+
+def test_placeholders_are_never_needles():
+    values = PersonalValues([PersonalValue("free_text", "ImageComments", "None"),
+                             PersonalValue("name", "OperatorsName", "Anonymous^Unknown")])
+    assert not {"none", "anonymous", "unknown"} & set(values.needles())
+    assert values.redact("ImageType NONE") == "ImageType NONE"

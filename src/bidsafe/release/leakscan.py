@@ -54,7 +54,7 @@ import ahocorasick_rs
 
 from bidsafe.errors import ConfigError
 from bidsafe.fsutil import atomic_write_json
-from bidsafe.phi import MIN_NEEDLE_LENGTH, PersonalValue, PersonalValues, harvest_files
+from bidsafe.phi import MIN_NEEDLE_LENGTH, PLACEHOLDERS, PersonalValue, PersonalValues, harvest_files
 
 BINARY_NEEDLE_MIN = 5
 VOXEL_NEEDLE_MIN = 8
@@ -66,14 +66,6 @@ JSON_STRUCTURED_LIMIT = 64 << 20
 TEXT_SNIFF_BYTES = 1 << 16
 WITHHELD = "<withheld>"
 
-# Values that say "nothing here": not personal, and present in every dataset.
-PLACEHOLDERS = frozenset(
-    {
-        "none", "null", "nil", "n/a", "na", "unknown", "anonymous", "anonymized", "anonymised", "anon",
-        "removed", "deidentified", "de-identified", "not available", "not applicable", "empty", "blank",
-        "redacted", "nobody", "patient", "research", "test", "phantom", "yes", "no",
-    }
-)
 TEXT_SUFFIXES = frozenset(
     {
         ".json", ".tsv", ".txt", ".bval", ".bvec", ".md", ".rst", ".log", ".html", ".htm", ".csv", ".yaml",
