@@ -1,0 +1,475 @@
+"""Deface structural images: carry pydeface's face mask onto the image and zero the face, or fail closed.
+
+Engines: `fsl` runs pydeface itself (FSL FLIRT), `builtin` registers pydeface's template with SimpleITK
+(bidsafe.deface.register), `auto` picks FSL when it is usable. Either way the same guards judge the transform
+(bidsafe.deface.guards) and the same writer produces the output: the input's header bytes unchanged, its data
+type and scaling kept, voxels outside the face untouched, face voxels set to zero. When a guard trips nothing
+is written and GuardError (exit 3) is raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from bidsafe.deface import guards, register
+from bidsafe.deface import template as tpl
+from bidsafe.errors import BidsafeError, ConfigError, GuardError
+from bidsafe.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
+
+ENGINES = ("auto", "builtin", "fsl")
+THREADS_ENV = "BIDSAFE_DEFACE_THREADS"
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DEFAULT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw", "T2starw", "inplaneT1", "inplaneT2", "PDT2", "angio",
+                    "T1map", "T2map", "UNIT1", "MP2RAGE", "MEGRE", "MESE", "VFA", "IRT1")
+
+
+@dataclass
+class DefaceRecord:
+    """What was done to one image and the guard values that allowed it (JSON-ready via as_dict)."""
+
+    input: str
+    output_sha256: str
+    engine: str
+    singular_values: list[float]
+    shear: float
+    agreement_dice: float | None
+    brain_voxels_removed: int
+    brain_cm3_removed: float
+    metric: float | None
+    removed_voxels: int
+    removed_cm3: float
+    volumes: int
+    seconds: float
+    template_sha256: str = tpl.EXPECTED_TEMPLATE_SHA256
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RemovalEstimate:
+    """The removal mask on the input's grid and everything the guards found (nothing written yet)."""
+
+    removal: np.ndarray  # bool, the input's first three dimensions; True = face, to be zeroed
+    affine: np.ndarray
+    matrix: np.ndarray  # subject world -> template world (RAS mm)
+    engine: str
+    report: guards.GuardReport
+    volumes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return self.report.failures
+
+    @property
+    def guard_values(self) -> dict:
+        return self.report.as_dict()
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("input image not found", path)
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        raise ConfigError("input must be a single-file NIfTI (.nii or .nii.gz)", path)
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises several types for a damaged file
+        raise BidsafeError(f"cannot read NIfTI ({type(exc).__name__})", path) from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise BidsafeError("not a NIfTI-1/2 image", path)
+    shape = img.shape
+    if len(shape) < 3 or len(shape) > 4 or min(shape[:3]) < 2:
+        raise BidsafeError(f"expected a 3D or 4D image, got shape {shape}", path)
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+        raise BidsafeError("image has no usable orientation (affine)", path)
+    return img
+
+
+def registration_volume(img: nib.Nifti1Image) -> np.ndarray:
+    """The 3D volume to register: the image itself, or the mean of a 4D image's volumes (one at a time)."""
+    if img.ndim == 3:
+        volume = np.asarray(img.dataobj, dtype=np.float32)
+    else:
+        volume = np.zeros(img.shape[:3], dtype=np.float32)
+        for index in range(img.shape[3]):
+            volume += np.asarray(img.dataobj[..., index], dtype=np.float32)
+        volume /= img.shape[3]
+    if img.get_data_dtype().kind == "f" or img.dataobj.slope != 1 or img.dataobj.inter != 0:
+        volume = np.nan_to_num(volume, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return volume
+
+
+# --- the mask and the guards ----------------------------------------------------------------------------------
+
+
+def face_in_grid(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """pydeface's face mask carried onto a grid: True where the face is.
+
+    Sampled at voxel centres (trilinear, 0.5 level). Beyond the template's field of view the nearest mask value
+    is used, so the face region continues forward and downward instead of stopping at the template's edge.
+    A first pass on every 4th voxel or so finds the face's bounding box (grown by two coarse steps, far more
+    than the mask's smallest feature), and only that box is sampled finely.
+    """
+    shape = tuple(int(n) for n in shape[:3])
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    step = np.maximum(1, np.floor(COARSE_FACE_STEP_MM / zooms)).astype(int)
+    coarse_shape = tuple(int(np.ceil((n - 1) / s)) + 1 for n, s in zip(shape, step, strict=True))
+    coarse = _sample_face(matrix, affine @ np.diag([*step, 1.0]), coarse_shape)
+    face = np.zeros(shape, dtype=bool)
+    if not coarse.any():
+        return face
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(coarse.any(axis=other))
+        start = max(0, int(hits[0] - 2) * int(step[axis]))
+        stop = min(shape[axis], int(hits[-1] + 2) * int(step[axis]) + 1)
+        box.append(slice(start, stop))
+    box_affine = affine.copy()
+    box_affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
+    face[tuple(box)] = _sample_face(matrix, box_affine, tuple(b.stop - b.start for b in box))
+    return face
+
+
+COARSE_FACE_STEP_MM = 4.0
+
+
+def _sample_face(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    assets = tpl.load_assets()
+    vox = np.linalg.solve(assets.affine, matrix @ affine)
+    sampled = ndimage.affine_transform(
+        _keep_mask_float(), vox[:3, :3], vox[:3, 3], output_shape=shape, order=1, mode="nearest", prefilter=False
+    )
+    return sampled < 0.5
+
+
+_KEEP: dict[str, np.ndarray] = {}
+
+
+def _keep_mask_float() -> np.ndarray:
+    if "keep" not in _KEEP:
+        _KEEP["keep"] = (~tpl.load_assets().face).astype(np.float32)
+    return _KEEP["keep"]
+
+
+def apply_guards(
+    matrix: np.ndarray,
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    alternative: np.ndarray | None = None,
+    metric: float | None = None,
+    removal: np.ndarray | None = None,
+    agreement_region: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, guards.GuardReport]:
+    """Judge a transform (subject world -> template world) for an image grid; returns (removal, report).
+
+    `alternative` is the transform reached from another initialisation; `agreement_region` = (mask, affine)
+    of the head on a working grid where the two face masks are compared (the input grid when omitted).
+    """
+    report = guards.GuardReport()
+    guards.check_linear(matrix, report)
+    if removal is None:
+        removal = face_in_grid(matrix, affine, shape)
+    matrices = [matrix]
+    if alternative is not None:
+        matrices.append(alternative)
+        if agreement_region is not None:
+            region, region_affine = agreement_region
+            a = face_in_grid(matrix, region_affine, region.shape) & region
+            b = face_in_grid(alternative, region_affine, region.shape) & region
+        else:
+            a, b = removal, face_in_grid(alternative, affine, shape)
+        total = int(a.sum() + b.sum())
+        guards.check_agreement(2.0 * float((a & b).sum()) / total if total else 0.0, report)
+    guards.check_brain(removal, affine, matrices, report)
+    guards.check_metric(metric, report)
+    return removal, report
+
+
+def estimate_removal(
+    in_path: Path, engine: str = "builtin", threads: int | None = None, work_dir: Path | None = None
+) -> RemovalEstimate:
+    """Register, build the removal mask and run every guard; raises only for unusable input, never for a guard."""
+    started = time.monotonic()
+    img = load_nifti(Path(in_path))
+    chosen = choose_engine(engine)
+    volume = registration_volume(img)
+    if not np.any(volume > 0):
+        raise GuardError("image is empty (no positive voxel): cannot place the face mask", Path(in_path).name)
+    shape = img.shape[:3]
+    notes: list[str] = []
+    if chosen == "fsl":
+        from bidsafe.deface import fsl
+
+        result = fsl.run_pydeface(volume, img, work_dir=work_dir)
+        removal, report = apply_guards(result.matrix, img.affine, shape, removal=result.removal,
+                                       metric=evaluate_metric(volume, img.affine, result.matrix))
+        notes.append("agreement guard not applicable: FSL FLIRT ran once")
+        matrix = result.matrix
+    else:
+        reg = register.register(volume, img.affine, threads=resolve_threads(threads))
+        head = reg.levels[min(reg.levels)]
+        removal, report = apply_guards(
+            reg.primary.matrix, img.affine, shape, alternative=reg.alternative.matrix, metric=reg.final_metric,
+            agreement_region=(head.head, head.grid.affine),
+        )
+        matrix = reg.primary.matrix
+    return RemovalEstimate(
+        removal=removal, affine=img.affine.copy(), matrix=matrix, engine=chosen, report=report,
+        volumes=1 if img.ndim == 3 else img.shape[3], seconds=time.monotonic() - started, notes=notes,
+    )
+
+
+def evaluate_metric(volume: np.ndarray, affine: np.ndarray, matrix: np.ndarray) -> float:
+    """The guard's image-match metric for a transform found elsewhere (the FSL engine)."""
+    levels = register.prepare_subject(volume, affine, (register.CHECK_SPACING_MM,))
+    return register.check_metric(levels, matrix)
+
+
+def resolve_threads(threads: int | None) -> int:
+    if threads is not None:
+        return max(1, int(threads))
+    value = os.environ.get(THREADS_ENV, "1")
+    try:
+        return max(1, int(value))
+    except ValueError as exc:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number, got {value!r}") from exc
+
+
+def choose_engine(engine: str) -> str:
+    from bidsafe.deface import fsl
+
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown deface engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if engine == "auto":
+        return "fsl" if fsl.fsl_available() else "builtin"
+    if engine == "fsl" and not fsl.fsl_available():
+        raise ConfigError("engine 'fsl' requested but FSL is not usable (FSLDIR, fsl and flirt on PATH)")
+    return engine
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+
+
+def _raw_zero(img: nib.Nifti1Image) -> np.generic:
+    """The stored value that reads back as 0 under the image's scaling (or the closest one)."""
+    dtype = img.get_data_dtype()
+    slope = float(img.dataobj.slope)
+    inter = float(img.dataobj.inter)
+    if dtype.kind == "f":
+        return dtype.type(0.0 if inter == 0 else -inter / slope)
+    value = 0.0 if inter == 0 else round(-inter / slope)
+    info = np.iinfo(dtype)
+    return dtype.type(min(max(value, info.min), info.max))
+
+
+def defaced_bytes(in_path: Path, img: nib.Nifti1Image, removal: np.ndarray, gzipped: bool) -> bytes:
+    """The input file with face voxels zeroed: header and extensions byte for byte, data in the same type."""
+    offset = int(img.header["vox_offset"])
+    opener = gzip.open if str(in_path).endswith(".gz") else open
+    with opener(in_path, "rb") as handle:
+        prefix = handle.read(offset)
+    raw = np.asanyarray(img.dataobj.get_unscaled())
+    if raw.dtype != img.get_data_dtype():
+        raw = raw.astype(img.get_data_dtype())
+    raw = np.array(raw, copy=True, order="F")
+    raw[removal] = _raw_zero(img)
+    payload = prefix + raw.tobytes(order="F")
+    return _gzip(payload) if gzipped else payload
+
+
+def _gzip(payload: bytes) -> bytes:
+    buffer = io.BytesIO()
+    # mtime=0 and no file name: the same input gives the same bytes (and the same SHA-256) on every run.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=6, mtime=0) as handle:
+        handle.write(payload)
+    return buffer.getvalue()
+
+
+def mask_bytes(removal: np.ndarray, img: nib.Nifti1Image, gzipped: bool) -> bytes:
+    header = nib.Nifti1Header()
+    header.set_data_shape(removal.shape)
+    header.set_data_dtype(np.uint8)
+    mask = nib.Nifti1Image(removal.astype(np.uint8), None, header)
+    sform, sform_code = img.header.get_sform(coded=True)
+    qform, qform_code = img.header.get_qform(coded=True)
+    mask.set_sform(img.affine if sform is None else sform, code=int(sform_code or 1))
+    mask.set_qform(img.affine if qform is None else qform, code=int(qform_code or 1))
+    mask.header.set_xyzt_units(*img.header.get_xyzt_units())
+    payload = mask.to_bytes()
+    return _gzip(payload) if gzipped else payload
+
+
+def _check_output(in_path: Path, out_path: Path) -> None:
+    if not out_path.name.endswith(NIFTI_SUFFIXES):
+        raise ConfigError("output must end in .nii or .nii.gz", out_path)
+    if out_path.exists() and in_path.exists() and out_path.resolve() == in_path.resolve():
+        raise ConfigError("output would overwrite the input", out_path)
+
+
+def deface_image(
+    in_path: Path,
+    out_path: Path,
+    engine: str = "auto",
+    qc_png: Path | None = None,
+    mask_path: Path | None = None,
+    threads: int | None = None,
+    name: str | None = None,
+) -> DefaceRecord:
+    """Deface one image. Raises GuardError (and writes nothing) when a guard trips.
+
+    `name` is how the record and messages call the image (default: the file name).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    label = name or in_path.name
+    _check_output(in_path, out_path)
+    for extra in (mask_path, qc_png):
+        if extra is not None and Path(extra).resolve() in {in_path.resolve(), out_path.resolve()}:
+            raise ConfigError("mask/QC path collides with the input or output", extra)
+    if mask_path is not None and not Path(mask_path).name.endswith(NIFTI_SUFFIXES):
+        raise ConfigError("mask must end in .nii or .nii.gz", mask_path)
+    started = time.monotonic()
+    estimate = estimate_removal(in_path, engine=engine, threads=threads)
+    if estimate.failures:
+        raise GuardError(f"deface refused ({estimate.engine}): " + "; ".join(estimate.failures), label)
+    img = load_nifti(in_path)
+    data = defaced_bytes(in_path, img, estimate.removal, gzipped=out_path.name.endswith(".gz"))
+    if qc_png is not None:
+        from bidsafe.deface import qc
+
+        qc.write_qc_png(img, estimate.removal, Path(qc_png), title=label)
+    if mask_path is not None:
+        atomic_write_bytes(mask_path, mask_bytes(estimate.removal, img, Path(mask_path).name.endswith(".gz")))
+    atomic_write_bytes(out_path, data)
+    report = estimate.report
+    removed = int(estimate.removal.sum())
+    return DefaceRecord(
+        input=label,
+        output_sha256=hashlib.sha256(data).hexdigest(),
+        engine=estimate.engine,
+        singular_values=[round(v, 4) for v in report.singular_values],
+        shear=round(report.shear, 4),
+        agreement_dice=None if report.agreement_dice is None else round(report.agreement_dice, 4),
+        brain_voxels_removed=report.brain_voxels_removed,
+        brain_cm3_removed=round(report.brain_cm3_removed, 3),
+        metric=None if report.metric is None else round(report.metric, 4),
+        removed_voxels=removed,
+        removed_cm3=round(removed * float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0, 2),
+        volumes=estimate.volumes,
+        seconds=round(time.monotonic() - started, 2),
+        notes=estimate.notes,
+    )
+
+
+# --- sessions -------------------------------------------------------------------------------------------------
+
+
+def image_suffix(path: Path) -> str | None:
+    """BIDS suffix of a NIfTI file name (`sub-01_ses-1_run-1_T1w.nii.gz` -> `T1w`)."""
+    for ext in NIFTI_SUFFIXES:
+        if path.name.endswith(ext):
+            return path.name[: -len(ext)].rsplit("_", 1)[-1]
+    return None
+
+
+def anat_images(in_dir: Path, suffixes: list[str] | tuple[str, ...]) -> list[Path]:
+    """Relative paths of the NIfTI images in `anat` folders whose suffix is listed."""
+    wanted = set(suffixes)
+    found = []
+    for path in sorted(Path(in_dir).rglob("*")):
+        if path.is_file() and "anat" in path.relative_to(in_dir).parts[:-1] and image_suffix(path) in wanted:
+            found.append(path.relative_to(in_dir))
+    return found
+
+
+def deface_session(
+    in_dir: Path,
+    out_dir: Path,
+    suffixes: list[str],
+    records_json: Path,
+    qc_dir: Path | None,
+    engine: str = "auto",
+    threads: int | None = None,
+) -> list[DefaceRecord]:
+    """Copy a session's BIDS tree to `out_dir` with every listed anat image defaced, atomically.
+
+    Every image is tried so the error names all that failed; if any guard trips nothing is written
+    (`out_dir` and `records_json` stay as they were) and GuardError names the images.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise ConfigError("session folder not found", in_dir)
+    targets = set(anat_images(in_dir, suffixes))
+    records: list[DefaceRecord] = []
+    refused: list[str] = []
+    with atomic_dir(out_dir) as staging:
+        for path in sorted(in_dir.rglob("*")):
+            relative = path.relative_to(in_dir)
+            destination = staging / relative
+            if path.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if relative not in targets:
+                shutil.copyfile(path, destination)
+                continue
+            qc_png = None if qc_dir is None else Path(qc_dir) / (_stem(relative) + "_deface.png")
+            try:
+                record = deface_image(path, destination, engine=engine, qc_png=qc_png, threads=threads,
+                                      name=relative.as_posix())
+            except GuardError as exc:
+                refused.append(f"{relative.as_posix()}: {exc}")
+                continue
+            records.append(record)
+        if refused:
+            raise GuardError("session withheld, defacing refused for " + " | ".join(refused), in_dir.name)
+    atomic_write_json(records_json, [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records])
+    return records
+
+
+def _stem(relative: Path) -> str:
+    name = relative.name
+    for ext in NIFTI_SUFFIXES:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    record = deface_image(
+        Path(args.input),
+        Path(args.output),
+        engine=args.engine,
+        qc_png=Path(args.qc) if args.qc else None,
+        mask_path=Path(args.mask) if args.mask else None,
+        threads=getattr(args, "threads", None),
+    )
+    print(
+        f"{record.input}: defaced with {record.engine} in {record.seconds:.1f} s, "
+        f"{record.removed_cm3:.0f} cm3 removed, agreement Dice "
+        f"{'n/a' if record.agreement_dice is None else f'{record.agreement_dice:.3f}'}, "
+        f"metric {record.metric if record.metric is not None else 'n/a'}"
+    )
+    return 0

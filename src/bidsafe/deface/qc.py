@@ -1,0 +1,73 @@
+"""QC picture: three orthogonal views before and after defacing, the removed region outlined in red.
+
+Small (about 40-90 kB) so that hundreds can be browsed. The picture shows the face before removal, so it
+belongs to the QC area beside the release, never inside it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bidsafe.fsutil import atomic_write_bytes
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip voxel axes towards RAS (no resampling) and return the matching voxel sizes."""
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(data, ornt)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[ornt[:, 0].astype(int)]
+    return out, zooms
+
+
+def _centre(mask: np.ndarray, data: np.ndarray) -> tuple[int, int, int]:
+    """Slices through the removed region (its centre), or the middle of the image when nothing was removed."""
+    if mask.any():
+        idx = np.argwhere(mask)
+        centre = idx.mean(axis=0)
+        # mid-sagittal: the head's middle in x rather than the mask's, which spans the whole width
+        head = np.argwhere(data > np.percentile(data, 75))
+        if head.size:
+            centre[0] = head[:, 0].mean()
+    else:
+        centre = (np.array(mask.shape) - 1) / 2
+    return tuple(int(round(c)) for c in centre)
+
+
+def write_qc_png(img: nib.Nifti1Image, removal: np.ndarray, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    first = img.dataobj[..., 0] if img.ndim == 4 else img.dataobj
+    data, zooms = _canonical(np.nan_to_num(np.asarray(first, dtype=np.float32)), img.affine)
+    mask, _ = _canonical(removal, img.affine)
+    after = np.where(mask, 0.0, data)
+    vmax = float(np.percentile(data[data > 0], 99.5)) if np.any(data > 0) else 1.0
+    x, y, z = _centre(mask, data)
+    views = [
+        (lambda a: a[x, :, :], zooms[2] / zooms[1], "sagittal"),
+        (lambda a: a[:, y, :], zooms[2] / zooms[0], "coronal"),
+        (lambda a: a[:, :, z], zooms[1] / zooms[0], "axial"),
+    ]
+    fig = Figure(figsize=(7.5, 5.0), dpi=72)
+    axes = fig.subplots(2, 3)
+    for column, (cut, aspect, name) in enumerate(views):
+        for row, volume in enumerate((data, after)):
+            ax = axes[row, column]
+            ax.imshow(cut(volume).T, origin="lower", cmap="gray", vmin=0, vmax=vmax, aspect=aspect,
+                      interpolation="nearest")
+            if cut(mask).any():
+                ax.contour(cut(mask).T.astype(np.uint8), levels=[0.5], colors="red", linewidths=0.7)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+    fig.suptitle(f"{title}  (top: before, bottom: after; red: removed)", fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.02, hspace=0.05)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72)
+    return atomic_write_bytes(path, buffer.getvalue())

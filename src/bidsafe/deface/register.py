@@ -1,0 +1,338 @@
+"""Built-in registration of pydeface's head template to a subject (template = moving, subject = fixed).
+
+Transforms are 4x4 matrices mapping subject world coordinates (RAS mm) to template world coordinates, the
+direction SimpleITK optimises and the direction of the reference in deface-reference.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from bidsafe.deface import template as tpl
+from bidsafe.deface.template import Grid, TemplateLevel
+
+GLOBAL_SPACING_MM = 6.0
+CHECK_SPACING_MM = 4.0
+MASK_SPACING_MM = 4.0
+REFINE_SPACINGS_MM = (4.0, 2.0)
+SUBJECT_MARGIN_MM = 10.0
+SAMPLING_SEED = 20240601
+DEBUG = False
+SETTINGS = {"sim_it": 60, "coarse_sampling": 1.0, "fine_sampling": 0.1, "coarse_it": 60, "fine_it": 60,
+            "affine_lr": 2.0}
+
+
+@dataclass(frozen=True)
+class SubjectLevel:
+    grid: Grid
+    image: np.ndarray  # float32, scaled to the head's 99th percentile
+    head: np.ndarray  # bool: the head (inside the field of view)
+    region: np.ndarray  # bool: inside the field of view and near the head: where the metric samples
+
+
+@dataclass
+class Candidate:
+    """One registration: the transform, its metric value and the path that led to it."""
+
+    matrix: np.ndarray
+    metric: float
+    label: str
+    history: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RegistrationResult:
+    primary: Candidate
+    alternative: Candidate
+    global_candidates: list[Candidate]
+    final_metric: float
+    seconds: float
+    levels: dict[float, SubjectLevel]
+
+
+def set_threads(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
+
+
+# --- working images -------------------------------------------------------------------------------------------
+
+
+def subject_grid(affine: np.ndarray, shape: tuple[int, ...], spacing: float) -> Grid:
+    corners = tpl.corners_world(affine, shape)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    dims = tuple(int(n) for n in np.ceil((high - low) / spacing) + 1)
+    return Grid(origin=tuple(float(v) for v in low), spacing=spacing, shape=dims)
+
+
+def field_of_view(affine: np.ndarray, shape: tuple[int, ...], grid: Grid) -> np.ndarray:
+    """Voxels of `grid` whose centres lie inside the image's field of view."""
+    vox_to_vox = np.linalg.solve(affine, grid.affine)
+    ii, jj, kk = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in grid.shape), indexing="ij", sparse=True)
+    inside = np.ones(grid.shape, dtype=bool)
+    for axis in range(3):
+        coord = vox_to_vox[axis, 0] * ii + vox_to_vox[axis, 1] * jj + vox_to_vox[axis, 2] * kk
+        coord = coord + vox_to_vox[axis, 3]
+        inside &= (coord >= -0.5) & (coord <= shape[axis] - 0.5)
+    return inside
+
+
+def prepare_subject(volume: np.ndarray, affine: np.ndarray, spacings: tuple[float, ...]) -> dict[float, SubjectLevel]:
+    """Resample a 3D volume onto axis-aligned working grids, each cropped to the head plus a margin.
+
+    The finest level is sampled from the (smoothed) volume, coarser ones from the finest. The head is found
+    once, on a 4 mm grid (morphology on finer grids costs seconds and gains nothing), and carried to the others.
+    """
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    finest = min(spacings)
+    mask_spacing = max(MASK_SPACING_MM, finest)
+    grid = subject_grid(affine, volume.shape, finest)
+    smoothed = tpl.smooth_for_spacing(np.asarray(volume, dtype=np.float32), zooms, finest)
+    image = tpl.resample(smoothed, affine, grid.affine, grid.shape)
+    del smoothed
+    images = {finest: (grid, image)}
+    for spacing in sorted({*spacings, mask_spacing} - {finest}):
+        level_grid = subject_grid(affine, volume.shape, spacing)
+        coarse = tpl.smooth_for_spacing(image, np.full(3, finest), spacing)
+        images[spacing] = (level_grid, tpl.resample(coarse, grid.affine, level_grid.affine, level_grid.shape))
+    mask_grid, mask_image = images[mask_spacing]
+    mask_fov = field_of_view(affine, volume.shape, mask_grid)
+    head = tpl.head_mask(np.where(mask_fov, mask_image, 0.0), mask_spacing)
+    margin = max(1, round(SUBJECT_MARGIN_MM / mask_spacing))
+    region = ndimage.binary_dilation(head, tpl.ball(margin)) & mask_fov
+    levels: dict[float, SubjectLevel] = {}
+    for spacing in spacings:
+        level_grid, level_image = images[spacing]
+        fov = field_of_view(affine, volume.shape, level_grid)
+        level_head = _carry_mask(head, mask_grid, level_grid) & fov
+        level_region = _carry_mask(region, mask_grid, level_grid) & fov
+        box, level_grid = tpl.crop_grid(level_grid, level_region, pad=2)
+        levels[spacing] = SubjectLevel(
+            grid=level_grid, image=tpl.normalise(level_image[box], level_head[box]),
+            head=level_head[box], region=level_region[box],
+        )
+    return levels
+
+
+def _carry_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+    if source == target:
+        return mask
+    return tpl.resample(mask.view(np.uint8), source.affine, target.affine, target.shape, order=0).astype(bool)
+
+
+def _to_sitk(array: np.ndarray, grid: Grid, pixel=sitk.sitkFloat32) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image = sitk.Cast(image, pixel)
+    image.SetSpacing((grid.spacing,) * 3)
+    image.SetOrigin(grid.origin)
+    return image
+
+
+# --- transforms -----------------------------------------------------------------------------------------------
+
+
+def matrix_of(transform: sitk.Transform) -> np.ndarray:
+    """4x4 matrix of an affine-family SimpleITK transform (x -> A (x - c) + c + t)."""
+    t = sitk.AffineTransform(3)
+    t.SetMatrix(transform.GetMatrix())
+    t.SetCenter(transform.GetCenter())
+    t.SetTranslation(transform.GetTranslation())
+    a = np.array(t.GetMatrix()).reshape(3, 3)
+    c = np.array(t.GetCenter())
+    out = np.eye(4)
+    out[:3, :3] = a
+    out[:3, 3] = np.array(t.GetTranslation()) + c - a @ c
+    return out
+
+
+def affine_transform_of(matrix: np.ndarray, center: np.ndarray) -> sitk.AffineTransform:
+    t = sitk.AffineTransform(3)
+    a = matrix[:3, :3]
+    t.SetMatrix(tuple(a.ravel()))
+    t.SetCenter(tuple(float(v) for v in center))
+    t.SetTranslation(tuple(float(v) for v in matrix[:3, 3] - center + a @ center))
+    return t
+
+
+def similarity_transform_of(matrix: np.ndarray, center: np.ndarray) -> sitk.Similarity3DTransform:
+    """Nearest similarity to a matrix (polar decomposition: rotation times mean scale)."""
+    a = matrix[:3, :3]
+    u, s, vt = np.linalg.svd(a)
+    rotation = u @ vt
+    if np.linalg.det(rotation) < 0:
+        u[:, -1] *= -1
+        rotation = u @ vt
+    scale = float(np.exp(np.mean(np.log(s))))
+    t = sitk.Similarity3DTransform()
+    t.SetCenter(tuple(float(v) for v in center))
+    t.SetMatrix(tuple(rotation.ravel()))
+    t.SetScale(scale)
+    linear = scale * rotation
+    t.SetTranslation(tuple(float(v) for v in matrix[:3, 3] - center + linear @ center))
+    return t
+
+
+def rotation_matrix(axis: str, degrees: float) -> np.ndarray:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    r = np.eye(4)
+    r[i, i] = r[j, j] = c
+    r[i, j], r[j, i] = -s, s
+    return r
+
+
+def translation_matrix(offset: np.ndarray) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = offset
+    return m
+
+
+# --- the registration -------------------------------------------------------------------------------------------
+
+
+def _cap(image: np.ndarray, region: np.ndarray, grid: Grid, depth_mm: float = 90.0) -> tuple[np.ndarray, float]:
+    """Centroid (world) and size (cube root of volume, mm) of the top `depth_mm` of the head."""
+    head = tpl.head_mask(np.where(region, image, 0.0), grid.spacing)
+    idx = np.argwhere(head)
+    world = grid.affine[:3, :3] @ idx.T + grid.affine[:3, 3:4]
+    top = world[2].max()
+    cap = world[:, world[2] > top - depth_mm]
+    return cap.mean(axis=1), float(cap.shape[1] ** (1 / 3) * grid.spacing)
+
+
+def initial_transform(subject: SubjectLevel, template: TemplateLevel) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity aligning the skull caps (top 90 mm) of subject and template; returns (matrix, subject centre)."""
+    s_centre, s_size = _cap(subject.image, subject.region, subject.grid)
+    t_centre, t_size = _cap(template.image, template.cranium_region, template.grid)
+    scale = t_size / s_size
+    m = translation_matrix(t_centre) @ np.diag([scale, scale, scale, 1.0]) @ translation_matrix(-s_centre)
+    return m, s_centre
+
+
+def _method(fixed_mask: sitk.Image, moving_mask: sitk.Image, sampling: float, iterations: int,
+            learning_rate: float, min_step: float) -> sitk.ImageRegistrationMethod:
+    r = sitk.ImageRegistrationMethod()
+    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    r.SetMetricFixedMask(fixed_mask)
+    r.SetMetricMovingMask(moving_mask)
+    if sampling < 1.0:
+        r.SetMetricSamplingStrategy(r.RANDOM)
+        r.SetMetricSamplingPercentage(sampling, SAMPLING_SEED)
+    else:
+        r.SetMetricSamplingStrategy(r.NONE)
+    r.SetInterpolator(sitk.sitkLinear)
+    r.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=learning_rate, minStep=min_step, numberOfIterations=iterations,
+        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6,
+    )
+    r.SetOptimizerScalesFromPhysicalShift()
+    return r
+
+
+@dataclass
+class _Stage:
+    fixed: sitk.Image
+    fixed_mask: sitk.Image
+    moving: sitk.Image
+    moving_mask: sitk.Image
+
+
+def _stage(subject: SubjectLevel, template: TemplateLevel, region: str) -> _Stage:
+    moving_region = template.cranium_region if region == "cranium" else template.face_region
+    return _Stage(
+        fixed=_to_sitk(subject.image, subject.grid),
+        fixed_mask=_to_sitk(subject.region.astype(np.uint8), subject.grid, sitk.sitkUInt8),
+        moving=_to_sitk(template.image, template.grid),
+        moving_mask=_to_sitk(moving_region.astype(np.uint8), template.grid, sitk.sitkUInt8),
+    )
+
+
+def _optimise(stage: _Stage, transform: sitk.Transform, sampling: float, iterations: int,
+              learning_rate: float = 2.0, min_step: float = 0.01) -> tuple[np.ndarray, float]:
+    r = _method(stage.fixed_mask, stage.moving_mask, sampling, iterations, learning_rate, min_step)
+    r.SetInitialTransform(transform, inPlace=True)
+    t0 = time.process_time()
+    r.Execute(stage.fixed, stage.moving)
+    if DEBUG:
+        print(f"    optimise: {r.GetOptimizerIteration()} it, {time.process_time() - t0:.2f} s cpu, "
+              f"metric {r.GetMetricValue():.4f}, fixed {stage.fixed.GetSize()}, "
+              f"{r.GetOptimizerStopConditionDescription()[:80]}")
+    return matrix_of(transform), float(r.GetMetricValue())
+
+
+def evaluate(stage: _Stage, matrix: np.ndarray, centre: np.ndarray) -> float:
+    r = _method(stage.fixed_mask, stage.moving_mask, 1.0, 0, 1.0, 1.0)
+    r.SetInitialTransform(affine_transform_of(matrix, centre), inPlace=False)
+    return float(r.MetricEvaluate(stage.fixed, stage.moving))
+
+
+GLOBAL_PITCHES = (-30.0, -15.0, 0.0, 15.0, 30.0)
+GLOBAL_ROLLS = (0.0,)
+
+
+def global_search(levels: dict[float, SubjectLevel]) -> tuple[list[Candidate], np.ndarray]:
+    """Similarity registrations of the cranium from several head pitches; best first."""
+    subject = levels[GLOBAL_SPACING_MM]
+    template = tpl.template_level(GLOBAL_SPACING_MM)
+    init, centre = initial_transform(subject, template)
+    stage = _stage(subject, template, "cranium")
+    candidates = []
+    for pitch in GLOBAL_PITCHES:
+        for roll in GLOBAL_ROLLS:
+            turn = translation_matrix(centre) @ rotation_matrix("x", pitch) @ rotation_matrix("y", roll)
+            start = init @ turn @ translation_matrix(-centre)
+            transform = similarity_transform_of(start, centre)
+            matrix, metric = _optimise(stage, transform, 1.0, 80, learning_rate=2.0, min_step=0.05)
+            candidates.append(Candidate(matrix, metric, f"pitch{pitch:+.0f}roll{roll:+.0f}"))
+    candidates.sort(key=lambda c: c.metric)
+    return candidates, centre
+
+
+def refine(levels: dict[float, SubjectLevel], start: np.ndarray, centre: np.ndarray, label: str) -> Candidate:
+    """Similarity on the cranium, then affine on the head above the chin, coarse to fine."""
+    history = []
+    coarse = min(s for s in levels if s > min(REFINE_SPACINGS_MM)) if len(levels) > 1 else min(levels)
+    stage = _stage(levels[coarse], tpl.template_level(coarse), "cranium")
+    matrix, metric = _optimise(stage, similarity_transform_of(start, centre), 1.0, SETTINGS["sim_it"], 1.0, 0.01)
+    history.append(f"similarity@{coarse:g}mm {metric:.4f}")
+    for spacing in REFINE_SPACINGS_MM:
+        if spacing not in levels:
+            continue
+        stage = _stage(levels[spacing], tpl.template_level(spacing), "face")
+        sampling = SETTINGS["coarse_sampling"] if spacing >= 4 else SETTINGS["fine_sampling"]
+        iterations = SETTINGS["coarse_it"] if spacing >= 4 else SETTINGS["fine_it"]
+        matrix, metric = _optimise(stage, affine_transform_of(matrix, centre), sampling, iterations,
+                                   SETTINGS["affine_lr"], 0.005)
+        history.append(f"affine@{spacing:g}mm {metric:.4f}")
+    return Candidate(matrix, metric, label, history)
+
+
+def perturb(matrix: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """A deliberately different start near `matrix`: 10 degrees of pitch, 5 of yaw, 8 mm forward, 5 % larger."""
+    turn = rotation_matrix("x", 10.0) @ rotation_matrix("z", -5.0) @ np.diag([1.05, 1.05, 1.05, 1.0])
+    return matrix @ translation_matrix(centre + np.array([0.0, 8.0, 0.0])) @ turn @ translation_matrix(-centre)
+
+
+def register(volume: np.ndarray, affine: np.ndarray, threads: int = 1) -> RegistrationResult:
+    started = time.monotonic()
+    set_threads(threads)
+    levels = prepare_subject(volume, affine, (GLOBAL_SPACING_MM, *REFINE_SPACINGS_MM))
+    candidates, centre = global_search(levels)
+    best = candidates[0]
+    primary = refine(levels, best.matrix, centre, best.label)
+    alternative = refine(levels, perturb(best.matrix, centre), centre, best.label + "+perturbed")
+    final_metric = check_metric(levels, primary.matrix)
+    return RegistrationResult(primary, alternative, candidates, final_metric, time.monotonic() - started, levels)
+
+
+def check_metric(levels: dict[float, SubjectLevel], matrix: np.ndarray) -> float:
+    """The guard's metric: Mattes MI over the head above the chin at 4 mm, every voxel sampled."""
+    subject = levels[CHECK_SPACING_MM]
+    stage = _stage(subject, tpl.template_level(CHECK_SPACING_MM), "face")
+    centre = subject.grid.affine[:3, :3] @ (np.array(subject.grid.shape) / 2) + np.array(subject.grid.origin)
+    return evaluate(stage, matrix, centre)
