@@ -52,6 +52,7 @@ class DefaceRecord:
     removed_cm3: float
     volumes: int
     seconds: float
+    matrix: list[list[float]] = field(default_factory=list)  # subject world -> template world (RAS mm)
     template_sha256: str = tpl.EXPECTED_TEMPLATE_SHA256
     notes: list[str] = field(default_factory=list)
 
@@ -284,7 +285,7 @@ def _raw_zero(img: nib.Nifti1Image) -> np.generic:
 
 def defaced_bytes(in_path: Path, img: nib.Nifti1Image, removal: np.ndarray, gzipped: bool) -> bytes:
     """The input file with face voxels zeroed: header and extensions byte for byte, data in the same type."""
-    offset = int(img.header["vox_offset"])
+    offset = int(img.dataobj.offset)  # the loaded header's vox_offset reads 0; the proxy keeps the real one
     opener = gzip.open if str(in_path).endswith(".gz") else open
     with opener(in_path, "rb") as handle:
         prefix = handle.read(offset)
@@ -376,6 +377,7 @@ def deface_image(
         removed_cm3=round(removed * float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0, 2),
         volumes=estimate.volumes,
         seconds=round(time.monotonic() - started, 2),
+        matrix=[[round(float(v), 6) for v in row] for row in estimate.matrix],
         notes=estimate.notes,
     )
 

@@ -1,0 +1,376 @@
+"""Defacing: the built-in engine on heads moved by known transforms, the guards, FSL selection, sessions.
+
+Test heads are pydeface's own template moved into new voxel grids by a known affine (with noise and a bias
+field), so the face mask carried through that affine is the truth the engine must reproduce.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bidsafe.cli import main as cli
+from bidsafe.deface import engine, fsl, guards
+from bidsafe.deface import template as tpl
+from bidsafe.errors import GuardError
+
+pytestmark = pytest.mark.slow
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    r = np.eye(4)
+    r[i, i] = r[j, j] = c
+    r[i, j], r[j, i] = -s, s
+    return r
+
+
+def head_pose(pitch=12.0, roll=-5.0, yaw=8.0, shift=(6.0, -9.0, 7.0), scale=1.04) -> np.ndarray:
+    """Template world -> subject world: a tilted, shifted, slightly larger head."""
+    move = np.eye(4)
+    move[:3, 3] = shift
+    return move @ rotation(0, pitch) @ rotation(1, roll) @ rotation(2, yaw) @ np.diag([scale] * 3 + [1.0])
+
+
+def grid_affine(axes: np.ndarray, voxel: tuple[float, float, float], shape: tuple[int, int, int]) -> np.ndarray:
+    """A grid with the given axis directions whose centre is at world (0, 10, 10)."""
+    affine = np.eye(4)
+    affine[:3, :3] = axes @ np.diag(voxel)
+    centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    affine[:3, 3] = np.array([0.0, 10.0, 10.0]) - centre
+    return affine
+
+
+LPS = np.diag([-1.0, -1.0, 1.0])
+PIR = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # sagittal slices
+
+
+def make_head(path: Path, pose: np.ndarray, axes: np.ndarray, voxel, fov_mm=(200.0, 250.0, 250.0),
+              volumes: int = 1, slope: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write the template moved by `pose` into a new grid; return (expected face mask, subject->template)."""
+    assets = tpl.load_assets()
+    along_axes = np.abs(axes.T) @ np.array(fov_mm)  # field of view along each voxel axis
+    shape = tuple(int(round(n / v)) for n, v in zip(along_axes, voxel, strict=True))
+    affine = grid_affine(axes, voxel, shape)
+    to_template = np.linalg.inv(pose)
+    vox = np.linalg.solve(assets.affine, to_template @ affine)
+    head = ndimage.affine_transform(assets.image, vox[:3, :3], vox[:3, 3], output_shape=shape, order=1)
+    keep = ndimage.affine_transform((~assets.face).astype(np.float32), vox[:3, :3], vox[:3, 3],
+                                    output_shape=shape, order=1, mode="nearest")
+    rng = np.random.default_rng(seed)
+    ii = np.linspace(-1, 1, shape[0])[:, None, None]
+    bias = np.exp(0.15 * ii)
+    frames = []
+    for _ in range(volumes):
+        noisy = np.abs(head * bias + rng.normal(0, 8.0, shape))
+        frames.append(np.round(noisy / slope).astype(np.int16))
+    data = np.stack(frames, axis=-1) if volumes > 1 else frames[0]
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_slope_inter(slope, 0.0)
+    img.header["descrip"] = b"bidsafe deface test"
+    img.to_filename(path)
+    return keep < 0.5, to_template
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+
+
+def transform_error_mm(found: np.ndarray, truth: np.ndarray, centre=(0.0, 10.0, 10.0), half=75.0) -> float:
+    """Largest distance between where two transforms send the corners of a 150 mm cube around the head."""
+    corners = np.array([[x, y, z, 1.0] for x in (-half, half) for y in (-half, half) for z in (-half, half)])
+    corners[:, :3] += centre
+    return float(np.max(np.linalg.norm((found @ corners.T - truth @ corners.T)[:3], axis=0)))
+
+
+def raw_data(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(path).dataobj.get_unscaled())
+
+
+def header_bytes(path: Path) -> bytes:
+    with gzip.open(path, "rb") as handle:
+        return handle.read(352)
+
+
+# --- the engine on realistic heads -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    """A 1.2 mm LPS head, scaled data (slope 2), defaced once through the command line."""
+    folder = tmp_path_factory.mktemp("realistic")
+    src = folder / "sub-01_T1w.nii.gz"
+    expected, truth = make_head(src, head_pose(), LPS, (1.2, 1.2, 1.2), slope=2.0)
+    out, mask, qc = folder / "defaced.nii.gz", folder / "mask.nii.gz", folder / "qc.png"
+    code = cli(["deface", str(src), str(out), "--engine", "builtin", "--qc", str(qc), "--mask", str(mask)])
+    return {"src": src, "out": out, "mask": mask, "qc": qc, "expected": expected, "truth": truth, "code": code}
+
+
+def test_realistic_head_face_removed_where_the_known_transform_puts_it(realistic):
+    assert realistic["code"] == 0
+    removal = np.asarray(nib.load(realistic["mask"]).dataobj) > 0
+    assert dice(removal, realistic["expected"]) >= 0.9
+    defaced, original = raw_data(realistic["out"]), raw_data(realistic["src"])
+    assert np.all(defaced[removal] == 0)
+    assert np.array_equal(defaced[~removal], original[~removal])  # everything else untouched, bit for bit
+    assert removal.sum() > 0.05 * removal.size  # a real face, not a sliver
+
+
+def test_output_keeps_header_dtype_and_scaling(realistic):
+    src, out = nib.load(realistic["src"]), nib.load(realistic["out"])
+    assert header_bytes(realistic["out"]) == header_bytes(realistic["src"])
+    assert out.get_data_dtype() == src.get_data_dtype() == np.int16
+    assert out.dataobj.slope == 2.0 and np.allclose(out.affine, src.affine)
+    assert out.header["descrip"].tobytes().rstrip(b"\0") == b"bidsafe deface test"
+
+
+def test_qc_picture_is_small_png(realistic):
+    data = realistic["qc"].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) < 150_000
+
+
+def test_recovers_known_transform(tmp_path):
+    src = tmp_path / "head.nii.gz"
+    pose = head_pose(pitch=-18.0, roll=6.0, yaw=-4.0, shift=(-8.0, 12.0, -5.0), scale=0.96)
+    expected, truth = make_head(src, pose, np.eye(3), (1.5, 1.5, 1.5), seed=3)
+    record = engine.deface_image(src, tmp_path / "out.nii.gz", engine="builtin", mask_path=tmp_path / "m.nii")
+    assert transform_error_mm(np.array(record.matrix), truth) < 4.0
+    removal = np.asarray(nib.load(tmp_path / "m.nii").dataobj) > 0
+    assert dice(removal, expected) >= 0.9
+    assert record.agreement_dice >= guards.MIN_AGREEMENT_DICE and record.brain_voxels_removed == 0
+    assert all(0.8 <= v <= 1.25 for v in record.singular_values)
+    assert record.output_sha256 == __import__("hashlib").sha256((tmp_path / "out.nii.gz").read_bytes()).hexdigest()
+
+
+def test_4d_every_volume_masked_identically(tmp_path):
+    src = tmp_path / "multi.nii.gz"
+    expected, _ = make_head(src, head_pose(pitch=5.0), LPS, (2.0, 2.0, 2.0), volumes=3, seed=4)
+    record = engine.deface_image(src, tmp_path / "out.nii.gz", engine="builtin")
+    assert record.volumes == 3
+    defaced, original = raw_data(tmp_path / "out.nii.gz"), raw_data(src)
+    assert defaced.shape == original.shape
+    face = engine.face_in_grid(np.array(record.matrix), nib.load(src).affine, original.shape[:3])
+    assert face.sum() > 0.05 * face.size
+    for t in range(3):
+        assert np.all(defaced[..., t][face] == 0)
+        assert np.array_equal(defaced[..., t][~face], original[..., t][~face])
+    assert dice(face, expected) >= 0.9
+
+
+def test_anisotropic_sagittal_input(tmp_path):
+    src = tmp_path / "aniso.nii.gz"
+    expected, truth = make_head(src, head_pose(pitch=-10.0, yaw=5.0), PIR, (1.0, 1.0, 4.0), seed=5)
+    assert nib.load(src).header.get_zooms() == (1.0, 1.0, 4.0)
+    record = engine.deface_image(src, tmp_path / "out.nii.gz", engine="builtin", mask_path=tmp_path / "m.nii.gz")
+    removal = np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj) > 0
+    assert dice(removal, expected) >= 0.9
+    assert transform_error_mm(np.array(record.matrix), truth) < 5.0
+
+
+# --- guards ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def known_grid():
+    """A 2 mm grid and the exact subject -> template transform of a head in it (no registration needed)."""
+    pose = head_pose()
+    shape = (100, 125, 125)
+    return {"affine": grid_affine(LPS, (2.0, 2.0, 2.0), shape), "shape": shape, "truth": np.linalg.inv(pose)}
+
+
+def test_guards_pass_the_true_transform(known_grid):
+    _, report = engine.apply_guards(known_grid["truth"], known_grid["affine"], known_grid["shape"],
+                                    alternative=known_grid["truth"], metric=-0.6)
+    assert report.failures == []
+    assert report.agreement_dice == 1.0 and report.brain_voxels_removed == 0
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (np.diag([1.45, 1.45, 1.45, 1.0]), "implausible scale"),
+        (np.diag([-1.0, 1.0, 1.0, 1.0]), "reflection"),
+        (np.array([[1, 0.35, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), "implausible shear"),
+    ],
+)
+def test_guards_trip_on_implausible_linear_part(known_grid, wrong, message):
+    _, report = engine.apply_guards(wrong @ known_grid["truth"], known_grid["affine"], known_grid["shape"])
+    assert any(message in failure for failure in report.failures)
+
+
+def test_guards_trip_when_face_mask_slides_into_the_brain(known_grid):
+    # The face mask moved 25 mm back and 20 mm up in the template: into the frontal lobe of the true head.
+    slide = np.eye(4)
+    slide[:3, 3] = (0.0, 25.0, -20.0)
+    wrong = slide @ known_grid["truth"]
+    _, report = engine.apply_guards(wrong, known_grid["affine"], known_grid["shape"],
+                                    alternative=known_grid["truth"], metric=-0.6)
+    assert report.brain_voxels_removed > 0
+    assert any("reaches the brain" in f for f in report.failures)
+    assert any("disagree" in f for f in report.failures)
+
+
+def test_guard_trips_on_poor_metric(known_grid):
+    _, report = engine.apply_guards(known_grid["truth"], known_grid["affine"], known_grid["shape"], metric=-0.1)
+    assert any("poor image match" in f for f in report.failures)
+
+
+@pytest.fixture(scope="module")
+def giant_head(tmp_path_factory):
+    """A head 1.6 times the template's size: no plausible registration exists, a guard must trip."""
+    folder = tmp_path_factory.mktemp("giant")
+    src = folder / "sub-02_T1w.nii.gz"
+    make_head(src, head_pose(scale=1.6), np.eye(3), (2.5, 2.5, 2.5), fov_mm=(320.0, 400.0, 400.0), seed=6)
+    return src
+
+
+def test_guard_trip_writes_nothing_and_exits_3(giant_head, tmp_path, capsys):
+    out, mask, qc = tmp_path / "out.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "qc.png"
+    code = cli(["deface", str(giant_head), str(out), "--engine", "builtin", "--mask", str(mask), "--qc", str(qc)])
+    assert code == 3
+    assert "deface refused" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    assert cli(["deface", str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli(["deface", "a.nii.gz", "b.nii.gz", "--engine", "magic"])
+    assert exc.value.code == 2
+
+
+# --- FSL ------------------------------------------------------------------------------------------------------
+
+
+def fake_tools(folder: Path, names: tuple[str, ...]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        tool = folder / name
+        tool.write_text("#!/bin/sh\necho fake FSL tool must not run >&2\nexit 99\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return folder
+
+
+def test_auto_picks_fsl_only_when_fsldir_and_tools_exist(tmp_path, monkeypatch):
+    fsldir = tmp_path / "fsl"
+    fsldir.mkdir()
+    both = fake_tools(tmp_path / "bin", ("flirt", "fsl"))
+    only_flirt = fake_tools(tmp_path / "bin2", ("flirt",))
+    empty = tmp_path / "none"
+    empty.mkdir()
+    base = {"PATH": f"{both}{os.pathsep}/usr/bin", "FSLDIR": str(fsldir)}
+    assert fsl.fsl_available(base)
+    assert not fsl.fsl_available({**base, "FSLDIR": ""})
+    assert not fsl.fsl_available({**base, "FSLDIR": str(tmp_path / "absent")})
+    assert not fsl.fsl_available({**base, "PATH": str(only_flirt)})
+    assert not fsl.fsl_available({**base, "PATH": str(empty)})
+
+    monkeypatch.setenv("PATH", f"{both}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FSLDIR", str(fsldir))
+    assert engine.choose_engine("auto") == "fsl"
+    assert engine.choose_engine("builtin") == "builtin"
+    monkeypatch.delenv("FSLDIR")
+    assert engine.choose_engine("auto") == "builtin"
+    with pytest.raises(engine.ConfigError):
+        engine.choose_engine("fsl")
+
+
+def test_fsl_command_line_is_one_pydeface_accepts(tmp_path):
+    command = fsl.fsl_command(tmp_path / "in.nii.gz", tmp_path / "out.nii.gz")
+    program_len = len(fsl.pydeface_program())
+    assert command[program_len] == str(tmp_path / "in.nii.gz")
+    args = command[program_len + 1:]
+    assert args[args.index("--outfile") + 1] == str(tmp_path / "out.nii.gz")
+    assert {"--force", "--nocleanup"} <= set(args)
+    assert args[args.index("--cost") + 1] == "mutualinfo"
+    assert Path(args[args.index("--template") + 1]).name == "mean_reg2mean.nii.gz"
+    assert Path(args[args.index("--facemask") + 1]).name == "facemask.nii.gz"
+    # the installed pydeface knows every flag we pass
+    helptext = subprocess.run([*fsl.pydeface_program(), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in (a for a in args if a.startswith("--")):
+        assert flag in helptext
+    mask, mat = fsl.nocleanup_outputs(tmp_path / "in.nii.gz")
+    assert (mask.name, mat.name) == ("in_pydeface_mask.nii.gz", "in_pydeface.mat")
+
+
+def test_flirt_matrix_convention():
+    # FSL coordinates ignore how the voxels are stored: a template and its left-right flipped storage share
+    # them, so FLIRT's identity matrix between the two is the identity in world space.
+    assets = tpl.load_assets()
+    shape, zooms = assets.image.shape, (1.0, 0.9765625, 0.9765625)
+    flipped = assets.affine @ np.array([[-1, 0, 0, shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    world = fsl.flirt_to_world(np.eye(4), (assets.affine, shape, zooms), (flipped, shape, zooms))
+    assert np.allclose(world, np.eye(4), atol=1e-6)
+    # and a FLIRT translation of +5 mm along FSL x is -5 mm along world x for this (det > 0) template
+    shift = np.eye(4)
+    shift[0, 3] = 5.0
+    world = fsl.flirt_to_world(shift, (assets.affine, shape, zooms), (assets.affine, shape, zooms))
+    assert np.allclose(world[:3, 3] @ (assets.affine[:3, 0] / np.linalg.norm(assets.affine[:3, 0])), -5.0)
+
+
+# --- sessions -------------------------------------------------------------------------------------------------
+
+
+def make_session(root: Path, heads: dict[str, Path]) -> Path:
+    session = root / "sub-01" / "ses-1"
+    (session / "anat").mkdir(parents=True)
+    (session / "func").mkdir()
+    for name, source in heads.items():
+        (session / "anat" / name).write_bytes(source.read_bytes())
+        (session / "anat" / name.replace(".nii.gz", ".json")).write_text('{"EchoTime": 0.003}\n')
+    (session / "func" / "sub-01_ses-1_task-rest_bold.json").write_text('{"RepetitionTime": 2}\n')
+    (session / "sub-01_ses-1_scans.tsv").write_text("filename\tacq_time\n")
+    return session
+
+
+def test_session_defaced_and_recorded(tmp_path, realistic):
+    session = make_session(tmp_path / "in", {"sub-01_ses-1_T1w.nii.gz": realistic["src"]})
+    out, records_json, qc_dir = tmp_path / "out" / "ses-1", tmp_path / "records.json", tmp_path / "qc"
+    records = engine.deface_session(session, out, ["T1w", "T2w"], records_json, qc_dir, engine="builtin")
+    assert [r.input for r in records] == ["anat/sub-01_ses-1_T1w.nii.gz"]
+    released = out / "anat" / "sub-01_ses-1_T1w.nii.gz"
+    assert dice(raw_data(released) != raw_data(realistic["src"]), realistic["expected"]) >= 0.85
+    for relative in ("anat/sub-01_ses-1_T1w.json", "func/sub-01_ses-1_task-rest_bold.json",
+                     "sub-01_ses-1_scans.tsv"):
+        assert (out / relative).read_bytes() == (session / relative).read_bytes()
+    listed = json.loads(records_json.read_text())
+    assert listed[0]["path"] == "anat/sub-01_ses-1_T1w.nii.gz"
+    assert listed[0]["sha256"] == __import__("hashlib").sha256(released.read_bytes()).hexdigest()
+    assert (qc_dir / "sub-01_ses-1_T1w_deface.png").is_file()
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temporary left behind
+
+
+def test_session_withheld_when_a_guard_trips(tmp_path, realistic, giant_head):
+    session = make_session(tmp_path / "in", {"sub-01_ses-1_T1w.nii.gz": realistic["src"],
+                                             "sub-01_ses-1_T2w.nii.gz": giant_head})
+    out, records_json = tmp_path / "out" / "ses-1", tmp_path / "records.json"
+    with pytest.raises(GuardError) as exc:
+        engine.deface_session(session, out, ["T1w", "T2w"], records_json, None, engine="builtin")
+    assert "anat/sub-01_ses-1_T2w.nii.gz" in str(exc.value)
+    assert "anat/sub-01_ses-1_T1w.nii.gz" not in str(exc.value)
+    assert not out.exists() and not records_json.exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_session_picks_anat_images_by_suffix(tmp_path):
+    session = tmp_path / "ses-1"
+    for relative in ("anat/sub-1_T1w.nii.gz", "anat/sub-1_acq-x_FLAIR.nii", "anat/sub-1_T1w.json",
+                     "func/sub-1_task-a_bold.nii.gz", "anat/sub-1_defacemask.nii.gz"):
+        (session / relative).parent.mkdir(parents=True, exist_ok=True)
+        (session / relative).write_bytes(b"")
+    found = engine.anat_images(session, ["T1w", "FLAIR"])
+    assert [p.as_posix() for p in found] == ["anat/sub-1_T1w.nii.gz", "anat/sub-1_acq-x_FLAIR.nii"]
