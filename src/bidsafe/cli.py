@@ -104,6 +104,8 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["auto", "builtin", "fsl"], default="auto")
     p.add_argument("--qc", metavar="QC.png", help="write a before/after picture")
     p.add_argument("--mask", metavar="MASK.nii.gz", help="write the removal mask")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="registration threads (default: $BIDSAFE_DEFACE_THREADS or 1)")
     p.set_defaults(handler="bidsafe.deface.engine:cli_main")
 
 

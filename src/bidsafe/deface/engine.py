@@ -110,10 +110,13 @@ def registration_volume(img: nib.Nifti1Image) -> np.ndarray:
     if img.ndim == 3:
         volume = np.asarray(img.dataobj, dtype=np.float32)
     else:
+        # read once (slicing a .gz proxy per volume decompresses from the start each time), average in float32
+        raw = np.asanyarray(img.dataobj.get_unscaled())
         volume = np.zeros(img.shape[:3], dtype=np.float32)
         for index in range(img.shape[3]):
-            volume += np.asarray(img.dataobj[..., index], dtype=np.float32)
-        volume /= img.shape[3]
+            volume += raw[..., index]
+        del raw
+        volume = volume / img.shape[3] * np.float32(img.dataobj.slope) + np.float32(img.dataobj.inter)
     if img.get_data_dtype().kind == "f" or img.dataobj.slope != 1 or img.dataobj.inter != 0:
         volume = np.nan_to_num(volume, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return volume
