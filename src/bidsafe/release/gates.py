@@ -202,7 +202,12 @@ def gate_leak_scan(staging: str | Path, values: Any, also: Sequence[str | Path] 
     hits = [_hit_brief(hit, staging, also_paths) for hit in report.hits]
     passed = bool(report.clean) and not hits
     where = Counter(h["file"] for h in hits)
-    summary = f"{len(hits)} hits in {len(where)} files" + ("" if passed else " (values not shown)")
+    scanned = getattr(report, "files", None)
+    summary = (
+        f"{len(hits)} hits in {len(where)} files"
+        + (f" ({scanned} files scanned for {len(values)} values)" if isinstance(scanned, int) else "")
+        + ("" if passed else " (values not shown)")
+    )
     details: dict[str, Any] = {
         "values_scanned": len(values),
         # the scanner's own sanitised folder names when it gives them (a folder name could itself be personal)
