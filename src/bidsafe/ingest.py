@@ -17,7 +17,6 @@ are not opened at all, so re-indexing a large inbox costs one stat() per file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import io
@@ -27,7 +26,6 @@ import stat
 import struct
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -38,6 +36,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.phi import quiet_pydicom
 from bidsafe.private import private_write_bytes
 
 log = logging.getLogger(__name__)
@@ -258,26 +257,12 @@ class _TrackedFile:
         return self._raw.tell()
 
 
-@contextlib.contextmanager
-def _silenced_pydicom() -> Iterator[None]:
-    """pydicom's warnings and log records can quote header values and file names: keep them out of logs."""
-    logger = logging.getLogger("pydicom")
-    was_disabled = logger.disabled
-    logger.disabled = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.disabled = was_disabled
-
-
 def _read_header(path: str | Path, relpath: str, size: int, mtime_ns: int) -> IndexRow:
     """Read one file's header (never its pixels) into an index row, or raise _Unusable with the reason."""
     if size == 0:
         raise _Unusable(REASON_EMPTY)
     try:
-        with open(path, "rb") as raw, _silenced_pydicom():
+        with open(path, "rb") as raw, quiet_pydicom():
             fp = _TrackedFile(raw)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))

@@ -8,8 +8,11 @@ scanner can find it and a cleaner can remove it. Values never leave the private 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -373,21 +376,36 @@ class PersonalValues:
         return cls(PersonalValue(r["category"], r["field"], r["value"]) for r in json.loads(text))
 
 
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log records can quote header values and file names: none may reach a log."""
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
+
+
 def harvest_files(paths: Iterable[str | Path], *, private_text: bool = False) -> PersonalValues:
     """Harvest every readable DICOM file (header only); unreadable files are skipped (ingest reports them).
 
     With `private_text`, strings of identity private blocks are harvested too (`harvest_private_identity`).
     """
     values = PersonalValues()
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
-            continue
-        values.update(harvest_dataset(ds))
-        values.update(harvest_dataset(ds.file_meta, prefix="meta>") if ds.file_meta else ())
-        if private_text:
-            values.update(harvest_private_identity(ds))
+    with quiet_pydicom():
+        for path in paths:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
+                continue
+            values.update(harvest_dataset(ds))
+            values.update(harvest_dataset(ds.file_meta, prefix="meta>") if ds.file_meta else ())
+            if private_text:
+                values.update(harvest_private_identity(ds))
     return values
 
 

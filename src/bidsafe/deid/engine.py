@@ -18,16 +18,13 @@ Nothing identifying is printed or logged; the report (which names input paths) i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import logging
 import multiprocessing
 import os
 import re
 import shutil
 import struct
 import sys
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,7 +47,7 @@ from bidsafe.deid.private import TextCleaner
 from bidsafe.deid.uids import UidMapper
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir
-from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset
+from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset, quiet_pydicom
 
 if TYPE_CHECKING:
     from bidsafe.deid.rules import RuleSet
@@ -176,20 +173,6 @@ def write_report(report: DeidReport, path: str | Path) -> Path:
 
 
 # --- pydicom noise ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _silenced_pydicom() -> Iterator[None]:
-    """pydicom's warnings and log records can quote header values: none may reach a terminal or a log."""
-    logger = logging.getLogger("pydicom")
-    was_disabled = logger.disabled
-    logger.disabled = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.disabled = was_disabled
 
 
 # --- element helpers --------------------------------------------------------------------------------------
@@ -923,7 +906,7 @@ def deidentify_dataset(
 
     `ds` is changed in place on the way (do not reuse it). `values` are the study's personal values.
     """
-    with _silenced_pydicom():
+    with quiet_pydicom():
         prepared = _prepare(Deidentifier(rules, key), ds, shift_days)
         data = finish_bytes(prepared.encoded, TextCleaner(values))
         return pydicom.dcmread(DicomBytesIO(data))
@@ -933,7 +916,7 @@ def deidentify_bytes(
     ds: Dataset, *, rules: RuleSet, key: bytes, shift_days: int | None, values: Iterable[PersonalValue] = ()
 ) -> bytes:
     """Like `deidentify_dataset`, but the file's bytes."""
-    with _silenced_pydicom():
+    with quiet_pydicom():
         prepared = _prepare(Deidentifier(rules, key), ds, shift_days)
         return finish_bytes(prepared.encoded, TextCleaner(values))
 
@@ -1011,7 +994,7 @@ class _StageWorker:
         values: frozenset[PersonalValue] = frozenset()
         study = ""
         try:
-            with _silenced_pydicom():
+            with quiet_pydicom():
                 ds = read_dicom(path)
                 _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
@@ -1062,7 +1045,7 @@ class _FinishWorker:
         try:
             final = self.staging / output
             final.parent.mkdir(parents=True, exist_ok=True)
-            with _silenced_pydicom():
+            with quiet_pydicom():
                 finish_file(Path(temp), final, stub, self.cleaner_for(study))
         except Exception as exc:  # noqa: BLE001
             Path(temp).unlink(missing_ok=True)
