@@ -269,6 +269,23 @@ def build_case(spec: CaseSpec, colin: Path, out_dir: Path, seed: int) -> dict:
             "case_to_template": to_template.tolist(), "grid": grid.tolist()}
 
 
+def template_brain_check(colin: Path) -> str:
+    """How the template brain bidsafe derives compares with Colin27's own brain carried by REFERENCE."""
+    from bidsafe.deface.template import load_assets
+
+    assets = load_assets()
+    bet = nib.load(colin / "ch2bet.nii.gz")
+    vox = np.linalg.solve(bet.affine, np.linalg.inv(REFERENCE) @ assets.affine)
+    colin_brain = ndimage.affine_transform((np.asarray(bet.dataobj) > 0).astype(np.float32), vox[:3, :3],
+                                           vox[:3, 3], output_shape=assets.brain.shape, order=1) > 0.5
+    voxel_cm3 = abs(np.linalg.det(assets.affine[:3, :3])) / 1000.0
+    dice = 2 * (assets.brain & colin_brain).sum() / (assets.brain.sum() + colin_brain.sum())
+    return (f"template brain (derived) vs Colin27 brain via the reference: Dice {dice:.3f}, "
+            f"{assets.brain.sum() * voxel_cm3:.0f} vs {colin_brain.sum() * voxel_cm3:.0f} cm3, Colin brain not "
+            f"covered {(colin_brain & ~assets.brain).sum() * voxel_cm3:.0f} cm3, eroded template brain in the face "
+            f"mask {(assets.brain_eroded & assets.face).sum()} voxels")
+
+
 # --- worker: one defacing in its own process ------------------------------------------------------------------
 
 
@@ -383,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {machine()}")
     colin = colin_dir(args.cache / "mricron-data")
+    print(template_brain_check(colin))
     specs = make_specs(args.cases, args.seed)
     if args.only:
         specs = [s for s in specs if s.name in args.only]
