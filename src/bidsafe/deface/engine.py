@@ -10,6 +10,7 @@ is written and GuardError (exit 3) is raised.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import io
@@ -166,13 +167,9 @@ def _sample_face(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...])
     return sampled < 0.5
 
 
-_KEEP: dict[str, np.ndarray] = {}
-
-
+@functools.lru_cache(maxsize=1)
 def _keep_mask_float() -> np.ndarray:
-    if "keep" not in _KEEP:
-        _KEEP["keep"] = (~tpl.load_assets().face).astype(np.float32)
-    return _KEEP["keep"]
+    return (~tpl.load_assets().face).astype(np.float32)
 
 
 def apply_guards(
@@ -473,7 +470,7 @@ def cli_main(args: argparse.Namespace) -> int:
     )
     print(
         f"{record.input}: defaced with {record.engine} in {record.seconds:.1f} s, "
-        f"{record.removed_cm3:.0f} cm3 removed, agreement Dice "
+        f"{record.removed_cm3:.0f} cm3 of the field of view zeroed, agreement Dice "
         f"{'n/a' if record.agreement_dice is None else f'{record.agreement_dice:.3f}'}, "
         f"metric {record.metric if record.metric is not None else 'n/a'}"
     )

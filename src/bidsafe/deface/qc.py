@@ -19,21 +19,26 @@ def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     """Reorder/flip voxel axes towards RAS (no resampling) and return the matching voxel sizes."""
     ornt = nib.orientations.io_orientation(affine)
     out = nib.orientations.apply_orientation(data, ornt)
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[ornt[:, 0].astype(int)]
+    zooms = np.empty(3)
+    zooms[ornt[:, 0].astype(int)] = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # input axis i -> output axis
     return out, zooms
 
 
-def _centre(mask: np.ndarray, data: np.ndarray) -> tuple[int, int, int]:
-    """Slices through the removed region (its centre), or the middle of the image when nothing was removed."""
-    if mask.any():
-        idx = np.argwhere(mask)
-        centre = idx.mean(axis=0)
-        # mid-sagittal: the head's middle in x rather than the mask's, which spans the whole width
-        head = np.argwhere(data > np.percentile(data, 75))
-        if head.size:
-            centre[0] = head[:, 0].mean()
-    else:
-        centre = (np.array(mask.shape) - 1) / 2
+def _centre(mask: np.ndarray, data: np.ndarray, vmax: float) -> tuple[int, int, int]:
+    """Slices through the removed head tissue (its centroid) and the head's middle in x (mid-sagittal).
+
+    The removed region's own centroid would often fall in the air in front of or below the head.
+    """
+    tissue = data > 0.15 * vmax
+    centre = (np.array(mask.shape) - 1) / 2
+    removed = np.argwhere(mask & tissue)
+    if removed.size == 0:
+        removed = np.argwhere(mask)
+    if removed.size:
+        centre = removed.mean(axis=0)
+    head = np.argwhere(tissue)
+    if head.size:
+        centre[0] = head[:, 0].mean()
     return tuple(int(round(c)) for c in centre)
 
 
@@ -48,7 +53,7 @@ def write_qc_png(img: nib.Nifti1Image, removal: np.ndarray, path: Path, title: s
     mask, _ = _canonical(removal, img.affine)
     after = np.where(mask, 0.0, data)
     vmax = float(np.percentile(data[data > 0], 99.5)) if np.any(data > 0) else 1.0
-    x, y, z = _centre(mask, data)
+    x, y, z = _centre(mask, data, vmax)
     views = [
         (lambda a: a[x, :, :], zooms[2] / zooms[1], "sagittal"),
         (lambda a: a[:, y, :], zooms[2] / zooms[0], "coronal"),
