@@ -24,7 +24,7 @@ from bidsafe.deface import engine, fsl, guards
 from bidsafe.deface import template as tpl
 from bidsafe.errors import GuardError
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests that run a registration (about 5-10 s of one core each)
 
 
 def rotation(axis: int, degrees: float) -> np.ndarray:
@@ -119,6 +119,7 @@ def realistic(tmp_path_factory):
     return {"src": src, "out": out, "mask": mask, "qc": qc, "expected": expected, "truth": truth, "code": code}
 
 
+@slow
 def test_realistic_head_face_removed_where_the_known_transform_puts_it(realistic):
     assert realistic["code"] == 0
     removal = np.asarray(nib.load(realistic["mask"]).dataobj) > 0
@@ -129,6 +130,7 @@ def test_realistic_head_face_removed_where_the_known_transform_puts_it(realistic
     assert removal.sum() > 0.05 * removal.size  # a real face, not a sliver
 
 
+@slow
 def test_output_keeps_header_dtype_and_scaling(realistic):
     src, out = nib.load(realistic["src"]), nib.load(realistic["out"])
     assert header_bytes(realistic["out"]) == header_bytes(realistic["src"])
@@ -137,12 +139,14 @@ def test_output_keeps_header_dtype_and_scaling(realistic):
     assert out.header["descrip"].tobytes().rstrip(b"\0") == b"bidsafe deface test"
 
 
+@slow
 def test_qc_picture_is_small_png(realistic):
     data = realistic["qc"].read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) < 150_000
 
 
+@slow
 def test_recovers_known_transform(tmp_path):
     src = tmp_path / "head.nii.gz"
     pose = head_pose(pitch=-18.0, roll=6.0, yaw=-4.0, shift=(-8.0, 12.0, -5.0), scale=0.96)
@@ -156,6 +160,7 @@ def test_recovers_known_transform(tmp_path):
     assert record.output_sha256 == __import__("hashlib").sha256((tmp_path / "out.nii.gz").read_bytes()).hexdigest()
 
 
+@slow
 def test_4d_every_volume_masked_identically(tmp_path):
     src = tmp_path / "multi.nii.gz"
     expected, _ = make_head(src, head_pose(pitch=5.0), LPS, (2.0, 2.0, 2.0), volumes=3, seed=4)
@@ -171,6 +176,7 @@ def test_4d_every_volume_masked_identically(tmp_path):
     assert dice(face, expected) >= 0.9
 
 
+@slow
 def test_anisotropic_sagittal_input(tmp_path):
     src = tmp_path / "aniso.nii.gz"
     expected, truth = make_head(src, head_pose(pitch=-10.0, yaw=5.0), PIR, (1.0, 1.0, 4.0), seed=5)
@@ -238,6 +244,7 @@ def giant_head(tmp_path_factory):
     return src
 
 
+@slow
 def test_guard_trip_writes_nothing_and_exits_3(giant_head, tmp_path, capsys):
     out, mask, qc = tmp_path / "out.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "qc.png"
     code = cli(["deface", str(giant_head), str(out), "--engine", "builtin", "--mask", str(mask), "--qc", str(qc)])
@@ -337,6 +344,7 @@ def make_session(root: Path, heads: dict[str, Path]) -> Path:
     return session
 
 
+@slow
 def test_session_defaced_and_recorded(tmp_path, realistic):
     session = make_session(tmp_path / "in", {"sub-01_ses-1_T1w.nii.gz": realistic["src"]})
     out, records_json, qc_dir = tmp_path / "out" / "ses-1", tmp_path / "records.json", tmp_path / "qc"
@@ -354,6 +362,7 @@ def test_session_defaced_and_recorded(tmp_path, realistic):
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temporary left behind
 
 
+@slow
 def test_session_withheld_when_a_guard_trips(tmp_path, realistic, giant_head):
     session = make_session(tmp_path / "in", {"sub-01_ses-1_T1w.nii.gz": realistic["src"],
                                              "sub-01_ses-1_T2w.nii.gz": giant_head})
