@@ -40,6 +40,7 @@ node-validator:
 	else echo "npm not found: the node validator backend's tests will be skipped"; fi
 
 test: setup node-validator
+	$(BIN)/bidsafe check-rules config/deid/
 	PATH=$(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/node/node_modules/.bin:$$PATH $(BIN)/python -m pytest -q
 
 lint: setup
