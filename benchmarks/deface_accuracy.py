@@ -441,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(r['verdict'] == 'pass' and r['brain_removed_cm3'] > 2 for r in done)}")
         print("columns: Dice = removed head tissue vs reference; brain = cm3 of the template brain (carried by "
               "the reference) removed; colin = cm3 of Colin's own brain (ch2bet) removed; face = cm3 of "
-              "reference face tissue left; err = largest transform error over a 200 mm cube (mm)")
-    print(f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+              "reference face tissue left; err = largest transform error over a 200 mm cube (mm); cpu, wall = "
+              "seconds of the whole defacing process (interpreter start, template, registration, guards, "
+              "writing the output); RSS = its peak resident memory (MB)")
+    print(f"peak RSS of this driver (builds the cases): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
