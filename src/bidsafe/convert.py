@@ -94,8 +94,9 @@ def convert_session(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rel = Path(f"sub-{subject}") / f"ses-{session}"
+    # absolute: dcm2bids runs with the scratch folder as its working directory
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.convert-sub-{subject}-ses-{session}-",
-                                    dir=out_dir.parent))
+                                    dir=out_dir.parent)).resolve()
     try:
         command = [
             str(dcm2bids),

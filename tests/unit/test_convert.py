@@ -8,6 +8,7 @@ planted DICOM diffusion attributes; timing fields against the DICOM times.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 from collections import defaultdict
@@ -251,6 +252,14 @@ def test_rerun_replaces_the_session_whole(converted, tmp_path):
     assert {str(p.relative_to(_session_dir(out))) for p in files} == {
         f for f in EXPECTED_FILES if f.endswith(".nii.gz")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]
+
+
+def test_relative_paths_work_as_snakemake_passes_them(converted, tmp_path, monkeypatch):
+    session, _, _, _ = converted
+    monkeypatch.chdir(tmp_path)
+    files = convert_session(Path(os.path.relpath(session.folder, tmp_path)), Path("work/convert"), "01", "01")
+    assert {str(p.relative_to(_session_dir(Path("work/convert")))) for p in files} == {
+        f for f in EXPECTED_FILES if f.endswith(".nii.gz")}
 
 
 # Standard attributes plus the Siemens CSA image header: what conversion needs once de-identification
