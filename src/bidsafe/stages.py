@@ -47,13 +47,17 @@ def deid_session(
 
     key = load_key(key_path)  # created by the pseudonymise stage; never silently replaced here
     rules = load_rules(Path(rules_path))
-    files = [Path(inbox) / rel for rel in read_file_list(files_txt)]
+    files = [Path(rel) for rel in read_file_list(files_txt)]  # relative to the inbox, as deidentify_tree takes them
     with atomic_dir(out_dir) as tmp:
         report = deidentify_tree(Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject)
-    write_report(report, report_json)
+        write_report(report, report_json)
+        counts = dict(report.counts)
+        log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if not counts.get("processed"):
+            # ingest listed these files as readable images: none processed means the inbox changed under us
+            raise BidsafeError(f"sub-{subject}: no file of the session could be de-identified (see the private "
+                               "deid report)", files_txt.name)
     save_values(report.personal_values, values_json)
-    counts = dict(report.counts)
-    log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return counts
 
 

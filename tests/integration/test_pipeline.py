@@ -51,9 +51,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         encoding="utf-8",
     )
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    # relative data areas, resolved in the run folder, as `make demo` gives them
     config.update(
-        inbox=str(inbox), private_dir=str(root / "private"), work_dir=str(root / "work"),
-        release_dir=str(root / "release"), consent=str(consent), demographics=None,
+        inbox="inbox", private_dir="private", work_dir="work", release_dir="release", consent="consent.tsv",
+        demographics=None,
     )
     config["release"]["k_anonymity"] = 1
     configfile = root / "config.yaml"

@@ -1,0 +1,83 @@
+"""Stage functions as Snakemake calls them: relative data areas, one session's file list, private outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from bidsafe.errors import BidsafeError
+from bidsafe.keys import create_key
+from bidsafe.stages import deid_session
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def _write_mr(path: Path, study: str, series: str, number: int) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MR, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Wexcombe^Isadora", "QZ-4481", "19790304"
+    ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "20230102", "MR", 3, number
+    ds.SeriesDescription = "t1 mprage Wexcombe"
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture
+def session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    monkeypatch.chdir(tmp_path)  # relative data areas, as `make demo` gives them
+    study, series = generate_uid(), generate_uid()
+    rels = [f"WEXCOMBE_ISADORA/{i:03d}.dcm" for i in range(1, 4)]
+    for i, rel in enumerate(rels, start=1):
+        _write_mr(Path("inbox") / rel, study, series, i)
+    files_txt = Path("private/sessions/sub-a/ses-01/files.txt")
+    files_txt.parent.mkdir(parents=True)
+    files_txt.write_text("\n".join(rels) + "\n")
+    create_key(Path("private/secret.key"))
+    return {"inbox": Path("inbox"), "files_txt": files_txt}
+
+
+def _run(session: dict[str, Path]) -> dict[str, int]:
+    return deid_session(
+        files_txt=session["files_txt"], inbox=session["inbox"], out_dir=Path("work/deid/sub-a/ses-01"),
+        values_json=Path("private/phi/sub-a_ses-01.json"), report_json=Path("private/deid/sub-a_ses-01.json"),
+        rules_path=Path(__file__).resolve().parents[2] / "config" / "deid" / "basic-mr.yaml",
+        key_path=Path("private/secret.key"), subject="a",
+    )
+
+
+def test_deid_session_with_relative_areas(session):
+    counts = _run(session)
+    assert counts["processed"] == 3
+    written = sorted(Path("work/deid/sub-a/ses-01").rglob("*.dcm"))
+    assert len(written) == 3
+    ds = pydicom.dcmread(written[0])
+    assert "Wexcombe" not in str(ds.get("PatientName", "")) and "QZ-4481" not in str(ds.get("PatientID", ""))
+    assert "wexcombe" not in str(ds.SeriesDescription).lower() and "mprage" in str(ds.SeriesDescription).lower()
+    harvested = json.loads(Path("private/phi/sub-a_ses-01.json").read_text())
+    assert {"PatientName", "PatientID"} <= {v["field"] for v in harvested}
+    assert oct(Path("private/phi/sub-a_ses-01.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_deid_session_fails_clearly_when_no_listed_file_is_there(session):
+    for path in Path("inbox").rglob("*.dcm"):
+        path.unlink()
+    with pytest.raises(BidsafeError, match="no file of the session could be de-identified"):
+        _run(session)
+    assert not Path("work/deid/sub-a/ses-01").exists()
+    assert not Path("private/phi/sub-a_ses-01.json").exists()
