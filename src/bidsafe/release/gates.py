@@ -204,9 +204,8 @@ def gate_leak_scan(staging: str | Path, values: Any, also: Sequence[str | Path] 
     where = Counter(h["file"] for h in hits)
     scanned = getattr(report, "files", None)
     summary = (
-        f"{len(hits)} hits in {len(where)} files"
-        + (f" ({scanned} files scanned for {len(values)} values)" if isinstance(scanned, int) else "")
-        + ("" if passed else " (values not shown)")
+        (f"{len(hits)} hits in {len(where)} files (values not shown)" if hits else "0 hits")
+        + (f"; {scanned} files scanned for {len(values)} values" if isinstance(scanned, int) else "")
     )
     details: dict[str, Any] = {
         "values_scanned": len(values),
