@@ -383,3 +383,22 @@ def test_session_picks_anat_images_by_suffix(tmp_path):
         (session / relative).write_bytes(b"")
     found = engine.anat_images(session, ["T1w", "FLAIR"])
     assert [p.as_posix() for p in found] == ["anat/sub-1_T1w.nii.gz", "anat/sub-1_acq-x_FLAIR.nii"]
+
+
+@slow
+def test_pipeline_stage_withholds_the_session_and_says_why(tmp_path, giant_head):
+    from bidsafe.stages import WITHHELD, deface_stage, read_included, sessions_passing_deface, write_included
+
+    make_session(tmp_path / "scrub", {"sub-01_ses-1_T1w.nii.gz": giant_head})
+    stage_dir = tmp_path / "deface" / "sub-01" / "ses-1"
+    status = deface_stage(in_dir=tmp_path / "scrub", out_bids=stage_dir / "bids", status_json=stage_dir / "status.json",
+                          records_json=stage_dir / "records.json", pictures_dir=stage_dir / "qc",
+                          suffixes=["T1w"], engine="builtin")
+    assert status["status"] == WITHHELD and "deface guard" in str(status["reason"])
+    assert json.loads((stage_dir / "records.json").read_text()) == []
+    assert not any((stage_dir / "bids").rglob("*.nii.gz"))  # nothing of the session goes on
+    included, withheld = sessions_passing_deface([stage_dir / "status.json"])
+    assert included == [] and [(w.subject, w.session) for w, _ in withheld] == [("01", "1")]
+    write_included(tmp_path / "included.tsv", included, withheld)
+    (row,) = read_included(tmp_path / "included.tsv")
+    assert row["status"] == WITHHELD and row["reason"].startswith("deface guard")
