@@ -1,7 +1,6 @@
 from pathlib import Path
 
 from bidsafe.qc import session_qc, write_qc
-
 from bidsafe.runlog import log_to
 
 with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
