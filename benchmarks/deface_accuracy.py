@@ -33,6 +33,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bidsafe.deface.register import rotation_matrix
+
 REFERENCE = np.array(
     [
         [0.88268765, 0.07481036, 0.00121965, -4.60001574],
@@ -88,22 +90,13 @@ class CaseSpec:
     dtype: str = "int16"
 
 
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    r = np.eye(4)
-    r[i, i] = r[j, j] = c
-    r[i, j], r[j, i] = -s, s
-    return r
-
-
 def pose_matrix(spec: CaseSpec, centre: np.ndarray) -> np.ndarray:
     """A: colin world -> case world; rotations and scale about the head centre, then a shift."""
     to_centre = np.eye(4)
     to_centre[:3, 3] = -centre
     back = np.eye(4)
     back[:3, 3] = centre + np.asarray(spec.shift)
-    linear = rotation(0, spec.pitch) @ rotation(1, spec.roll) @ rotation(2, spec.yaw)
+    linear = rotation_matrix("x", spec.pitch) @ rotation_matrix("y", spec.roll) @ rotation_matrix("z", spec.yaw)
     linear = linear @ np.diag([spec.scale, spec.scale, spec.scale, 1.0])
     return back @ linear @ to_centre
 

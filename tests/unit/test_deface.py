@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import stat
 import subprocess
@@ -22,25 +21,18 @@ from scipy import ndimage
 from bidsafe.cli import main as cli
 from bidsafe.deface import engine, fsl, guards
 from bidsafe.deface import template as tpl
+from bidsafe.deface.register import rotation_matrix
 from bidsafe.errors import GuardError
 
 slow = pytest.mark.slow  # the tests that run a registration (about 5-10 s of one core each)
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    r = np.eye(4)
-    r[i, i] = r[j, j] = c
-    r[i, j], r[j, i] = -s, s
-    return r
 
 
 def head_pose(pitch=12.0, roll=-5.0, yaw=8.0, shift=(6.0, -9.0, 7.0), scale=1.04) -> np.ndarray:
     """Template world -> subject world: a tilted, shifted, slightly larger head."""
     move = np.eye(4)
     move[:3, 3] = shift
-    return move @ rotation(0, pitch) @ rotation(1, roll) @ rotation(2, yaw) @ np.diag([scale] * 3 + [1.0])
+    linear = rotation_matrix("x", pitch) @ rotation_matrix("y", roll) @ rotation_matrix("z", yaw)
+    return move @ linear @ np.diag([scale] * 3 + [1.0])
 
 
 def grid_affine(axes: np.ndarray, voxel: tuple[float, float, float], shape: tuple[int, int, int]) -> np.ndarray:
