@@ -86,8 +86,8 @@ def _check_rules(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--table",
         metavar="FILE",
-        help="Table E.1-1 JSON (default: $BIDSAFE_PS315_TABLE, else ../shared/ps315/table_e1_1.json next to the "
-        "repository; without it the file is checked against its own 'basic' column)",
+        help="Table E.1-1 JSON (default: $BIDSAFE_PS315_TABLE, else the copy shipped in the package, "
+        "bidsafe/data/ps315/table_e1_1.json, DICOM edition 2024b)",
     )
     p.set_defaults(handler="bidsafe.deid.rules:cli_main")
 

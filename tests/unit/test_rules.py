@@ -28,10 +28,8 @@ from bidsafe.deid.rules import (
 from bidsafe.errors import ConfigError
 
 REPO = Path(__file__).parents[2]
-TABLE = REPO.parent / "shared" / "ps315" / "table_e1_1.json"
+TABLE = REPO / "src" / "bidsafe" / "data" / "ps315" / "table_e1_1.json"  # shipped in the package
 SHIPPED = default_rules_path()
-
-needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"PS3.15 Table E.1-1 JSON absent ({TABLE})")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +129,6 @@ def test_safe_private_entries_have_reasons_and_private_groups(shipped):
         assert entry.group & 1 and 0 <= entry.element <= 0xFF
 
 
-@needs_table
 def test_shipped_profile_covers_every_row_of_table_e1_1(shipped):
     rows = json.loads(TABLE.read_text(encoding="utf-8"))
     assert len(rows) == 621
@@ -148,7 +145,6 @@ def test_shipped_profile_covers_every_row_of_table_e1_1(shipped):
     assert result.table_path == TABLE
 
 
-@needs_table
 def test_check_rules_command_passes_on_the_shipped_folder(capsys):
     assert cli(["check-rules", str(SHIPPED.parent)]) == 0
     out = capsys.readouterr().out
@@ -239,7 +235,6 @@ def test_is_safe_private_compares_creator_case_insensitively(shipped):
 # --- check-rules finds gaps ----------------------------------------------------------------------------
 
 
-@needs_table
 def test_weakened_row_fails_with_the_row_named(tmp_path, capsys):
     def weaken(data):
         _row(data, "PatientName")["action"] = "K"
@@ -252,20 +247,42 @@ def test_weakened_row_fails_with_the_row_named(tmp_path, capsys):
     assert "gap: (0010,0010) PatientName" in capsys.readouterr().out
 
 
-def test_weakened_row_fails_without_the_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(rules_mod, "find_table", lambda explicit=None: None)
+def test_the_table_ships_in_the_package_and_is_the_default(monkeypatch):
+    monkeypatch.delenv(rules_mod.TABLE_ENV, raising=False)
+    assert rules_mod.find_table() == TABLE.resolve()
+    rows = json.loads(TABLE.read_text(encoding="utf-8"))
+    assert len(rows) == rules_mod.TABLE_ROWS
+    assert {"tag": "(0010,0010)", "basic_profile": "Z"}.items() <= next(
+        r for r in rows if r["keyword"] == "PatientName"
+    ).items()
+    assert "2024b" in (TABLE.parent / "README.md").read_text(encoding="utf-8")
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert "data/ps315/table_e1_1.json" in pyproject  # package-data: present in an installed wheel too
 
-    def weaken(data):
-        _row(data, "PatientBirthDate")["action"] = "C"
 
-    result = check_rules(_edited(tmp_path, weaken))
-    assert result.table_path is None
-    assert "NOT verified" in result.render()
-    assert any(g.startswith("(0010,0030) PatientBirthDate: C is weaker") for g in result.gaps), result.gaps
-    assert check_rules(SHIPPED).ok
+def test_deleted_row_fails_with_the_row_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(rules_mod.TABLE_ENV, raising=False)
+
+    def delete(data):
+        data["table"].remove(_row(data, "PatientBirthDate"))
+
+    path = _edited(tmp_path, delete)
+    result = check_rules(path)
+    assert not result.ok
+    assert (result.rows_present, result.rows_expected) == (620, 621)
+    assert result.gaps == ("(0010,0030) PatientBirthDate: Table E.1-1 row missing (Basic Z)",)
+    assert cli(["check-rules", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "rows present: 620/621" in out
+    assert "gap: (0010,0030) PatientBirthDate: Table E.1-1 row missing" in out
 
 
-@needs_table
+def test_missing_table_is_an_error_not_a_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv(rules_mod.TABLE_ENV, str(tmp_path / "absent.json"))
+    with pytest.raises(ConfigError, match="Table E.1-1 JSON not found"):
+        check_rules(SHIPPED)
+
+
 def test_undeclared_option_action_fails(tmp_path):
     def undeclare(data):
         data["options"].remove("clean_desc")
@@ -281,7 +298,6 @@ def test_undeclared_option_action_fails(tmp_path):
     ), result.gaps
 
 
-@needs_table
 def test_option_action_passes_only_when_declared(tmp_path):
     def retain_serial(declare):
         def edit(data):
@@ -300,7 +316,6 @@ def test_option_action_passes_only_when_declared(tmp_path):
         load_rules(_edited(tmp_path, retain_serial(False)))
 
 
-@needs_table
 def test_option_named_on_a_row_must_give_that_action(tmp_path):
     def misuse(data):
         _row(data, "PatientName").update(action="C", options=["clean_desc"], reason="not a descriptor")
@@ -311,7 +326,6 @@ def test_option_named_on_a_row_must_give_that_action(tmp_path):
     assert any("(0010,0010) PatientName: C is weaker than Basic Z" in g for g in result.gaps)
 
 
-@needs_table
 def test_missing_and_extra_rows_fail(tmp_path):
     def drop_and_add(data):
         data["table"] = [r for r in data["table"] if r["keyword"] != "OtherPatientIDs"]

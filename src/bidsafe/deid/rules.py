@@ -606,7 +606,7 @@ def load_rules(path: Path | None = None) -> RuleSet:
 @dataclass(frozen=True)
 class CheckResult:
     rules_path: Path
-    table_path: Path | None  # None: checked against the rule file's own `basic` column
+    table_path: Path
     rows_expected: int
     rows_present: int
     basic_counts: Mapping[str, int]
@@ -623,13 +623,8 @@ class CheckResult:
         return not self.gaps
 
     def render(self) -> str:
-        source = (
-            f"Table E.1-1 ({self.table_path}, {self.rows_expected} rows)"
-            if self.table_path is not None
-            else "the 'basic' column recorded in the rule file (Table E.1-1 not found: row coverage and "
-            "option columns NOT verified; give --table or set " + TABLE_ENV + ")"
-        )
-        lines = [f"check-rules: {self.rules_path}", f"  against {source}"]
+        lines = [f"check-rules: {self.rules_path}"]
+        lines.append(f"  against Table E.1-1 ({self.table_path}, {self.rows_expected} rows)")
         lines.append(f"  options declared: {', '.join(self.options) or 'none'}")
         lines.append(f"  rows present: {self.rows_present}/{self.rows_expected}")
         lines.append(f"  {'action':<8}{'basic':>7}{'applied':>9}")
@@ -652,15 +647,22 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def find_table(explicit: Path | None = None) -> Path | None:
-    """The Table E.1-1 JSON: --table, else $BIDSAFE_PS315_TABLE, else <repo>/../shared/ps315/table_e1_1.json."""
+def packaged_table() -> Path:
+    """Table E.1-1 as shipped inside the package (PS3.15 edition TABLE_EDITION; provenance in its README.md)."""
+    return Path(__file__).resolve().parents[1] / "data" / "ps315" / "table_e1_1.json"
+
+
+def find_table(explicit: Path | None = None) -> Path:
+    """The Table E.1-1 JSON: --table, else $BIDSAFE_PS315_TABLE, else the copy shipped in the package.
+
+    Never None: a check without the table cannot see a missing row, so it would pass whatever was deleted.
+    """
     if explicit is not None:
-        return explicit
+        return Path(explicit)
     env = os.environ.get(TABLE_ENV)
     if env:
         return Path(env)
-    candidate = repo_root().parent / "shared" / "ps315" / "table_e1_1.json"
-    return candidate if candidate.is_file() else None
+    return packaged_table()
 
 
 def load_table(path: Path) -> list[dict[str, Any]]:
@@ -677,41 +679,35 @@ def _table_key(tag_text: str) -> str:
     return tag_text if tag_text in PATTERNS else format_tag(parse_tag(tag_text))
 
 
-def acceptable(rule: TagRule, declared: Iterable[str], option_actions: Mapping[str, str] | None) -> str | None:
+def acceptable(rule: TagRule, declared: Iterable[str], option_actions: Mapping[str, str]) -> str | None:
     """Why `rule.action` is too weak for its row, or None when it is acceptable.
 
     Acceptable: at least as strong as the Basic action (STRENGTH), or exactly the action that a declared
-    option's column gives for this row (when the table is unavailable: an option named on the row that is
-    declared, C for clean/date/safe-private options, K for retain options).
+    option's column of Table E.1-1 gives for this row.
     """
     if STRENGTH[rule.action] >= STRENGTH[rule.basic]:
         return None
     declared = set(declared)
-    if option_actions is not None:
-        allowed = {o for o, a in option_actions.items() if a == rule.action and o in declared}
-        if allowed:
-            return None
-        if any(a == rule.action for a in option_actions.values()):
-            needed = ", ".join(sorted(o for o, a in option_actions.items() if a == rule.action))
-            return f"{rule.action} needs option {needed}, which the file does not declare"
-        return f"{rule.action} is weaker than Basic {rule.basic} and no option's column gives {rule.action}"
-    for option in rule.options:
-        if option in declared and (rule.action == "C" or (rule.action == "K" and option.startswith("retain_"))):
-            return None
-    return f"{rule.action} is weaker than Basic {rule.basic} and no declared option on the row allows it"
+    allowed = {o for o, a in option_actions.items() if a == rule.action and o in declared}
+    if allowed:
+        return None
+    if any(a == rule.action for a in option_actions.values()):
+        needed = ", ".join(sorted(o for o, a in option_actions.items() if a == rule.action))
+        return f"{rule.action} needs option {needed}, which the file does not declare"
+    return f"{rule.action} is weaker than Basic {rule.basic} and no option's column gives {rule.action}"
 
 
 def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult:
-    """Check one rule file against Table E.1-1 (or, without the table, against its own basic column)."""
+    """Check one rule file against Table E.1-1 (`table_path`, else $BIDSAFE_PS315_TABLE, else the shipped copy)."""
     rules_path = Path(rules_path)
     gaps: list[str] = []
     raw = _read_yaml(rules_path)
     rules, problems = _parse(raw, rules_path)
     gaps.extend(problems)
     table_file = find_table(table_path)
-    if table_path is not None and not table_path.is_file():
-        raise ConfigError("Table E.1-1 JSON not found", table_path)
-    table_rows = load_table(table_file) if table_file is not None else None
+    if not table_file.is_file():
+        raise ConfigError("Table E.1-1 JSON not found", table_file)
+    table_rows = load_table(table_file)
 
     file_rows: dict[str, TagRule] = {}
     if rules is not None:
@@ -723,45 +719,35 @@ def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult
     applied_counts: Counter[str] = Counter()
     option_counts: Counter[str] = Counter()
     rows_present = 0
-    if table_rows is not None:
-        expected_keys = set()
-        for row in table_rows:
-            key = _table_key(row["tag"])
-            expected_keys.add(key)
-            name = row.get("keyword") or row.get("name") or ""
-            basic_counts[row["basic_profile"]] += 1
-            rule = file_rows.get(key)
-            if rule is None:
-                gaps.append(f"{key} {name}: Table E.1-1 row missing (Basic {row['basic_profile']})")
-                continue
-            rows_present += 1
-            if rule.basic != row["basic_profile"]:
-                gaps.append(f"{key} {name}: basic recorded as {rule.basic}, Table E.1-1 says {row['basic_profile']}")
-                rule = TagRule(rule.tag, rule.keyword, row["basic_profile"], rule.action, rule.options, rule.reason)
-            option_actions = {o: row[o] for o in TABLE_OPTIONS if row.get(o)}
-            why = acceptable(rule, declared, option_actions)
-            if why is not None:
-                gaps.append(f"{key} {name}: {why}")
-            for option in rule.options:
-                if option_actions.get(option) != rule.action:
-                    gaps.append(
-                        f"{key} {name}: names option {option}, but its column gives "
-                        f"{option_actions.get(option) or 'nothing'}, not {rule.action}"
-                    )
-            _count(rule, rules, applied_counts, option_counts)
-        for key, rule in file_rows.items():
-            if key not in expected_keys:
-                gaps.append(f"{key} {rule.keyword}: not a row of Table E.1-1 (put it in keep or extra)")
-        rows_expected = len(table_rows)
-    else:
-        for rule in file_rows.values():
-            rows_present += 1
-            basic_counts[rule.basic] += 1
-            why = acceptable(rule, declared, None)
-            if why is not None:
-                gaps.append(f"{rule.tag} {rule.keyword}: {why}")
-            _count(rule, rules, applied_counts, option_counts)
-        rows_expected = rows_present
+    expected_keys = set()
+    for row in table_rows:
+        key = _table_key(row["tag"])
+        expected_keys.add(key)
+        name = row.get("keyword") or row.get("name") or ""
+        basic_counts[row["basic_profile"]] += 1
+        rule = file_rows.get(key)
+        if rule is None:
+            gaps.append(f"{key} {name}: Table E.1-1 row missing (Basic {row['basic_profile']})")
+            continue
+        rows_present += 1
+        if rule.basic != row["basic_profile"]:
+            gaps.append(f"{key} {name}: basic recorded as {rule.basic}, Table E.1-1 says {row['basic_profile']}")
+            rule = TagRule(rule.tag, rule.keyword, row["basic_profile"], rule.action, rule.options, rule.reason)
+        option_actions = {o: row[o] for o in TABLE_OPTIONS if row.get(o)}
+        why = acceptable(rule, declared, option_actions)
+        if why is not None:
+            gaps.append(f"{key} {name}: {why}")
+        for option in rule.options:
+            if option_actions.get(option) != rule.action:
+                gaps.append(
+                    f"{key} {name}: names option {option}, but its column gives "
+                    f"{option_actions.get(option) or 'nothing'}, not {rule.action}"
+                )
+        _count(rule, rules, applied_counts, option_counts)
+    for key, rule in file_rows.items():
+        if key not in expected_keys:
+            gaps.append(f"{key} {rule.keyword}: not a row of Table E.1-1 (put it in keep or extra)")
+    rows_expected = len(table_rows)
     for option in declared:
         if option in TABLE_OPTIONS and not option_counts.get(option):
             gaps.append(f"option {option} is declared (code {OPTION_CODES[option][0]}) but applied to no row")
