@@ -61,7 +61,7 @@ class StubRules:
     safe_private: set[tuple[str, int, int]] = field(default_factory=set)
     date_mode: str = "shift"
     max_shift_days: int = 30
-    burned_in: str = "withhold"
+    burned_in: Mapping[str, str] = field(default_factory=dict)  # burned-in classes allowed -> reason
     method: str = "stand-in profile for tests"
     codes: tuple[tuple[str, str], ...] = (("113100", "Basic Application Confidentiality Profile"),)
     profile: str = "stub"
@@ -121,6 +121,11 @@ def mr_dataset(
     ds.SeriesDescription = "T1 MPRAGE"
     ds.Rows = rows
     ds.Columns = columns
+    # geometry: an image without it is withheld as a possible screen capture
+    ds.ImagePositionPatient = [-100.0, -100.0, 10.0 * instance_number]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.SliceThickness = 10.0
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16

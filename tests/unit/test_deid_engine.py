@@ -3,6 +3,7 @@ burned-in files, duplicates, junk files, the command's exit codes, pydicom's own
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -34,7 +35,7 @@ from bidsafe.deid.engine import (
     write_report,
 )
 from bidsafe.deid.private import FILLER
-from bidsafe.deid.rules import load_rules
+from bidsafe.deid.rules import BURNED_IN_CLASSES, load_rules
 from bidsafe.deid.uids import keyed_uid
 from bidsafe.phi import PersonalValue, harvest_dataset
 
@@ -407,38 +408,127 @@ def test_ge_protocol_block_is_cleaned_inside_its_gzip_stream():
 # --- burned-in, duplicates, junk, input untouched ---------------------------------------------------------
 
 
+SC = "1.2.840.10008.5.1.4.1.1.7"
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+
+
+def _colour(ds: Dataset) -> None:
+    """An RGB screen capture stored under the MR class (as some consoles do)."""
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = bytes(range(ds.Rows * ds.Columns * 3))
+
+
+def _no_geometry(ds: Dataset) -> None:
+    del ds.ImagePositionPatient
+    del ds.ImageOrientationPatient
+
+
+# (name, edit of an ordinary MR slice, burned-in class expected in the reason)
 BURNED_IN = [
-    ("BurnedInAnnotation", "YES"),
-    ("RecognizableVisualFeatures", "YES"),
-    ("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7"),
-    ("ImageType", ["DERIVED", "SECONDARY", "SCREEN SAVE"]),
-    ("ImageType", ["DERIVED", "SECONDARY"]),
+    ("annotation flag", lambda ds: setattr(ds, "BurnedInAnnotation", "YES"), "burned_in_annotation"),
+    ("face flag", lambda ds: setattr(ds, "RecognizableVisualFeatures", "YES"), "recognizable_visual_features"),
+    ("US SOP class", lambda ds: setattr(ds, "SOPClassUID", US_IMAGE), "ultrasound"),
+    ("US retired multi-frame", lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.3"), "ultrasound"),
+    ("Modality US", lambda ds: setattr(ds, "Modality", "US"), "ultrasound"),
+    ("SC", lambda ds: setattr(ds, "SOPClassUID", SC), "secondary_capture"),
+    ("SC true colour", lambda ds: setattr(ds, "SOPClassUID", SC + ".4"), "secondary_capture"),
+    ("SC grayscale word", lambda ds: setattr(ds, "SOPClassUID", SC + ".3"), "secondary_capture"),
+    ("SECONDARY + OT", lambda ds: (setattr(ds, "ImageType", ["DERIVED", "SECONDARY"]), setattr(ds, "Modality", "OT")),
+     "secondary_capture"),
+    ("SCREEN SAVE", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "SCREEN SAVE"]), "screen_save"),
+    ("SCREENSAVE", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "SCREENSAVE"]), "screen_save"),
+    ("CSA REPORT", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "OTHER", "CSA REPORT"]), "report"),
+    ("DOSE_INFO", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "DOSE_INFO"]), "report"),
+    ("MR-class colour screen capture", _colour, "colour"),
+    ("MR-class image without geometry", _no_geometry, "no_geometry"),
+    ("VL photograph", lambda ds: setattr(ds, "SOPClassUID", VL_PHOTOGRAPHIC), "visible_light"),
 ]
 
 
-@pytest.mark.parametrize(("keyword", "value"), BURNED_IN)
-def test_burned_in_and_screen_saves_are_withheld(tmp_path, keyword, value):
+@pytest.mark.parametrize(("edit", "expected"), [c[1:] for c in BURNED_IN], ids=[c[0] for c in BURNED_IN])
+def test_burned_in_classes_are_withheld(tmp_path, edit, expected):
     ds = mr_dataset()
-    setattr(ds, keyword, value)
-    if keyword == "ImageType" and "SCREEN SAVE" not in value:
-        ds.Modality = "OT"
+    edit(ds)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     write(ds, tmp_path / "raw" / "shot.dcm")
     write(mr_dataset(sop_uid="1.2.826.0.1.3680043.9.7777.1.2.9"), tmp_path / "raw" / "fine.dcm")
     report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=load_rules(), key=KEY)
     statuses = {Path(e.input).name: e for e in report.entries}
     assert statuses["shot.dcm"].status == WITHHELD and statuses["shot.dcm"].output is None
-    assert statuses["shot.dcm"].reason
+    assert statuses["shot.dcm"].reason.endswith(f"[burned_in class {expected}]"), statuses["shot.dcm"].reason
     assert statuses["fine.dcm"].status == PROCESSED
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
-    assert withhold_reason(mr_dataset()) is None
+    # each case trips its own class only (a VL photograph is not called a secondary capture)
+    assert [name for name, _ in engine.burned_in_findings(pydicom.dcmread(tmp_path / "raw" / "shot.dcm"))] == [
+        expected
+    ]
 
 
-def test_burned_in_kept_when_the_rules_say_keep(tmp_path):
+def test_every_burned_in_class_is_named_in_the_rules():
+    # every class the engine can give is one a rule file can name, and every class has a test case above
+    assert {c[2] for c in BURNED_IN} == set(BURNED_IN_CLASSES)
+
+
+# (name, edit): derived MR volumes and ordinary images that must still convert
+NOT_BURNED_IN = [
+    ("ADC map", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "ADC", "DIFFUSION"])),
+    ("FA map", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "FA"])),
+    ("MPR", lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "MPR"])),
+    ("MONOCHROME1", lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1")),
+    ("localizer", lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"])),
+    ("VL-like prefix of SC", lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.4")),
+    ("no pixels (spectroscopy-like)", lambda ds: [delattr(ds, k) for k in ("PixelData", "Rows", "Columns",
+                                                                           "PhotometricInterpretation")]),
+]
+
+
+@pytest.mark.parametrize("edit", [c[1] for c in NOT_BURNED_IN], ids=[c[0] for c in NOT_BURNED_IN])
+def test_derived_mr_volumes_with_geometry_still_convert(tmp_path, edit):
     ds = mr_dataset()
-    ds.BurnedInAnnotation = "YES"
-    write(ds, tmp_path / "raw" / "shot.dcm")
-    report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=StubRules(burned_in="keep"), key=KEY)
+    edit(ds)
+    assert engine.burned_in_findings(ds) == []
+    write(ds, tmp_path / "raw" / "map.dcm")
+    report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=load_rules(), key=KEY)
     assert [e.status for e in report.entries] == [PROCESSED]
+
+
+def test_geometry_in_functional_groups_counts_and_in_none_does_not():
+    enhanced = _enhanced_mr()
+    assert "ImagePositionPatient" not in enhanced and engine.has_patient_geometry(enhanced)
+    assert withhold_reason(enhanced) is None
+    for frame in enhanced.PerFrameFunctionalGroupsSequence:
+        del frame.PlanePositionSequence
+    assert not engine.has_patient_geometry(enhanced)
+    assert withhold_reason(enhanced).endswith("[burned_in class no_geometry]")
+
+
+def test_a_class_allowed_by_the_rule_file_converts_and_only_that_class(tmp_path):
+    shot = mr_dataset()
+    shot.SOPClassUID = shot.file_meta.MediaStorageSOPClassUID = US_IMAGE
+    write(shot, tmp_path / "raw" / "us.dcm")
+    colour_us = mr_dataset(sop_uid="1.2.826.0.1.3680043.9.7777.1.2.9")
+    colour_us.SOPClassUID = colour_us.file_meta.MediaStorageSOPClassUID = US_IMAGE
+    _colour(colour_us)
+    write(colour_us, tmp_path / "raw" / "us_colour.dcm")
+    rules = load_rules()
+    allowed = dataclasses.replace(rules, burned_in={"ultrasound": "test: probe exports carry no annotation"})
+    report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=allowed, key=KEY)
+    statuses = {Path(e.input).name: e for e in report.entries}
+    assert statuses["us.dcm"].status == PROCESSED
+    assert statuses["us_colour.dcm"].status == WITHHELD  # allowing ultrasound does not allow colour
+    assert statuses["us_colour.dcm"].reason.endswith("[burned_in class colour]")
+    assert withhold_reason(shot, ["ultrasound"]) is None
+
+
+def test_a_dicomdir_is_withheld_whatever_is_allowed():
+    ds = mr_dataset()
+    ds.SOPClassUID = "1.2.840.10008.1.3.10"
+    assert withhold_reason(ds, list(BURNED_IN_CLASSES)).startswith("DICOMDIR")
 
 
 def test_duplicates_never_overwrite(tmp_path):
@@ -642,6 +732,7 @@ def test_every_readable_pydicom_test_file(tmp_path):
 def _enhanced_mr() -> Dataset:
     ds = mr_dataset(sop_uid="1.2.826.0.1.3680043.9.7777.1.2.500")
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient  # enhanced MR: geometry only in the functional groups
     ds.NumberOfFrames = 2
     ds.AcquisitionDateTime = "20210309101500.00"
     ds.ContentDate = "20210309"

@@ -74,7 +74,7 @@ def test_shipped_profile_loads_with_its_declared_options_and_codes(shipped):
         "113105": "Clean Descriptors Option",
     }
     assert 0 < len(shipped.method) <= 64
-    assert (shipped.date_mode, shipped.max_shift_days, shipped.burned_in) == ("shift", 3650, "withhold")
+    assert (shipped.date_mode, shipped.max_shift_days, shipped.burned_in) == ("shift", 3650, {})
     assert shipped.uid_root == "2.25."
     # The words say which options apply, and why device identity is not claimed.
     for words in ("Retain Safe Private", "Modified Dates", "Clean Descriptors", "Retain Device Identity"):
@@ -275,6 +275,31 @@ def test_deleted_row_fails_with_the_row_named(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "rows present: 620/621" in out
     assert "gap: (0010,0030) PatientBirthDate: Table E.1-1 row missing" in out
+
+
+def test_burned_in_allowance_needs_a_known_class_and_a_reason(tmp_path, capsys):
+    def allow(setting):
+        def edit(data):
+            data["burned_in"] = setting
+
+        return edit
+
+    ok = _edited(tmp_path, allow({"allow": {"ultrasound": "test: our probe exports carry no annotation"}}))
+    assert load_rules(ok).burned_in == {"ultrasound": "test: our probe exports carry no annotation"}
+    assert cli(["check-rules", str(ok)]) == 0
+    assert "burned-in classes allowed: ultrasound" in capsys.readouterr().out
+    for setting, problem in [
+        ({"allow": {"ultrasound": " "}}, "burned_in.allow: class ultrasound needs a reason"),
+        ({"allow": {"dicomdir": "x"}}, "burned_in.allow: unknown class 'dicomdir'"),
+        ("keep", "'burned_in' must be withhold or {allow: {class: reason}}"),
+    ]:
+        path = _edited(tmp_path, allow(setting))
+        result = check_rules(path)
+        assert any(g.startswith(problem) for g in result.gaps), (setting, result.gaps)
+        assert cli(["check-rules", str(path)]) == 1
+        with pytest.raises(ConfigError):
+            load_rules(path)
+    assert "burned-in classes allowed: none" in capsys.readouterr().out
 
 
 def test_missing_table_is_an_error_not_a_pass(tmp_path, monkeypatch):

@@ -83,6 +83,23 @@ TABLE_ROWS = 621
 TABLE_ENV = "BIDSAFE_PS315_TABLE"
 METHOD_MAX_CHARS = 64  # DeidentificationMethod is LO
 
+# Images withheld by default because their pixels may carry burned-in text or a face (judged by
+# bidsafe.deid.engine.burned_in_findings). A rule file may allow a class, with its reason: `burned_in: {allow:
+# {class: reason}}`. A DICOMDIR is always withheld and is no class.
+BURNED_IN_CLASSES: Mapping[str, str] = {
+    "burned_in_annotation": "BurnedInAnnotation (0028,0301) is YES",
+    "recognizable_visual_features": "RecognizableVisualFeatures (0028,0302) is YES",
+    "ultrasound": "an ultrasound SOP class or Modality US/IVUS",
+    "visible_light": "a visible-light SOP class (1.2.840.10008.5.1.4.1.1.77.x: photographs, endoscopy, ...)",
+    "secondary_capture": "a Secondary Capture SOP class (exactly .7, .7.1-.7.4), or ImageType SECONDARY with "
+    "Modality OT/SC",
+    "screen_save": "ImageType SCREEN SAVE / SCREENSAVE",
+    "report": "ImageType naming a report or a dose screen (...REPORT, DOSE_INFO)",
+    "colour": "an image whose PhotometricInterpretation is not MONOCHROME1/2",
+    "no_geometry": "an image without ImagePositionPatient and ImageOrientationPatient (top level or functional "
+    "groups)",
+}
+
 _TAG_RE = re.compile(r"^\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)$")
 
 
@@ -121,7 +138,7 @@ class RuleSet:
     safe_private: tuple[SafePrivate, ...]
     date_mode: str  # "shift" | "remove"
     max_shift_days: int
-    burned_in: str  # "withhold" | "keep"
+    burned_in: Mapping[str, str]  # burned-in classes allowed (not withheld) -> the site's reason; empty by default
     # Additions to the contract:
     extra: Mapping[int, TagRule] = field(default_factory=dict)  # standard, not in the table, not K
     uid_root: str = "2.25."
@@ -380,10 +397,7 @@ def _parse(raw: Any, path: Path) -> tuple[RuleSet | None, list[str]]:
             "dates: mode remove contradicts the declared option retain_long_modif_dates (its code says dates "
             "were kept, shifted): drop the option, its code and its rows' C actions"
         )
-    burned_in = raw.get("burned_in")
-    if burned_in not in ("withhold", "keep"):
-        problems.append("'burned_in' must be withhold or keep")
-        burned_in = "withhold"
+    burned_in = _parse_burned_in(raw.get("burned_in", "withhold"), problems)
     uids = raw.get("uids") or {}
     uid_root = uids.get("root") if isinstance(uids, dict) else None
     if uid_root != "2.25.":
@@ -429,6 +443,29 @@ def _list(raw: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
         problems.append(f"'{key}' must be a list")
         return []
     return value
+
+
+def _parse_burned_in(value: Any, problems: list[str]) -> dict[str, str]:
+    """`withhold` (every class withheld) or `{allow: {class: reason}}`; returns the allowed classes."""
+    if value == "withhold":
+        return {}
+    if not isinstance(value, dict) or set(value) - {"allow"}:
+        problems.append("'burned_in' must be withhold or {allow: {class: reason}} (allowing every class at once, "
+                        "'keep', is not accepted: allow classes one by one, each with its reason)")
+        return {}
+    allow = value.get("allow") or {}
+    if not isinstance(allow, dict):
+        problems.append("burned_in.allow must map a class to its reason")
+        return {}
+    allowed: dict[str, str] = {}
+    for name, reason in allow.items():
+        if name not in BURNED_IN_CLASSES:
+            problems.append(f"burned_in.allow: unknown class {name!r} (known: {', '.join(BURNED_IN_CLASSES)})")
+        elif not isinstance(reason, str) or not reason.strip():
+            problems.append(f"burned_in.allow: class {name} needs a reason (why this site's images are safe)")
+        else:
+            allowed[name] = reason.strip()
+    return allowed
 
 
 def _parse_codes(value: Any, options: list[str], problems: list[str]) -> tuple[tuple[str, str], ...]:
@@ -617,6 +654,7 @@ class CheckResult:
     safe_private_count: int
     options: tuple[str, ...]
     gaps: tuple[str, ...]
+    burned_in_allowed: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -639,6 +677,7 @@ class CheckResult:
             f"  keep-list: {self.keep_count} attributes; extra: {self.extra_count}; "
             f"safe private: {self.safe_private_count} elements"
         )
+        lines.append(f"  burned-in classes allowed: {', '.join(self.burned_in_allowed) or 'none (all withheld)'}")
         if self.gaps:
             lines.append(f"  FAILED: {len(self.gaps)} gap(s)")
             lines.extend(f"  gap: {gap}" for gap in self.gaps)
@@ -768,6 +807,7 @@ def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult
         safe_private_count=len(rules.safe_private) if rules is not None else 0,
         options=tuple(declared),
         gaps=tuple(gaps),
+        burned_in_allowed=tuple(sorted(rules.burned_in)) if rules is not None else (),
     )
 
 
