@@ -525,6 +525,26 @@ def test_a_class_allowed_by_the_rule_file_converts_and_only_that_class(tmp_path)
     assert withhold_reason(shot, ["ultrasound"]) is None
 
 
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+def test_no_corpus_series_is_a_burned_in_class():
+    """Every real scanner series (GE, Siemens VB/VE/XA30 enhanced and interoperability, Philips) converts."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"real scanner corpus absent ({CORPUS})")
+    images = 0
+    for path in sorted(p for p in CORPUS.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception:  # noqa: BLE001 - README and other non-DICOM files of the corpus
+            continue
+        if "SOPClassUID" not in ds:
+            continue
+        images += 1
+        assert engine.burned_in_findings(ds) == [], path.relative_to(CORPUS)
+    assert images > 1000
+
+
 def test_a_dicomdir_is_withheld_whatever_is_allowed():
     ds = mr_dataset()
     ds.SOPClassUID = "1.2.840.10008.1.3.10"

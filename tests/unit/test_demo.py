@@ -360,6 +360,20 @@ def test_screenshot_is_a_burned_in_secondary_capture(demo):
 
 
 @pytest.mark.slow
+def test_only_the_screenshot_is_a_burned_in_class(demo):
+    """The screenshot is withheld by de-identification; every scan series, the localizer included, is not."""
+    from bidsafe.deid.engine import burned_in_findings
+
+    _, sessions = demo
+    for series in sessions[0].series:
+        classes = {name for f in series.files for name, _ in burned_in_findings(pydicom.dcmread(f))}
+        if series.description == "Screen Save":
+            assert {"burned_in_annotation", "secondary_capture", "screen_save", "colour", "no_geometry"} == classes
+        else:
+            assert classes == set(), series.description
+
+
+@pytest.mark.slow
 def test_junk_files_are_next_to_the_images(demo):
     _, sessions = demo
     junk = {p.name: p for p in sessions[0].junk}
