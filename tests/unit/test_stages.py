@@ -31,6 +31,8 @@ def _write_mr(path: Path, study: str, series: str, number: int) -> None:
     ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "20230102", "MR", 3, number
     ds.SeriesDescription = "t1 mprage Wexcombe"
     ds.Rows = ds.Columns = 4
+    # a slice placed in the patient: an image without geometry is withheld as a possible screen capture
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(number)], [1, 0, 0, 0, 1, 0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
