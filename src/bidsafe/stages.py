@@ -68,17 +68,20 @@ def deface_stage(
     status_json: Path,
     records_json: Path,
     pictures_dir: Path,
-    suffixes: Sequence[str],
+    exempt: Mapping[str, str] | None = None,
+    suffixes: Sequence[str] = (),
     engine: str = "auto",
 ) -> dict[str, object]:
-    """Deface every anat image of a session; a tripped guard withholds the session instead of failing the run."""
+    """Deface every anat image of a session (but `exempt` suffixes) and every image whose suffix is in
+    `suffixes`; a tripped guard withholds the session instead of failing the run."""
     from bidsafe.deface.engine import deface_session
 
     pictures_dir = Path(pictures_dir)
     pictures_dir.mkdir(parents=True, exist_ok=True)
     try:
         records = deface_session(
-            Path(in_dir), Path(out_bids), list(suffixes), Path(records_json), pictures_dir, engine=engine
+            Path(in_dir), Path(out_bids), Path(records_json), pictures_dir, engine=engine,
+            exempt=list(exempt or {}), also=list(suffixes),
         )
     except GuardError as exc:
         Path(out_bids).mkdir(parents=True, exist_ok=True)
@@ -203,7 +206,7 @@ def gate_stage(name: str, report: Path, **inputs: object) -> bool:
     runners = {
         "validator": lambda: gates.gate_validator(inputs["staging"], str(inputs.get("backend", "deno"))),
         "leak_scan": lambda: gates.gate_leak_scan(inputs["staging"], _leak_values(inputs), inputs.get("also", ())),
-        "deface": lambda: gates.gate_deface(inputs["staging"], _deface_records(inputs), inputs["suffixes"]),
+        "deface": lambda: gates.gate_deface(inputs["staging"], _deface_records(inputs), inputs.get("exempt") or {}),
         "consent": lambda: gates.gate_consent(inputs["staging"], inputs["sessions_tsv"]),
     }
     try:

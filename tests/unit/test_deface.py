@@ -340,7 +340,7 @@ def make_session(root: Path, heads: dict[str, Path]) -> Path:
 def test_session_defaced_and_recorded(tmp_path, realistic):
     session = make_session(tmp_path / "in", {"sub-01_ses-1_T1w.nii.gz": realistic["src"]})
     out, records_json, qc_dir = tmp_path / "out" / "ses-1", tmp_path / "records.json", tmp_path / "qc"
-    records = engine.deface_session(session, out, ["T1w", "T2w"], records_json, qc_dir, engine="builtin")
+    records = engine.deface_session(session, out, records_json, qc_dir, engine="builtin")
     assert [r.input for r in records] == ["anat/sub-01_ses-1_T1w.nii.gz"]
     released = out / "anat" / "sub-01_ses-1_T1w.nii.gz"
     assert dice(raw_data(released) != raw_data(realistic["src"]), realistic["expected"]) >= 0.85
@@ -360,21 +360,31 @@ def test_session_withheld_when_a_guard_trips(tmp_path, realistic, giant_head):
                                              "sub-01_ses-1_T2w.nii.gz": giant_head})
     out, records_json = tmp_path / "out" / "ses-1", tmp_path / "records.json"
     with pytest.raises(GuardError) as exc:
-        engine.deface_session(session, out, ["T1w", "T2w"], records_json, None, engine="builtin")
+        engine.deface_session(session, out, records_json, None, engine="builtin")
     assert "anat/sub-01_ses-1_T2w.nii.gz" in str(exc.value)
     assert "anat/sub-01_ses-1_T1w.nii.gz" not in str(exc.value)
     assert not out.exists() and not records_json.exists()
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_session_picks_anat_images_by_suffix(tmp_path):
+def test_session_defaces_every_anat_image_whatever_its_suffix(tmp_path):
     session = tmp_path / "ses-1"
     for relative in ("anat/sub-1_T1w.nii.gz", "anat/sub-1_acq-x_FLAIR.nii", "anat/sub-1_T1w.json",
-                     "func/sub-1_task-a_bold.nii.gz", "anat/sub-1_defacemask.nii.gz"):
+                     "anat/sub-1_angio.nii.gz", "anat/sub-1_UNIT1.nii.gz", "anat/sub-1_T1map.nii.gz",
+                     "func/sub-1_task-a_bold.nii.gz", "fmap/sub-1_acq-3d_magnitude1.nii.gz"):
         (session / relative).parent.mkdir(parents=True, exist_ok=True)
         (session / relative).write_bytes(b"")
-    found = engine.anat_images(session, ["T1w", "FLAIR"])
-    assert [p.as_posix() for p in found] == ["anat/sub-1_T1w.nii.gz", "anat/sub-1_acq-x_FLAIR.nii"]
+
+    def targets(**kwargs) -> list[str]:
+        return sorted(p.as_posix() for p in engine.deface_targets(session, **kwargs))
+
+    anat = ["anat/sub-1_T1map.nii.gz", "anat/sub-1_T1w.nii.gz", "anat/sub-1_UNIT1.nii.gz",
+            "anat/sub-1_acq-x_FLAIR.nii", "anat/sub-1_angio.nii.gz"]
+    assert targets() == anat
+    assert targets(exempt=["angio"]) == [p for p in anat if "angio" not in p]
+    assert targets(also=["magnitude1"]) == sorted([*anat, "fmap/sub-1_acq-3d_magnitude1.nii.gz"])
+    assert targets(exempt=["angio"], also=["angio"]) == anat  # naming it to deface wins over the exemption
+    assert not hasattr(engine, "DEFAULT_SUFFIXES")  # one place for defaults: the config schema
 
 
 @slow
@@ -385,7 +395,7 @@ def test_pipeline_stage_withholds_the_session_and_says_why(tmp_path, giant_head)
     stage_dir = tmp_path / "deface" / "sub-01" / "ses-1"
     status = deface_stage(in_dir=tmp_path / "scrub", out_bids=stage_dir / "bids", status_json=stage_dir / "status.json",
                           records_json=stage_dir / "records.json", pictures_dir=stage_dir / "qc",
-                          suffixes=["T1w"], engine="builtin")
+                          engine="builtin")
     assert status["status"] == WITHHELD and "deface guard" in str(status["reason"])
     assert json.loads((stage_dir / "records.json").read_text()) == []
     assert not any((stage_dir / "bids").rglob("*.nii.gz"))  # nothing of the session goes on
@@ -394,3 +404,18 @@ def test_pipeline_stage_withholds_the_session_and_says_why(tmp_path, giant_head)
     write_included(tmp_path / "included.tsv", included, withheld)
     (row,) = read_included(tmp_path / "included.tsv")
     assert row["status"] == WITHHELD and row["reason"].startswith("deface guard")
+
+
+def test_config_schema_holds_the_only_deface_defaults(tmp_path):
+    from snakemake.utils import validate
+
+    schema = Path(__file__).parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    base = {"inbox": "i", "work_dir": "w", "private_dir": "p", "release_dir": "r"}
+    config = dict(base)
+    validate(config, str(schema))
+    assert config["deface"]["suffixes"] == [] and config["deface"]["exempt"] == {}
+    validate({**base, "deface": {"exempt": {"angio": "MIP slab above the orbits (checked)"}}}, str(schema))
+    for bad in ({"exempt": {"angio": "  "}}, {"exempt": {"angio": 3}}, {"exempt": {"an gio": "x"}},
+                {"suffixes": ["T1w_x"]}):
+        with pytest.raises(Exception, match="deface|angio|T1w_x|pattern"):
+            validate({**base, "deface": bad}, str(schema))

@@ -50,7 +50,6 @@ from bidsafe.release.manifest import parse_manifest, verify_release
 from bidsafe.release.publish import publish
 from bidsafe.release.report import write_report
 
-ANAT = ["T1w", "T2w", "FLAIR"]
 PROFILE = "basic-mr"
 VERSIONS = {"bidsafe": "0.1.0", "dcm2niix": "v1.0.20240202", "dcm2bids": "3.3.0", "pydicom": "3.0.1"}
 # Fake personal values harvested "from the raw headers" (never real people).
@@ -202,7 +201,7 @@ class Project:
         (the validator costs ~1 s per run on a shared machine).
         """
         results = [
-            gate_deface(self.staging, self.records, ANAT),
+            gate_deface(self.staging, self.records),
             gate_consent(self.staging, self.sessions_tsv),
         ]
         fingerprint = staging_fingerprint(self.staging)
@@ -325,7 +324,7 @@ def test_assemble_refuses_missing_session_tree(project: Project, tmp_path: Path)
 
 # ------------------------------------------------------------------------------------------- gates
 def test_clean_staging_passes_deface_and_consent(project: Project) -> None:
-    deface = gate_deface(project.staging, project.records, ANAT)
+    deface = gate_deface(project.staging, project.records)
     assert deface.passed, deface.details
     assert deface.details["checked"] == 3 and deface.details["no_record"] == []
     consent = gate_consent(project.staging, project.sessions_tsv)
@@ -340,11 +339,11 @@ def test_session_relative_record_paths_are_understood(project: Project) -> None:
         for entry in entries:
             entry["path"] = entry["path"].split("/", 2)[2]  # "anat/sub-..._T1w.nii.gz"
         records.write_text(json.dumps(entries))
-    assert gate_deface(project.staging, project.records, ANAT).passed
+    assert gate_deface(project.staging, project.records).passed
 
 
 def test_deface_gate_fails_without_a_record(project: Project) -> None:
-    result = gate_deface(project.staging, project.records[1:], ANAT)
+    result = gate_deface(project.staging, project.records[1:])
     assert not result.passed
     assert result.details["no_record"] == ["sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz"]
 
@@ -355,23 +354,115 @@ def test_deface_gate_fails_when_one_byte_changed(project: Project) -> None:
     data[-1] ^= 0x01
     t1.unlink()  # break the hard link: the session tree keeps its defaced bytes
     t1.write_bytes(bytes(data))
-    result = gate_deface(project.staging, project.records, ANAT)
+    result = gate_deface(project.staging, project.records)
     assert not result.passed
     assert result.details["hash_mismatch"] == ["sub-b2/ses-01/anat/sub-b2_ses-01_T1w.nii.gz"]
 
 
 def test_deface_gate_checks_anat_images_anywhere(project: Project) -> None:
-    stray = project.staging / "derivatives" / "bidsafe-qc" / "sub-a1" / "ses-01" / "sub-a1_ses-01_T2w.nii.gz"
-    _nifti(stray, (4, 4, 4), 9)
-    result = gate_deface(project.staging, project.records, ANAT)
-    assert not result.passed and result.details["no_record"] == [stray.relative_to(project.staging).as_posix()]
+    # a copy of an anatomical suffix anywhere needs a record whatever its size; any head-sized image too
+    qc = project.staging / "derivatives" / "bidsafe-qc" / "sub-a1" / "ses-01"
+    copy = qc / "sub-a1_ses-01_T1w.nii.gz"
+    _nifti(copy, (4, 4, 4), 9)
+    head = _head(qc / "sub-a1_ses-01_desc-brain_T2w.nii.gz", (96, 112, 96), (2.0, 2.0, 2.0))
+    small = _head(qc / "sub-a1_ses-01_desc-thumb_T2w.nii.gz", (4, 4, 4), (2.0, 2.0, 2.0))
+    result = gate_deface(project.staging, project.records)
+    assert not result.passed
+    expected = sorted(p.relative_to(project.staging).as_posix() for p in (copy, head))
+    assert sorted(result.details["no_record"]) == expected
+    assert small.relative_to(project.staging).as_posix() not in result.details["no_record"]
+    assert result.details["why"] == {"anat": 3, "anat_suffix": 1, "face_fov": 1, "no_face": 4}
 
 
-def test_deface_gate_fails_closed_on_unreadable_records_or_no_suffixes(project: Project) -> None:
+def test_deface_gate_fails_closed_on_unreadable_records(project: Project) -> None:
     project.records[0].write_text("{not json")
-    result = gate_deface(project.staging, project.records, ANAT)
+    result = gate_deface(project.staging, project.records)
     assert not result.passed and result.details["unreadable_records"] == ["sub-a1/ses-01/records.json"]
-    assert not gate_deface(project.staging, project.records, []).passed
+
+
+def _head(path: Path, shape: tuple[int, ...], zooms: tuple[float, float, float], seed: int = 5) -> Path:
+    """A NIfTI with a given grid (voxels and field of view are what the gate judges, not the contents)."""
+    rng = np.random.default_rng(seed)
+    img = nib.Nifti1Image(rng.integers(0, 1000, size=shape, dtype=np.int16), np.diag([*zooms, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+SES_A1 = Path("sub-a1") / "ses-01"
+
+
+@pytest.mark.parametrize("suffix", ["angio", "UNIT1", "T1map", "MP2RAGE", "inplaneT1", "defacemask"])
+def test_deface_gate_needs_a_record_for_every_anat_image_whatever_its_suffix(project: Project, suffix: str) -> None:
+    image = _head(project.staging / SES_A1 / "anat" / f"sub-a1_ses-01_{suffix}.nii.gz", (6, 6, 6), (2.0, 2.0, 2.0))
+    result = gate_deface(project.staging, project.records)
+    assert not result.passed
+    assert result.details["no_record"] == [image.relative_to(project.staging).as_posix()]
+    assert result.details["why"]["anat"] == 4
+
+
+def test_deface_gate_accepts_an_exempt_suffix_with_its_reason(project: Project) -> None:
+    image = _head(project.staging / SES_A1 / "anat" / "sub-a1_ses-01_angio.nii.gz", (6, 6, 6), (2.0, 2.0, 2.0))
+    reason = "time-of-flight MIP slab above the orbits: no face in the field of view (site check 2026-01)"
+    result = gate_deface(project.staging, project.records, {"angio": reason})
+    assert result.passed, result.details
+    assert result.details["exempted"] == [{"file": image.relative_to(project.staging).as_posix(), "suffix": "angio"}]
+    assert result.details["exempt"] == {"angio": reason}
+    assert "1 exempt by suffix" in result.summary
+    blank = gate_deface(project.staging, project.records, {"angio": "  "})
+    assert not blank.passed and blank.details["exempt_without_reason"] == ["angio"]
+
+
+def test_deface_gate_leaves_a_small_field_of_view_bold_alone(project: Project) -> None:
+    # a 2 mm partial-brain BOLD slab (128 x 128 x 24 mm) and a whole-brain 3.5 mm BOLD: neither can draw a face
+    slab = _head(project.staging / SES_A1 / "func" / "sub-a1_ses-01_task-slab_bold.nii.gz", (64, 64, 12, 3),
+                 (2.0, 2.0, 2.0))
+    coarse = _head(project.staging / SES_A1 / "func" / "sub-a1_ses-01_task-whole_bold.nii.gz", (64, 64, 36, 2),
+                   (3.5, 3.5, 3.5))
+    result = gate_deface(project.staging, project.records)
+    assert result.passed, result.details
+    assert result.details["why"]["no_face"] == 5  # the fixture's three small BOLDs and these two
+    assert gates_mod.field_of_view(slab) == ((24.0, 128.0, 128.0), 2.0)
+    assert gates_mod.field_of_view(coarse) == ((126.0, 224.0, 224.0), 3.5)
+
+
+@pytest.mark.parametrize(
+    ("relative", "shape", "zooms"),
+    [
+        ("fmap/sub-a1_ses-01_acq-3d_magnitude1.nii.gz", (128, 128, 80), (1.8, 1.8, 1.8)),
+        ("fmap/sub-a1_ses-01_TB1map.nii.gz", (96, 96, 64, 2), (2.5, 2.5, 2.5)),
+        ("func/sub-a1_ses-01_task-rest_sbref.nii.gz", (104, 90, 72), (2.0, 2.0, 2.0)),
+        ("perf/sub-a1_ses-01_m0scan.nii.gz", (100, 120, 90), (2.0, 2.0, 1.0)),
+    ],
+)
+def test_deface_gate_needs_a_record_for_a_large_field_of_view_outside_anat(
+    project: Project, relative: str, shape: tuple[int, ...], zooms: tuple[float, float, float]
+) -> None:
+    image = _head(project.staging / SES_A1 / relative, shape, zooms)
+    result = gate_deface(project.staging, project.records)
+    assert not result.passed
+    assert result.details["no_record"] == [image.relative_to(project.staging).as_posix()]
+    assert result.details["why"]["face_fov"] == 1
+    # a record with the released hash satisfies it (the stage defaces it when deface.suffixes names it)
+    _json(project.records[0], [*json.loads(project.records[0].read_text()),
+                               {"path": image.relative_to(project.staging).as_posix(), "sha256": _sha256(image)}])
+    assert gate_deface(project.staging, project.records).passed
+
+
+def test_deface_gate_judges_field_of_view_in_millimetres_and_fails_closed_on_bad_geometry(project: Project) -> None:
+    # stored in metres: 0.0018 m voxels are 1.8 mm, a 230 mm head, not a 0.23 mm speck
+    metres = project.staging / SES_A1 / "fmap" / "sub-a1_ses-01_acq-m_magnitude1.nii.gz"
+    img = nib.Nifti1Image(np.ones((128, 128, 80), dtype=np.int16), np.diag([0.0018, 0.0018, 0.0018, 1.0]))
+    img.header.set_xyzt_units("meter", "sec")
+    metres.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, metres)
+    broken = project.staging / SES_A1 / "fmap" / "sub-a1_ses-01_acq-x_magnitude1.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    result = gate_deface(project.staging, project.records)
+    assert result.details["why"] == {"anat": 3, "face_fov": 1, "geometry_unreadable": 1, "no_face": 3}
+    assert sorted(result.details["no_record"]) == sorted(p.relative_to(project.staging).as_posix()
+                                                         for p in (metres, broken))
 
 
 def test_consent_gate_fails_on_a_subject_not_included(project: Project) -> None:
@@ -419,17 +510,17 @@ def test_gates_fail_closed_on_a_symlink_in_the_tree(project: Project, tmp_path: 
     secret.write_text("not for release\n")
     os.symlink(secret, project.staging / "sub-a1" / "notes.txt")
     for result in (
-        gate_deface(project.staging, project.records, ANAT),
+        gate_deface(project.staging, project.records),
         gate_consent(project.staging, project.sessions_tsv),
         gates_mod.gate_leak_scan(project.staging, project.values()),
     ):
         assert not result.passed
         assert result.fingerprint == ""
-    assert "sub-a1/notes.txt" in gate_deface(project.staging, project.records, ANAT).summary
+    assert "sub-a1/notes.txt" in gate_deface(project.staging, project.records).summary
 
 
 def test_gate_reports_round_trip(project: Project, tmp_path: Path) -> None:
-    result = gate_deface(project.staging, project.records, ANAT)
+    result = gate_deface(project.staging, project.records)
     path = write_gate_report(result, tmp_path / "gates" / "deface.json")
     again = read_gate_report(path)
     assert again == result
@@ -472,7 +563,6 @@ def test_run_gates_writes_four_reports(project: Project, tmp_path: Path) -> None
         project.staging,
         values=project.values(),
         records=project.records,
-        anat_suffixes=ANAT,
         sessions_tsv=project.sessions_tsv,
         report_dir=tmp_path / "gates",
     )

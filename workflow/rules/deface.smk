@@ -8,6 +8,7 @@ rule deface:
         pictures=directory(WORK / "deface" / SESSION / "qc"),
     params:
         engine=config["deface"]["engine"],
+        exempt=config["deface"]["exempt"],
         suffixes=config["deface"]["suffixes"],
     log:
         LOGS / "deface" / "sub-{subject}_ses-{session}.log",

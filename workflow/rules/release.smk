@@ -75,7 +75,7 @@ rule gate_deface:
     params:
         gate="deface",
         deface_dir=WORK / "deface",
-        suffixes=config["deface"]["suffixes"],
+        exempt=config["deface"]["exempt"],
     log:
         LOGS / "gates" / "deface.log",
     resources:

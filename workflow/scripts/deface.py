@@ -10,6 +10,7 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         status_json=Path(snakemake.output.status),  # noqa: F821
         records_json=Path(snakemake.output.records),  # noqa: F821
         pictures_dir=Path(snakemake.output.pictures),  # noqa: F821
+        exempt=snakemake.params.exempt,  # noqa: F821
         suffixes=snakemake.params.suffixes,  # noqa: F821
         engine=snakemake.params.engine,  # noqa: F821
     )

@@ -4,6 +4,6 @@ Public API: `deface_image`, `deface_session`, `DefaceRecord` (bidsafe.deface.eng
 live in bidsafe.deface.guards, the registration in bidsafe.deface.register.
 """
 
-from bidsafe.deface.engine import DEFAULT_SUFFIXES, DefaceRecord, deface_image, deface_session
+from bidsafe.deface.engine import DefaceRecord, deface_image, deface_session, deface_targets
 
-__all__ = ["DEFAULT_SUFFIXES", "DefaceRecord", "deface_image", "deface_session"]
+__all__ = ["DefaceRecord", "deface_image", "deface_session", "deface_targets"]

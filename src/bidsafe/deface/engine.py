@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,6 @@ from bidsafe.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
 ENGINES = ("auto", "builtin", "fsl")
 THREADS_ENV = "BIDSAFE_DEFACE_THREADS"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-DEFAULT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw", "T2starw", "inplaneT1", "inplaneT2", "PDT2", "angio",
-                    "T1map", "T2map", "UNIT1", "MP2RAGE", "MEGRE", "MESE", "VFA", "IRT1")
 
 
 @dataclass
@@ -393,12 +392,21 @@ def image_suffix(path: Path) -> str | None:
     return None
 
 
-def anat_images(in_dir: Path, suffixes: list[str] | tuple[str, ...]) -> list[Path]:
-    """Relative paths of the NIfTI images in `anat` folders whose suffix is listed."""
-    wanted = set(suffixes)
+def deface_targets(
+    in_dir: Path, exempt: Iterable[str] = (), also: Iterable[str] = ()
+) -> list[Path]:
+    """Relative paths of the NIfTI images to deface: every image in an `anat` folder whatever its suffix, and
+    every image elsewhere whose suffix is in `also`; suffixes in `exempt` are left alone (the site's documented
+    choice, config `deface.exempt`) unless `also` names them too. The release's deface gate makes its own,
+    independent choice of what needs a face removed."""
+    exempt, also = set(exempt), set(also)
     found = []
     for path in sorted(Path(in_dir).rglob("*")):
-        if path.is_file() and "anat" in path.relative_to(in_dir).parts[:-1] and image_suffix(path) in wanted:
+        suffix = image_suffix(path)
+        if suffix is None or not path.is_file():
+            continue
+        in_anat = "anat" in path.relative_to(in_dir).parts[:-1]
+        if suffix in also or (in_anat and suffix not in exempt):
             found.append(path.relative_to(in_dir))
     return found
 
@@ -406,13 +414,15 @@ def anat_images(in_dir: Path, suffixes: list[str] | tuple[str, ...]) -> list[Pat
 def deface_session(
     in_dir: Path,
     out_dir: Path,
-    suffixes: list[str],
     records_json: Path,
     qc_dir: Path | None,
     engine: str = "auto",
     threads: int | None = None,
+    *,
+    exempt: Iterable[str] = (),
+    also: Iterable[str] = (),
 ) -> list[DefaceRecord]:
-    """Copy a session's BIDS tree to `out_dir` with every listed anat image defaced, atomically.
+    """Copy a session's BIDS tree to `out_dir` with every target image (`deface_targets`) defaced, atomically.
 
     Every image is tried so the error names all that failed; if any guard trips nothing is written
     (`out_dir` and `records_json` stay as they were) and GuardError names the images.
@@ -420,7 +430,7 @@ def deface_session(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise ConfigError("session folder not found", in_dir)
-    targets = set(anat_images(in_dir, suffixes))
+    targets = set(deface_targets(in_dir, exempt, also))
     records: list[DefaceRecord] = []
     refused: list[str] = []
     with atomic_dir(out_dir) as staging:

@@ -2,7 +2,9 @@
 
 1. `validator`: the official BIDS validator finds 0 errors.
 2. `leak_scan`: no personal value harvested from the raw DICOM appears in any file, header or path.
-3. `deface`: every anatomical image has a deface record whose output hash equals the released file's.
+3. `deface`: every image that can show a face (any image under `anat/`, any other whose field of view and voxel
+   size can hold a face) has a deface record whose output hash equals the released file's, or a suffix
+   exempted in config with a reason. The gate decides this itself, from the released files.
 4. `consent`: every subject/session in the tree is marked included by the pseudonymise stage; nothing else.
 
 Each gate fails closed: a missing module, an unreadable input or an empty list of values to look for is a
@@ -296,39 +298,116 @@ def _dataset_relative(rel: str, records_file: Path) -> str:
     return f"sub-{subject}/ses-{session}/{rel}" if session else f"sub-{subject}/{rel}"
 
 
+# What can show a face, decided here from the released files alone (never from the deface stage's list):
+# - every image in an `anat` folder, whatever its suffix (angio, UNIT1, T1map, ... all show the head);
+# - every image whose suffix is that of an `anat` image of the release (a T1w copied anywhere else);
+# - every other image, any datatype, 3D or 4D (a 4D image is judged by its volume grid: a series of head
+#   volumes shows the face in each), whose field of view can hold a face and whose voxels can draw one:
+#   its extents along the three world axes, sorted, at least FACE_FOV_MM (a face from brow to mouth is about
+#   80 mm high and 100 mm wide, its relief about 60 mm deep), and no voxel edge longer than FACE_VOXEL_MM.
+#   This takes any whole-head volume sampled at 2.5 mm or finer (a 3D field map, a 2 mm multiband BOLD, an
+#   sbref) and leaves slabs and ordinary 2D EPI at 3 mm or coarser (BOLD, DWI, SE-EPI field maps).
+# - an image whose header cannot be read or has no usable affine (fail closed).
+# Each such image needs a deface record with its hash, or its suffix exempted in config (`deface.exempt`,
+# {suffix: reason}; the reasons are copied into the report).
+FACE_FOV_MM: tuple[float, float, float] = (60.0, 80.0, 100.0)
+FACE_VOXEL_MM = 2.5
+_UNIT_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
+
+
+def field_of_view(path: Path) -> tuple[tuple[float, float, float], float] | None:
+    """(extents of the voxel grid along the world axes in mm, smallest first; longest voxel edge in mm) from a
+    NIfTI header, or None when the header is unreadable or its affine unusable."""
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        img = nib.load(path)
+        shape = tuple(int(n) for n in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+        affine = np.asarray(img.affine, dtype=float)
+        unit = _UNIT_MM.get(str(img.header.get_xyzt_units()[0]), 1.0)
+    except Exception:  # noqa: BLE001 - nibabel raises many types for a damaged file: unreadable is "unknown"
+        return None
+    linear = affine[:3, :3] * unit
+    if not np.all(np.isfinite(linear)) or abs(float(np.linalg.det(linear))) < 1e-9 or min(shape) < 1:
+        return None
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ linear.T
+    extents = sorted(float(e) for e in world.max(axis=0) - world.min(axis=0))
+    voxel = float(np.sqrt((linear**2).sum(axis=0)).max())
+    return (extents[0], extents[1], extents[2]), voxel
+
+
+def _face_reason(path: Path) -> str | None:
+    """Why an image outside `anat` needs defacing by its geometry alone ("face_fov", "geometry_unreadable"),
+    or None."""
+    geometry = field_of_view(path)
+    if geometry is None:
+        return "geometry_unreadable"
+    extents, voxel = geometry
+    if voxel <= FACE_VOXEL_MM and all(e >= need for e, need in zip(extents, FACE_FOV_MM, strict=True)):
+        return "face_fov"
+    return None
+
+
 @_fail_closed(DEFACE)
-def gate_deface(staging: str | Path, records: Sequence[str | Path], anat_suffixes: Sequence[str]) -> GateResult:
-    """Pass when every released image whose suffix is anatomical has a matching deface record.
+def gate_deface(
+    staging: str | Path, records: Sequence[str | Path], exempt: Mapping[str, str] | None = None
+) -> GateResult:
+    """Pass when every released image that can show a face (see FACE_FOV_MM above) has a deface record whose
+    hash equals the released file's, or a suffix exempted with a reason.
 
     Every NIfTI in the tree is considered, derivatives included: a T1w copied anywhere still shows a face.
     """
     staging = Path(staging)
     fingerprint = staging_fingerprint(staging)
-    suffixes = set(anat_suffixes)
-    if not suffixes:
-        return _result(DEFACE, False, "no anatomical suffixes configured: nothing would be checked", {}, fingerprint)
+    exempt = {str(k): str(v).strip() for k, v in (exempt or {}).items()}
+    without_reason = sorted(k for k, v in exempt.items() if not v)
+    if without_reason:
+        return _result(DEFACE, False, f"deface.exempt gives no reason for {', '.join(without_reason)}",
+                       {"exempt_without_reason": without_reason}, fingerprint)
     recorded, unreadable = load_deface_records(records)
-    checked: list[str] = []
+    images = [(rel, image_suffix(Path(rel).name)) for rel in iter_release_files(staging)]
+    images = [(rel, suffix) for rel, suffix in images if suffix is not None]
+    anat_suffixes = {suffix for rel, suffix in images if "anat" in Path(rel).parts[:-1]}
+    why_counts: Counter[str] = Counter()
+    exempted: list[dict[str, str]] = []
     no_record: list[str] = []
     mismatch: list[str] = []
-    for rel in iter_release_files(staging):
-        if image_suffix(Path(rel).name) not in suffixes:
+    for rel, suffix in images:
+        if "anat" in Path(rel).parts[:-1]:
+            why = "anat"
+        elif suffix in anat_suffixes:
+            why = "anat_suffix"
+        else:
+            why = _face_reason(staging / rel)
+        if why is None:
+            why_counts["no_face"] += 1
             continue
-        checked.append(rel)
+        why_counts[why] += 1
+        if suffix in exempt:
+            exempted.append({"file": rel, "suffix": str(suffix)})
+            continue
         expected = recorded.get(rel)
         if not expected:
             no_record.append(rel)
         elif sha256_file(staging / rel) not in expected:
             mismatch.append(rel)
+    needing = sum(n for why, n in why_counts.items() if why != "no_face")
     passed = not (no_record or mismatch or unreadable)
     summary = (
-        f"{len(checked)} anatomical images checked: {len(no_record)} without a deface record, "
-        f"{len(mismatch)} differ from the defaced output"
+        f"{needing} of {len(images)} images can show a face: {len(no_record)} without a deface record, "
+        f"{len(mismatch)} differ from the defaced output, {len(exempted)} exempt by suffix"
         + (f", {len(unreadable)} unreadable record files" if unreadable else "")
     )
     details = {
-        "suffixes": sorted(suffixes),
-        "checked": len(checked),
+        "checked": needing,
+        "images": len(images),
+        "why": dict(sorted(why_counts.items())),
+        "criteria": {"face_fov_mm": list(FACE_FOV_MM), "face_voxel_mm": FACE_VOXEL_MM},
+        "exempt": dict(sorted(exempt.items())),
+        "exempted": _capped(exempted),
         "records_files": len(records),
         "no_record": _capped(no_record),
         "hash_mismatch": _capped(mismatch),
@@ -450,7 +529,7 @@ def run_gates(
     values: Any,
     also: Sequence[str | Path] = (),
     records: Sequence[str | Path],
-    anat_suffixes: Sequence[str],
+    exempt: Mapping[str, str] | None = None,
     sessions_tsv: str | Path,
     report_dir: str | Path | None = None,
 ) -> list[GateResult]:
@@ -458,7 +537,7 @@ def run_gates(
     gates = [
         (VALIDATOR, lambda: gate_validator(staging, backend)),
         (LEAK_SCAN, lambda: gate_leak_scan(staging, values, also)),
-        (DEFACE, lambda: gate_deface(staging, records, anat_suffixes)),
+        (DEFACE, lambda: gate_deface(staging, records, exempt)),
         (CONSENT, lambda: gate_consent(staging, sessions_tsv)),
     ]
     results: list[GateResult] = []
