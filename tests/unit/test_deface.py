@@ -419,3 +419,29 @@ def test_config_schema_holds_the_only_deface_defaults(tmp_path):
                 {"suffixes": ["T1w_x"]}):
         with pytest.raises(Exception, match="deface|angio|T1w_x|pattern"):
             validate({**base, "deface": bad}, str(schema))
+
+
+@pytest.mark.parametrize("suffix", ["angio", "UNIT1", "T1map"])
+def test_gate_fails_when_the_stage_skips_an_anat_image(tmp_path, suffix):
+    """The stage's protection switched off for one suffix (exempt in the stage's config only): the release
+    gate, which decides for itself, still refuses the image until the gate is told the same, with a reason."""
+    from bidsafe.release.gates import gate_deface
+    from bidsafe.stages import INCLUDED, deface_stage
+
+    session = tmp_path / "scrub" / "sub-01" / "ses-1"
+    head = nib.Nifti1Image(np.ones((96, 112, 96), dtype=np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    (session / "anat").mkdir(parents=True)
+    nib.save(head, session / "anat" / f"sub-01_ses-1_{suffix}.nii.gz")
+    stage_dir = tmp_path / "deface" / "sub-01" / "ses-1"
+    reason = "test: the site says this contrast shows no face"
+    status = deface_stage(in_dir=tmp_path / "scrub", out_bids=stage_dir / "bids", status_json=stage_dir / "status.json",
+                          records_json=stage_dir / "records.json", pictures_dir=stage_dir / "qc",
+                          exempt={suffix: reason}, engine="builtin")
+    assert status == {"status": INCLUDED, "images": 0}
+    released = stage_dir / "bids"
+    assert (released / "sub-01" / "ses-1" / "anat" / f"sub-01_ses-1_{suffix}.nii.gz").read_bytes() == (
+        session / "anat" / f"sub-01_ses-1_{suffix}.nii.gz").read_bytes()  # copied with its face
+    refused = gate_deface(released, [stage_dir / "records.json"])
+    assert not refused.passed
+    assert refused.details["no_record"] == [f"sub-01/ses-1/anat/sub-01_ses-1_{suffix}.nii.gz"]
+    assert gate_deface(released, [stage_dir / "records.json"], {suffix: reason}).passed
