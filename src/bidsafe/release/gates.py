@@ -346,7 +346,8 @@ def _face_reason(path: Path) -> str | None:
     if geometry is None:
         return "geometry_unreadable"
     extents, voxel = geometry
-    if voxel <= FACE_VOXEL_MM and all(e >= need for e, need in zip(extents, FACE_FOV_MM, strict=True)):
+    # 0.01 mm of slack: headers store float32 (a 2.5 mm voxel may read 2.5000001)
+    if voxel <= FACE_VOXEL_MM + 0.01 and all(e >= need - 0.01 for e, need in zip(extents, FACE_FOV_MM, strict=True)):
         return "face_fov"
     return None
 
