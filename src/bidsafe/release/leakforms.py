@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from anyascii import anyascii
 
@@ -62,9 +62,9 @@ _WORD_SPLIT = re.compile(r"[\s,.'\-_^/()]+")
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
-@dataclass(frozen=True, order=True)
-class RawValue:
-    """One harvested value as the gate reads it (`field` is a keyword path, safe to print; `value` is not)."""
+class RawValue(NamedTuple):
+    """One harvested value as the gate reads it (`field` is a keyword path, safe to print; `value` is not).
+    A named tuple: a big harvest holds 10^5-10^6 rows, and tuples are built and sorted in C."""
 
     category: str
     field: str
@@ -83,14 +83,19 @@ def raw_values(source: Any) -> list[RawValue]:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"leak scan: cannot read the harvested values ({type(exc).__name__})", source) from exc
     else:
-        rows = source
+        # a harvest in memory may keep its rows in a `values` collection (iterating it may sort it first)
+        inner = getattr(source, "values", None)
+        rows = inner if isinstance(inner, set | frozenset | list | tuple) else source
     out: set[RawValue] = set()
     for row in rows:
-        if isinstance(row, Mapping):
+        if isinstance(row, dict):
             category, field, value = row.get("category"), row.get("field"), row.get("value")
         else:
-            category, field, value = (getattr(row, n, None) for n in ("category", "field", "value"))
-        if not isinstance(category, str) or not isinstance(field, str) or not isinstance(value, str):
+            try:
+                category, field, value = row.category, row.field, row.value
+            except AttributeError:
+                category = field = value = None
+        if type(category) is not str or type(field) is not str or type(value) is not str:
             raise ConfigError("leak scan: a harvested value is not a {category, field, value} row of strings")
         if value.strip():
             out.add(RawValue(category, field, value))
@@ -245,7 +250,7 @@ def render(values: Iterable[RawValue], is_vocabulary_word: Any = None) -> Render
         category = value.category
         if category == "uid":
             uids.setdefault(value.value.strip(), value)
-            uids.setdefault(squash(value.value), value)  # the digits alone (a UID used as a file name)
+            uids.setdefault(value.value.strip().replace(".", ""), value)  # digits alone (a UID as a file name)
             continue
         if category in ("date", "time"):
             parsed = parse_date(value.value) if category == "date" else None
