@@ -304,6 +304,7 @@ class Scanner:
         self.uids = {form.encode("ascii", "ignore"): v for form, v in rendering.uids.items()
                      if len(form) >= UID_MIN_LENGTH}
         self.scan_voxels = scan_voxels
+        self._withheld: dict[str, str] = {}
         self.overlap = max(self.raw.max_length, 66) + 4
 
     @property
@@ -361,6 +362,12 @@ class Scanner:
     def withhold(self, name: str) -> str:
         """`name` with every personal value and every non-ASCII run in it replaced by `<withheld>` (labels:
         paths, keys). A name in which a value is still found after that is withheld whole."""
+        known = self._withheld.get(name)
+        if known is None:
+            known = self._withheld[name] = self._withhold(name)  # keys repeat in every sidecar of a release
+        return known
+
+    def _withhold(self, name: str) -> str:
         data = name.encode("utf-8")
         lowered = data.lower()
         spans = sorted(
@@ -584,8 +591,12 @@ def _gunzip_chunks(path: Path) -> Iterator[bytes]:
     """Decompressed bytes of every gzip member in `path`, in chunks (a truncated stream ends quietly)."""
     with open(path, "rb") as handle:
         decompressor = zlib.decompressobj(wbits=31)
+        # Small first blocks, growing: telling a NIfTI from text and reading its header needs ~64 KB, not
+        # 8 MB of voxels (a headers-only scan stops there).
+        size = TEXT_SNIFF_BYTES // 4
         while True:
-            block = handle.read(CHUNK_BYTES // 2)
+            block = handle.read(size)
+            size = min(size * 4, CHUNK_BYTES // 2)
             if not block:
                 break
             while block:
