@@ -58,7 +58,9 @@ _ASCII_SPELLING = str.maketrans(
     {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss", "ø": "oe", "Ø": "Oe",
      "å": "aa", "Å": "Aa", "æ": "ae", "Æ": "Ae", "œ": "oe", "Œ": "Oe"}
 )
-_WORD_SPLIT = re.compile(r"[\s,.'\-_^/()]+")
+# Words of a name component as people separate them (an underscore joins: "XAtest_sub" is one word, and
+# splitting it would search "sub" in every BIDS path).
+_WORD_SPLIT = re.compile(r"[\s,.'\-]+")
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
@@ -199,7 +201,7 @@ def id_forms(value: str) -> tuple[set[str], set[str]]:
             squashed.add(form.lstrip("0"))
     if value.isdigit():
         exact.add(value.lstrip("0"))
-    return exact, {s for s in squashed if len(s) >= SQUASHED_MIN}
+    return exact, {s for s in squashed if len(s) >= SQUASHED_MIN and searchable(s)}
 
 
 def parse_date(value: str) -> date | None:
@@ -267,7 +269,8 @@ def render(values: Iterable[RawValue], is_vocabulary_word: Any = None) -> Render
             for form in squashed_forms:
                 squashed.setdefault(form, value)
         else:
-            bases = text_forms(value.value) | (name_forms(value.value) if category == "private" else set())
+            # (a private string with "^" is harvested as a name already; its words alone would be noise)
+            bases = text_forms(value.value)
             joined = squash(value.value)  # "HarrowgateImagingCentre"
             if len(joined) >= SQUASHED_MIN:
                 bases.add(joined)
