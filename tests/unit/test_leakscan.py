@@ -747,3 +747,23 @@ def test_gate_reads_a_saved_harvest_and_reports_the_rules(small_release: Path, t
     assert "8842" not in json.dumps(result.to_dict())
     without = gate_leak_scan(tmp_path / "release", saved)
     assert "non-vocabulary rule not applied" in without.summary
+
+
+def test_cli_reads_a_saved_harvest_and_vocabularies(small_release: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(small_release, tmp_path, dirs_exist_ok=True)
+    saved = tmp_path / "values.json"
+    saved.write_text(json.dumps([*ROWS, {"category": "name", "field": "PatientName", "value": "Bold^Swan"}]))
+    release, vocabulary = str(tmp_path / "release"), str(tmp_path / "vocabulary.yaml")
+    assert cli.main(["leak-scan", release, "--values", str(saved), "--vocabulary", vocabulary]) == 0
+    assert "2 vocabulary words not searched" in capsys.readouterr().err
+    _plant_class(tmp_path / "release", "json-value", "ep2d Brannigan")
+    assert cli.main(["leak-scan", release, "--values", str(saved), "--vocabulary", vocabulary]) == 1
+    out = capsys.readouterr()
+    assert "json:SeriesDescription: - (non-vocabulary token)" in out.out
+    assert "brannigan" not in (out.out + out.err).lower()
+    # without the vocabulary that rule is off, and the patient Bold is searched: every `_bold` file is a hit
+    assert cli.main(["leak-scan", release, "--values", str(saved)]) == 1
+    out = capsys.readouterr()
+    assert "non-vocabulary" not in out.out and "_<withheld>.json: path: PatientName (name)" in out.out
+    assert cli.main(["leak-scan", release]) == 2  # neither --source nor --values
