@@ -672,14 +672,15 @@ def test_words_decimals_and_vocabulary_names_are_not_hits(small_release: Path, t
     assert {v.field for v in scanner.in_text("1234.5678")} == set()
 
     # Patients named Bold, Field and Swan: their names are vocabulary words, allowed text, not searched.
-    rows = [*ROWS, {"category": "name", "field": "PatientName", "value": "Bold^Field^Swan"}]
+    rows = [*ROWS, {"category": "name", "field": "PatientName", "value": "Bold^Field^Swan"},
+            {"category": "id", "field": "StudyID", "value": "BOLD"}]
     shutil.copytree(small_release, tmp_path, dirs_exist_ok=True)
     vocabulary = [tmp_path / "vocabulary.yaml"]
     report = leak_scan(tmp_path / "release", rows, vocabulary=vocabulary)
     assert report.hits == [] and report.vocabulary_words_not_searched == 3
     # without the vocabulary they are searched, and `_bold`, `field_mapping` trip the gate
     searched = leak_scan(tmp_path / "release", rows)
-    assert {h.field for h in searched.hits} == {"PatientName"}
+    assert {h.field for h in searched.hits} == {"PatientName", "StudyID"}
     # a two-token form is still searched: the name "Field Bold" is more than a vocabulary word
     _plant_class(tmp_path / "release", "json-value", "ep2d Field Bold")
     assert {h.field for h in leak_scan(tmp_path / "release", rows, vocabulary=vocabulary).hits} >= {"PatientName"}

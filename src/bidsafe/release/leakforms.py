@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -239,7 +239,7 @@ class Rendering:
     vocabulary_skipped: int  # single-token forms that are vocabulary words, not searched
 
 
-def render(values: Iterable[RawValue], is_vocabulary_word: Any = None) -> Rendering:
+def render(values: Iterable[RawValue], is_vocabulary_word: Callable[[str], bool] | None = None) -> Rendering:
     """The gate's search for `values`. `is_vocabulary_word(form) -> bool` names forms that are one vocabulary
     token (a patient called Bold): those are allowed text by construction and are not searched."""
     text: dict[str, RawValue] = {}
@@ -267,15 +267,19 @@ def render(values: Iterable[RawValue], is_vocabulary_word: Any = None) -> Render
             bases, squashed_forms = id_forms(value.value)
             bases |= squashed_forms  # as written without separators, also in raw bytes
             for form in squashed_forms:
-                squashed.setdefault(form, value)
+                if is_vocabulary_word is not None and is_vocabulary_word(form):
+                    skipped.add(form)  # a PatientID "BOLD" would match every `_bold.nii` without separators
+                else:
+                    squashed.setdefault(form, value)
         else:
             # (a private string with "^" is harvested as a name already; its words alone would be noise)
             bases = text_forms(value.value)
             joined = squash(value.value)  # "HarrowgateImagingCentre"
             if len(joined) >= SQUASHED_MIN:
                 bases.add(joined)
-            if category == "private" and parse_date(value.value) and value.value.strip().isdigit():
-                dates.setdefault(parse_date(value.value), value)  # type: ignore[arg-type]
+            private_date = parse_date(value.value) if value.value.strip().isdigit() else None
+            if category == "private" and private_date is not None:  # a birth date in a PACS block
+                dates.setdefault(private_date, value)
         for base in bases:
             if is_vocabulary_word is not None and is_vocabulary_word(base):
                 skipped.add(fold(base))
