@@ -729,9 +729,11 @@ def test_vocabulary_files_merge_and_are_checked(tmp_path: Path) -> None:
     assert vocabulary.outside("ep2d_bold BRANNIGAN 12 ep2d-7 <token>") == []
     assert vocabulary.outside("ep2d 1234 Zqxwv2 Müller") == ["1234", "Zqxwv2", "Müller"]
     assert leakvocab.tokens("a\tb,c\x01d é-f") == ["a", "b", "c", "d", "é", "f"]
-    (tmp_path / "bad.yaml").write_text("kind: rules\n")
-    with pytest.raises(leakscan.ConfigError):
-        leakvocab.load_vocabulary([tmp_path / "bad.yaml"])
+    for bad in ("kind: rules\n", "kind: vocabulary\ngroups:\n  g: {reason: x, tokens: [on, off]}\n",
+                "kind: vocabulary\npatterns:\n  p: {reason: x, regex: '[0-9'}\n"):
+        (tmp_path / "bad.yaml").write_text(bad)
+        with pytest.raises(leakscan.ConfigError):
+            leakvocab.load_vocabulary([tmp_path / "bad.yaml"])
     with pytest.raises(leakscan.ConfigError):
         leak_scan(tmp_path, ROWS, vocabulary=[tmp_path / "missing.yaml"])
 

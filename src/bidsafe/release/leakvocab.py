@@ -89,7 +89,12 @@ def load_vocabulary(paths: Sequence[str | Path] | str | Path) -> Vocabulary:
             entries = _mapping(group, f"groups.{name}", path).get("tokens")
             if not isinstance(entries, list):
                 raise ConfigError(f"vocabulary: group {name} has no `tokens` list", path)
-            vocabulary.words.update(str(t).casefold() for t in entries)
+            for entry in entries:
+                if isinstance(entry, bool) or not isinstance(entry, str | int | float):
+                    # YAML reads an unquoted yes/no/on/off as a boolean: its spelling is lost
+                    raise ConfigError(f"vocabulary: group {name} has a token that is not text (quote it)", path)
+                # an entry with punctuation ("ep2d_bold") allows its tokens: no released token has punctuation
+                vocabulary.words.update(t.casefold() for t in tokens(str(entry)))
         for name, pattern in _mapping(data.get("patterns"), "patterns", path).items():
             regex = _mapping(pattern, f"patterns.{name}", path).get("regex")
             if not isinstance(regex, str):
