@@ -126,12 +126,16 @@ def _leak_scan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "leak-scan",
         help="scan a dataset for any personal value found in the raw DICOM headers",
-        description="Harvest every personal value from the raw DICOM under --source and scan every file "
-        "(bytes, NIfTI headers, JSON/TSV text) and every path of DIR. Any hit fails, naming file and "
-        "field but never printing the value.",
+        description="Harvest every personal value from the raw DICOM under --source (or read a saved harvest "
+        "with --values) and scan every file (bytes, NIfTI headers, JSON/TSV text) and every path of DIR, in "
+        "the gate's own renderings; released metadata must also be ASCII, and sidecar strings under sub-*/ "
+        "vocabulary text (with --vocabulary). Any hit fails, naming file and field but never the value.",
     )
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--source", required=True, metavar="RAW_DIR")
+    p.add_argument("--source", metavar="RAW_DIR", help="raw DICOM to harvest")
+    p.add_argument("--values", metavar="FILE.json", help="a saved harvest: rows {category, field, value}")
+    p.add_argument("--vocabulary", action="append", default=[], metavar="FILE.yaml",
+                   help="descriptor vocabulary (repeatable: the shipped file, then site extensions)")
     p.add_argument("--report", metavar="FILE.json")
     p.add_argument("--also", action="append", default=[], metavar="DIR", help="more folders (e.g. logs)")
     p.set_defaults(handler="bidsafe.release.leakscan:cli_main")

@@ -205,7 +205,9 @@ def gate_stage(name: str, report: Path, **inputs: object) -> bool:
 
     runners = {
         "validator": lambda: gates.gate_validator(inputs["staging"], str(inputs.get("backend", "deno"))),
-        "leak_scan": lambda: gates.gate_leak_scan(inputs["staging"], _leak_values(inputs), inputs.get("also", ())),
+        "leak_scan": lambda: gates.gate_leak_scan(
+            inputs["staging"], _leak_values(inputs), inputs.get("also", ()), inputs.get("vocabulary") or None
+        ),
         "deface": lambda: gates.gate_deface(inputs["staging"], _deface_records(inputs), inputs.get("exempt") or {}),
         "consent": lambda: gates.gate_consent(inputs["staging"], inputs["sessions_tsv"]),
     }

@@ -55,6 +55,10 @@ rule gate_leak_scan:
         inbox=INBOX,
         also=[LOGS],
         values_json=PRIVATE / "leakscan" / "values.json",
+        # the shipped vocabulary plus the site's extensions (`deid.vocabulary`: extra files), read by the
+        # gate's own loader
+        vocabulary=[shipped("config/deid/vocabulary.yaml")]
+        + [shipped(p) for p in config.get("deid", {}).get("vocabulary", [])],
     log:
         LOGS / "gates" / "leak_scan.log",
     resources:

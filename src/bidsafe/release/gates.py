@@ -181,38 +181,49 @@ def _issue_brief(issue: Any) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------- leak scan
 @_fail_closed(LEAK_SCAN)
-def gate_leak_scan(staging: str | Path, values: Any, also: Sequence[str | Path] = ()) -> GateResult:
-    """Pass when no harvested personal value (any rendering) occurs in the staging tree or in `also`.
+def gate_leak_scan(
+    staging: str | Path, values: Any, also: Sequence[str | Path] = (), vocabulary: Any = None
+) -> GateResult:
+    """Pass when no harvested personal value (in any form the gate renders) occurs in the staging tree or in
+    `also`, and the released metadata keeps the structural rules (ASCII only; vocabulary tokens only in
+    sidecar string values under sub-*/, when `vocabulary` file paths are given).
 
-    `values` is a `bidsafe.phi.PersonalValues` or the path of a saved one. An empty harvest fails: a scan
-    that looks for nothing proves nothing.
+    `values`: the raw harvested rows {category, field, value}, as saved in the private area (a path) or in
+    memory (any iterable of such rows or objects); the gate renders and matches them itself. An empty
+    harvest fails: a scan that looks for nothing proves nothing.
     """
     staging = Path(staging)
     fingerprint = staging_fingerprint(staging)
-    if isinstance(values, str | Path):
-        from bidsafe.phi import load_values
-
-        values = load_values(values)
     try:
         from bidsafe.release.leakscan import leak_scan
     except ImportError:
         return _result(LEAK_SCAN, False, "bidsafe.release.leakscan is not available: scan not run", {}, fingerprint)
-    if len(values) == 0:
+    from bidsafe.release.leakforms import raw_values
+
+    rows = raw_values(values)
+    if not rows:
         return _result(LEAK_SCAN, False, "no personal values were harvested: nothing to scan for", {}, fingerprint)
+    vocabulary_paths = [Path(p) for p in ([vocabulary] if isinstance(vocabulary, str | Path) else vocabulary or [])]
     also_paths = [Path(p) for p in also]
-    report = leak_scan(staging, values, also=also_paths)
+    report = leak_scan(staging, rows, also=also_paths, vocabulary=vocabulary_paths or None)
     hits = [_hit_brief(hit, staging, also_paths) for hit in report.hits]
     passed = bool(report.clean) and not hits
     where = Counter(h["file"] for h in hits)
+    rules = Counter(h.get("category", "") for h in hits if h.get("field") == "-")
     scanned = getattr(report, "files", None)
     summary = (
         (f"{len(hits)} hits in {len(where)} files (values not shown)" if hits else "0 hits")
-        + (f"; {scanned} files scanned for {len(values)} values" if isinstance(scanned, int) else "")
+        + (f"; {', '.join(f'{n} {rule}' for rule, n in sorted(rules.items()))}" if rules else "")
+        + (f"; {scanned} files scanned for {len(rows)} values" if isinstance(scanned, int) else "")
+        + ("" if vocabulary_paths else "; no vocabulary given: non-vocabulary rule not applied")
     )
     details: dict[str, Any] = {
-        "values_scanned": len(values),
+        "values_scanned": len(rows),
         # the scanner's own sanitised folder names when it gives them (a folder name could itself be personal)
         "also": [str(name) for name in getattr(report, "also", [])] or [p.name for p in also_paths],
+        "rules": list(report.rules),
+        "vocabulary": list(report.vocabulary),
+        "vocabulary_words_not_searched": report.vocabulary_words_not_searched,
         "hits": _capped(hits),
     }
     for counter_name in ("files", "bytes", "seconds", "needles"):

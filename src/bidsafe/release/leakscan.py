@@ -1,37 +1,53 @@
-"""Gate `leak scan`: look for every personal value of the raw DICOM anywhere in a dataset, independently.
+"""Gate `leak scan`: look for every raw harvested personal value anywhere in a dataset, independently.
 
-The scan does not trust any earlier stage. It harvests every personal value from the raw headers
-(`bidsafe.phi`: names and their components and orderings, IDs, dates in common renderings, addresses, phone
-numbers, institutions, free-text identity fields, UIDs, and strings of identity private blocks) and looks
-for them in every file and every path of the target (and of `also` folders such as the logs):
+The gate shares no matching code with the stages it checks. It reads only the raw harvested rows
+{category, field, value} (a saved harvest, or one it runs itself on the raw DICOM with
+`bidsafe.phi.harvest_files`, which collects and does not match), renders them itself (`leakforms`: names in
+every joining, transliterated, in ASCII spelling and as mojibake; identifiers without separators and with
+leading zeros added or dropped; dates in every written form) and reads the descriptor vocabulary with its own
+loader (`leakvocab`). `tests/unit/test_leakscan.py` fails if these modules import anything else from
+`bidsafe.phi`, `bidsafe.deid` or `bidsafe.scrub`.
+
+Two kinds of rule. Personal values, in every file and every path of the target and of `also` folders (logs):
 
 | where            | what is scanned                                        | needles                          |
 |------------------|--------------------------------------------------------|----------------------------------|
-| `path`           | every path component (and symlink targets)             | all (>= MIN_NEEDLE_LENGTH)       |
+| `path`           | every path component (and symlink targets)             | all                              |
 | `json:<key>`     | JSON keys and values, decoded (so `\\u00fc` escapes count) | all                              |
 | `tsv:<column>`   | TSV cells; `tsv-header` for column names               | all                              |
-| `text`           | any text file as bytes (also JSON/TSV, for the rest)   | all                              |
+| `text`           | any text file, decoded and as bytes (also JSON/TSV)    | all                              |
 | `gzip-header`    | gzip FNAME/FCOMMENT/FEXTRA (pigz stores input names)   | all                              |
 | `nifti-header:<field>` | NIfTI text fields (descrip, aux_file, ...)       | all                              |
 | `nifti-extension`| NIfTI header extensions                                | all                              |
 | `nifti-data`     | NIfTI voxel bytes (decompressed)                       | long only (>= VOXEL_NEEDLE_MIN)  |
 | `bytes`          | any other binary file, and gzip members that are not text | >= BINARY_NEEDLE_MIN          |
 
+Decoded text is compared `fold`ed (NFKC, case folding, diacritics removed) with folded forms; identifiers
+also with separators removed on both sides; dates by recognising every written date and comparing the day.
+Raw bytes are compared ASCII-lower-cased with the byte encodings (UTF-8, Latin-1, cp1252) of every form.
+
+Structural rules, in released metadata (the target, not the logs): any text that is not ASCII is a finding
+(`non-ascii`: JSON keys and string values, TSV cells and headers, NIfTI header text fields and extensions,
+gzip header names, file and folder names); and in JSON sidecars under sub-*/ every string value may hold
+vocabulary tokens only (`non-vocabulary token`; values naming a released file, as IntendedFor does, are path
+tokens and checked as paths). Single-token forms of a harvested value that are vocabulary words (a patient
+named Bold) are not searched: vocabulary text is allowed by construction. The report counts them.
+
 Why voxel data gets long needles only: voxel bytes are close to random, so a short needle matches by chance
 (a 5-letter needle, case-insensitive, matches ~1.5 times per 50 GB of random bytes, per needle; a release of
 500 sessions holds ~10^11 voxel bytes and ~10^4 needles). At 8 characters chance hits drop below 10^-1 for
 such a release, while a header or text block pasted into voxel data is still found.
 
-Matching is one Aho-Corasick automaton per needle length class over ASCII-lower-cased bytes (non-ASCII
-needles are added in lower, upper and title case, UTF-8 and Latin-1), then boundary rules per match: a digit
-may not continue a number on either side (nor a decimal point followed by a digit: "0.19800417" is not a
-birth date; but a date may run on into a time, "20220627125713"), and a letter may not continue a short
-word (< UNBOUNDED_MIN letters), so "Lee" is not found in "asleep" while "Quillfeather" is found in
-"xQuillfeatherx". UIDs (hundreds of thousands in a big release) are found by tokenising dotted numbers and
-looking each component-aligned piece up in a set.
+Boundary rules per match: a digit may not continue a number on either side (nor a decimal point followed by
+a digit: "0.19800417" is not a birth date; but a date may run on into a time, "20220627125713", and an
+identifier may carry extra leading zeros), and a letter may not continue a short word (< UNBOUNDED_MIN
+characters, ideographic forms excepted), so "Lee" is not found in "asleep" while "Quillfeather" is found in
+"xQuillfeatherx"; digits and underscores are boundaries ("Johanna1", "Zqxwv_2"). UIDs are found by
+tokenising dotted numbers and looking each component-aligned piece up in a set.
 
-A hit names the file (the parts of path components that carry a value are replaced by `<withheld>`), where,
-the DICOM field and the category, never the value. Any hit fails the gate.
+A hit names the file (the parts of path components that carry a value, and any non-ASCII run, are replaced
+by `<withheld>`), where, the DICOM field (or `-` for a structural rule) and the category or rule, never the
+value. Any hit fails the gate.
 """
 
 from __future__ import annotations
@@ -45,7 +61,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,17 +70,32 @@ import ahocorasick_rs
 
 from bidsafe.errors import ConfigError
 from bidsafe.fsutil import atomic_write_json
-from bidsafe.phi import MIN_NEEDLE_LENGTH, PLACEHOLDERS, PersonalValue, PersonalValues, harvest_files
+from bidsafe.phi import harvest_files  # collection only: the raw rows; matching is this package's own
+from bidsafe.release.leakforms import (
+    ID_CATEGORIES,
+    MIN_LENGTH,
+    SQUASHED_MIN,
+    RawValue,
+    byte_variants,
+    find_dates,
+    fold,
+    is_ideographic,
+    raw_values,
+    render,
+)
+from bidsafe.release.leakvocab import Vocabulary, vocabulary_from
 
 BINARY_NEEDLE_MIN = 5
 VOXEL_NEEDLE_MIN = 8
 UNBOUNDED_MIN = 7  # letter-edged needles this long match inside longer words too
-NUMERIC_NEEDLE_MIN = 4  # "123" as a study ID is no identifier worth failing a release on; "1234" is
 UID_MIN_LENGTH = 8
 CHUNK_BYTES = 8 << 20
 JSON_STRUCTURED_LIMIT = 64 << 20
 TEXT_SNIFF_BYTES = 1 << 16
 WITHHELD = "<withheld>"
+STRUCTURE = "-"  # the `field` of a structural finding (no DICOM field: the text itself is the problem)
+NON_ASCII = "non-ascii"
+NON_VOCABULARY = "non-vocabulary token"
 
 TEXT_SUFFIXES = frozenset(
     {
@@ -80,6 +111,7 @@ _NIFTI2_TEXT_FIELDS = {"magic": (4, 8), "descrip": (240, 80), "aux_file": (320, 
 _UID_TOKEN = re.compile(rb"[0-9]+(?:\.[0-9]+)+|[0-9]{16,}")
 _DIGITS = frozenset(b"0123456789")
 _LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") | frozenset(range(0x80, 0x100))
+_NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -87,7 +119,8 @@ _LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") | 
 
 @dataclass(frozen=True, order=True)
 class LeakHit:
-    """One personal value found: file (relative, sanitised), where in it, and the DICOM field. No value."""
+    """One finding: file (relative, sanitised), where in it, the DICOM field (`-` for a structural rule) and
+    the category (or the structural rule). Never a value."""
 
     file: str
     where: str
@@ -108,6 +141,9 @@ class LeakReport:
     bytes: int = 0
     seconds: float = 0.0
     hits: list[LeakHit] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    vocabulary: list[str] = field(default_factory=list)  # file names of the vocabulary read
+    vocabulary_words_not_searched: int = 0
 
     @property
     def clean(self) -> bool:
@@ -130,6 +166,9 @@ class LeakReport:
             "files": self.files,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
+            "rules": self.rules,
+            "vocabulary": self.vocabulary,
+            "vocabulary_words_not_searched": self.vocabulary_words_not_searched,
             "hits": [vars(h) for h in self.hits],
         }
 
@@ -137,45 +176,30 @@ class LeakReport:
 # ---------------------------------------------------------------------------------------------- needles
 
 
-def _variants(form: str) -> set[bytes]:
-    """Byte forms of a lower-cased rendering as they may appear in ASCII-lower-cased data."""
-    if form.isascii():
-        return {form.encode("ascii")}
-    out: set[bytes] = set()
-    for cased in {form, form.upper(), form.title()}:
-        for encoding in ("utf-8", "latin-1"):
-            try:
-                out.add(cased.encode(encoding).lower())
-            except UnicodeEncodeError:
-                continue
-    return out
+@dataclass(frozen=True)
+class _Pattern:
+    owner: RawValue
+    unbounded: bool  # letter-edged, yet matched inside longer words (long or ideographic forms)
+    open_right: bool  # a date may run on into a time ("20220627125713", DICOM DT, dcm2niix %t)
+    zeros_left: bool  # an identifier may be written with more leading zeros ("0012345678" for 12345678)
 
 
-def _is_noise(form: str) -> bool:
-    stripped = form.strip()
-    if stripped in PLACEHOLDERS or len(set(stripped)) <= 1:
-        return True
-    alnum = re.sub(r"[^0-9a-z]", "", stripped)
-    if not alnum:
-        return True
-    return stripped.isdigit() and len(stripped) < NUMERIC_NEEDLE_MIN
+def _pattern(form: str, owner: RawValue) -> _Pattern:
+    return _Pattern(
+        owner,
+        unbounded=len(form) >= UNBOUNDED_MIN or is_ideographic(form),
+        open_right=owner.category == "date",
+        zeros_left=owner.category in ID_CATEGORIES and form[:1].isdigit(),
+    )
 
 
 class _Needles:
     """One automaton over byte needles, with the boundary rule of each."""
 
-    def __init__(self, forms: dict[str, PersonalValue], min_length: int) -> None:
-        patterns: dict[bytes, PersonalValue] = {}
-        for form, value in forms.items():
-            if len(form) < min_length:
-                continue
-            for variant in _variants(form):
-                patterns.setdefault(variant, value)
-        self.patterns = sorted(patterns)
-        self.owners = [patterns[p] for p in self.patterns]
-        self.unbounded = [len(p) >= UNBOUNDED_MIN for p in self.patterns]
-        # A date may run on into a time ("20220627125713", DICOM DT and dcm2niix's %t in file names).
-        self.open_right = [self.owners[i].category == "date" for i in range(len(self.patterns))]
+    def __init__(self, patterns: dict[bytes, _Pattern], min_length: int) -> None:
+        kept = {p: rule for p, rule in patterns.items() if len(p) >= min_length}
+        self.patterns = sorted(kept)
+        self.rules = [kept[p] for p in self.patterns]
         self.max_length = max((len(p) for p in self.patterns), default=0)
         self._automaton = (
             ahocorasick_rs.BytesAhoCorasick(self.patterns, implementation=ahocorasick_rs.Implementation.DFA)
@@ -186,82 +210,133 @@ class _Needles:
     def __len__(self) -> int:
         return len(self.patterns)
 
-    def find(self, lowered: bytes | memoryview, final: bool = True) -> Iterator[tuple[int, int, PersonalValue]]:
-        """(start, end, value) of every match in `lowered` that passes its boundary rule.
+    def find(self, data: bytes | memoryview, final: bool = True,
+             cuts: frozenset[int] = frozenset()) -> Iterator[tuple[int, int, RawValue]]:
+        """(start, end, value) of every match in `data` that passes its boundary rule.
 
         With `final` False the buffer continues in the next window: matches touching its end are left for it.
+        `cuts` are offsets where separators were removed (squashed text): a boundary, whatever the neighbours.
         """
         if self._automaton is None:
             return
-        size = len(lowered)
-        for index, start, end in self._automaton.find_matches_as_indexes(lowered, overlapping=True):
+        size = len(data)
+        for index, start, end in self._automaton.find_matches_as_indexes(data, overlapping=True):
             if not final and end >= size - 1:
                 continue
-            pattern = self.patterns[index]
-            if _bounded_ok(lowered, start, end, pattern, self.unbounded[index], self.open_right[index]):
-                yield start, end, self.owners[index]
+            rule = self.rules[index]
+            if _bounded_ok(data, start, end, self.patterns[index], rule, cuts):
+                yield start, end, rule.owner
 
 
-def _bounded_ok(
-    data: bytes | memoryview, start: int, end: int, pattern: bytes, unbounded: bool, open_right: bool = False
-) -> bool:
+def _bounded_ok(data: bytes | memoryview, start: int, end: int, pattern: bytes, rule: _Pattern,
+                cuts: frozenset[int] = frozenset()) -> bool:
     first, last = pattern[0], pattern[-1]
-    before = data[start - 1] if start > 0 else None
-    after = data[end] if end < len(data) else None
+    before = data[start - 1] if start > 0 and start not in cuts else None
+    after = data[end] if end < len(data) and end not in cuts else None
     if first in _DIGITS:
+        position = start
+        if rule.zeros_left:
+            while position > 0 and data[position - 1] == 0x30 and position not in cuts:
+                position -= 1
+            before = data[position - 1] if position > 0 and position not in cuts else None
         if before is not None and (
-            before in _DIGITS or (before == 0x2E and start >= 2 and data[start - 2] in _DIGITS)
+            before in _DIGITS or (before == 0x2E and position >= 2 and data[position - 2] in _DIGITS)
         ):
             return False
-    elif first in _LETTERS and not unbounded and before is not None and before in _LETTERS:
+    elif first in _LETTERS and not rule.unbounded and before is not None and before in _LETTERS:
         return False
-    if open_right:
+    if rule.open_right:
         return True
     if last in _DIGITS:
         if after is not None and (
             after in _DIGITS or (after == 0x2E and end + 1 < len(data) and data[end + 1] in _DIGITS)
         ):
             return False
-    elif last in _LETTERS and not unbounded and after is not None and after in _LETTERS:
+    elif last in _LETTERS and not rule.unbounded and after is not None and after in _LETTERS:
         return False
     return True
 
 
-class Scanner:
-    """The needles of a set of personal values, ready to scan bytes, text, names and file trees."""
+# Separators an identifier may be written with ("PID 8842 QX", "0012-345-678"); a decimal point between
+# digits is no separator ("1234.5678" is a number, not the ID 12345678).
+_ID_SEPARATORS = re.compile(r"(?:[\s\-_/:,;^+()#'\"*~|\\]|\.(?![0-9])|(?<![0-9])\.)+")
 
-    def __init__(self, values: PersonalValues, *, scan_voxels: bool = True) -> None:
-        forms = {f: v for f, v in values.needles().items() if v.category != "uid" and not _is_noise(f)}
-        self.text = _Needles(forms, MIN_NEEDLE_LENGTH)
-        self.binary = _Needles(forms, BINARY_NEEDLE_MIN)
-        self.voxel = _Needles(forms, VOXEL_NEEDLE_MIN)
-        self.uids: dict[bytes, PersonalValue] = {}
-        for value in values:
-            if value.category == "uid":
-                for form in value.renderings():
-                    if len(form) >= UID_MIN_LENGTH:
-                        self.uids.setdefault(form.encode("ascii", "ignore"), value)
+
+def _squashed(folded: str) -> tuple[bytes, frozenset[int]]:
+    """`folded` without identifier separators, and the byte offsets where separators were cut."""
+    pieces = [p.encode("utf-8") for p in _ID_SEPARATORS.split(folded)]
+    cuts: set[int] = set()
+    offset = 0
+    for piece in pieces:
+        if offset:
+            cuts.add(offset)
+        offset += len(piece)
+    return b"".join(pieces), frozenset(cuts)
+
+
+class Scanner:
+    """The gate's search for a set of raw harvested values, ready to scan bytes, text, names and file trees.
+
+    `values`: anything `leakforms.raw_values` reads (rows {category, field, value}, or a saved harvest's
+    path). `vocabulary`: a `leakvocab.Vocabulary` (or its file paths); single-token forms that are
+    vocabulary words are not searched, and the structural vocabulary rule runs only with one.
+    """
+
+    def __init__(self, values: Any, *, scan_voxels: bool = True, vocabulary: Any = None) -> None:
+        self.values = raw_values(values)
+        self.vocabulary: Vocabulary | None = vocabulary_from(vocabulary)
+        rendering = render(self.values, self.vocabulary.is_word if self.vocabulary else None)
+        self.vocabulary_skipped = rendering.vocabulary_skipped
+        folded = {form.encode("utf-8"): _pattern(form, v) for form, v in rendering.text.items()}
+        self.text = _Needles(folded, 1)  # forms were filtered by `searchable` (any script, own minimums)
+        self.squashed = _Needles(
+            {form.encode("utf-8"): _pattern(form, v) for form, v in rendering.squashed.items()}, SQUASHED_MIN
+        )
+        raw: dict[bytes, _Pattern] = {}
+        for form, value in [*rendering.raw.items(), *rendering.text.items()]:
+            rule = _pattern(form, value)
+            for variant in byte_variants(form):
+                raw.setdefault(variant, rule)
+        self.raw = _Needles(raw, MIN_LENGTH)
+        self.binary = _Needles(raw, BINARY_NEEDLE_MIN)
+        self.voxel = _Needles(raw, VOXEL_NEEDLE_MIN)
+        self.dates = rendering.dates
+        self.uids = {form.encode("ascii", "ignore"): v for form, v in rendering.uids.items()
+                     if len(form) >= UID_MIN_LENGTH}
         self.scan_voxels = scan_voxels
-        self.overlap = max(self.text.max_length, 66) + 4
+        self._withheld: dict[str, str] = {}
+        self.overlap = max(self.raw.max_length, 66) + 4
 
     @property
     def needle_count(self) -> int:
-        return len(self.text) + len(self.uids)
+        return len(self.text) + len(self.squashed) + len(self.raw) + len(self.dates) + len(self.uids)
 
     # -- primitives -----------------------------------------------------------------------------------
 
     def in_bytes(self, data: bytes | memoryview, needles: _Needles, *, uids: bool = True,
-                 final: bool = True) -> set[PersonalValue]:
+                 final: bool = True) -> set[RawValue]:
+        """Values in raw bytes (ASCII lower-cased; non-ASCII needles in their byte encodings)."""
         lowered = bytes(data).lower()
         found = {value for _, _, value in needles.find(lowered, final=final)}
         if uids and self.uids:
             found.update(value for _, _, value in self._uids_in(lowered, final))
         return found
 
-    def in_text(self, text: str) -> set[PersonalValue]:
-        return self.in_bytes(text.encode("utf-8"), self.text)
+    def in_text(self, text: str, *, numeric: bool = False) -> set[RawValue]:
+        """Values in decoded text: folded forms, identifiers without separators, dates in any written form
+        and UIDs. `numeric`: the text is a bare number (only long date forms count there)."""
+        folded = fold(text)
+        data = folded.encode("utf-8")
+        found = {value for _, _, value in self.text.find(data)}
+        if len(self.squashed):
+            squashed, cuts = _squashed(folded)
+            found.update(value for _, _, value in self.squashed.find(squashed, cuts=cuts))
+        found |= find_dates(folded, self.dates, numeric=numeric)
+        if self.uids:
+            found.update(value for _, _, value in self._uids_in(data, True))
+        return found
 
-    def _uids_in(self, data: bytes, final: bool) -> Iterator[tuple[int, int, PersonalValue]]:
+    def _uids_in(self, data: bytes, final: bool) -> Iterator[tuple[int, int, RawValue]]:
         size = len(data)
         for match in _UID_TOKEN.finditer(data):
             if not final and match.end() >= size - 1:
@@ -285,31 +360,41 @@ class Scanner:
                         yield start, start + len(piece), self.uids[piece]
 
     def withhold(self, name: str) -> str:
-        """`name` with every personal value in it replaced by `<withheld>` (for labels: paths, keys)."""
+        """`name` with every personal value and every non-ASCII run in it replaced by `<withheld>` (labels:
+        paths, keys). A name in which a value is still found after that is withheld whole."""
+        known = self._withheld.get(name)
+        if known is None:
+            known = self._withheld[name] = self._withhold(name)  # keys repeat in every sidecar of a release
+        return known
+
+    def _withhold(self, name: str) -> str:
         data = name.encode("utf-8")
         lowered = data.lower()
         spans = sorted(
-            [(start, end) for start, end, _ in self.text.find(lowered)]
+            [(start, end) for start, end, _ in self.raw.find(lowered)]
             + [(start, end) for start, end, _ in self._uids_in(lowered, True)]
+            + [(m.start(), m.end()) for m in _NON_ASCII_RUN.finditer(data)]
         )
-        if not spans:
-            return name
-        merged: list[list[int]] = []
-        for start, end in spans:  # overlapping renderings ("smith", "smith_john") become one span
-            if merged and start <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], end)
-            else:
-                merged.append([start, end])
-        out, position = [], 0
-        for start, end in merged:
-            out += [data[position:start], WITHHELD.encode()]
-            position = end
-        out.append(data[position:])
-        return b"".join(out).decode("utf-8", errors="replace")
+        out_text = name
+        if spans:
+            merged: list[list[int]] = []
+            for start, end in spans:  # overlapping renderings ("smith", "smith_john") become one span
+                if merged and start <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], end)
+                else:
+                    merged.append([start, end])
+            out, position = [], 0
+            for start, end in merged:
+                out += [data[position:start], WITHHELD.encode()]
+                position = end
+            out.append(data[position:])
+            out_text = b"".join(out).decode("utf-8", errors="replace")
+        # folded, squashed and date forms have no byte spans in the original: withhold the whole name
+        return WITHHELD if self.in_text(out_text) else out_text
 
-    def in_chunks(self, chunks: Iterable[bytes], needles: _Needles, *, uids: bool) -> set[PersonalValue]:
+    def in_chunks(self, chunks: Iterable[bytes], needles: _Needles, *, uids: bool) -> set[RawValue]:
         """Scan a stream in windows that overlap by the longest needle, so nothing is lost at the seams."""
-        found: set[PersonalValue] = set()
+        found: set[RawValue] = set()
         tail = b""
         pending: bytes | None = None
         for chunk in chunks:
@@ -329,25 +414,50 @@ class Scanner:
 
 
 class _FileScan:
-    """Scan one file and report its hits under a sanitised label."""
+    """Scan one file and report its hits under a sanitised label.
 
-    def __init__(self, scanner: Scanner, label: str) -> None:
+    `structural`: the file is released metadata (not a log in an `also` folder): non-ASCII text in it is a
+    finding. `descriptors`: a sidecar under sub-*/, whose string values may hold vocabulary text only
+    (checked when the scanner has a vocabulary). `names_file(text)`: the text names a released file (an
+    IntendedFor path), whose tokens are path tokens, checked as paths.
+    """
+
+    def __init__(self, scanner: Scanner, label: str, *, structural: bool = False, descriptors: bool = False,
+                 names_file: Callable[[str], bool] | None = None) -> None:
         self.scanner = scanner
         self.label = label
+        self.structural = structural
+        self.descriptors = descriptors and scanner.vocabulary is not None
+        self.names_file = names_file
         self.hits: set[LeakHit] = set()
         self.bytes = 0
 
-    def add(self, where: str, found: Iterable[PersonalValue]) -> None:
+    def add(self, where: str, found: Iterable[RawValue]) -> None:
         for value in found:
             self.hits.add(LeakHit(self.label, where, value.field, value.category))
+
+    def flag(self, where: str, rule: str) -> None:
+        self.hits.add(LeakHit(self.label, where, STRUCTURE, rule))
+
+    def non_ascii(self, where: str, text: str | bytes) -> None:
+        if self.structural and not text.isascii():
+            self.flag(where, NON_ASCII)
 
     def fields(self) -> set[str]:
         return {h.field for h in self.hits}
 
-    def add_new(self, where: str, found: Iterable[PersonalValue]) -> None:
+    def add_new(self, where: str, found: Iterable[RawValue]) -> None:
         """Add only values not yet reported for this file (the raw pass after a structured one)."""
         known = self.fields()
         self.add(where, (v for v in found if v.field not in known))
+
+    def descriptor(self, where: str, text: str) -> None:
+        vocabulary = self.scanner.vocabulary
+        if not self.descriptors or vocabulary is None or not vocabulary.outside(text):
+            return
+        if self.names_file is not None and self.names_file(text):
+            return
+        self.flag(where, NON_VOCABULARY)
 
     # -- dispatch -------------------------------------------------------------------------------------
 
@@ -369,8 +479,10 @@ class _FileScan:
 
     def scan_gzip(self, path: Path) -> None:
         with open(path, "rb") as handle:
-            header = handle.read(1 << 16)
-        self.add("gzip-header", self.scanner.in_bytes(_gzip_header_text(header), self.scanner.text))
+            header = _gzip_header_text(handle.read(1 << 16))
+        self.add("gzip-header", self.scanner.in_bytes(header, self.scanner.raw))
+        self.add("gzip-header", self.scanner.in_text(header.decode("latin-1")))
+        self.non_ascii("gzip-header", header)
         inner_name = path.name[:-3] if path.name.endswith(".gz") else path.name
         chunks = _gunzip_chunks(path)
         head = b""
@@ -407,11 +519,16 @@ class _FileScan:
         scanner = self.scanner
         for name, (offset, length) in fields.items():
             text = buffer[offset : offset + length].split(b"\x00", 1)[0]
-            self.add(f"nifti-header:{name}", scanner.in_bytes(text, scanner.text))
+            self.add(f"nifti-header:{name}", scanner.in_bytes(text, scanner.raw))
+            self.add(f"nifti-header:{name}", scanner.in_text(text.decode("utf-8", errors="replace")))
+            self.non_ascii(f"nifti-header:{name}", text)
         # Numeric header fields can only hold text by accident: long needles only, like voxels.
         self.add("nifti-header", scanner.in_bytes(buffer[:size], scanner.voxel, uids=False))
         if vox_offset > size + 4:
-            self.add("nifti-extension", scanner.in_bytes(buffer[size + 4 : vox_offset], scanner.text))
+            extension = buffer[size + 4 : vox_offset]
+            self.add("nifti-extension", scanner.in_bytes(extension, scanner.raw))
+            self.add("nifti-extension", scanner.in_text(extension.decode("utf-8", errors="replace")))
+            self.non_ascii("nifti-extension", extension)
         if scanner.scan_voxels:
             voxels = _prepend(buffer[vox_offset:], chunks)
             self.add("nifti-data", scanner.in_chunks(voxels, scanner.voxel, uids=False))
@@ -419,19 +536,35 @@ class _FileScan:
     def scan_text(self, name: str, data: bytes) -> None:
         scanner = self.scanner
         lowered_name = name.lower()
+        structured = False
         if lowered_name.endswith(".json") and len(data) <= JSON_STRUCTURED_LIMIT:
             try:
                 document = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                document = None
-            if document is not None:
-                for where, text in _json_items(document, scanner):
-                    self.add(where, scanner.in_text(text))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                document = _UNREADABLE
+            if document is not _UNREADABLE:
+                structured = True
+                for where, text, kind in _json_items(document, scanner):
+                    self.add(where, scanner.in_text(text, numeric=kind == "number"))
+                    if kind != "number":
+                        self.non_ascii(where, text)
+                    if kind == "string":
+                        self.descriptor(where, text)
         elif lowered_name.endswith(".tsv"):
+            structured = True
             text = data.decode("utf-8", errors="replace")
             for where, cell in _tsv_cells(text, scanner):
-                self.add(where, scanner.in_text(cell))
-        self.add_new("text", scanner.in_chunks(_split(data), scanner.text, uids=True))
+                self.add(where, scanner.in_text(cell, numeric=_NUMBER.fullmatch(cell.strip()) is not None))
+                self.non_ascii(where, cell)
+        if not structured:
+            self.add("text", scanner.in_text(data.decode("utf-8", errors="replace")))
+            if not data.isascii() and lowered_name.endswith((".json", ".tsv")):
+                self.non_ascii("text", data)  # metadata that could not be parsed: its bytes, then
+        self.add_new("text", scanner.in_chunks(_split(data), scanner.raw, uids=True))
+
+
+_UNREADABLE = object()
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 def _split(data: bytes) -> Iterator[bytes]:
@@ -458,8 +591,12 @@ def _gunzip_chunks(path: Path) -> Iterator[bytes]:
     """Decompressed bytes of every gzip member in `path`, in chunks (a truncated stream ends quietly)."""
     with open(path, "rb") as handle:
         decompressor = zlib.decompressobj(wbits=31)
+        # Small first blocks, growing: telling a NIfTI from text and reading its header needs ~64 KB, not
+        # 8 MB of voxels (a headers-only scan stops there).
+        size = TEXT_SNIFF_BYTES // 4
         while True:
-            block = handle.read(CHUNK_BYTES // 2)
+            block = handle.read(size)
+            size = min(size * 4, CHUNK_BYTES // 2)
             if not block:
                 break
             while block:
@@ -535,19 +672,22 @@ def _safe_component(text: str, scanner: Scanner) -> str:
     return scanner.withhold(text)
 
 
-def _json_items(document: Any, scanner: Scanner, path: str = "") -> Iterator[tuple[str, str]]:
-    """(where, text) for every key and scalar of a JSON document; keys carrying a value are withheld."""
+def _json_items(document: Any, scanner: Scanner, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(where, text, kind) for every key and scalar of a JSON document (kind: key, string or number);
+    keys carrying a value are withheld in `where`."""
     if isinstance(document, dict):
         for key, value in document.items():
             shown = _safe_component(str(key), scanner)
             child = f"{path}.{shown}" if path else shown
-            yield f"json:{child}", str(key)
+            yield f"json:{child}", str(key), "key"
             yield from _json_items(value, scanner, child)
     elif isinstance(document, list):
         for index, item in enumerate(document):
             yield from _json_items(item, scanner, f"{path}[{index}]")
+    elif isinstance(document, str):
+        yield f"json:{path or '<root>'}", document, "string"
     elif document is not None and not isinstance(document, bool):
-        yield f"json:{path or '<root>'}", document if isinstance(document, str) else json.dumps(document)
+        yield f"json:{path or '<root>'}", json.dumps(document), "number"
 
 
 def _tsv_cells(text: str, scanner: Scanner) -> Iterator[tuple[str, str]]:
@@ -577,8 +717,25 @@ def _walk(root: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
             yield base / name, (*relative, name)
 
 
-def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "") -> tuple[set[LeakHit], int, int]:
-    """(hits, files scanned, bytes scanned) for every path and file under `root`."""
+def _names_file(root: Path, parts: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a sidecar string names a released file: `bids::sub-01/...`, or relative to the subject folder
+    (IntendedFor). Those tokens are path tokens, checked as paths (needles, non-ASCII)."""
+
+    def names(text: str) -> bool:
+        relative = text.removeprefix("bids::")
+        if not relative or relative.startswith("/") or ".." in relative.split("/") or "\\" in relative:
+            return False
+        return any((base / relative).is_file() for base in (root, root / parts[0]))
+
+    return names
+
+
+def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
+              structural: bool = True) -> tuple[set[LeakHit], int, int]:
+    """(hits, files scanned, bytes scanned) for every path and file under `root`.
+
+    `structural`: `root` is released metadata (the structural rules apply); False for logs (`also`).
+    """
     root = Path(root)
     hits: set[LeakHit] = set()
     files = total = 0
@@ -596,13 +753,17 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "") -> tuple[set
         label = sanitised(parts)
         for value in scanner.in_text(parts[-1]):
             hits.add(LeakHit(label, "path", value.field, value.category))
+        if structural and not parts[-1].isascii():
+            hits.add(LeakHit(label, "path", STRUCTURE, NON_ASCII))
         if path.is_symlink():
             for value in scanner.in_text(os.readlink(path)):
                 hits.add(LeakHit(label, "path", value.field, value.category))
             continue
         if not path.is_file():
             continue
-        one = _FileScan(scanner, label)
+        descriptors = structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+        one = _FileScan(scanner, label, structural=structural, descriptors=descriptors,
+                        names_file=_names_file(root, parts) if descriptors else None)
         one.scan_path(path)
         hits |= one.hits
         files += 1
@@ -611,43 +772,51 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "") -> tuple[set
 
 
 def leak_scan(
-    target: Path, values: PersonalValues, *, also: Sequence[Path] = (), scan_voxels: bool = True
+    target: Path, values: Any, *, also: Sequence[Path] = (), scan_voxels: bool = True, vocabulary: Any = None
 ) -> LeakReport:
-    """Scan `target` (and each `also` folder) for every personal value in `values`; hits never hold values.
+    """Scan `target` (and each `also` folder) for every raw harvested value; hits never hold values.
 
-    Files under `also` folders are labelled `<folder name>/<relative path>`. Raises ConfigError when there
-    is nothing to look for or a folder is missing: an empty scan must never pass for a clean one.
+    `values`: raw harvested rows (see `leakforms.raw_values`). `vocabulary`: the vocabulary file paths (or a
+    loaded `Vocabulary`); without one the non-vocabulary rule does not run (the report says so). Files under
+    `also` folders are labelled `<folder name>/<relative path>` and get the value search only (they are logs,
+    not released metadata). Raises ConfigError when there is nothing to look for or a folder is missing: an
+    empty scan must never pass for a clean one.
     """
     target = Path(target)
-    if len(values) == 0:
-        raise ConfigError("leak scan: no personal values to look for (was the source harvested?)")
     for folder in (target, *also):
         if not Path(folder).is_dir():
             raise ConfigError("leak scan: not a folder", folder)
     started = time.perf_counter()
-    scanner = Scanner(values, scan_voxels=scan_voxels)
+    scanner = Scanner(values, scan_voxels=scan_voxels, vocabulary=vocabulary)
+    if not scanner.values:
+        raise ConfigError("leak scan: no personal values to look for (was the source harvested?)")
     hits, files, total = scan_tree(target, scanner)
     for folder in also:
         prefix = _safe_component(Path(folder).name, scanner) + "/"
-        more_hits, more_files, more_bytes = scan_tree(Path(folder), scanner, label_prefix=prefix)
+        more_hits, more_files, more_bytes = scan_tree(Path(folder), scanner, label_prefix=prefix, structural=False)
         hits |= more_hits
         files += more_files
         total += more_bytes
+    rules = ["personal values", NON_ASCII] + ([NON_VOCABULARY] if scanner.vocabulary else [])
     return LeakReport(
         target=_safe_component(target.name, scanner),
         also=[_safe_component(Path(f).name, scanner) for f in also],
-        values=len(values),
+        values=len(scanner.values),
         needles=scanner.needle_count,
         files=files,
         bytes=total,
         seconds=time.perf_counter() - started,
         hits=sorted(hits),
+        rules=rules,
+        vocabulary=list(scanner.vocabulary.files) if scanner.vocabulary else [],
+        vocabulary_words_not_searched=scanner.vocabulary_skipped,
     )
 
 
-def harvest_source(raw_dir: Path) -> PersonalValues:
-    """Every personal value of every readable DICOM file under `raw_dir` (header only), via `bidsafe.phi`,
-    including strings of identity private blocks."""
+def harvest_source(raw_dir: Path) -> Any:
+    """Every personal value of every readable DICOM file under `raw_dir` (header only), including strings
+    of identity private blocks. Collection only (`bidsafe.phi.harvest_files`): the gate reads the rows
+    {category, field, value} and renders and matches them itself."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise ConfigError("leak scan: --source is not a folder", raw_dir)
@@ -660,22 +829,32 @@ def write_report(report: LeakReport, path: Path) -> Path:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    """`bidsafe leak-scan DIR --source RAW_DIR [--report FILE.json] [--also DIR ...]`: 0 clean, 1 hits."""
-    values = harvest_source(Path(args.source))
-    if len(values) == 0:
-        raise ConfigError("leak scan: no readable DICOM with personal values under --source", args.source)
-    report = leak_scan(Path(args.dir), values, also=[Path(a) for a in args.also])
+    """`bidsafe leak-scan DIR (--source RAW_DIR | --values FILE.json) [--vocabulary FILE.yaml ...]
+    [--report FILE.json] [--also DIR ...]`: 0 clean, 1 hits."""
+    if bool(getattr(args, "source", None)) == bool(getattr(args, "values", None)):
+        raise ConfigError("leak scan: give exactly one of --source RAW_DIR and --values FILE.json")
+    if args.source:
+        values = raw_values(harvest_source(Path(args.source)))
+        if not values:
+            raise ConfigError("leak scan: no readable DICOM with personal values under --source", args.source)
+    else:
+        values = raw_values(Path(args.values))
+    report = leak_scan(Path(args.dir), values, also=[Path(a) for a in args.also],
+                       vocabulary=[Path(v) for v in getattr(args, "vocabulary", None) or []] or None)
     for hit in report.hits:
         print(hit.line())
     if args.report:
         write_report(report, Path(args.report))
     verdict = "clean" if report.clean else f"{len(report.hits)} hits"
-    print(f"leak scan: {verdict}; {report.values} values, {report.needles} needles; {report.speed()}",
+    print(f"leak scan: {verdict}; {report.values} values, {report.needles} needles, "
+          f"{report.vocabulary_words_not_searched} vocabulary words not searched; {report.speed()}",
           file=sys.stderr)
     return 0 if report.clean else 1
 
 
 __all__ = [
+    "NON_ASCII",
+    "NON_VOCABULARY",
     "LeakHit",
     "LeakReport",
     "Scanner",
