@@ -468,3 +468,16 @@ def summarise(
         "not_dicom_files": sum(1 for f in deid_files if f["status"] == "not_dicom"),
         "series": listed,
     }
+
+
+def log_conversion_summary(log: Any, summary_json: Path) -> None:
+    """One line per left-out series in the stage's log: series number and reason only (the log is not
+    private; descriptions stay in the summary file)."""
+    summary = json.loads(Path(summary_json).read_text(encoding="utf-8"))
+    log.info("series received %d, converted %d, left out %d (%d in part)", summary["received"],
+             summary["converted"], summary["left_out"], summary["partly_left_out"])
+    for series in summary["series"]:
+        for item in series["left_out"]:
+            log.warning("series %s %s: %s (%d %s)", series["series"],
+                        "left out" if series["status"] != "converted" else "converted in part",
+                        item["reason"], item["count"], item["unit"])
