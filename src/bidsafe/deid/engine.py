@@ -1267,7 +1267,8 @@ def deidentify_tree(
     """De-identify every file under `src` (or `files`) into the new folder `dst` (which appears whole).
 
     `dst` must not exist or be an empty folder; it must not overlap `src`. `subject_key` (the subject's
-    pseudonym) sets the date shift; default: each file's original PatientID. Returns the report; writes
+    pseudonym) sets the date shift; default: each file's PatientID as `shift_subject_key` normalises it,
+    with one shift per study (its first file decides, see `_one_shift_per_study`). Returns the report; writes
     it (private, 0600) to `report` when given.
     """
     src = Path(src)
