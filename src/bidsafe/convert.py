@@ -151,6 +151,7 @@ def convert_session(
                                    cwd=scratch, check=False)
         produced = scratch / "bids" / rel
         summary = summarise(series, sidecars, completed.stdout, produced, _deid_files(deid_report))
+        summary["sidecars_repaired"] = len(repaired)  # invalid JSON from dcm2niix, decoded (see above)
         if log_dir is not None:
             _save_logs(scratch / "bids", converted, completed, Path(log_dir), subject, session, repaired, summary)
         if summary_json is not None:
