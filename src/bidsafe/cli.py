@@ -60,8 +60,11 @@ def _deid(sub: argparse._SubParsersAction) -> None:
         "deid",
         help="de-identify every DICOM file under SRC into DST (PS3.15 Annex E rules)",
         description="De-identify every DICOM file under SRC into DST with the rule set (PS3.15 Annex E "
-        "Basic Profile plus options). Output paths are built from de-identified values only. Exit 0 when "
-        "every file was processed or deliberately withheld, 1 when any failed, 2 for bad arguments.",
+        "Basic Profile plus options). Output paths are built from de-identified values only. Dates shift by "
+        "a keyed offset per patient (PatientID compared without case, blanks, separators or leading zeros); "
+        "each study gets one shift, decided by its first file. An image without pixel data (a file cut short) "
+        "fails. Exit 0 when every file was processed or deliberately withheld, 1 when any failed, 2 for bad "
+        "arguments.",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")

@@ -7,6 +7,23 @@ paths, so it goes to the caller's private `log_dir` (or nowhere).
 
 The converter must be the dcm2niix that ships with this environment (a Debian package's older build may
 sit elsewhere on PATH): the folder of the running Python interpreter is put first on PATH.
+
+dcm2niix runs first, on its own (with the config's `dcm2niixOptions`), and dcm2bids then only pairs its
+output (`--skip_dcm2niix`). In between, sidecars dcm2niix wrote as invalid JSON are repaired: dcm2niix
+copies DICOM text bytes into the sidecar unchanged except for escaping `"` and `\\` and writing each byte
+>= 0x80 as the Latin-1 character of that byte, so the only bytes that break JSON are C0 controls, and in
+DICOM text the only one allowed is ESC, the ISO 2022 code-extension escape (`\\ISO 2022 IR 87`, Japanese,
+and the other ISO 2022 character sets). The original bytes of such a string are recovered exactly (each
+character back to its Latin-1 byte) and decoded with the character set the series declares. This is done
+here rather than by re-encoding text in de-identification: it is lossless, touches only the sidecars that
+are broken (every other sidecar is left byte for byte), covers text from any source dcm2niix reads (standard
+elements, private and CSA text alike), and leaves de-identification writing kept elements byte for byte.
+
+Nothing lost silently: every series the session received is accounted for in a per-session summary
+(`write_summary`): converted to which BIDS images, or left out and why (no mapping matched, ambiguous
+mapping, not converted by dcm2niix, withheld or failed in de-identification), from dcm2bids' and
+dcm2niix's own outcome and the private de-identification report, parsed here; the summary holds only
+counts, series numbers, de-identified series descriptions and reasons.
 """
 
 from __future__ import annotations
@@ -14,18 +31,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.fsutil import atomic_dir
+from bidsafe.fsutil import atomic_dir, atomic_write_json
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# dcm2bids 3's own default, for a config that sets no dcm2niixOptions (dcm2bids.utils.utils.DEFAULT; not
+# imported: importing dcm2bids checks the network)
+DCM2BIDS_DEFAULT_DCM2NIIX_OPTIONS = "-b y -ba y -z y -f '%3s_%f_%p_%t'"
+_ESC = "\x1b"
 
 
 def default_config() -> Path:
@@ -69,12 +95,16 @@ def convert_session(
     session: str,
     config: Path | None = None,
     log_dir: Path | None = None,
+    summary_json: Path | None = None,
+    deid_report: Path | None = None,
 ) -> list[Path]:
     """Convert the DICOM files under `dicom_dir` into `out_dir/sub-<subject>/ses-<session>/`.
 
     Returns the NIfTI files written (sorted). Raises BidsafeError naming `dicom_dir` when dcm2bids fails or
     when no series matched the config; nothing is left in `out_dir` then. `log_dir` (private: the log names
-    input paths) receives dcm2bids' log and console output; without it they are discarded.
+    input paths) receives dcm2niix's and dcm2bids' logs and console output; without it they are discarded.
+    `summary_json` receives the session's conversion summary (`summarise`); `deid_report` (the private
+    de-identification report of the session) adds the series de-identification withheld or failed.
     """
     dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
     for kind, label in (("subject", subject), ("session", session)):
@@ -83,10 +113,10 @@ def convert_session(
     if not dicom_dir.is_dir():
         raise BidsafeError("DICOM folder not found", dicom_dir)
     config_path = Path(config) if config is not None else default_config()
-    load_config(config_path)
+    options = str(load_config(config_path).get("dcm2niixOptions", DCM2BIDS_DEFAULT_DCM2NIIX_OPTIONS))
 
     dcm2bids = _tool("dcm2bids")
-    _tool("dcm2niix")
+    dcm2niix = _tool("dcm2niix")
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(tool_bin_dir()), env.get("PATH", "")])
     # dcm2bids imports matplotlib-free code but still honours HOME for caches: keep them out of the data.
@@ -98,9 +128,17 @@ def convert_session(
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.convert-sub-{subject}-ses-{session}-",
                                     dir=out_dir.parent)).resolve()
     try:
+        niix = scratch / "dcm2niix"
+        niix.mkdir()
+        converted = subprocess.run([str(dcm2niix), *shlex.split(options), "-o", str(niix), str(dicom_dir.resolve())],
+                                   env=env, capture_output=True, text=True, errors="replace", cwd=scratch, check=False)
+        series = dicom_series(dicom_dir)
+        repaired = repair_sidecars(niix, {number: info.charset for number, info in series.items()})
+        sidecars = read_sidecars(niix)
         command = [
             str(dcm2bids),
-            "--dicom_dir", str(dicom_dir.resolve()),
+            "--dicom_dir", str(niix),
+            "--skip_dcm2niix",
             "--participant", subject,
             "--session", session,
             "--config", str(config_path.resolve()),
@@ -111,15 +149,19 @@ def convert_session(
         ]
         completed = subprocess.run(command, env=env, capture_output=True, text=True, errors="replace",
                                    cwd=scratch, check=False)
+        produced = scratch / "bids" / rel
+        summary = summarise(series, sidecars, completed.stdout, produced, _deid_files(deid_report))
+        summary["sidecars_repaired"] = len(repaired)  # invalid JSON from dcm2niix, decoded (see above)
         if log_dir is not None:
-            _save_logs(scratch / "bids", completed, Path(log_dir), subject, session)
+            _save_logs(scratch / "bids", converted, completed, Path(log_dir), subject, session, repaired, summary)
+        if summary_json is not None:
+            atomic_write_json(summary_json, summary)
         if completed.returncode != 0:
             raise BidsafeError(
                 f"dcm2bids failed with exit code {completed.returncode} for sub-{subject} ses-{session}"
                 + (" (see the convert log in the private area)" if log_dir is not None else ""),
                 dicom_dir,
             )
-        produced = scratch / "bids" / rel
         if not produced.is_dir() or not _niftis(produced):
             raise BidsafeError(
                 f"no series matched the dcm2bids config for sub-{subject} ses-{session} "
@@ -140,19 +182,31 @@ def _niftis(folder: Path) -> list[Path]:
 
 
 def _save_logs(
-    bids_scratch: Path, completed: subprocess.CompletedProcess, log_dir: Path, subject: str, session: str
+    bids_scratch: Path,
+    converted: subprocess.CompletedProcess,
+    completed: subprocess.CompletedProcess,
+    log_dir: Path,
+    subject: str,
+    session: str,
+    repaired: list[str],
+    summary: Mapping[str, Any],
 ) -> None:
-    """Keep dcm2bids' own log and its console output (they name input paths: private area only)."""
+    """Keep dcm2niix's and dcm2bids' logs and console output (they name input paths: private area only)."""
     from bidsafe.private import ensure_private_dir, private_write_text
 
     ensure_private_dir(log_dir)
-    parts = [f"$ dcm2bids (exit {completed.returncode})\n", "--- stdout ---\n", _ANSI.sub("", completed.stdout),
-             "--- stderr ---\n", _ANSI.sub("", completed.stderr)]
+    parts = [f"$ dcm2niix (exit {converted.returncode})\n", "--- stdout ---\n", converted.stdout,
+             "--- stderr ---\n", converted.stderr,
+             f"--- sidecars repaired (invalid JSON from dcm2niix): {len(repaired)} ---\n"]
+    parts += [f"{name}\n" for name in repaired]
+    parts += [f"$ dcm2bids (exit {completed.returncode})\n", "--- stdout ---\n", _ANSI.sub("", completed.stdout),
+              "--- stderr ---\n", _ANSI.sub("", completed.stderr)]
     for log in sorted((bids_scratch / "tmp_dcm2bids" / "log").glob("*.log")):
         parts += [f"--- {log.name} ---\n", log.read_text(encoding="utf-8", errors="replace")]
     left_out = unmatched_series(completed.stdout)
     parts.append(f"--- series left out by the config: {len(left_out)} ---\n")
     parts += [f"{line}\n" for line in left_out]
+    parts.append("--- conversion summary ---\n" + json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     private_write_text(log_dir / f"convert_sub-{subject}_ses-{session}.log", "".join(parts))
 
 
@@ -166,3 +220,265 @@ def unmatched_series(log_text: str) -> list[str]:
             if entry not in found:
                 found.append(entry)
     return found
+
+
+def sidecar_pairing(log_text: str) -> dict[str, str]:
+    """dcm2bids' verdict per dcm2niix sidecar (by file stem): the BIDS name it was paired with, or
+    "no pairing" / "several pairing"."""
+    verdicts: dict[str, str] = {}
+    for line in _ANSI.sub("", log_text).splitlines():
+        match = re.search(r"\|\s*(.+?)\s+<-\s+(\S+)\s*$", line)
+        if match:
+            target = match.group(1).strip()
+            verdicts[match.group(2)] = target.lower() if target.lower().endswith(" pairing") else target
+    return verdicts
+
+
+# --- the DICOM side: series received ---------------------------------------------------------------------
+
+
+@dataclass
+class SeriesInfo:
+    """One series of the (de-identified) session: its number, description, file count, character set."""
+
+    number: str
+    description: str = ""
+    files: int = 0
+    charset: list[str] = field(default_factory=list)
+
+
+def series_key(value: Any) -> str:
+    """A series number as one text, whatever its form (IS text, JSON integer, float): '3', or '?'."""
+    try:
+        return str(int(float(str(value).split("\\")[0])))
+    except (ValueError, OverflowError):
+        return "?"
+
+
+def dicom_series(dicom_dir: Path) -> dict[str, SeriesInfo]:
+    """The series under `dicom_dir` by series number. De-identification writes one folder per series, so
+    one header per folder is read and the folder's files counted (series sharing a number are merged)."""
+    import pydicom
+
+    from bidsafe.phi import quiet_pydicom
+
+    found: dict[str, SeriesInfo] = {}
+    for root, dirs, names in os.walk(dicom_dir):
+        dirs.sort()
+        header = None
+        count = 0
+        for name in sorted(names):
+            path = Path(root) / name
+            if header is None:
+                try:
+                    with quiet_pydicom():
+                        header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=[
+                            "SpecificCharacterSet", "SeriesNumber", "SeriesDescription"])
+                except Exception:  # noqa: BLE001 - not DICOM: not a series
+                    continue
+                if "SeriesNumber" not in header and "SeriesDescription" not in header:
+                    header = None
+                    continue
+            count += 1
+        if header is None:
+            continue
+        info = found.setdefault(series_key(header.get("SeriesNumber", "")), SeriesInfo(
+            series_key(header.get("SeriesNumber", ""))))
+        info.files += count
+        if not info.description:
+            info.description = str(header.get("SeriesDescription", "") or "")
+        if not info.charset:
+            charset = header.get("SpecificCharacterSet", "") or ""
+            info.charset = [str(c) for c in charset] if isinstance(charset, list | pydicom.multival.MultiValue) \
+                else [str(charset)]
+    return found
+
+
+# --- dcm2niix's sidecars: repaired when they are not JSON -------------------------------------------------
+
+
+def repair_sidecars(folder: Path, charsets: Mapping[str, list[str]]) -> list[str]:
+    """Repair every sidecar in `folder` that is not valid JSON (see the module's notes); returns their
+    names. `charsets` gives each series' SpecificCharacterSet by series number."""
+    repaired = []
+    for path in sorted(folder.glob("*.json")):
+        data = path.read_bytes()
+        try:
+            json.loads(data)
+            continue
+        except ValueError:
+            pass
+        fixed = repair_sidecar_bytes(data, charsets)
+        if fixed is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(fixed, indent="\t", ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+            repaired.append(path.name)
+    return repaired
+
+
+def repair_sidecar_bytes(data: bytes, charsets: Mapping[str, list[str]]) -> dict[str, Any] | None:
+    """The sidecar dcm2niix meant to write, or None when even a lenient parse fails (dcm2bids then reports
+    it). Raw control characters are accepted inside strings, and every string holding an ISO 2022 escape is
+    decoded with the character set its series declares."""
+    try:
+        sidecar = json.loads(data.decode("utf-8", errors="replace"), strict=False)
+    except ValueError:
+        return None
+    if not isinstance(sidecar, dict):
+        return None
+    declared = charsets.get(series_key(sidecar.get("SeriesNumber", ""))) or []
+    if not any("2022" in term for term in declared):
+        # no declared code extensions: the ISO 2022 sets DICOM defines, so the escape still decodes
+        declared = ["", "ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"]
+    return {key: _decoded(value, declared) for key, value in sidecar.items()}
+
+
+def _decoded(value: Any, charset: list[str]) -> Any:
+    if isinstance(value, list):
+        return [_decoded(v, charset) for v in value]
+    if not isinstance(value, str) or _ESC not in value:
+        return value
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    try:
+        raw = value.encode("latin-1")  # dcm2niix wrote each byte as the Latin-1 character of that byte
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8")
+    try:
+        text = decode_bytes(raw, convert_encodings(charset), set())
+    except Exception:  # noqa: BLE001 - an escape no declared set explains
+        text = raw.decode("iso2022_jp_2", errors="replace")
+    # an escape that named no known set stays a control character: never let one through
+    return "".join(c for c in text if c >= " " or c in "\t\n\r")
+
+
+def read_sidecars(folder: Path) -> dict[str, dict[str, Any]]:
+    """dcm2niix's sidecars by file stem (a sidecar still unreadable counts as an image with no series)."""
+    sidecars: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            value = json.loads(path.read_bytes())
+        except ValueError:
+            value = {}
+        sidecars[path.name[: -len(".json")]] = value if isinstance(value, dict) else {}
+    return sidecars
+
+
+# --- the session's summary --------------------------------------------------------------------------------
+
+NO_MAPPING = "no mapping matched (dcm2bids: no pairing)"
+AMBIGUOUS = "ambiguous mapping (dcm2bids: several pairing)"
+NOT_PLACED = "converted but not placed by dcm2bids"
+NOT_CONVERTED = "not converted: dcm2niix wrote no image"
+_SAFE_REASON = re.compile(r"[^A-Za-z0-9 ,()/.?_=-]")
+
+
+def _deid_files(report: Path | None) -> list[dict[str, str]]:
+    """The de-identification report's file entries, without their input paths (never used here)."""
+    if report is None or not Path(report).is_file():
+        return []
+    files = json.loads(Path(report).read_text(encoding="utf-8")).get("files", [])
+    return [{"status": str(f.get("status", "")), "reason": str(f.get("reason", "")),
+             "series": str(f.get("series", "") or "")} for f in files]
+
+
+def _deid_reason(status: str, reason: str) -> str:
+    """A de-identification verdict as a fixed phrase: only the text before the first colon (an exception's
+    message may quote a value), and only plain characters."""
+    head = _SAFE_REASON.sub("", reason.split(":", 1)[0]).strip()[:80]
+    verb = "withheld by de-identification" if status == "withheld" else "failed de-identification"
+    return f"{verb}: {head}" if head else verb
+
+
+def summarise(
+    series: Mapping[str, SeriesInfo],
+    sidecars: Mapping[str, Mapping[str, Any]],
+    dcm2bids_log: str,
+    produced: Path,
+    deid_files: list[dict[str, str]],
+) -> dict[str, Any]:
+    """Per series: received, converted into which images, or left out and why.
+
+    `series`: the de-identified DICOM by series number; `sidecars`: dcm2niix's output by stem; `dcm2bids_log`:
+    dcm2bids' console output (its pairing verdicts); `produced`: the session folder dcm2bids built;
+    `deid_files`: the de-identification report's entries (status, reason, series).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(number: str) -> dict[str, Any]:
+        info = series.get(number)
+        return rows.setdefault(number, {
+            "series": number, "description": info.description if info else "", "files": info.files if info else 0,
+            "images": [], "left_out": Counter(),
+        })
+
+    for number in series:
+        row(number)
+    for entry in deid_files:
+        if entry["status"] in ("withheld", "failed"):
+            target = row(series_key(entry["series"]))
+            target["left_out"][(_deid_reason(entry["status"], entry["reason"]), "files")] += 1
+            target["files"] += 1  # received, though not in the de-identified folder
+    placed: dict[str, list[str]] = {}
+    if produced.is_dir():
+        for sidecar in sorted(produced.rglob("*.json")):
+            try:
+                number = series_key(json.loads(sidecar.read_bytes()).get("SeriesNumber", ""))
+            except (ValueError, AttributeError):
+                number = "?"
+            images = [p for p in sidecar.parent.glob(sidecar.name[: -len(".json")] + ".nii*")]
+            placed.setdefault(number, []).extend(str(p.relative_to(produced)) for p in images)
+    verdicts = sidecar_pairing(dcm2bids_log)
+    with_sidecar: set[str] = set()
+    for stem, sidecar in sidecars.items():
+        number = series_key(sidecar.get("SeriesNumber", ""))
+        with_sidecar.add(number)
+        verdict = verdicts.get(stem, "")
+        if verdict == "no pairing":
+            row(number)["left_out"][(NO_MAPPING, "images")] += 1
+        elif verdict == "several pairing":
+            row(number)["left_out"][(AMBIGUOUS, "images")] += 1
+        elif not placed.get(number):
+            row(number)["left_out"][(NOT_PLACED, "images")] += 1
+    for number, images in placed.items():
+        row(number)["images"] = sorted(images)
+    for number in series:
+        if number not in with_sidecar and not rows[number]["images"]:
+            rows[number]["left_out"][(NOT_CONVERTED, "images")] += 1
+    listed = []
+    for number in sorted(rows, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)):
+        r = rows[number]
+        listed.append({
+            "series": r["series"],
+            "description": r["description"],
+            "files": r["files"],
+            "status": "converted" if r["images"] else "left out",
+            "images": r["images"],
+            "left_out": [
+                {"reason": reason, "count": count, "unit": unit}
+                for (reason, unit), count in sorted(r["left_out"].items())
+            ],
+        })
+    converted = sum(1 for r in listed if r["status"] == "converted")
+    return {
+        "received": len(listed),
+        "converted": converted,
+        "left_out": len(listed) - converted,
+        "partly_left_out": sum(1 for r in listed if r["status"] == "converted" and r["left_out"]),
+        "not_dicom_files": sum(1 for f in deid_files if f["status"] == "not_dicom"),
+        "series": listed,
+    }
+
+
+def log_conversion_summary(log: Any, summary_json: Path) -> None:
+    """One line per left-out series in the stage's log: series number and reason only (the log is not
+    private; descriptions stay in the summary file)."""
+    summary = json.loads(Path(summary_json).read_text(encoding="utf-8"))
+    log.info("series received %d, converted %d, left out %d (%d in part)", summary["received"],
+             summary["converted"], summary["left_out"], summary["partly_left_out"])
+    for series in summary["series"]:
+        for item in series["left_out"]:
+            log.warning("series %s %s: %s (%d %s)", series["series"],
+                        "left out" if series["status"] != "converted" else "converted in part",
+                        item["reason"], item["count"], item["unit"])

@@ -255,8 +255,10 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
 
 
 def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_reports: Sequence[Path],
-                 qc_dirs: Sequence[Path], picture_dirs: Sequence[Path]) -> Path:
-    """The run report: per-session status (pseudonyms only), gates, QC table, deface pictures."""
+                 qc_dirs: Sequence[Path], picture_dirs: Sequence[Path],
+                 conversion_summaries: Sequence[Path] = ()) -> Path:
+    """The run report: per-session status (pseudonyms only), series converted and left out, gates, QC table,
+    deface pictures."""
     from bidsafe.release.report import write_report
 
     summary = json.loads(Path(summary_json).read_text(encoding="utf-8")) if Path(summary_json).exists() else {}
@@ -264,6 +266,10 @@ def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_rep
     for row in read_included(included_tsv):
         if row["status"] == WITHHELD:
             rows[(row["subject"], row["session"])] |= {"included": False, "reason": row["reason"]}
+    for path in conversion_summaries:  # the convert stage's series.json, one per session
+        ref = session_from_path(Path(path))
+        if (ref.subject, ref.session) in rows:
+            rows[(ref.subject, ref.session)]["conversion"] = json.loads(Path(path).read_text(encoding="utf-8"))
     qc_rows = []
     for qc_dir in qc_dirs:
         for tsv in sorted(Path(qc_dir).rglob("*.tsv")):

@@ -31,6 +31,7 @@ from bidsafe.deid.engine import (
     WITHHELD,
     deidentify_dataset,
     deidentify_tree,
+    shift_subject_key,
     withhold_reason,
     write_report,
 )
@@ -285,14 +286,14 @@ def test_registered_and_class_uids_are_untouched():
     ds.SOPClassUID = "1.3.12.2.1107.5.9.1"  # a vendor's private SOP class: names a class, not an instance
     ref = Dataset()
     ref.ReferencedSOPClassUID = MR_IMAGE_STORAGE
-    ref.ReferencedSOPInstanceUID = "1.2.840.10008.1.2.3.4"  # registered root: left alone even where U applies
+    ref.ReferencedSOPInstanceUID = "1.2.840.10008.1.2.3.4"  # under the root but registered nowhere: an instance
     ds.ReferencedImageSequence = [ref]
     out = _run(
         ds, StubRules({"ReferencedImageSequence": "K", "ReferencedSOPInstanceUID": "U", "ReferencedSOPClassUID": "K"})
     )
     assert out.SOPClassUID == "1.3.12.2.1107.5.9.1"
     assert out.ReferencedImageSequence[0].ReferencedSOPClassUID == MR_IMAGE_STORAGE
-    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.840.10008.1.2.3.4"
+    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == keyed_uid(KEY, "1.2.840.10008.1.2.3.4")
 
 
 # --- dates ------------------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def test_date_shift_is_per_subject_the_same_for_all_sessions(tmp_path):
     _session(tmp_path, "ses2", "1.2.826.0.1.3680043.9.7777.20", "20220815")
     report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=load_rules(), key=KEY)
     first, second = (pydicom.dcmread(tmp_path / "out" / e.output) for e in report.entries)
-    shift = shift_days_for(KEY, "PID-99812", load_rules().max_shift_days)
+    shift = shift_days_for(KEY, shift_subject_key("PID-99812"), load_rules().max_shift_days)
     assert first.StudyDate == _shifted("20210309", shift)
     assert second.StudyDate == _shifted("20220815", shift)
     assert second.AcquisitionDateTime == _shifted("20220815", shift) + "101500"
@@ -799,7 +800,7 @@ def test_enhanced_mr_per_frame_groups_are_cleaned(tmp_path):
     by_name = {Path(e.input).name: e for e in report.entries}
     assert {e.status for e in report.entries} == {PROCESSED}
     out = pydicom.dcmread(tmp_path / "out" / by_name["enhanced.dcm"].output)
-    shift = shift_days_for(KEY, "PID-99812", rules.max_shift_days)
+    shift = shift_days_for(KEY, shift_subject_key("PID-99812"), rules.max_shift_days)
     assert out.NumberOfFrames == 2 and out.PixelData == b"\x01\x00" * 32
     assert out.AcquisitionDateTime == _shifted("20210309", shift) + "101500.00"
     shared = out.SharedFunctionalGroupsSequence[0]

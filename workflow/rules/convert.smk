@@ -1,9 +1,13 @@
 rule convert:
     input:
         dicom=rules.deid.output.dicom,
+        # private: read for which series de-identification withheld or failed (never copied)
+        deid_report=rules.deid.output.report,
     output:
         # a small BIDS root per session (sub-S/ses-T/...), like every later per-session stage
         bids=directory(WORK / "convert" / SESSION / "bids"),
+        # every series received: converted to which images, or left out and why (shown in the report)
+        summary=WORK / "convert" / SESSION / "series.json",
     params:
         config=DCM2BIDS_CONFIG,
         private_logs=PRIVATE / "dcm2bids" / SESSION,

@@ -142,6 +142,7 @@ rule report:
         gates=rules.publish.input.gates,
         qc=per_included_session(str(WORK / "qc" / SESSION)),
         pictures=per_included_session(str(WORK / "deface" / SESSION / "qc")),
+        conversion=per_included_session(str(WORK / "convert" / SESSION / "series.json")),
     output:
         html=WORK / "report" / "bidsafe-report.html",
     params:

@@ -11,4 +11,5 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         gate_reports=[Path(p) for p in snakemake.input.gates],  # noqa: F821
         qc_dirs=[Path(p) for p in snakemake.input.qc],  # noqa: F821
         picture_dirs=[Path(p) for p in snakemake.input.pictures],  # noqa: F821
+        conversion_summaries=[Path(p) for p in snakemake.input.conversion],  # noqa: F821
     )

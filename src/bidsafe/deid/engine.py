@@ -25,6 +25,7 @@ import re
 import shutil
 import struct
 import sys
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
 _ASCII_SAFE_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 # A kept (K) element is left alone unless it is a UID (remapped) or a date (shifted).
 _KEEP_NEEDS_LOOK = frozenset({"UI", "DA", "DT"})
+_VALID_VRS = frozenset(vr.value for vr in pydicom.valuerep.VR if len(vr.value) == 2)
+# Value shapes of the numeric-string VRs (PS3.5 6.2, with their maximum lengths): a value of this shape
+# holds digits, a sign, a point and an exponent only.
+_VALUE_SHAPES = {
+    "DS": re.compile(r"(?=.{1,16}$)[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
+    "IS": re.compile(r"(?=.{1,12}$)[+-]?\d+"),
+    "TM": re.compile(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?"),  # ACR-NEMA colons too
+}
 _BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "OF", "OD", "OL", "OV"})
 _LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _DUMMY_BY_VR: dict[str, bytes] = {
@@ -103,6 +112,9 @@ _TAG_BURNED_IN = 0x00280301
 _TAG_VISUAL_FEATURES = 0x00280302
 _TAG_CHARSET = 0x00080005
 _TAG_DIRECTORY_RECORDS = 0x00041220
+_TAG_SPECTROSCOPY_DATA = 0x56000020
+# PixelData, FloatPixelData, DoubleFloatPixelData: an image needs one of them
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 # UIDs that name a class or an encoding, never an instance: left alone even when not under the DICOM root
 # (a vendor's private SOP class must keep naming that class).
@@ -124,6 +136,7 @@ class FileEntry:
     status: str
     output: str | None = None  # path relative to DST, built from de-identified values only
     reason: str = ""
+    series: str = ""  # SeriesNumber (kept as is by the rules): says which series lost a withheld/failed file
 
 
 @dataclass
@@ -160,7 +173,8 @@ def write_report(report: DeidReport, path: str | Path) -> Path:
         "key_path": str(report.key_path) if report.key_path else None,
         "counts": report.counts,
         "files": [
-            {"input": e.input, "output": e.output, "status": e.status, "reason": e.reason} for e in report.entries
+            {"input": e.input, "output": e.output, "status": e.status, "reason": e.reason, "series": e.series}
+            for e in report.entries
         ],
     }
     text = json.dumps(payload, indent=1) + "\n"
@@ -369,7 +383,9 @@ class Deidentifier:
             elif vr == "UI":
                 if action in ("U", "U*") or tag not in _CLASS_UID_TAGS:
                     text = _element_text(elem)
-                    new = self.uids.remap_multi(text)
+                    # a class tag under U keeps whatever the DICOM root names (registered classes and
+                    # syntaxes, newer ones too); an instance UID under the root is remapped like any other
+                    new = self.uids.remap_multi(text, names_class=tag in _CLASS_UID_TAGS)
                     if new != text:
                         elements[key] = _raw(tag, vr, _ascii_value(new, vr), enc.implicit, enc.little)
             elif action in ("U", "U*"):
@@ -390,8 +406,49 @@ class Deidentifier:
                     decoded = elem
                 if decoded.value not in (None, ""):
                     pending[id(elem)] = Pending(TEXT, tag, vr, value=_plain_value(decoded.value))
+            elif action == "C":
+                self._clean_descriptor(ds, key, tag, vr, enc, pending)
         if private_tags:
             self._clean_private(ds, private_tags, shift_days, enc, pending)
+
+    def _clean_descriptor(
+        self, ds: Dataset, key: Any, tag: int, vr: str, enc: _Encoding, pending: dict[int, Pending]
+    ) -> None:
+        """C (clean) on an element whose VR is not a text VR, or not a VR at all.
+
+        Nothing may pass uninspected: a VR the file declares but the standard does not define, or a numeric
+        or binary VR where the standard defines text, cannot be trusted, so the element is re-typed to its
+        dictionary VR (never propagated). Text is then cleaned as text; a DS/IS/TM value is kept only when
+        every value is a well-formed number or time of its VR (digits, sign, point, exponent: no room for a
+        name) and otherwise becomes the VR's dummy; binary values cannot be inspected and become the dummy;
+        an element with no dictionary VR is removed.
+        """
+        elements = ds._dict
+        elem = elements[key]
+        standard = _fallback_vr(tag)
+        if vr not in _VALID_VRS or (standard != "UN" and vr != standard):
+            if standard == "UN":
+                del elements[key]
+                return
+            vr = standard
+            if vr in _TEXT_VRS:
+                raw = elem if elem.is_raw else None
+                if raw is None:
+                    value: Any = elem.value
+                else:
+                    value = convert_raw_data_element(raw._replace(VR=vr), encoding=ds._character_set, ds=ds).value
+                retyped = DataElement(tag, vr, value)
+                elements[key] = retyped
+                if value not in (None, ""):
+                    pending[id(retyped)] = Pending(TEXT, tag, vr, value=_plain_value(value))
+                return
+        if vr in _VALUE_SHAPES:
+            text = _element_text(elem)
+            if all(_VALUE_SHAPES[vr].fullmatch(part.strip(" ")) for part in text.split("\\")) or not text:
+                if vr != elem.VR:
+                    elements[key] = _raw(tag, vr, _ascii_value(text, vr), enc.implicit, enc.little)
+                return
+        elements[key] = _raw(tag, vr, _DUMMY_BY_VR.get(vr, b"\x00\x00"), enc.implicit, enc.little)
 
     def _clean_private(
         self,
@@ -913,13 +970,31 @@ class _NotDicom(Exception):
     """Not DICOM, or DICOM that cannot be read whole: listed with the reason, never copied."""
 
 
+class _Incomplete(Exception):
+    """DICOM that reads, but an image without its pixels: listed as failed with the reason, never written."""
+
+
 def _check_complete(ds: Dataset) -> None:
-    """pydicom stops quietly at the end of a file, even inside a value: refuse a file that was cut short."""
-    if not ds._dict:
+    """pydicom stops quietly at the end of a file, even inside a value or just before the pixels: refuse a
+    file that was cut short."""
+    elements = ds._dict
+    if not elements:
         raise _NotDicom("unreadable DICOM: no data set after the file meta (cut short?)")
-    for elem in ds._dict.values():
+    for elem in elements.values():
         if elem.is_raw and elem.value is not None and elem.length != 0xFFFFFFFF and len(elem.value) < elem.length:
             raise _NotDicom("unreadable DICOM: the file is cut short inside a value")
+    if _is_image(ds) and not any(tag in elements for tag in _PIXEL_DATA_TAGS):
+        # A file cut just before (7FE0,0010) parses cleanly: only the missing pixels tell.
+        raise _Incomplete("image without pixel data (file cut short before (7FE0,0010)?)")
+
+
+def _is_image(ds: Dataset) -> bool:
+    """Carries the Image Pixel module's Rows and Columns, so its pixels must follow (spectroscopy, whose
+    Rows/Columns describe its own data, excepted). Group 0028 precedes (7FE0,xxxx): a file cut just before
+    its pixels always has them. A pixel-less stub with an image SOP class but no Rows (pydicom's DICOMDIR
+    test files) is not called cut short: it never claimed to hold an image."""
+    elements = ds._dict
+    return 0x00280010 in elements and 0x00280011 in elements and _TAG_SPECTROSCOPY_DATA not in elements
 
 
 _UID_SHAPE = re.compile(r"[0-9]+(\.[0-9]+)+")
@@ -1074,6 +1149,8 @@ class _Staged:
     temp: str | None = None
     stub: Encoded | None = None
     reason: str = ""
+    series: str = ""
+    shift: int | None = None  # the date shift applied (one per study: see `_one_shift_per_study`)
 
 
 def _short(exc: BaseException) -> str:
@@ -1092,12 +1169,13 @@ class _StageWorker:
         self._count = 0
         self._sent: dict[str, set[PersonalValue]] = {}
 
-    def run(self, index: int, path: str) -> _Staged:
+    def run(self, index: int, path: str, shift_override: int | None = None) -> _Staged:
         values: frozenset[PersonalValue] = frozenset()
-        study = ""
+        study = series = ""
         try:
             with quiet_pydicom():
                 ds = read_dicom(path)
+                series = _text_of(ds, _TAG_SERIES_NUMBER)
                 _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
                 harvested = set(harvest_dataset(ds))
@@ -1110,14 +1188,21 @@ class _StageWorker:
                 sent.update(values)
                 reason = withhold_reason(ds, self.rules.burned_in)
                 if reason is not None:
-                    return _Staged(index, WITHHELD, study, values, reason=reason)
-                subject = self.subject_key if self.subject_key is not None else _text_of(ds, _TAG_PATIENT_ID)
+                    return _Staged(index, WITHHELD, study, values, reason=reason, series=series)
+                if self.subject_key is not None:
+                    subject = self.subject_key
+                else:
+                    subject = shift_subject_key(_text_of(ds, _TAG_PATIENT_ID))
                 shift_days = study_shift_days(self.rules, self.key, subject)
+                if shift_override is not None and shift_days is not None:
+                    shift_days = shift_override
                 prepared = _prepare(self.deidentifier, ds, shift_days, source=Path(path))
         except _NotDicom as exc:
             return _Staged(index, NOT_DICOM, reason=str(exc))
+        except _Incomplete as exc:
+            return _Staged(index, FAILED, study, values, reason=str(exc), series=series)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-            return _Staged(index, FAILED, study, values, reason=f"{type(exc).__name__}: {_short(exc)}")
+            return _Staged(index, FAILED, study, values, reason=f"{type(exc).__name__}: {_short(exc)}", series=series)
         self._count += 1
         temp = self.temp_root / f"{os.getpid()}-{self._count}.tmp"
         temp.parent.mkdir(parents=True, exist_ok=True)
@@ -1125,7 +1210,9 @@ class _StageWorker:
             handle.write(prepared.encoded.data)
         encoded = prepared.encoded
         stub = Encoded(b"", encoded.pending, encoded.implicit, encoded.little, encoded.deflate, encoded.body_offset)
-        return _Staged(index, PROCESSED, study, values, prepared.relpath, str(temp), stub)
+        return _Staged(
+            index, PROCESSED, study, values, prepared.relpath, str(temp), stub, series=series, shift=shift_days
+        )
 
 
 class _FinishWorker:
@@ -1169,7 +1256,7 @@ def _init_finish(studies: dict[str, tuple[PersonalValue, ...]], staging: Path) -
     _FINISH_WORKER = _FinishWorker(studies, staging)
 
 
-def _stage_task(task: tuple[int, str]) -> _Staged:
+def _stage_task(task: tuple[int, str] | tuple[int, str, int | None]) -> _Staged:
     assert _STAGE_WORKER is not None
     return _STAGE_WORKER.run(*task)
 
@@ -1229,6 +1316,37 @@ def _list_files(src: Path) -> list[Path]:
     return found
 
 
+def shift_subject_key(patient_id: str) -> str:
+    """The subject key of the date shift when no pseudonym is given: the PatientID as compared, not as
+    typed (Unicode NFKC, case folded, separators and blanks dropped, leading zeros dropped), so that
+    `0012345`, `12345` and ` 12345` shift alike."""
+    folded = unicodedata.normalize("NFKC", patient_id).casefold()
+    return "".join(c for c in folded if c.isalnum()).lstrip("0")
+
+
+def _one_shift_per_study(
+    results: list[_Staged], paths: Sequence[Path], jobs: int, stage_args: tuple[Any, ...]
+) -> list[_Staged]:
+    """One date shift per study and run: the study's first file (in input order) decides for every file of
+    the study. Files whose PatientID normalises differently from it (a rare, malformed export) are staged
+    again with that shift, so a study or series never carries two shifts; in the common case nothing is
+    redone."""
+    decided: dict[str, int | None] = {}
+    for result in results:
+        if result.status == PROCESSED:
+            decided.setdefault(result.study, result.shift)
+    redo = [r for r in results if r.status == PROCESSED and r.shift != decided[r.study]]
+    if not redo:
+        return results
+    for result in redo:
+        Path(result.temp or "").unlink(missing_ok=True)
+    tasks = [(r.index, str(paths[r.index]), decided[r.study]) for r in redo]
+    rules, key, subject_key, temp_root = stage_args
+    again_args = (rules, key, subject_key, Path(temp_root) / "again")  # new workers: names of their own
+    again = {r.index: r for r in _run_tasks(_stage_task, tasks, jobs, _init_stage, again_args)}
+    return [again.get(r.index, r) for r in results]
+
+
 def study_shift_days(rules: RuleSet, key: bytes, subject: str) -> int | None:
     """The per-subject shift in days (None when dates are removed instead)."""
     if rules.date_mode != "shift":
@@ -1251,7 +1369,8 @@ def deidentify_tree(
     """De-identify every file under `src` (or `files`) into the new folder `dst` (which appears whole).
 
     `dst` must not exist or be an empty folder; it must not overlap `src`. `subject_key` (the subject's
-    pseudonym) sets the date shift; default: each file's original PatientID. Returns the report; writes
+    pseudonym) sets the date shift; default: each file's PatientID as `shift_subject_key` normalises it,
+    with one shift per study (its first file decides, see `_one_shift_per_study`). Returns the report; writes
     it (private, 0600) to `report` when given.
     """
     src = Path(src)
@@ -1271,15 +1390,18 @@ def deidentify_tree(
         staged: list[_Staged] = []
         claimed: set[str] = set()
         tasks = [(i, str(p)) for i, p in enumerate(paths)]
-        for done, result in enumerate(
-            _run_tasks(_stage_task, tasks, jobs, _init_stage, (rules, key, subject_key, temp_root)), 1
-        ):
+        stage_args = (rules, key, subject_key, temp_root)
+        results: list[_Staged] = []
+        for done, result in enumerate(_run_tasks(_stage_task, tasks, jobs, _init_stage, stage_args), 1):
             meter.show("de-identifying", done)
+            results.append(result)
+        results = _one_shift_per_study(results, paths, jobs, stage_args)
+        for result in results:
             if result.values:
                 studies.setdefault(result.study, set()).update(result.values)
             path = str(paths[result.index])
             if result.status != PROCESSED:
-                entries[result.index] = FileEntry(path, result.status, reason=result.reason)
+                entries[result.index] = FileEntry(path, result.status, reason=result.reason, series=result.series)
                 continue
             if result.output in claimed:  # same de-identified name: same SOPInstanceUID
                 Path(result.temp or "").unlink(missing_ok=True)
@@ -1288,6 +1410,7 @@ def deidentify_tree(
                     DUPLICATE,
                     output=result.output,
                     reason="same SOPInstanceUID as an earlier file; the earlier one was kept",
+                    series=result.series,
                 )
                 continue
             claimed.add(result.output or "")
@@ -1296,13 +1419,14 @@ def deidentify_tree(
         contexts = {study: tuple(sorted(values)) for study, values in studies.items()}
         finish = [(s.index, s.temp, s.output, s.study, s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
+        series_of = {s.index: s.series for s in staged}
         meter = _Progress(progress, len(finish))  # same terminal line, second pass
         for done, (index, status, reason) in enumerate(
             _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging)), 1
         ):
             meter.show("cleaning text", done)
             output = outputs[index] if status == PROCESSED else None
-            entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason)
+            entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason, series=series_of[index])
         shutil.rmtree(temp_root, ignore_errors=True)
     meter.end()
     all_values = PersonalValues(v for values in studies.values() for v in values)

@@ -3,11 +3,15 @@
 New UIDs are `2.25.` followed by the decimal integer of HMAC-SHA256(key, original UID), cut to the 64
 characters a UI value may hold. The mapping is deterministic (files, runs and machines agree, so references
 between instances still resolve and a series stays one series) and cannot be inverted without the key.
-Registered UIDs (SOP classes, transfer syntaxes, coding schemes under the DICOM root) identify no one and are
-never remapped.
+Registered UIDs (SOP classes, transfer syntaxes, well-known frames of reference, coding schemes: the DICOM
+standard's own list, PS3.6 Annex A) identify no one and are never remapped. Being under the DICOM root
+`1.2.840.10008.` is not enough: an instance UID (study, series, SOP instance, frame of reference) that a
+device or a tool minted under the root would otherwise pass unchanged and link the release to its source.
 """
 
 from __future__ import annotations
+
+from pydicom._uid_dict import UID_dictionary
 
 from bidsafe.keys import keyed_digest
 from bidsafe.phi import DICOM_ROOT_UID
@@ -17,9 +21,19 @@ MAX_UID_LENGTH = 64
 _PURPOSE = "uid"
 
 
+# pydicom's copy of PS3.6 Annex A (SOP classes, transfer syntaxes, well-known UIDs, coding schemes).
+_REGISTERED: frozenset[str] = frozenset(UID_dictionary)
+
+
 def is_registered_uid(uid: str) -> bool:
     """True for UIDs the DICOM standard registers (they name classes and syntaxes, not instances)."""
-    return uid.startswith(DICOM_ROOT_UID)
+    return uid in _REGISTERED
+
+
+def names_standard_class(uid: str) -> bool:
+    """True for a UID in a class or transfer-syntax attribute that the DICOM root names (a class newer than
+    pydicom's table included): it names what a file is, never whose."""
+    return is_registered_uid(uid) or uid.startswith(DICOM_ROOT_UID)
 
 
 def keyed_uid(key: bytes, uid: str) -> str:
@@ -35,10 +49,11 @@ class UidMapper:
         self._key = key
         self._cache: dict[str, str] = {}
 
-    def remap(self, uid: str) -> str:
-        """The new UID; registered UIDs and empty values are returned unchanged."""
+    def remap(self, uid: str, *, names_class: bool = False) -> str:
+        """The new UID; registered UIDs and empty values are returned unchanged (with `names_class`, for a
+        class or transfer-syntax attribute, every UID under the DICOM root too)."""
         uid = uid.strip(" \x00")
-        if not uid or is_registered_uid(uid):
+        if not uid or (names_standard_class(uid) if names_class else is_registered_uid(uid)):
             return uid
         new = self._cache.get(uid)
         if new is None:
@@ -46,8 +61,8 @@ class UidMapper:
             self._cache[uid] = new
         return new
 
-    def remap_multi(self, value: str) -> str:
+    def remap_multi(self, value: str, *, names_class: bool = False) -> str:
         """A backslash-separated multi-valued UI string, each value remapped."""
         if "\\" not in value:
-            return self.remap(value)
-        return "\\".join(self.remap(part) for part in value.split("\\"))
+            return self.remap(value, names_class=names_class)
+        return "\\".join(self.remap(part, names_class=names_class) for part in value.split("\\"))

@@ -1,4 +1,5 @@
-"""A self-contained HTML report of a run: session status, gate results, QC table, deface pictures.
+"""A self-contained HTML report of a run: session status, series converted and left out, gate results, QC
+table, deface pictures.
 
 One file, no external assets (inline CSS, pictures as base64 data URIs), so it can be mailed or archived.
 It is written to the work area beside the release, never inside it. It shows pseudonyms and
@@ -64,24 +65,87 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = No
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _labels(r: Mapping[str, Any]) -> str:
+    return (
+        f"<td>sub-{_e(str(r.get('subject', '')).removeprefix('sub-'))}</td>"
+        f"<td>ses-{_e(str(r.get('session', '')).removeprefix('ses-'))}</td>"
+    )
+
+
+def _ordered(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(summary, key=lambda r: (str(r.get("subject")), str(r.get("session"))))
+
+
 def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
     included = sum(1 for r in summary if _is_true(r.get("included")))
     rows = []
-    for r in sorted(summary, key=lambda r: (str(r.get("subject")), str(r.get("session")))):
+    for r in _ordered(summary):
         ok = _is_true(r.get("included"))
         status = '<span class="included">included</span>' if ok else '<span class="withheld">withheld</span>'
-        rows.append(
-            f"<tr><td>sub-{_e(str(r.get('subject', '')).removeprefix('sub-'))}</td>"
-            f"<td>ses-{_e(str(r.get('session', '')).removeprefix('ses-'))}</td>"
-            f"<td>{status}</td><td>{_e('' if ok else r.get('reason', ''))}</td></tr>"
-        )
+        conversion = r.get("conversion")
+        reason = "" if ok else r.get("reason", "")
+        counts = "<td></td><td></td><td></td>"
+        if isinstance(conversion, Mapping):
+            left_out = int(conversion.get("left_out", 0))
+            counts = "".join(
+                f'<td class="num">{int(conversion.get(k, 0))}</td>' for k in ("received", "converted", "left_out")
+            )
+            if ok and (left_out or conversion.get("partly_left_out")):
+                # an included session that lost series must say so where its status is read
+                reason = f"{left_out} series left out, {int(conversion.get('partly_left_out', 0))} in part (below)"
+        rows.append(f"<tr>{_labels(r)}<td>{status}</td><td>{_e(reason)}</td>{counts}</tr>")
     table = (
-        "<table><thead><tr><th>subject</th><th>session</th><th>status</th><th>reason</th></tr></thead>"
+        "<table><thead><tr><th>subject</th><th>session</th><th>status</th><th>reason</th>"
+        "<th>series received</th><th>converted</th><th>left out</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
         if rows
         else "<p>None.</p>"
     )
     return f"<p>{included} of {len(summary)} sessions included.</p>{table}"
+
+
+def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
+    """Every series left out, whole or in part, per session, with the reasons dcm2bids and de-identification
+    gave (de-identified series numbers and descriptions only)."""
+    totals = {"received": 0, "converted": 0, "left_out": 0}
+    rows = []
+    missing = 0
+    for r in _ordered(summary):
+        conversion = r.get("conversion")
+        if not isinstance(conversion, Mapping):
+            missing += 1 if _is_true(r.get("included")) else 0  # sessions never converted need none
+            continue
+        for key in totals:
+            totals[key] += int(conversion.get(key, 0))
+        for series in conversion.get("series", []):
+            if not series.get("left_out"):
+                continue
+            reasons = "; ".join(
+                f"{item.get('reason', '')} ({item.get('count', 0)} {item.get('unit', '')})"
+                for item in series.get("left_out", [])
+            )
+            whole = series.get("status") != "converted"
+            outcome = '<span class="withheld">left out</span>' if whole else "converted in part"
+            rows.append(
+                f"<tr>{_labels(r)}<td class=\"num\">{_e(series.get('series', ''))}</td>"
+                f"<td>{_e(series.get('description', ''))}</td><td class=\"num\">{_e(series.get('files', ''))}</td>"
+                f"<td>{outcome}</td><td>{_e(reasons)}</td></tr>"
+            )
+    head = (
+        f"<p>{totals['received']} series received: {totals['converted']} converted, "
+        f"{totals['left_out']} left out.</p>"
+    )
+    if missing:
+        head += f'<p class="banner fail">{missing} session(s) without a conversion summary.</p>'
+    if not rows:
+        return head + "<p>No series left out.</p>"
+    return (
+        head
+        + "<table><thead><tr><th>subject</th><th>session</th><th>series</th><th>description</th><th>files</th>"
+        "<th>outcome</th><th>reason</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _gates_section(gates: Sequence[GateResult]) -> str:
@@ -147,6 +211,7 @@ def render_report(
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1><p>bidsafe {_e(__version__)}, generated {_e(generated)}.</p>"
         f"<h2>Sessions</h2>{_sessions_section(sessions_tsv_summary)}"
+        f"<h2>Series</h2>{_series_section(sessions_tsv_summary)}"
         f"<h2>Release gates</h2>{_gates_section(gates)}"
         f"<h2>Image quality</h2>{_table(qc_rows)}"
         f"<h2>Defacing</h2>{_pictures_section(_picture_list(deface_pngs))}"

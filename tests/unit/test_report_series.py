@@ -1,0 +1,73 @@
+"""The run report shows, per session, the series received, converted and left out, and every left-out series
+with its reason: an included session that lost a series says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bidsafe.convert import AMBIGUOUS, NO_MAPPING
+from bidsafe.stages import report_stage
+
+CONVERSION = {
+    "received": 3,
+    "converted": 2,
+    "left_out": 1,
+    "partly_left_out": 1,
+    "not_dicom_files": 0,
+    "series": [
+        {"series": "2", "description": "t1_mprage", "files": 176, "status": "converted",
+         "images": ["anat/sub-a1_ses-01_T1w.nii.gz"], "left_out": []},
+        {"series": "4", "description": "ep2d_bold_rest", "files": 360, "status": "converted",
+         "images": ["func/sub-a1_ses-01_task-rest_bold.nii.gz"],
+         "left_out": [{"reason": "failed de-identification: image without pixel data", "count": 1,
+                       "unit": "files"}]},
+        {"series": "7", "description": "gre_field_mapping", "files": 60, "status": "left out", "images": [],
+         "left_out": [{"reason": NO_MAPPING, "count": 2, "unit": "images"},
+                      {"reason": AMBIGUOUS, "count": 1, "unit": "images"}]},
+    ],
+}
+
+
+def _run(tmp_path: Path, conversions: dict[tuple[str, str], dict]) -> str:
+    summary = tmp_path / "pseudonymise" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"sessions": [
+        {"subject": "a1", "session": "01", "included": True, "reason": ""},
+        {"subject": "b2", "session": "01", "included": True, "reason": ""},
+    ]}))
+    included = tmp_path / "included.tsv"
+    included.write_text("subject\tsession\tstatus\treason\na1\t01\tincluded\t\nb2\t01\tincluded\t\n")
+    paths = []
+    for (subject, session), conversion in conversions.items():
+        path = tmp_path / "convert" / f"sub-{subject}" / f"ses-{session}" / "series.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(conversion))
+        paths.append(path)
+    html = report_stage(html=tmp_path / "report.html", summary_json=summary, included_tsv=included,
+                        gate_reports=[], qc_dirs=[], picture_dirs=[], conversion_summaries=paths)
+    return html.read_text(encoding="utf-8")
+
+
+def test_left_out_series_are_visible_with_their_reasons(tmp_path):
+    clean = {**CONVERSION, "received": 1, "converted": 1, "left_out": 0, "partly_left_out": 0,
+             "series": CONVERSION["series"][:1]}
+    text = _run(tmp_path, {("a1", "01"): CONVERSION, ("b2", "01"): clean})
+    # the sessions table: counts, and the included session that lost series says so
+    assert ('<td>sub-a1</td><td>ses-01</td><td><span class="included">included</span></td>'
+            '<td>1 series left out, 1 in part (below)</td>'
+            '<td class="num">3</td><td class="num">2</td><td class="num">1</td>') in text
+    assert ('<td>sub-b2</td><td>ses-01</td><td><span class="included">included</span></td><td></td>'
+            '<td class="num">1</td><td class="num">1</td><td class="num">0</td>') in text
+    assert "4 series received: 3 converted, 1 left out." in text
+    assert ('<td class="num">7</td><td>gre_field_mapping</td><td class="num">60</td>'
+            '<td><span class="withheld">left out</span></td>'
+            f"<td>{NO_MAPPING} (2 images); {AMBIGUOUS} (1 images)</td>") in text
+    assert ('<td class="num">4</td><td>ep2d_bold_rest</td><td class="num">360</td><td>converted in part</td>'
+            "<td>failed de-identification: image without pixel data (1 files)</td>") in text
+    assert "t1_mprage" not in text  # converted whole: not listed
+
+
+def test_a_session_without_its_summary_is_flagged(tmp_path):
+    text = _run(tmp_path, {("a1", "01"): CONVERSION})
+    assert "1 session(s) without a conversion summary." in text
