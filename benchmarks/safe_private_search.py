@@ -11,7 +11,8 @@ identical bvals/bvecs and an identical sidecar. Delta debugging (Zeller's ddmin,
 shrinks the full set to a 1-minimal one: removing any single element of the result changes the output.
 For each element of that set it then prints what removing it changes (file, NIfTI or sidecar field), and
 whether the rule file already keeps it. `--exclude` drops whole creators first (e.g. the CSA header, to
-measure the fallback elements a converter reads when the CSA header is absent).
+measure the fallback elements a converter reads when the CSA header is absent): the reference is then the
+conversion without them, and the search finds what the remaining elements contribute.
 
 Only keys, value representations, file names and field names are printed, never a value. Each test costs
 one rewrite and one dcm2niix run (about a second on a small series); `--files N` converts N evenly spaced
@@ -201,7 +202,10 @@ def search(folder: Path, count: int | None, exclude: Iterable[str], rules_path: 
         vrs = series.keys()
         everything = sorted(vrs)
         candidates = [key for key in everything if key[0] not in excluded]
-        reference = series.convert(frozenset(everything))
+        full = series.convert(frozenset(everything))
+        # With creators excluded, the reference is the conversion without them: what the remaining
+        # elements give when those are absent (the fallback a converter uses), not what they replace.
+        reference = series.convert(frozenset(candidates)) if excluded else full
         cache: dict[frozenset[Key], bool] = {}
 
         def enough(keep: list[Key]) -> bool:
@@ -211,13 +215,11 @@ def search(folder: Path, count: int | None, exclude: Iterable[str], rules_path: 
             return cache[frozen]
 
         print(f"{folder}: {len(files)} files, {len(everything)} private keys, {len(candidates)} candidates")
-        without_any = differences(reference, series.convert(frozenset()))
-        print(f"without any private element: {len(without_any)} differences")
-        if not enough(candidates):
-            print("the candidates alone do not reproduce the output (an excluded creator is needed)")
-            for line in differences(reference, series.convert(frozenset(candidates))):
+        print(f"without any private element: {len(differences(reference, series.convert(frozenset())))} differences")
+        if excluded:
+            print("without the excluded creators (the reference for the search below):")
+            for line in differences(full, reference):
                 print(f"    {line}")
-            return 1
         minimal = ddmin(candidates, enough)
         on_list = safe_list_keys(rules_path)
         print(f"1-minimal set: {len(minimal)} elements ({series.runs} conversions)")
