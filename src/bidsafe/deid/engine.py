@@ -426,9 +426,11 @@ class Deidentifier:
                 # A private sequence whose VR the writer did not know (a PACS re-encodes Siemens XA's
                 # SDS/SDI sequences as UN): read it as the sequence it is, so its items are filtered by the
                 # same rules instead of being kept whole (weights, dates, UUIDs inside).
-                sequence = _un_as_sequence(elem)
+                sequence = _un_as_sequence(elem) if enc.little else None
                 if sequence is None:
-                    del elements[key]  # items that cannot be read cannot be checked
+                    # items that cannot be read cannot be checked; in a big endian file the items' raw
+                    # little endian values could not be written back as they are read
+                    del elements[key]
                     continue
                 elements[key] = sequence
                 elem, vr = sequence, "SQ"
