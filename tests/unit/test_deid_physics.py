@@ -1,10 +1,11 @@
 """Physics preserved: dcm2niix on raw and on de-identified DICOM gives the same images and acquisition fields.
 
-For every series folder of the demo session and of `../shared/corpus` (GE, Siemens mosaic with CSA headers,
-Philips), both conversions must give the same files, identical voxel arrays, affines and scaling, identical
-bvals/bvecs, and identical sidecar values for every field except the ones listed below as personal, date or
-UID fields (and the attributes de-identification adds). Text fields may differ only by the removal of the
-study's personal values (free text is cleaned; kept private text is overwritten by same-length filler).
+For every series folder of the demo session and of `../shared/corpus` (GE, Siemens VB/VE mosaic with CSA
+headers, Siemens XA30 enhanced multi-frame and interoperability single-frame, Philips), both conversions
+must give the same files, identical voxel arrays, affines and scaling, identical bvals/bvecs, and identical
+sidecar values for every field except the ones listed below as personal, date or UID fields (and the
+attributes de-identification adds). Text fields may differ only by the removal of the study's personal
+values (free text is cleaned; kept private text is overwritten by same-length filler).
 This is the proof that the rule set's keep-list and safe-private list cover what the converter needs.
 """
 
@@ -45,8 +46,13 @@ ADDED_BY_DEID = frozenset({"DeidentificationMethod", "DeidentificationMethodCode
 EXCLUDED_FIELDS = PERSONAL_FIELDS | DATE_FIELDS | UID_FIELDS | ADDED_BY_DEID
 
 
+# Documentation files of the corpus, not DICOM: a folder holding only these is no series (a repository's root
+# folder with its LICENSE would otherwise be converted as one series made of all of its sub-folders).
+_NOT_SERIES_FILES = frozenset({"README.md", "LICENSE"})
+
+
 def _series_folders(root: Path) -> list[Path]:
-    return sorted({p.parent for p in root.rglob("*") if p.is_file() and p.name != "README.md"})
+    return sorted({p.parent for p in root.rglob("*") if p.is_file() and p.name not in _NOT_SERIES_FILES})
 
 
 def _corpus_series() -> list[Path]:

@@ -495,14 +495,16 @@ def _convert(dcm2niix: str, src: Path, out: Path) -> dict:
 
 
 def _series_dirs() -> list[Path]:
-    return sorted({p.parent for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md"})
+    # README.md and the repositories' LICENSE files are no DICOM (a folder holding only those is no series)
+    return sorted({p.parent for p in CORPUS.rglob("*") if p.is_file() and p.name not in ("README.md", "LICENSE")})
 
 
 @pytest.mark.corpus
 @pytest.mark.slow
 def test_allow_list_keeps_everything_dcm2niix_needs_on_real_scanner_files(shipped, tmp_path):
-    """GE, Siemens mosaic (CSA) and Philips series convert to the same voxels, geometry, bvals/bvecs and
-    sidecar values with only the keep-list, the table's non-X rows and the safe-private list left."""
+    """GE, Siemens mosaic (CSA), Siemens XA30 (enhanced and interoperability) and Philips series convert to
+    the same voxels, geometry, bvals/bvecs and sidecar values with only the keep-list, the table's non-X rows
+    and the safe-private list left."""
     if not CORPUS.is_dir():
         pytest.skip(f"real scanner corpus absent ({CORPUS})")
     dcm2niix = _dcm2niix()

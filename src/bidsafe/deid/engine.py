@@ -478,6 +478,18 @@ class Deidentifier:
             kept_creators.add(creator_tag)
             elem = elements[key]
             vr = self._private_element_vr(tag, elem, creator)
+            if vr == "UN" and _holds_items(elem.value):
+                # A private sequence whose VR the writer did not know (a PACS re-encodes Siemens XA's
+                # SDS/SDI sequences as UN): read it as the sequence it is, so its items are filtered by the
+                # same rules instead of being kept whole (weights, dates, UUIDs inside).
+                sequence = _un_as_sequence(elem) if enc.little else None
+                if sequence is None:
+                    # items that cannot be read cannot be checked; in a big endian file the items' raw
+                    # little endian values could not be written back as they are read
+                    del elements[key]
+                    continue
+                elements[key] = sequence
+                elem, vr = sequence, "SQ"
             if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
                 for item in ds[key].value or ():
                     self._clean_dataset(item, shift_days, enc, pending)
@@ -532,6 +544,29 @@ class Deidentifier:
             ),
             BaseTag(0x00280303): _raw(0x00280303, "CS", _ascii_value(modified, "CS"), enc.implicit, enc.little),
         }
+
+
+_ITEM_TAG_LE = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: an item starts here
+
+
+def _holds_items(value: object) -> bool:
+    """True when an unknown (UN) value is the body of a sequence: it starts with an item tag."""
+    return isinstance(value, bytes) and len(value) >= 8 and value[:4] == _ITEM_TAG_LE
+
+
+def _un_as_sequence(elem: Any) -> DataElement | None:
+    """A UN element holding items (raw, or already decoded to bytes by an earlier read of the dataset),
+    decoded as a sequence (PS3.5 6.2.2: the value of UN is implicit VR little endian whatever the transfer
+    syntax), or None when the items do not parse."""
+    value = elem.value
+    raw = RawDataElement(BaseTag(elem.tag), "SQ", len(value), value, 0, True, True)
+    try:
+        decoded = convert_raw_data_element(raw)
+        for item in decoded.value:
+            list(item.keys())  # items parse lazily: an error must surface here, not when written
+    except Exception:  # noqa: BLE001 - any parse failure means the content cannot be checked
+        return None
+    return decoded
 
 
 def _lo_values(text: str) -> str | list[str]:
