@@ -45,8 +45,8 @@ from pydicom.tag import BaseTag
 from bidsafe import __version__
 from bidsafe.deid.dates import shift_da, shift_days_for, shift_dt
 from bidsafe.deid.private import TextCleaner, _pack_length_prefixed_gzip, _unpack_length_prefixed_gzip
-from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
 from bidsafe.deid.uids import UidMapper
+from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir
 from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset, quiet_pydicom
@@ -334,10 +334,19 @@ class Deidentifier:
         """A kept private value with the vocabulary applied (same length, except GE's compressed block, which
         is cleaned inside and re-packed); returns the element now in the data set."""
         assert self.vocabulary is not None
-        if not elem.is_raw:
-            if isinstance(elem.value, (str, list, pydicom.multival.MultiValue)) and vr in _PRIVATE_TEXT_VRS:
-                cleaned = self._vocabulary_text(_plain_value(elem.value))
-                if cleaned != _plain_value(elem.value):
+        if not elem.is_raw:  # built in memory (or decoded): text cleaned as text, bytes as bytes
+            if isinstance(elem.value, bytes) and elem.value:
+                new = self._vocabulary_private_bytes(elem.value, vr)
+                if new != elem.value:
+                    elem.value = new
+            elif isinstance(elem.value, (str, list, pydicom.multival.MultiValue)) and vr in _PRIVATE_TEXT_VRS:
+                value = _plain_value(elem.value)
+                cleaned = (
+                    [self._same_length_text(v) for v in value]
+                    if isinstance(value, list)
+                    else self._same_length_text(value)
+                )
+                if cleaned != value:
                     elem.value = cleaned
             return elem
         data = elem.value
@@ -349,6 +358,12 @@ class Deidentifier:
         replacement = elem._replace(value=new, length=len(new))
         elements[key] = replacement
         return replacement
+
+    def _same_length_text(self, text: str) -> str:
+        assert self.vocabulary is not None
+        cleaned, replaced = self.vocabulary.clean_value_bytes(text.encode("utf-8"))
+        self.replaced.update(replaced)
+        return cleaned.decode("utf-8", "replace")
 
     def _vocabulary_private_bytes(self, data: bytes, vr: str) -> bytes:
         assert self.vocabulary is not None

@@ -49,7 +49,10 @@ _TOKEN_BYTES = re.compile(b"[^" + re.escape(_SEPARATORS.encode("ascii")) + b"\x0
 _QUOTED = re.compile(rb'(?<![.\w"])("{1,2})([^"\x00-\x08\x0a-\x1f]*)\1(?!")')
 # A value that is only numbers (backslash- or semicolon-separated): physics, bitmasks, b-values. Left to the
 # harvested-values layer, because its digits are data a converter reads (a GE b-value of 1000, a bitmask).
-_NUMERIC_VALUE = re.compile(rb"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*([\\;]\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*)*;?")
+_NUMERIC_VALUE = re.compile(
+    rb"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*([\\;]\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*)*;?"
+)
+_C1_CONTROLS = re.compile("[\x7f-\x9f]")
 _CACHE_MIN_BYTES = 512
 _CACHE_MAX_ENTRIES = 32
 
@@ -79,9 +82,7 @@ class Vocabulary:
         decided = self._decided.get(token)
         if decided is None:
             lowered = token.lower()
-            decided = token.isascii() and (
-                lowered in self.words or any(p.fullmatch(token) for p in self.patterns)
-            )
+            decided = token.isascii() and (lowered in self.words or any(p.fullmatch(token) for p in self.patterns))
             if len(self._decided) < 100_000:
                 self._decided[token] = decided
         return decided
@@ -104,6 +105,10 @@ class Vocabulary:
             return self.placeholder
 
         cleaned = _TOKEN_TEXT.sub(replace, text)
+        if _C1_CONTROLS.search(cleaned):
+            # DEL and C1 controls separate tokens but are not ASCII text (UTF-8 read as Latin-1 leaves them):
+            # a space keeps the placeholders around them apart.
+            cleaned = _C1_CONTROLS.sub(" ", cleaned)
         return cleaned, replaced
 
     def clean_bytes(self, data: bytes) -> tuple[bytes, Counter[str]]:
@@ -156,8 +161,9 @@ class Vocabulary:
 
     def protect(self, text: str, forms: Iterable[str]) -> tuple[str, list[str]]:
         """`text` with every whole token that is an allowed token AND one of `forms` (harvested renderings that
-        are one vocabulary token, lower-cased; see `is_single_token`) masked by a private-use character, so a harvested-value cleaner cannot cut a
-        vocabulary word because a patient shares its spelling. `unprotect` restores them."""
+        are one vocabulary token, lower-cased; see `is_single_token`) masked by a private-use character, so a
+        harvested-value cleaner cannot cut a vocabulary word because a patient shares its spelling.
+        `unprotect` restores them."""
         wanted = forms if isinstance(forms, (set, frozenset)) else set(forms)
         if not wanted:
             return text, []
@@ -238,7 +244,9 @@ def parse_file(raw: Any, path: Path) -> VocabularyFile:
         for name, entry in value.items():
             where = f"{section}.{name}"
             if not isinstance(entry, dict):
-                problems.append(f"{where}: must be a mapping with 'reason' and '{'tokens' if section == 'groups' else 'regex'}'")
+                problems.append(
+                    f"{where}: must be a mapping with 'reason' and '{'tokens' if section == 'groups' else 'regex'}'"
+                )
                 continue
             reason = entry.get("reason")
             if not isinstance(reason, str) or not reason.strip():
@@ -286,7 +294,9 @@ def load_vocabulary(extra: Iterable[str | Path] = (), *, default: str | Path | N
         parsed = parse_file(_read(path), path)
         problems = check_vocabulary_file(parsed)
         if problems:
-            raise ConfigError(f"vocabulary: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), path)
+            raise ConfigError(
+                f"vocabulary: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), path
+            )
         for group in parsed.groups.values():
             words.update(w.lower() for w in group)
         patterns.extend(re.compile(r, re.IGNORECASE) for r in parsed.patterns.values())
@@ -302,19 +312,67 @@ def load_vocabulary(extra: Iterable[str | Path] = (), *, default: str | Path | N
 
 # --- shape checks: nothing in a vocabulary may look like a date, a time or an identifier -----------------------
 
-_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|august|september|october|november|december"
+_MONTHS = (
+    "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec"
+    "|january|february|march|april|june|july|august|september|october|november|december"
+)
 _YEAR = re.compile(r"(?<!\d)(19|20)\d\d(?!\d)")
 _DATE_TOKEN = re.compile(rf"\d{{1,4}}({_MONTHS})\d{{2,4}}|({_MONTHS})\d{{2,4}}|\d{{1,2}}({_MONTHS})", re.IGNORECASE)
 # Synthetic date, time and identifier tokens (one token each: separators split the written forms, so each
 # token of "17.3.1971" or "PID 8842 QX" must be harmless alone). A pattern must reject every one of them.
 DATE_ID_SAMPLES: tuple[str, ...] = (
-    "1971", "1965", "2023", "2099", "1900", "19710317", "17031971", "03171971", "710317", "170371", "650704",
-    "04jul1965", "4jul65", "17mar1971", "jul1965", "mar71", "1may2023", "2023y", "y2023",
-    "123045", "093000", "0930", "1230h", "235959",
-    "12345678", "0012345678", "8842", "45160", "12345", "1234567890",
-    "PID8842", "QX8842", "A1234567", "AB12345", "ID12345", "MRN0012345", "8842QX", "P0012345678",
-    "Mueller", "Juergen", "Johanna1", "Zqxwv2", "Orsted2", "Smith", "Li", "Wang", "QX", "Anna",
-    "Müller", "Ørsted2", "山田", "王",
+    "1971",
+    "1965",
+    "2023",
+    "2099",
+    "1900",
+    "19710317",
+    "17031971",
+    "03171971",
+    "710317",
+    "170371",
+    "650704",
+    "04jul1965",
+    "4jul65",
+    "17mar1971",
+    "jul1965",
+    "mar71",
+    "1may2023",
+    "2023y",
+    "y2023",
+    "123045",
+    "093000",
+    "0930",
+    "1230h",
+    "235959",
+    "12345678",
+    "0012345678",
+    "8842",
+    "45160",
+    "12345",
+    "1234567890",
+    "PID8842",
+    "QX8842",
+    "A1234567",
+    "AB12345",
+    "ID12345",
+    "MRN0012345",
+    "8842QX",
+    "P0012345678",
+    "Mueller",
+    "Juergen",
+    "Johanna1",
+    "Zqxwv2",
+    "Orsted2",
+    "Smith",
+    "Li",
+    "Wang",
+    "QX",
+    "Anna",
+    "Müller",
+    "Ørsted2",
+    "山田",
+    "王",
 )
 
 
