@@ -415,8 +415,7 @@ def _same_landing_after_deid(folder: Path, work: Path) -> None:
 
     from bidsafe.deid.engine import deidentify_tree
 
-    raw = _landed(folder, work / "raw")
-    assert raw != ["<no series matched>"], f"{folder.name}: the raw series match no rule of the default config"
+    raw = _landed(folder, work / "raw")  # derived series (ADC, ASL) may match no rule: then neither may de-identified
     report = deidentify_tree(folder, work / "deid", key=KEY)  # the shipped rules and vocabulary
     assert sum(e.status == "processed" for e in report.entries), "nothing de-identified"
     assert _landed(work / "deid", work / "deid_bids") == raw
