@@ -407,3 +407,21 @@ def test_hook_switches_off_all_text_cleaning_and_nothing_else(monkeypatch):
     assert kept == {"SeriesDescription": "T1 Quillfeather Zqxwv2"}
     monkeypatch.setenv(NO_TEXT_CLEANING, "0")
     assert _deid(mr_dataset()).SeriesDescription == "T1 MPRAGE"
+
+
+def test_philips_private_sequence_items_follow_the_standard_rules():
+    from deid_testing import StubRules
+
+    ds = mr_dataset()
+    item = Dataset()
+    item.ProtocolName = "WIP dti_ax Johanna1"
+    item.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x20, "LO", "FEEPI Zqxwv2")
+    ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0F, "SQ", [item])
+    rules = StubRules(
+        {"ProtocolName": "C"},
+        safe_private={("philips mr imaging dd 001", 0x2005, 0x0F), ("philips mr imaging dd 001", 0x2005, 0x20)},
+    )
+    out = deidentify_dataset(ds, rules=rules, key=KEY, shift_days=7, values=harvest_dataset(ds))
+    (kept,) = out.private_block(0x2005, "Philips MR Imaging DD 001")[0x0F].value
+    assert kept.ProtocolName == "WIP dti_ax ANON"
+    assert kept.private_block(0x2005, "Philips MR Imaging DD 001")[0x20].value == "FEEPI ******"
