@@ -426,7 +426,9 @@ CORPUS_FOLDERS = _dicom_folders(CORPUS) if CORPUS.is_dir() else []
 
 @pytest.mark.slow
 @pytest.mark.corpus
-@pytest.mark.parametrize("folder", CORPUS_FOLDERS or [None], ids=lambda p: p.relative_to(CORPUS).as_posix() if p else "-")
+@pytest.mark.parametrize(
+    "folder", CORPUS_FOLDERS or [None], ids=lambda p: p.relative_to(CORPUS).as_posix() if p else "-"
+)
 def test_every_corpus_series_lands_in_the_same_datatype_and_suffix_after_deid(tmp_path, folder):
     """Series descriptions keep only vocabulary tokens after de-identification: the default dcm2bids config must
     still map every real series exactly as it maps the raw one (datatype, suffix, entities, number of runs)."""
