@@ -153,13 +153,22 @@ NAME_SUBSTRING_MIN = 5
 
 
 class NameChecker:
-    """Tells whether a name (sidecar key, path component) carries a personal value."""
+    """Tells whether a name (sidecar key, path component) carries a personal value.
 
-    def __init__(self, values: PersonalValues) -> None:
+    With a `vocabulary`, a harvested form that is one vocabulary token (a patient named Bold, Field or Swan) is
+    not looked for where it stands as a whole token: `_bold.nii.gz` must not stop every session of that patient.
+    """
+
+    def __init__(self, values: PersonalValues, vocabulary: Vocabulary | None = None) -> None:
         self.values = values
-        self.long_needles = [n for n in values.needles() if len(n) >= NAME_SUBSTRING_MIN]
+        self.vocabulary = vocabulary
+        needles = values.needles()
+        self.protected = {n for n in needles if vocabulary.is_single_token(n)} if vocabulary is not None else set()
+        self.long_needles = [n for n in needles if len(n) >= NAME_SUBSTRING_MIN and n not in self.protected]
 
     def __call__(self, name: str) -> bool:
+        if self.protected and self.vocabulary is not None:
+            name, _ = self.vocabulary.protect(name, self.protected)
         if self.values.find(name) or self.values.find(re.sub(r"[-_.]+", " ", name)):
             return True
         lowered = name.lower()
@@ -230,8 +239,9 @@ def scrub_sidecar(
     """(kept and cleaned sidecar, dropped key names, cleaned key names) — key names withheld if personal.
 
     `vocabulary`: the descriptor vocabulary (default: the shipped one)."""
-    personal = NameChecker(values)
-    clean = _TextCleaning(values, vocabulary if vocabulary is not None else vocabulary_for())
+    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
+    personal = NameChecker(values, vocabulary)
+    clean = _TextCleaning(values, vocabulary)
     kept: dict[str, Any] = {}
     dropped: list[str] = []
     cleaned: list[str] = []
@@ -512,7 +522,7 @@ def scrub_session(
         1 for p in in_dir.rglob("*") if p.is_file() and (not p.is_relative_to(session_dir) or p == own_scans)
     )
     series = index_deid_series(Path(deid_dir)) if deid_dir is not None else []
-    personal = NameChecker(values)
+    personal = NameChecker(values, vocabulary)
     scans: list[tuple[str, str]] = []
 
     with atomic_dir(out_dir) as tmp:

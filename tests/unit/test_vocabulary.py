@@ -425,3 +425,22 @@ def test_philips_private_sequence_items_follow_the_standard_rules():
     (kept,) = out.private_block(0x2005, "Philips MR Imaging DD 001")[0x0F].value
     assert kept.ProtocolName == "WIP dti_ax ANON"
     assert kept.private_block(0x2005, "Philips MR Imaging DD 001")[0x20].value == "FEEPI ******"
+
+
+@pytest.mark.parametrize("name", ["Bold^Anna", "Field^Tom", "Swan^Li"])
+def test_bids_names_of_patients_named_like_protocol_words_pass_the_scrub_name_check(name):
+    from bidsafe.scrub import NameChecker, check_bids_path
+
+    values = PersonalValues(harvest_dataset(mr_dataset(patient_name=name)))
+    checker = NameChecker(values, vocabulary_for())
+    for path in (
+        "func/sub-01_ses-1_task-rest_bold.nii.gz",
+        "fmap/sub-01_ses-1_acq-field_phasediff.json",
+        "anat/sub-01_ses-1_acq-swan_T2starw.nii.gz",
+    ):
+        check_bids_path(Path("sub-01/ses-1") / path, "01", "1", checker)
+    assert checker("sub-01_ses-1_acq-Quillfeather_T1w.nii.gz") is False  # not harvested here
+    assert checker(f"sub-01_ses-1_acq-{name.split('^')[1]}x_T1w.nii.gz") is False
+    assert NameChecker(values)("sub-01_ses-1_task-rest_bold_field_swan.nii.gz")  # without the vocabulary: cut
+    family = PersonalValues(harvest_dataset(mr_dataset(patient_name="Quillfeather^Anna")))
+    assert NameChecker(family, vocabulary_for())("sub-01_ses-1_acq-Quillfeather_T1w.nii.gz")
