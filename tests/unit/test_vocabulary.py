@@ -323,13 +323,13 @@ def test_private_report_lists_replaced_tokens_with_counts(tmp_path: Path, capsys
 
 def test_site_extension_file_adds_tokens(tmp_path: Path):
     extra = tmp_path / "site.yaml"
-    extra.write_text('kind: vocabulary\ngroups:\n  tasks:\n    reason: "our task names"\n    tokens: [nback, Zqxwv]\n')
+    extra.write_text('kind: vocabulary\ngroups:\n  tasks:\n    reason: "tasks"\n    tokens: [fingertap, Zqxwv]\n')
     vocabulary = load_vocabulary([extra])
-    assert vocabulary.allows("nback") and vocabulary.allows("ZQXWV") and vocabulary.placeholder == "ANON"
-    assert not load_vocabulary().allows("nback")
+    assert vocabulary.allows("fingertap") and vocabulary.allows("ZQXWV") and vocabulary.placeholder == "ANON"
+    assert not load_vocabulary().allows("fingertap")
     raw = tmp_path / "raw"
     ds = mr_dataset()
-    ds.SeriesDescription = "fMRI nback Zqxwv2"
+    ds.SeriesDescription = "fMRI fingertap Zqxwv2"
     write(ds, raw / "a.dcm")
     assert (
         bidsafe_main(
@@ -340,7 +340,7 @@ def test_site_extension_file_adds_tokens(tmp_path: Path):
     (written,) = (tmp_path / "out").rglob("*.dcm")
     import pydicom
 
-    assert pydicom.dcmread(written).SeriesDescription == "fMRI nback ANON"
+    assert pydicom.dcmread(written).SeriesDescription == "fMRI fingertap ANON"
 
 
 def _key(tmp_path: Path) -> Path:
