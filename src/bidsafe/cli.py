@@ -72,6 +72,13 @@ def _deid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", metavar="FILE", help="secret key file (default: created in a private place)")
     p.add_argument("--report", metavar="FILE.json", help="write the per-file report here")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    p.add_argument(
+        "--vocabulary",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="site vocabulary file extending the shipped descriptor vocabulary (repeatable)",
+    )
     p.set_defaults(handler="bidsafe.deid.engine:cli_main")
 
 

@@ -4,7 +4,8 @@ dcm2niix and dcm2bids copy site, device, time and free-text fields from the (alr
 sidecars and NIfTI headers (see known-traps.md). Scrub therefore works by allow-list, never by block-list:
 
 - sidecar JSON keys pass only when listed in `config/sidecar_allowlist.yaml` (each with a reason); every kept
-  string is cleaned of every harvested personal value (`PersonalValues.redact`);
+  string keeps only descriptor-vocabulary tokens (`bidsafe.deid.vocabulary`), then loses every harvested personal
+  value (`PersonalValues.redact`) as a second layer that never cuts a vocabulary word;
 - NIfTI header text fields (descrip, aux_file, intent_name, db_name, data_type) are rewritten and extensions
   dropped, while the voxel bytes are copied unchanged and checked to be identical after writing;
 - every output path component must follow the BIDS pattern `sub-<S>_ses-<T>[_<key>-<value>]..._<suffix>.<ext>`
@@ -32,9 +33,11 @@ import pydicom
 import yaml
 from pydicom.errors import InvalidDicomError
 
+from bidsafe.deid.vocabulary import Vocabulary, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError, GuardError
 from bidsafe.fsutil import atomic_dir
 from bidsafe.phi import PersonalValues
+from bidsafe.testhooks import text_cleaning_disabled
 
 DEFAULT_ALLOWLIST = Path(__file__).resolve().parents[2] / "config" / "sidecar_allowlist.yaml"
 
@@ -150,13 +153,22 @@ NAME_SUBSTRING_MIN = 5
 
 
 class NameChecker:
-    """Tells whether a name (sidecar key, path component) carries a personal value."""
+    """Tells whether a name (sidecar key, path component) carries a personal value.
 
-    def __init__(self, values: PersonalValues) -> None:
+    With a `vocabulary`, a harvested form that is one vocabulary token (a patient named Bold, Field or Swan) is
+    not looked for where it stands as a whole token: `_bold.nii.gz` must not stop every session of that patient.
+    """
+
+    def __init__(self, values: PersonalValues, vocabulary: Vocabulary | None = None) -> None:
         self.values = values
-        self.long_needles = [n for n in values.needles() if len(n) >= NAME_SUBSTRING_MIN]
+        self.vocabulary = vocabulary
+        needles = values.needles()
+        self.protected = {n for n in needles if vocabulary.is_single_token(n)} if vocabulary is not None else set()
+        self.long_needles = [n for n in needles if len(n) >= NAME_SUBSTRING_MIN and n not in self.protected]
 
     def __call__(self, name: str) -> bool:
+        if self.protected and self.vocabulary is not None:
+            name, _ = self.vocabulary.protect(name, self.protected)
         if self.values.find(name) or self.values.find(re.sub(r"[-_.]+", " ", name)):
             return True
         lowered = name.lower()
@@ -168,20 +180,50 @@ def _safe_name(name: str, personal: NameChecker) -> str:
     return "<withheld key name>" if personal(name) else name
 
 
-def _clean(value: Any, values: PersonalValues) -> tuple[Any, bool]:
-    """`value` with personal values removed from every string inside it; True when anything changed."""
+# Kept keys whose strings are not text from the scanner: BIDS URIs/paths that dcm2bids builds from pseudonyms and
+# config labels (their tokens are pseudonyms, which no vocabulary lists); they still lose harvested values.
+VOCABULARY_EXEMPT_KEYS = frozenset({"IntendedFor"})
+
+
+class _TextCleaning:
+    """Vocabulary first, then harvested values, for every kept sidecar string (both off under the test hook)."""
+
+    def __init__(self, values: PersonalValues, vocabulary: Vocabulary | None) -> None:
+        self.values = values
+        self.vocabulary = vocabulary
+        self.off = text_cleaning_disabled()
+        self.protected = (
+            {form for form in values.needles() if vocabulary.is_single_token(form)} if vocabulary is not None else set()
+        )
+
+    def __call__(self, text: str, *, vocabulary: bool = True) -> str:
+        if self.off:
+            return text
+        if vocabulary and self.vocabulary is not None:
+            text, _ = self.vocabulary.clean(text)
+        masked: list[str] = []
+        if self.protected and self.vocabulary is not None:
+            text, masked = self.vocabulary.protect(text, self.protected)
+        cleaned = self.values.redact(text)
+        return Vocabulary.unprotect(cleaned, masked) if masked else cleaned
+
+
+def _clean(value: Any, clean: _TextCleaning | PersonalValues, *, vocabulary: bool = True) -> tuple[Any, bool]:
+    """`value` with every string inside it cleaned; True when anything changed."""
+    if isinstance(clean, PersonalValues):
+        clean = _TextCleaning(clean, None)
     if isinstance(value, str):
-        cleaned = values.redact(value)
+        cleaned = clean(value, vocabulary=vocabulary)
         return cleaned, cleaned != value
     if isinstance(value, list):
-        items = [_clean(item, values) for item in value]
+        items = [_clean(item, clean, vocabulary=vocabulary) for item in value]
         return [v for v, _ in items], any(changed for _, changed in items)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         changed = False
         for key, item in value.items():
-            new_key = values.redact(key)
-            new_item, item_changed = _clean(item, values)
+            new_key = clean(key, vocabulary=vocabulary)
+            new_item, item_changed = _clean(item, clean, vocabulary=vocabulary)
             changed = changed or item_changed or new_key != key
             out[new_key] = new_item
         return out, changed
@@ -189,10 +231,17 @@ def _clean(value: Any, values: PersonalValues) -> tuple[Any, bool]:
 
 
 def scrub_sidecar(
-    sidecar: Mapping[str, Any], allowed: Mapping[str, AllowedKey], values: PersonalValues
+    sidecar: Mapping[str, Any],
+    allowed: Mapping[str, AllowedKey],
+    values: PersonalValues,
+    vocabulary: Vocabulary | None = None,
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    """(kept and cleaned sidecar, dropped key names, cleaned key names) — key names withheld if personal."""
-    personal = NameChecker(values)
+    """(kept and cleaned sidecar, dropped key names, cleaned key names) — key names withheld if personal.
+
+    `vocabulary`: the descriptor vocabulary (default: the shipped one)."""
+    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
+    personal = NameChecker(values, vocabulary)
+    clean = _TextCleaning(values, vocabulary)
     kept: dict[str, Any] = {}
     dropped: list[str] = []
     cleaned: list[str] = []
@@ -200,7 +249,7 @@ def scrub_sidecar(
         if key not in allowed:
             dropped.append(_safe_name(key, personal))
             continue
-        new_value, changed = _clean(value, values)
+        new_value, changed = _clean(value, clean, vocabulary=key not in VOCABULARY_EXEMPT_KEYS)
         if changed:
             cleaned.append(key)
         kept[key] = new_value
@@ -457,9 +506,13 @@ def scrub_session(
     values: PersonalValues,
     deid_dir: Path | None = None,
     allowlist: Path | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> ScrubReport:
-    """Scrub the converted session under `in_dir` (`sub-S/ses-T/<datatype>/...`) into `out_dir` (same layout)."""
+    """Scrub the converted session under `in_dir` (`sub-S/ses-T/<datatype>/...`) into `out_dir` (same layout).
+
+    `vocabulary`: the descriptor vocabulary (default: the shipped one; a site's files via `vocabulary_for`)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
+    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     allowed = load_allowlist(allowlist)
     subject, session, session_dir = _session_tree(in_dir)
     report = ScrubReport(subject, session)
@@ -469,7 +522,7 @@ def scrub_session(
         1 for p in in_dir.rglob("*") if p.is_file() and (not p.is_relative_to(session_dir) or p == own_scans)
     )
     series = index_deid_series(Path(deid_dir)) if deid_dir is not None else []
-    personal = NameChecker(values)
+    personal = NameChecker(values, vocabulary)
     scans: list[tuple[str, str]] = []
 
     with atomic_dir(out_dir) as tmp:
@@ -482,7 +535,7 @@ def scrub_session(
             _, ext = _split_ext(src.name)
             if ext == ".json":
                 sidecar = _read_sidecar(src, relative)
-                kept, entry.dropped_keys, entry.cleaned_fields = scrub_sidecar(sidecar, allowed, values)
+                kept, entry.dropped_keys, entry.cleaned_fields = scrub_sidecar(sidecar, allowed, values, vocabulary)
                 dst.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             elif ext in (".nii.gz", ".nii"):
                 entry.header_fields_rewritten = rewrite_nifti_header(src, dst)

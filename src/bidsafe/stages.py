@@ -38,10 +38,12 @@ def deid_session(
     key_path: Path,
     subject: str,
     jobs: int = 1,
+    vocabulary: Sequence[str | Path] = (),
 ) -> dict[str, int]:
     """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private."""
     from bidsafe.deid.engine import deidentify_tree, write_report
     from bidsafe.deid.rules import load_rules
+    from bidsafe.deid.vocabulary import vocabulary_for
     from bidsafe.keys import load_key
     from bidsafe.phi import save_values
 
@@ -49,7 +51,10 @@ def deid_session(
     rules = load_rules(Path(rules_path))
     files = [Path(rel) for rel in read_file_list(files_txt)]  # relative to the inbox, as deidentify_tree takes them
     with atomic_dir(out_dir) as tmp:
-        report = deidentify_tree(Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject)
+        report = deidentify_tree(
+            Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject,
+            vocabulary=vocabulary_for(vocabulary),
+        )
         write_report(report, report_json)
         counts = dict(report.counts)
         log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -391,3 +391,53 @@ def test_real_vendor_exports_land_in_the_expected_datatype(tmp_path, folder, dat
     for p in rel:
         by_run[p.name] += 1
     assert all(n == 1 for n in by_run.values())
+
+
+# ------------------------------------------------------------------------------------- through the vocabulary
+
+
+def _dicom_folders(root: Path) -> list[Path]:
+    return sorted({p.parent for p in root.rglob("*") if p.is_file() and p.name not in ("README.md", "LICENSE")})
+
+
+def _landed(dicom_dir: Path, out: Path) -> list[str]:
+    """Every file the default dcm2bids config writes for these DICOM files (datatype/BIDS name), or the error."""
+    try:
+        convert_session(dicom_dir, out, "corpus", "01")
+    except BidsafeError:
+        return ["<no series matched>"]
+    session = out / "sub-corpus" / "ses-01"
+    return sorted(p.relative_to(session).as_posix() for p in session.rglob("*.nii.gz"))
+
+
+def _same_landing_after_deid(folder: Path, work: Path) -> None:
+    from deid_testing import KEY
+
+    from bidsafe.deid.engine import deidentify_tree
+
+    raw = _landed(folder, work / "raw")  # derived series (ADC, ASL) may match no rule: then neither may de-identified
+    report = deidentify_tree(folder, work / "deid", key=KEY)  # the shipped rules and vocabulary
+    assert sum(e.status == "processed" for e in report.entries), "nothing de-identified"
+    assert _landed(work / "deid", work / "deid_bids") == raw
+
+
+CORPUS_FOLDERS = _dicom_folders(CORPUS) if CORPUS.is_dir() else []
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+@pytest.mark.parametrize(
+    "folder", CORPUS_FOLDERS or [None], ids=lambda p: p.relative_to(CORPUS).as_posix() if p else "-"
+)
+def test_every_corpus_series_lands_in_the_same_datatype_and_suffix_after_deid(tmp_path, folder):
+    """Series descriptions keep only vocabulary tokens after de-identification: the default dcm2bids config must
+    still map every real series exactly as it maps the raw one (datatype, suffix, entities, number of runs)."""
+    if folder is None:
+        pytest.skip(f"real scanner corpus not present at {CORPUS}")
+    _same_landing_after_deid(folder, tmp_path)
+
+
+@pytest.mark.slow
+def test_every_demo_series_lands_in_the_same_datatype_and_suffix_after_deid(tmp_path):
+    (session,) = generate(tmp_path / "demo", subjects=1, sessions=1, seed=5)
+    _same_landing_after_deid(session.folder, tmp_path / "work")

@@ -73,11 +73,14 @@ ACTION_CASES = [
     ("AcquisitionDateTime", "20210309101500", "Z", ""),
     ("IrradiationEventUID", "1.2.826.0.1.3680043.9.7777.55", "Z", ""),
     ("PatientAge", "042Y", "Z", ""),
-    ("InstitutionName", "Harrowgate Imaging Centre", "K", "Harrowgate Imaging Centre"),
+    # kept text keeps only descriptor-vocabulary tokens (none of these three words is one)
+    ("InstitutionName", "Harrowgate Imaging Centre", "K", "ANON ANON ANON"),
+    ("SequenceName", "*tfl3d1_16ns Zqxwv2", "K", "*tfl3d1_16ns ANON"),
     ("ScanningSequence", "EP", "K", "EP"),
     ("StudyDate", "20210309", "K", "SHIFTED"),
     ("IrradiationEventUID", "1.2.826.0.1.3680043.9.7777.55", "K", "KEYED"),
-    ("SeriesDescription", "T1 Quillfeather MPRAGE", "C", "T1 MPRAGE"),
+    # action C: tokens outside the vocabulary become the placeholder first (then harvested values go)
+    ("SeriesDescription", "T1 Quillfeather MPRAGE", "C", "T1 ANON MPRAGE"),
     ("StudyDate", "20210309", "C", "SHIFTED"),
     ("AcquisitionDateTime", "20210309235959.123456-0500", "C", "20210316235959.123456-0500"),
     ("StudyTime", "093015.25", "C", "093015.25"),
@@ -203,8 +206,9 @@ def test_clean_uses_values_from_the_whole_study_and_other_charsets():
         PersonalValue("date", "StudyDate", "20210309"),
     }
     out = _run(ds, StubRules({"SeriesDescription": "C", "ProtocolName": "C"}), values=other_file_values)
-    assert out.SeriesDescription == "fMRI rest"
-    assert out.ProtocolName == "see"
+    # the vocabulary replaces every token it does not know (the name, the year); "03"/"09" alone are harmless
+    assert out.SeriesDescription == "fMRI ANON rest ANON-03-09"
+    assert out.ProtocolName.startswith("ANON ") and "3680043" not in out.ProtocolName and "7777" not in out.ProtocolName
 
 
 # --- file meta, transfer syntaxes -------------------------------------------------------------------------
@@ -647,12 +651,12 @@ def test_cli_exit_codes_key_creation_and_quiet_output(tmp_path, monkeypatch, cap
 
     # a readable file whose de-identification fails (the encoder made to fail for it): exit 1, rest done
     broken = mr_dataset(sop_uid="1.2.826.0.1.3680043.9.7777.1.2.77")
-    broken.SeriesDescription = "make the encoder fail"
+    broken.SeriesNumber = 977  # marks the file whose encoding fails
     write(broken, raw / "b.dcm")
     real_encode = engine.encode_file
 
     def failing_encode(ds, *args, **kwargs):
-        if "fail" in str(ds.get("SeriesDescription", "")):
+        if str(ds.get("SeriesNumber", "")) == "977":
             raise ValueError("encoder failure for the test")
         return real_encode(ds, *args, **kwargs)
 

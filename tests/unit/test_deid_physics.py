@@ -4,8 +4,9 @@ For every series folder of the demo session and of `../shared/corpus` (GE, Sieme
 headers, Siemens XA30 enhanced multi-frame and interoperability single-frame, Philips), both conversions
 must give the same files, identical voxel arrays, affines and scaling, identical bvals/bvecs, and identical
 sidecar values for every field except the ones listed below as personal, date or UID fields (and the
-attributes de-identification adds). Text fields may differ only by the removal of the study's personal
-values (free text is cleaned; kept private text is overwritten by same-length filler).
+attributes de-identification adds). Text fields may differ only by the descriptor vocabulary (tokens outside
+it become the placeholder, or same-length filler in kept private text) and the removal of the study's
+personal values.
 This is the proof that the rule set's keep-list and safe-private list cover what the converter needs.
 """
 
@@ -24,6 +25,7 @@ from deid_testing import KEY
 from bidsafe.deid.engine import PROCESSED, deidentify_tree
 from bidsafe.deid.private import TextCleaner
 from bidsafe.deid.rules import load_rules
+from bidsafe.deid.vocabulary import vocabulary_for
 from bidsafe.phi import harvest_files
 
 pytestmark = pytest.mark.slow
@@ -70,11 +72,18 @@ def _convert(folder: Path, out: Path) -> dict[str, Path]:
 
 
 def _text_differences(raw: object, deid: object, cleaner: TextCleaner) -> bool:
-    """True when `deid` differs from `raw` by more than removing/masking the study's personal values."""
+    """True when `deid` differs from `raw` by more than the vocabulary and removing/masking personal values."""
     if raw == deid:
         return False
     if isinstance(raw, str) and isinstance(deid, str):
-        allowed = {cleaner.clean_text(raw), cleaner.clean_bytes(raw.encode("utf-8")).decode("utf-8", "replace")}
+        vocabulary = vocabulary_for()
+        as_text = vocabulary.clean(raw)[0]
+        as_bytes = vocabulary.clean_bytes(raw.encode("utf-8"))[0]
+        allowed = {
+            cleaner.clean_text(as_text),
+            cleaner.clean_bytes(as_bytes).decode("utf-8", "replace"),
+            cleaner.clean_bytes(raw.encode("utf-8")).decode("utf-8", "replace"),
+        }
         return deid not in allowed
     if isinstance(raw, list) and isinstance(deid, list) and len(raw) == len(deid):
         return any(_text_differences(a, b, cleaner) for a, b in zip(raw, deid, strict=True))
@@ -83,7 +92,7 @@ def _text_differences(raw: object, deid: object, cleaner: TextCleaner) -> bool:
 
 def _cleaned_to_nothing(raw: object, cleaner: TextCleaner) -> bool:
     """A text made only of personal values: cleaned to nothing, so the converter leaves the field out."""
-    return isinstance(raw, str) and raw.strip() != "" and cleaner.clean_text(raw) == ""
+    return isinstance(raw, str) and raw.strip() != "" and cleaner.clean_text(vocabulary_for().clean(raw)[0]) == ""
 
 
 def _compare(raw_files: dict[str, Path], deid_files: dict[str, Path], cleaner: TextCleaner) -> list[str]:
@@ -123,7 +132,7 @@ def _check_series(folder: Path, work: Path) -> None:
     report = deidentify_tree(folder, work / "deid", rules=load_rules(), key=KEY)
     if not any(e.status == PROCESSED for e in report.entries):
         pytest.skip(f"{folder.name}: nothing to convert (every file withheld or not DICOM)")
-    cleaner = TextCleaner(harvest_files(p for p in folder.iterdir() if p.is_file()))
+    cleaner = TextCleaner(harvest_files(p for p in folder.iterdir() if p.is_file()), vocabulary_for())
     raw_files = _convert(folder, work / "raw_nii")
     deid_files = _convert(work / "deid", work / "deid_nii")
     assert any(n.endswith(".nii") for n in raw_files), f"{folder.name}: dcm2niix made no image from the raw files"
@@ -155,7 +164,7 @@ def test_demo_series_convert_identically(demo_session, tmp_path):
         if not any(e.status == PROCESSED for e in report.entries):
             continue  # the burned-in screenshot: withheld, nothing to compare
         work = tmp_path / f"series{series.number}"
-        cleaner = TextCleaner(harvest_files(series.files))
+        cleaner = TextCleaner(harvest_files(series.files), vocabulary_for())
         raw_files = _convert(series.folder, work / "raw_nii")
         deid_files = _convert(tmp_path / f"deid{series.number}", work / "deid_nii")
         problems = _compare(raw_files, deid_files, cleaner)

@@ -155,7 +155,8 @@ def test_scrub_session_end_to_end(converted: dict[str, Path], tmp_path: Path) ->
     allowed = load_allowlist()
     t1 = json.loads((session / "anat" / "sub-01_ses-1_T1w.json").read_text())
     assert set(t1) <= set(allowed)
-    assert t1["SeriesDescription"] == "T1 MPRAGE" and t1["ProtocolName"] == "T1 MPRAGE"
+    # the surname is not a vocabulary token: the placeholder stands where it was
+    assert t1["SeriesDescription"] == "T1 MPRAGE ANON" and t1["ProtocolName"] == "T1 MPRAGE ANON"
     assert t1["RepetitionTime"] == 2 and t1["EchoTime"] == 0.03 and t1["SeriesNumber"] == 2
     for gone in ("InstitutionName", "StationName", "DeviceSerialNumber", "ImageComments", "AcquisitionTime",
                  "Dcm2bidsVersion", "ConversionSoftware"):
@@ -267,7 +268,8 @@ def test_personal_key_names_are_withheld_in_the_report(converted: dict[str, Path
     assert "<withheld key name>" in entry.dropped_keys
     assert not any(FAMILY.lower() in k.lower() for k in entry.dropped_keys)
     kept = json.loads((out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.json").read_text())
-    assert kept["SeriesDescription"] == ["T1", {"inner": ""}]
+    # vocabulary first (nested keys too): placeholders where the name and the ID were
+    assert kept["SeriesDescription"] == ["ANON ANON T1", {"ANON": "ANON"}]
 
 
 def _with_scaling(path: Path, slope: float, inter: float) -> None:

@@ -31,6 +31,8 @@ def shipped(path):
 DEID_RULES = shipped(config["deid"]["rules"])
 DCM2BIDS_CONFIG = shipped(config["dcm2bids"]["config"])
 SIDECAR_ALLOWLIST = shipped(config["scrub"]["allowlist"])
+# Site extensions of the descriptor vocabulary (the shipped config/deid/vocabulary.yaml is always read).
+DEID_VOCABULARY = [str(shipped(p)) for p in config["deid"]["vocabulary"]]
 
 
 wildcard_constraints:

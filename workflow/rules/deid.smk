@@ -8,6 +8,7 @@ rule deid:
     params:
         inbox=INBOX,
         rules=DEID_RULES,
+        vocabulary=DEID_VOCABULARY,
         key=PRIVATE / "secret.key",
     log:
         LOGS / "deid" / "sub-{subject}_ses-{session}.log",

@@ -7,6 +7,7 @@ rule scrub:
         bids=directory(WORK / "scrub" / SESSION / "bids"),
     params:
         allowlist=SIDECAR_ALLOWLIST,
+        vocabulary=DEID_VOCABULARY,
     log:
         LOGS / "scrub" / "sub-{subject}_ses-{session}.log",
     resources:

@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         key_path=Path(snakemake.params.key),  # noqa: F821
         subject=snakemake.wildcards.subject,  # noqa: F821
         jobs=snakemake.threads,  # noqa: F821
+        vocabulary=list(snakemake.params.vocabulary),  # noqa: F821
     )

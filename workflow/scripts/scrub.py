@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from bidsafe.deid.vocabulary import vocabulary_for
 from bidsafe.phi import load_values
 from bidsafe.runlog import log_to
 from bidsafe.scrub import scrub_session
@@ -11,5 +12,6 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         values=load_values(snakemake.input.values),  # noqa: F821
         deid_dir=Path(snakemake.input.dicom),  # noqa: F821
         allowlist=Path(snakemake.params.allowlist),  # noqa: F821
+        vocabulary=vocabulary_for(list(snakemake.params.vocabulary)),  # noqa: F821
     )
     log.info("scrub: %s", report)

@@ -27,8 +27,9 @@ import struct
 import sys
 import unicodedata
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +45,13 @@ from pydicom.tag import BaseTag
 
 from bidsafe import __version__
 from bidsafe.deid.dates import shift_da, shift_days_for, shift_dt
-from bidsafe.deid.private import TextCleaner
+from bidsafe.deid.private import TextCleaner, _pack_length_prefixed_gzip, _unpack_length_prefixed_gzip
 from bidsafe.deid.uids import UidMapper
+from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir
 from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset, quiet_pydicom
+from bidsafe.testhooks import text_cleaning_disabled
 
 if TYPE_CHECKING:
     from bidsafe.deid.rules import RuleSet
@@ -74,7 +77,9 @@ IMPLEMENTATION_VERSION_NAME = f"BIDSAFE_{__version__}"[:16]
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
 # VRs whose ASCII text encodes the same in every character set (PN objects and numbers go through pydicom).
 _ASCII_SAFE_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
-# A kept (K) element is left alone unless it is a UID (remapped) or a date (shifted).
+# A kept (K) element is left alone unless it is a UID (remapped) or a date (shifted), or text: keep-list text
+# (SequenceName, coil names, CodeMeaning, ImageType, Modality ...) keeps only vocabulary tokens. Numbers (DS,
+# IS), dates and times are not text; names (PN) are never on the keep-list.
 _KEEP_NEEDS_LOOK = frozenset({"UI", "DA", "DT"})
 _VALID_VRS = frozenset(vr.value for vr in pydicom.valuerep.VR if len(vr.value) == 2)
 # Value shapes of the numeric-string VRs (PS3.5 6.2, with their maximum lengths): a value of this shape
@@ -84,6 +89,28 @@ _VALUE_SHAPES = {
     "IS": re.compile(r"(?=.{1,12}$)[+-]?\d+"),
     "TM": re.compile(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?"),  # ACR-NEMA colons too
 }
+_VOCABULARY_VRS = frozenset({"CS", "LO", "SH", "LT", "ST", "UC", "UT"})
+# Keep-list text the vocabulary leaves alone: the character set (its terms, e.g. "ISO 2022 IR 87", are defined
+# by the standard and the decoder needs them exactly) and coded values, whose values come from a coding scheme
+# (SNOMED, DCM, LOINC codes are digit runs by design) and reach no sidecar.
+_VOCABULARY_EXEMPT = frozenset(
+    {
+        0x00080005,  # SpecificCharacterSet
+        0x00080100,  # CodeValue
+        0x00080102,  # CodingSchemeDesignator
+        0x00080103,  # CodingSchemeVersion
+        0x00080119,  # LongCodeValue
+        0x00080120,  # URNCodeValue
+        0x0008010F,  # ContextIdentifier
+        0x0008010B,  # ContextGroupExtensionFlag
+        0x00080105,  # MappingResource
+    }
+)
+# Kept private values the vocabulary cleans as a whole (text VRs; UN/OB only when the bytes are text).
+_PRIVATE_TEXT_VRS = frozenset({"CS", "LO", "SH", "LT", "ST", "UC", "UT"})
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1f]")
+_SIEMENS_CSA_MAGIC = b"SV10"
+_ASCCONV = b"### ASCCONV BEGIN"
 _BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "OF", "OD", "OL", "OV"})
 _LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _DUMMY_BY_VR: dict[str, bytes] = {
@@ -145,6 +172,9 @@ class DeidReport:
     personal_values: PersonalValues
     key_path: Path | None = None
     rules_profile: str = ""
+    # de-identified StudyInstanceUID -> token the vocabulary replaced -> count: private (tokens may be personal),
+    # written to the private report so a site knows what to add to its vocabulary; never printed.
+    replaced_tokens: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -172,6 +202,10 @@ def write_report(report: DeidReport, path: str | Path) -> Path:
         "rules_profile": report.rules_profile,
         "key_path": str(report.key_path) if report.key_path else None,
         "counts": report.counts,
+        "replaced_tokens": {
+            study: dict(sorted(tokens.items(), key=lambda item: (-item[1], item[0])))
+            for study, tokens in sorted(report.replaced_tokens.items())
+        },
         "files": [
             {"input": e.input, "output": e.output, "status": e.status, "reason": e.reason, "series": e.series}
             for e in report.entries
@@ -258,9 +292,13 @@ def _plain_value(value: Any) -> str | list[str]:
 class Deidentifier:
     """Applies one rule set under one key; caches resolved actions and UID mappings across files."""
 
-    def __init__(self, rules: RuleSet, key: bytes) -> None:
+    def __init__(self, rules: RuleSet, key: bytes, vocabulary: Vocabulary | None = None) -> None:
         self.rules = rules
         self.key = key
+        # Descriptor vocabulary (None: the test hook switched text cleaning off). Tokens it replaced, counted
+        # until the caller takes them (`take_replaced`): private, they may be personal.
+        self.vocabulary = None if text_cleaning_disabled() else vocabulary
+        self.replaced: Counter[str] = Counter()
         self.uids = UidMapper(key)
         self._actions: dict[int, str] = dict(getattr(rules, "resolved", {}) or {})
         self._std_vr: dict[int, str] = {}
@@ -268,6 +306,96 @@ class Deidentifier:
         self._private_vr: dict[tuple[str, int], str] = {}
         self.shift_mode = rules.date_mode == "shift"
         self._added: dict[_Encoding, dict[BaseTag, RawDataElement]] = {}
+
+    def take_replaced(self) -> Counter[str]:
+        replaced, self.replaced = self.replaced, Counter()
+        return replaced
+
+    # descriptor vocabulary
+    def _vocabulary_text(self, value: Any) -> Any:
+        """A decoded text value (or list of values) with every token outside the vocabulary replaced."""
+        assert self.vocabulary is not None
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            return [self._vocabulary_text(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        cleaned, replaced = self.vocabulary.clean(value)
+        if replaced:
+            self.replaced.update(replaced)
+        return cleaned
+
+    def _vocabulary_keep(self, ds: Dataset, key: Any, elem: Any, tag: int, vr: str) -> None:
+        """Keep-list text: only vocabulary tokens stay (decoded in the data set's character set if needed)."""
+        if elem.is_raw:
+            data = elem.value
+            if not data:
+                return
+            if data.isascii():
+                text = data.decode("ascii").rstrip(" \x00")
+                value: Any = text.split("\\") if "\\" in text else text
+            else:
+                value = _plain_value(convert_raw_data_element(elem, encoding=ds._character_set, ds=ds).value)
+        else:
+            if elem.value in (None, ""):
+                return
+            value = _plain_value(elem.value)
+        cleaned = self._vocabulary_text(value)
+        if cleaned != value:
+            ds._dict[key] = DataElement(tag, vr, cleaned)
+
+    def _vocabulary_private(self, elements: Any, key: Any, elem: Any, vr: str) -> Any:
+        """A kept private value with the vocabulary applied (same length, except GE's compressed block, which
+        is cleaned inside and re-packed); returns the element now in the data set."""
+        assert self.vocabulary is not None
+        if not elem.is_raw:  # built in memory (or decoded): text cleaned as text, bytes as bytes
+            if isinstance(elem.value, bytes) and elem.value:
+                new = self._vocabulary_private_bytes(elem.value, vr)
+                if new != elem.value:
+                    elem.value = new
+            elif isinstance(elem.value, (str, list, pydicom.multival.MultiValue)) and vr in _PRIVATE_TEXT_VRS:
+                value = _plain_value(elem.value)
+                cleaned = (
+                    [self._same_length_text(v) for v in value]
+                    if isinstance(value, list)
+                    else self._same_length_text(value)
+                )
+                if cleaned != value:
+                    elem.value = cleaned
+            return elem
+        data = elem.value
+        if not data:
+            return elem
+        new = self._vocabulary_private_bytes(data, vr)
+        if new is data or new == data:
+            return elem
+        replacement = elem._replace(value=new, length=len(new))
+        elements[key] = replacement
+        return replacement
+
+    def _same_length_text(self, text: str) -> str:
+        assert self.vocabulary is not None
+        cleaned, replaced = self.vocabulary.clean_value_bytes(text.encode("utf-8"))
+        self.replaced.update(replaced)
+        return cleaned.decode("utf-8", "replace")
+
+    def _vocabulary_private_bytes(self, data: bytes, vr: str) -> bytes:
+        assert self.vocabulary is not None
+        vocabulary = self.vocabulary
+        unpacked = _unpack_length_prefixed_gzip(data)
+        if unpacked is not None:  # GE protocol block: `KEY "value"` lines, the values cleaned
+            cleaned, replaced = vocabulary.clean_quoted(unpacked)
+            self.replaced.update(replaced)
+            return data if cleaned == unpacked else _pack_length_prefixed_gzip(cleaned)
+        if data.startswith(_SIEMENS_CSA_MAGIC) or _ASCCONV in data:
+            # Siemens CSA header: binary items around a text protocol; only its quoted string values are text
+            # a person may have typed (tProtocolName, tSequenceFileName, coil IDs, XProtocol values).
+            cleaned, replaced = vocabulary.clean_quoted(data)
+        elif vr in _PRIVATE_TEXT_VRS or (vr in ("UN", "OB") and not _CONTROL_BYTES.search(data.rstrip(b"\x00 "))):
+            cleaned, replaced = vocabulary.clean_value_bytes(data)
+        else:
+            return data
+        self.replaced.update(replaced)
+        return cleaned
 
     # rules, cached
     def action(self, tag: int) -> str:
@@ -375,6 +503,8 @@ class Deidentifier:
                     self._clean_dataset(item, shift_days, enc, pending)
                 continue
             if action == "K" and vr not in _KEEP_NEEDS_LOOK:
+                if self.vocabulary is not None and vr in _VOCABULARY_VRS and tag not in _VOCABULARY_EXEMPT:
+                    self._vocabulary_keep(ds, key, elem, tag, vr)
                 continue
             if action == "Z":
                 elements[key] = _raw(tag, vr, b"", enc.implicit, enc.little)
@@ -405,7 +535,15 @@ class Deidentifier:
                 else:
                     decoded = elem
                 if decoded.value not in (None, ""):
-                    pending[id(elem)] = Pending(TEXT, tag, vr, value=_plain_value(decoded.value))
+                    value = _plain_value(decoded.value)
+                    if self.vocabulary is not None:
+                        # Vocabulary first (needs nothing from other files); the harvested values of the
+                        # whole study are removed in pass B from what is left.
+                        cleaned = self._vocabulary_text(value)
+                        if cleaned != value:
+                            elem = elements[key] = DataElement(tag, vr, cleaned)
+                            value = cleaned
+                    pending[id(elem)] = Pending(TEXT, tag, vr, value=value)
             elif action == "C":
                 self._clean_descriptor(ds, key, tag, vr, enc, pending)
         if private_tags:
@@ -504,6 +642,8 @@ class Deidentifier:
                 if new != text:
                     elements[key] = _raw(tag, vr, _ascii_value(new, vr), enc.implicit, enc.little)
             elif vr not in _BINARY_NUMBER_VRS:
+                if self.vocabulary is not None:
+                    elem = self._vocabulary_private(elements, key, elem, vr)
                 # Cleaned as the bytes written (same length), whatever the element's decoded form.
                 pending[id(elem)] = Pending(PRIVATE, tag, vr)
         for key in private_tags:
@@ -913,6 +1053,8 @@ def _deflated(data: bytes, body_offset: int) -> bytes:
 def _cleaned_pending(record: Pending, value_bytes: bytes, cleaner: TextCleaner, writer: _Writer) -> bytes | None:
     """The new bytes of a pending element (whole element for TEXT; value only if same length for PRIVATE),
     or None when cleaning changes nothing."""
+    if text_cleaning_disabled():
+        return None
     if record.kind == TEXT:
         value = record.value
         cleaned: Any = [cleaner.clean_text(v) for v in value] if isinstance(value, list) else cleaner.clean_text(value)
@@ -1113,24 +1255,34 @@ def deidentify_dataset(
     key: bytes,
     shift_days: int | None,
     values: Iterable[PersonalValue] = (),
+    vocabulary: Vocabulary | None = None,
 ) -> Dataset:
     """De-identify one dataset exactly as `deidentify_tree` does a file, and return the result read back.
 
-    `ds` is changed in place on the way (do not reuse it). `values` are the study's personal values.
+    `ds` is changed in place on the way (do not reuse it). `values` are the study's personal values;
+    `vocabulary` the descriptor vocabulary (default: the shipped one).
     """
+    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     with quiet_pydicom():
-        prepared = _prepare(Deidentifier(rules, key), ds, shift_days)
-        data = finish_bytes(prepared.encoded, TextCleaner(values))
+        prepared = _prepare(Deidentifier(rules, key, vocabulary), ds, shift_days)
+        data = finish_bytes(prepared.encoded, TextCleaner(values, vocabulary))
         return pydicom.dcmread(DicomBytesIO(data))
 
 
 def deidentify_bytes(
-    ds: Dataset, *, rules: RuleSet, key: bytes, shift_days: int | None, values: Iterable[PersonalValue] = ()
+    ds: Dataset,
+    *,
+    rules: RuleSet,
+    key: bytes,
+    shift_days: int | None,
+    values: Iterable[PersonalValue] = (),
+    vocabulary: Vocabulary | None = None,
 ) -> bytes:
     """Like `deidentify_dataset`, but the file's bytes."""
+    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     with quiet_pydicom():
-        prepared = _prepare(Deidentifier(rules, key), ds, shift_days)
-        return finish_bytes(prepared.encoded, TextCleaner(values))
+        prepared = _prepare(Deidentifier(rules, key, vocabulary), ds, shift_days)
+        return finish_bytes(prepared.encoded, TextCleaner(values, vocabulary))
 
 
 # --- output names -----------------------------------------------------------------------------------------
@@ -1186,6 +1338,8 @@ class _Staged:
     reason: str = ""
     series: str = ""
     shift: int | None = None  # the date shift applied (one per study: see `_one_shift_per_study`)
+    replaced: dict[str, int] | None = None  # vocabulary tokens replaced in this file (private)
+    deid_study: str = ""  # the de-identified StudyInstanceUID
 
 
 def _short(exc: BaseException) -> str:
@@ -1195,8 +1349,10 @@ def _short(exc: BaseException) -> str:
 class _StageWorker:
     """Pass A in one process: read once, harvest, de-identify, write a staged file."""
 
-    def __init__(self, rules: RuleSet, key: bytes, subject_key: str | None, temp_root: Path) -> None:
-        self.deidentifier = Deidentifier(rules, key)
+    def __init__(
+        self, rules: RuleSet, key: bytes, subject_key: str | None, temp_root: Path, vocabulary: Vocabulary
+    ) -> None:
+        self.deidentifier = Deidentifier(rules, key, vocabulary)
         self.rules = rules
         self.key = key
         self.subject_key = subject_key
@@ -1231,7 +1387,10 @@ class _StageWorker:
                 shift_days = study_shift_days(self.rules, self.key, subject)
                 if shift_override is not None and shift_days is not None:
                     shift_days = shift_override
+                self.deidentifier.take_replaced()  # nothing of an earlier, failed file
                 prepared = _prepare(self.deidentifier, ds, shift_days, source=Path(path))
+                replaced = dict(self.deidentifier.take_replaced())
+                deid_study = _text_of(ds, _TAG_STUDY_UID)  # remapped: names the study in the private report
         except _NotDicom as exc:
             return _Staged(index, NOT_DICOM, reason=str(exc))
         except _Incomplete as exc:
@@ -1246,22 +1405,24 @@ class _StageWorker:
         encoded = prepared.encoded
         stub = Encoded(b"", encoded.pending, encoded.implicit, encoded.little, encoded.deflate, encoded.body_offset)
         return _Staged(
-            index, PROCESSED, study, values, prepared.relpath, str(temp), stub, series=series, shift=shift_days
+            index, PROCESSED, study, values, prepared.relpath, str(temp), stub, series=series, shift=shift_days,
+            replaced=replaced, deid_study=deid_study,
         )
 
 
 class _FinishWorker:
     """Pass B in one process: clean pending elements with the study's values, move to the final name."""
 
-    def __init__(self, studies: dict[str, tuple[PersonalValue, ...]], staging: Path) -> None:
+    def __init__(self, studies: dict[str, tuple[PersonalValue, ...]], staging: Path, vocabulary: Vocabulary) -> None:
         self.studies = studies
         self.staging = staging
+        self.vocabulary = vocabulary
         self._cleaners: dict[str, TextCleaner] = {}
 
     def cleaner_for(self, study: str) -> TextCleaner:
         cleaner = self._cleaners.get(study)
         if cleaner is None:
-            cleaner = TextCleaner(self.studies.get(study, ()))
+            cleaner = TextCleaner(self.studies.get(study, ()), self.vocabulary)
             self._cleaners[study] = cleaner
         return cleaner
 
@@ -1281,14 +1442,14 @@ _STAGE_WORKER: _StageWorker | None = None
 _FINISH_WORKER: _FinishWorker | None = None
 
 
-def _init_stage(rules: RuleSet, key: bytes, subject_key: str | None, temp_root: Path) -> None:
+def _init_stage(rules: RuleSet, key: bytes, subject_key: str | None, temp_root: Path, vocabulary: Vocabulary) -> None:
     global _STAGE_WORKER
-    _STAGE_WORKER = _StageWorker(rules, key, subject_key, temp_root)
+    _STAGE_WORKER = _StageWorker(rules, key, subject_key, temp_root, vocabulary)
 
 
-def _init_finish(studies: dict[str, tuple[PersonalValue, ...]], staging: Path) -> None:
+def _init_finish(studies: dict[str, tuple[PersonalValue, ...]], staging: Path, vocabulary: Vocabulary) -> None:
     global _FINISH_WORKER
-    _FINISH_WORKER = _FinishWorker(studies, staging)
+    _FINISH_WORKER = _FinishWorker(studies, staging, vocabulary)
 
 
 def _stage_task(task: tuple[int, str] | tuple[int, str, int | None]) -> _Staged:
@@ -1376,8 +1537,8 @@ def _one_shift_per_study(
     for result in redo:
         Path(result.temp or "").unlink(missing_ok=True)
     tasks = [(r.index, str(paths[r.index]), decided[r.study]) for r in redo]
-    rules, key, subject_key, temp_root = stage_args
-    again_args = (rules, key, subject_key, Path(temp_root) / "again")  # new workers: names of their own
+    rules, key, subject_key, temp_root, vocabulary = stage_args
+    again_args = (rules, key, subject_key, Path(temp_root) / "again", vocabulary)  # new workers: names of their own
     again = {r.index: r for r in _run_tasks(_stage_task, tasks, jobs, _init_stage, again_args)}
     return [again.get(r.index, r) for r in results]
 
@@ -1400,13 +1561,14 @@ def deidentify_tree(
     subject_key: str | None = None,
     report: Path | None = None,
     progress: bool = False,
+    vocabulary: Vocabulary | None = None,
 ) -> DeidReport:
     """De-identify every file under `src` (or `files`) into the new folder `dst` (which appears whole).
 
     `dst` must not exist or be an empty folder; it must not overlap `src`. `subject_key` (the subject's
     pseudonym) sets the date shift; default: each file's PatientID as `shift_subject_key` normalises it,
     with one shift per study (its first file decides, see `_one_shift_per_study`). Returns the report; writes
-    it (private, 0600) to `report` when given.
+    it (private, 0600) to `report` when given. `vocabulary`: the descriptor vocabulary (default: shipped).
     """
     src = Path(src)
     dst = Path(dst)
@@ -1415,17 +1577,19 @@ def deidentify_tree(
 
         rules = load_rules()
     _check_tree_arguments(src, dst, jobs)
+    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     paths = _list_files(src) if files is None else [Path(p) if Path(p).is_absolute() else src / p for p in files]
     entries = [FileEntry(input=str(p), status=FAILED, reason="not processed") for p in paths]
     meter = _Progress(progress, len(paths))
     studies: dict[str, set[PersonalValue]] = {}
+    replaced: dict[str, dict[str, int]] = {}  # de-identified study UID -> vocabulary token -> count
     with atomic_dir(dst) as staging:
         temp_root = staging / ".bidsafe-staging"
         # Pass A: read each file once; harvest; de-identify; stage.
         staged: list[_Staged] = []
         claimed: set[str] = set()
         tasks = [(i, str(p)) for i, p in enumerate(paths)]
-        stage_args = (rules, key, subject_key, temp_root)
+        stage_args = (rules, key, subject_key, temp_root, vocabulary)
         results: list[_Staged] = []
         for done, result in enumerate(_run_tasks(_stage_task, tasks, jobs, _init_stage, stage_args), 1):
             meter.show("de-identifying", done)
@@ -1434,6 +1598,8 @@ def deidentify_tree(
         for result in results:
             if result.values:
                 studies.setdefault(result.study, set()).update(result.values)
+            if result.replaced:
+                merge_counts(replaced.setdefault(result.deid_study, {}), result.replaced)
             path = str(paths[result.index])
             if result.status != PROCESSED:
                 entries[result.index] = FileEntry(path, result.status, reason=result.reason, series=result.series)
@@ -1457,7 +1623,7 @@ def deidentify_tree(
         series_of = {s.index: s.series for s in staged}
         meter = _Progress(progress, len(finish))  # same terminal line, second pass
         for done, (index, status, reason) in enumerate(
-            _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging)), 1
+            _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging, vocabulary)), 1
         ):
             meter.show("cleaning text", done)
             output = outputs[index] if status == PROCESSED else None
@@ -1465,7 +1631,9 @@ def deidentify_tree(
         shutil.rmtree(temp_root, ignore_errors=True)
     meter.end()
     all_values = PersonalValues(v for values in studies.values() for v in values)
-    result_report = DeidReport(entries, all_values, rules_profile=getattr(rules, "profile", ""))
+    result_report = DeidReport(
+        entries, all_values, rules_profile=getattr(rules, "profile", ""), replaced_tokens=replaced
+    )
     if report is not None:
         write_report(result_report, report)
     return result_report
@@ -1503,6 +1671,7 @@ def cli_main(args: argparse.Namespace) -> int:
     jobs = int(args.jobs) if getattr(args, "jobs", None) is not None else 1
     _check_tree_arguments(src, dst, jobs)
     rules = load_rules(Path(args.rules) if args.rules else None)
+    vocabulary = vocabulary_for(getattr(args, "vocabulary", None) or ())
     if args.key:
         key_path = Path(args.key)
         if not key_path.exists():
@@ -1515,7 +1684,9 @@ def cli_main(args: argparse.Namespace) -> int:
         ensure_private_dir(key_path.parent)
         key = load_or_create_key(key_path)
     print(f"bidsafe deid: secret key {'created at' if created else 'read from'} {key_path}", file=sys.stderr)
-    report = deidentify_tree(src, dst, rules=rules, key=key, jobs=jobs, progress=sys.stderr.isatty())
+    report = deidentify_tree(
+        src, dst, rules=rules, key=key, jobs=jobs, progress=sys.stderr.isatty(), vocabulary=vocabulary
+    )
     report.key_path = key_path
     if args.report:
         write_report(report, Path(args.report))

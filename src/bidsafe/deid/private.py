@@ -20,8 +20,12 @@ import re
 import struct
 import zlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from bidsafe.phi import PersonalValue, PersonalValues
+
+if TYPE_CHECKING:
+    from bidsafe.deid.vocabulary import Vocabulary
 
 # Filler for same-length overwrites: not a letter or digit, so filler can never spell a personal value.
 FILLER = b"*"
@@ -44,12 +48,19 @@ _CACHE_MAX_ENTRIES = 16
 class TextCleaner:
     """Removes one study's personal values from text and bytes."""
 
-    def __init__(self, values: Iterable[PersonalValue]) -> None:
+    def __init__(self, values: Iterable[PersonalValue], vocabulary: Vocabulary | None = None) -> None:
         values = list(values)
+        # The descriptor vocabulary (applied before this cleaner, in pass A): a harvested form that is one
+        # vocabulary token (a patient named Bold, Field, Swan) must never cut protocol text.
+        self.vocabulary = vocabulary
+        self._protected: set[str] = set()
         self.uids = frozenset(v.value for v in values if v.category == "uid")
         self.values = PersonalValues(v for v in values if v.category != "uid")
         needles: set[bytes] = set()
         for form in self.values.needles():
+            if vocabulary is not None and vocabulary.is_single_token(form):
+                self._protected.add(form)
+                continue
             for variant in {form, form.upper()}:
                 for encoding in ("utf-8", "latin-1"):
                     with contextlib.suppress(UnicodeEncodeError):
@@ -71,12 +82,15 @@ class TextCleaner:
 
     def clean_text(self, text: str) -> str:
         """Free text without any personal value of the study (removed; separators tidied)."""
+        masked: list[str] = []
+        if self._protected and self.vocabulary is not None:
+            text, masked = self.vocabulary.protect(text, self._protected)
         cleaned = self.values.redact(text)
         if "." in cleaned:
             cleaned = _UID_TOKEN_TEXT.sub(self._uid_replacement, cleaned)
             if cleaned != text:
                 cleaned = cleaned.strip(" _^,;:-")
-        return cleaned
+        return self.vocabulary.unprotect(cleaned, masked) if masked else cleaned
 
     def _uid_replacement(self, match: re.Match[str]) -> str:
         return "" if self._is_personal_uid_token(match.group(0)) else match.group(0)

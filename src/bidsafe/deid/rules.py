@@ -831,11 +831,32 @@ def rule_files(target: Path) -> list[Path]:
     return [target]
 
 
+def _check_vocabulary_file(path: Path) -> bool:
+    """A descriptor vocabulary in the rules folder: checked with its own rules (shape, reasons, no date/ID entry)."""
+    from bidsafe.deid.vocabulary import check_vocabulary
+
+    problems = check_vocabulary(path)
+    print(f"check-rules: {path} (descriptor vocabulary)")
+    if problems:
+        print(f"  FAILED: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  problem: {problem}")
+        return False
+    print("  OK: every group has a reason; no token or pattern shaped like a date, a time or an identifier")
+    return True
+
+
 def cli_main(args: argparse.Namespace) -> int:
+    from bidsafe.deid.vocabulary import is_vocabulary_file
+
     target = Path(args.file) if getattr(args, "file", None) else default_rules_path()
     table = Path(args.table) if getattr(args, "table", None) else None
     status = 0
     for path in rule_files(target):
+        if is_vocabulary_file(_read_yaml(path)):
+            if not _check_vocabulary_file(path):
+                status = 1
+            continue
         result = check_rules(path, table)
         print(result.render())
         if not result.ok:
