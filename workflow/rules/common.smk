@@ -1,12 +1,12 @@
 # Config validation, data areas and every input function: rule bodies stay declarative.
 from pathlib import Path
 
-from snakemake.utils import validate
-
+from bidsafe.config import check_config
 from bidsafe.private import check_areas, ensure_private_dir
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
+check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 INBOX = Path(config["inbox"])
 WORK = Path(config["work_dir"])
