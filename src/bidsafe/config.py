@@ -33,6 +33,8 @@ _JSON_TYPES = {
     "object": "mapping",
     "null": "null",
 }
+_BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "minItems", "maxItems",
+           "minProperties")
 _MAX_VALUE = 60  # characters of a refused value quoted in an error
 
 
@@ -102,7 +104,7 @@ def _describe(error: Any) -> Iterable[str]:
         expected = " or ".join(_JSON_TYPES.get(t, t) for t in wanted)
         yield _line(path, f"expected {expected}, got {_kind_of(value)}", why, None)
         return
-    if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "const"):
+    if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "const", *_BOUNDS):
         # A `propertyNames` failure reports the offending key itself as the instance, at the mapping's path.
         allowed = node.get("x-allowed") or (None if kind == "pattern" and why else _allowed_text(node))
         yield _line(path, f"{_quote(value)} is not allowed", why, allowed)
@@ -277,8 +279,14 @@ def _allowed_text(node: Mapping[str, Any]) -> str | None:
     items = node.get("items")
     if isinstance(items, Mapping) and (inner := items.get("x-allowed") or _allowed_text(items)):
         bounds.append(f"items {inner}")
-    if "minItems" in node:
+    if "minLength" in node:
+        bounds.append("non-empty text" if node["minLength"] == 1 else f"at least {node['minLength']} characters")
+    if "minItems" in node and node.get("maxItems") == node["minItems"]:
+        bounds.append(f"exactly {node['minItems']} items")
+    elif "minItems" in node:
         bounds.append(f"at least {node['minItems']} item{'s' if node['minItems'] != 1 else ''}")
+    if "minProperties" in node:
+        bounds.append("not empty")
     return ", ".join(bounds) or None
 
 

@@ -99,7 +99,8 @@ def test_a_public_domain_licence_says_why_in_one_line():
 
 def test_wrong_types_values_and_missing_keys_each_get_one_line():
     config = {"inbox": "i", "work_dir": "w", "private_dir": "p",
-              "deid": {"jobs": "2"}, "release": {"audience": "everyone", "version": "next", "k_anonymity": 0},
+              "deid": {"jobs": "2"}, "release": {"audience": "everyone", "version": "next", "k_anonymity": 0,
+                                                 "name": "", "k_anonymity_bins": []},
               "deface": {"suffixes": ["T1w_x"], "exempt": {"angio": " "}},
               "participants": {"columns": {"age": {"round_years": 1, "rounding": 2}}}}
     assert config_problems(config) == [
@@ -111,7 +112,9 @@ def test_wrong_types_values_and_missing_keys_each_get_one_line():
         "levels, precision, range, source, table, top_code, unit, units, round_<unit> (years, months, weeks, days, "
         "kg, g, cm, m))",
         "config: release.audience: 'everyone' is not allowed (allowed: named, members, public)",
-        "config: release.k_anonymity: 0 is less than the minimum of 1",
+        "config: release.k_anonymity: 0 is not allowed (allowed: ≥ 1)",
+        "config: release.k_anonymity_bins: [] is not allowed (allowed: items > 1, at least 1 item)",
+        "config: release.name: '' is not allowed (allowed: non-empty text)",
         "config: release.version: 'next' is not allowed (allowed: auto or a whole number ≥ 1)",
     ]
     assert config_problems(None) == ["config: the configuration must be a mapping of keys (is the file empty?)"]
