@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bidsafe-installed
 CORES ?= all
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test lint clean-demo node-validator
+.PHONY: setup demo test lint clean-demo node-validator config-docs
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ test: setup node-validator
 lint: setup
 	$(BIN)/ruff check .
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+
+# config/README.md is generated from workflow/schemas/config.schema.yaml (tests/unit/test_config.py checks it).
+config-docs: setup
+	$(BIN)/bidsafe config-docs --write config/README.md
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -41,9 +41,14 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
         "ingest",
         help="index an inbox of DICOM files by study (header-only), quarantining unreadable files",
         description="Index every file under INBOX with header-only reads, group DICOM files by "
-        "StudyInstanceUID into sessions and write the private session index. The inbox is never modified.",
+        "StudyInstanceUID into sessions and write the private session index. The inbox is never modified. "
+        "Symbolic links: INBOX itself may be a link (it is resolved once); links inside it are never followed "
+        "(a link can lead out of the inbox or into a loop, and a file linked from inside the inbox is read "
+        "where it lies) and each is listed in the quarantine report with the reason. Every other file that is "
+        "not usable image DICOM is listed there too. Prints counts only. Exit 0 when at least one study was "
+        "found, 1 when none was (the reports are still written; the message counts the quarantine reasons).",
     )
-    p.add_argument("inbox", metavar="INBOX")
+    p.add_argument("inbox", metavar="INBOX", help="folder of raw scanner exports (read only)")
     p.add_argument("--index", required=True, metavar="FILE.tsv", help="session index to write (private)")
     p.add_argument("--quarantine", required=True, metavar="FILE.tsv", help="quarantine report (private)")
     p.add_argument(
@@ -53,6 +58,49 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
         "refreshed with the new index afterwards",
     )
     p.set_defaults(handler="bidsafe.ingest:cli_main")
+
+
+def _check_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="check a pipeline config file against the schema without running anything",
+        description="Check a pipeline config (YAML) against workflow/schemas/config.schema.yaml: unknown keys at "
+        "any level, wrong types and refused values are printed one per line with the key and what is allowed. "
+        "Exit 0 when valid, 2 otherwise.",
+    )
+    p.add_argument("file", metavar="CONFIG.yaml", help="the config file a run would be given with --configfile")
+    p.set_defaults(handler="bidsafe.config:cli_check")
+
+
+def _config_docs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "config-docs",
+        help="write config/README.md from the config schema (or check that it agrees)",
+        description="Generate the configuration reference (every key with type, default, allowed values and "
+        "meaning) from workflow/schemas/config.schema.yaml. Prints it unless --write or --check is given; "
+        "--check exits 1 when FILE differs from the schema.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--write", metavar="FILE", help="write the reference to FILE (replaced atomically)")
+    where.add_argument("--check", metavar="FILE", help="exit 1 unless FILE equals the generated reference")
+    p.set_defaults(handler="bidsafe.config:cli_docs")
+
+
+def _consent_template(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "consent-template",
+        help="write a consent registry to fill in: one row per PatientID found in the inbox (private)",
+        description="Index INBOX (header-only, like `ingest`) and write OUT, a consent registry with one row per "
+        "DICOM PatientID: patient_id, consent (empty: fill in none, named, members or public), study_id, "
+        "consent_form_id, withdrawn (empty), study_count, first_study, last_study (YYYY-MM-DD). OUT holds "
+        "real identifiers: it is written with mode 0600 and belongs with the team's private files, never in "
+        "the inbox, work or release folders. Only counts are printed. A registry with an empty consent cell is "
+        "refused by the pipeline until every row is filled in.",
+    )
+    p.add_argument("inbox", metavar="INBOX", help="folder of raw scanner exports (read only)")
+    p.add_argument("out", metavar="OUT.tsv", help="registry to write (.tsv, or .csv for comma-separated; private)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (default: refuse)")
+    p.set_defaults(handler="bidsafe.consent:cli_template")
 
 
 def _deid(sub: argparse._SubParsersAction) -> None:
@@ -164,6 +212,9 @@ def _verify(sub: argparse._SubParsersAction) -> None:
 COMMANDS: tuple[Register, ...] = (
     _demo_data,
     _ingest,
+    _consent_template,
+    _check_config,
+    _config_docs,
     _deid,
     _check_rules,
     _deface,

@@ -11,9 +11,10 @@ holds real identifiers.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -276,3 +277,87 @@ def decide(registry: ConsentRegistry | None, patient_id: str, audience: str) -> 
     if not level_covers(record.consent, audience):
         return False, REASON_INSUFFICIENT
     return True, REASON_OK
+
+
+# --------------------------------------------------------------------------------------------- template
+# The registry's columns as `read_registry` reads them, then what helps the team fill in `consent` (ignored
+# by the pipeline). Registry rows are keyed by `patient_id`: one row per DICOM PatientID.
+TEMPLATE_COLUMNS: tuple[str, ...] = (
+    "patient_id", "consent", "study_id", "consent_form_id", "withdrawn", "study_count", "first_study", "last_study",
+)
+
+
+@dataclass(frozen=True)
+class TemplateSummary:
+    """Counts only (printable): no IDs, no dates."""
+
+    patients: int
+    studies: int
+    studies_without_patient_id: int
+
+
+def template_rows(studies: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """Registry rows from one (patient_id, study_date YYYYMMDD) per study: one row per PatientID, sorted."""
+    by_patient: dict[str, list[str]] = {}
+    for patient_id, study_date in studies:
+        if patient_id:
+            by_patient.setdefault(patient_id, []).append(study_date)
+    rows = []
+    for patient_id in sorted(by_patient):
+        dates = sorted(_iso_date(d) for d in by_patient[patient_id] if _iso_date(d))
+        rows.append({
+            "patient_id": patient_id,
+            "study_count": str(len(by_patient[patient_id])),
+            "first_study": dates[0] if dates else "",
+            "last_study": dates[-1] if dates else "",
+        })
+    return rows
+
+
+def _iso_date(value: str) -> str:
+    """A DICOM DA value as YYYY-MM-DD; '' when it is not a date."""
+    try:
+        return datetime.strptime(value.strip(), "%Y%m%d").date().isoformat()
+    except ValueError:
+        return ""
+
+
+def write_consent_template(inbox: str | Path, out: str | Path, force: bool = False) -> TemplateSummary:
+    """Write a consent registry to fill in, one row per PatientID of the inbox (private: 0600, atomic).
+
+    Studies are the ingest stage's (header-only reads, same quarantine rules); a study whose files disagree on
+    PatientID counts for each of them. The `consent` column is left empty on purpose: `read_registry` refuses
+    the file until the team has filled in every row, so a template can never release anyone by itself.
+    """
+    from bidsafe.ingest import check_outside_inbox, scan_inbox
+    from bidsafe.private import private_write_text
+
+    inbox, out = Path(inbox), Path(out)
+    check_outside_inbox(inbox, {"OUT": out})
+    if out.exists() and not force:
+        raise ConfigError("exists; give --force to replace it (it may hold consent already filled in)", out)
+    rows, _, _ = scan_inbox(inbox)
+    studies: dict[tuple[str, str], tuple[str, str]] = {}
+    for row in rows:
+        studies.setdefault((row.study_uid, row.patient_id.strip()), (row.patient_id.strip(), row.study_date))
+    records = template_rows(studies.values())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TEMPLATE_COLUMNS, delimiter="," if out.suffix.lower() == ".csv"
+                            else "\t", lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(records)
+    private_write_text(out, buffer.getvalue())
+    uids = {uid for uid, _ in studies}
+    without = {uid for uid, pid in studies if not pid}
+    return TemplateSummary(patients=len(records), studies=len(uids), studies_without_patient_id=len(without))
+
+
+def cli_template(args: argparse.Namespace) -> int:
+    """`bidsafe consent-template INBOX OUT [--force]`: prints counts, never IDs."""
+    summary = write_consent_template(args.inbox, args.out, force=args.force)
+    print(f"consent-template: {summary.patients} patient(s), {summary.studies} studies, written to {args.out} "
+          "(private, 0600); fill in the 'consent' column (none, named, members or public) before a run")
+    if summary.studies_without_patient_id:
+        print(f"consent-template: {summary.studies_without_patient_id} studies have no PatientID: they cannot be "
+              "matched to the registry and are withheld")
+    return 0

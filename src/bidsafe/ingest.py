@@ -8,6 +8,15 @@ reports (both may name patients through folder names and PatientID, so both live
 - the **quarantine** report (one row per file that is not usable image DICOM, with a reason that never
   contains a value read from the file, attributed to a session when its folder makes that unambiguous).
 
+Symbolic links are never followed. The configured inbox path itself may be a link (it is resolved once, at the
+start); a link found inside the inbox is listed in the quarantine report with what it points to (out of the
+inbox, a folder, a file, nothing), never read: a link can lead out of the inbox (whose files were never meant
+for this release) or into a loop, and a link to a file or folder inside the inbox adds nothing, as that file
+is read where it lies.
+
+A run that finds no readable DICOM study stops at ingest (`require_studies`), saying how many files were
+looked at and why they were quarantined, instead of failing stages later with an empty dataset.
+
 Reads are header-only (`stop_before_pixels` plus a handful of tags); a file whose declared pixel data runs
 past its end is caught by comparing the element's offset and length with the file size, which costs one
 extra 12-byte read. With a cache (a previous index), files whose (relpath, size, mtime_ns) did not change
@@ -22,11 +31,11 @@ import hashlib
 import io
 import logging
 import os
-import stat
 import struct
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -69,7 +78,8 @@ REASON_DUPLICATE = "duplicate SOPInstanceUID (the same image is indexed from ano
 REASON_TRUNCATED = "truncated/unreadable"
 REASON_SYMLINK_OUT = "symbolic link out of the inbox (not followed)"
 REASON_SYMLINK_DIR = "symbolic link to a folder (not followed)"
-REASON_SYMLINK_BROKEN = "broken symbolic link"
+REASON_SYMLINK_FILE = "symbolic link to a file in the inbox (not followed; the file is read where it lies)"
+REASON_SYMLINK_BROKEN = "broken or looping symbolic link"
 REASON_SPECIAL = "not a regular file"
 
 # Pixel data elements that end a header-only read, and value representations with a 4-byte length.
@@ -128,6 +138,7 @@ class IndexSummary:
     studies: int
     series: int = 0
     reused: int = 0
+    reasons: tuple[tuple[str, int], ...] = ()  # (quarantine reason, files), most frequent first
 
     def __str__(self) -> str:
         return (
@@ -152,11 +163,11 @@ class _Entry:
 
 
 def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
-    """Yield every file under `inbox`, depth first, without following symlinks out of it.
+    """Yield every file under `inbox`, depth first, following no symbolic link below the inbox itself.
 
-    Folders reached through a symlink are never entered (that is how trees escape or loop); a symlink to a
-    file inside the inbox is read like the file it points to. Special files (FIFOs, sockets, devices) are
-    reported, never opened: reading a FIFO would block forever.
+    The inbox path is resolved once (it may be a link). Below it, every link is reported, never entered nor
+    read (see the module docstring for why). Special files (FIFOs, sockets, devices) are reported, never
+    opened: reading a FIFO would block forever.
     """
     root = inbox.resolve()
     if not root.is_dir():
@@ -175,7 +186,7 @@ def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
             relpath = _relpath(Path(entry.path), root)
             try:
                 if entry.is_symlink():
-                    yield _symlink_entry(entry, relpath, root)
+                    yield _Entry(relpath, entry.path, skip_reason=_symlink_reason(Path(entry.path), root))
                 elif entry.is_dir(follow_symlinks=False):
                     subfolders.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
@@ -188,18 +199,15 @@ def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
         stack.extend(reversed(subfolders))
 
 
-def _symlink_entry(entry: os.DirEntry, relpath: str, root: Path) -> _Entry:
-    target = Path(entry.path).resolve()
-    if not target.exists():
-        return _Entry(relpath, entry.path, skip_reason=REASON_SYMLINK_BROKEN)
+def _symlink_reason(link: Path, root: Path) -> str:
+    """Why a link is not followed, from where it points (resolving reads no file content)."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing target, or a loop (RuntimeError before Python 3.13)
+        return REASON_SYMLINK_BROKEN
     if not target.is_relative_to(root):
-        return _Entry(relpath, entry.path, skip_reason=REASON_SYMLINK_OUT)
-    if target.is_dir():
-        return _Entry(relpath, entry.path, skip_reason=REASON_SYMLINK_DIR)
-    st = target.stat()
-    if not stat.S_ISREG(st.st_mode):
-        return _Entry(relpath, entry.path, skip_reason=REASON_SPECIAL)
-    return _Entry(relpath, str(target), st.st_size, st.st_mtime_ns)
+        return REASON_SYMLINK_OUT
+    return REASON_SYMLINK_DIR if target.is_dir() else REASON_SYMLINK_FILE
 
 
 def _relpath(path: Path, root: Path) -> str:
@@ -397,23 +405,14 @@ def _text(element_value: object) -> str:
 # --------------------------------------------------------------------------------------- the index
 
 
-def index_inbox(
-    inbox: Path, index_tsv: Path, quarantine_tsv: Path, cache: Path | None = None
-) -> IndexSummary:
-    """Index every file under `inbox` into `index_tsv` and `quarantine_tsv` (both private, mode 0600).
+def scan_inbox(inbox: Path, cache: Path | None = None) -> tuple[list[IndexRow], list[QuarantineRow], IndexSummary]:
+    """Read every file under `inbox` (header only): index rows, quarantine rows and their counts.
 
     `cache` is a previous index: rows of files whose (relpath, size, mtime_ns) are unchanged are reused
-    without opening the file. When given, the cache is refreshed with the new index afterwards, so it can
-    live outside the outputs a workflow manager deletes before re-running this step.
+    without opening the file. Nothing is written.
     """
-    inbox, index_tsv, quarantine_tsv = Path(inbox), Path(index_tsv), Path(quarantine_tsv)
-    root = inbox.resolve()
-    for label, out in (("--index", index_tsv), ("--quarantine", quarantine_tsv), ("--cache", cache)):
-        if out is not None and Path(out).resolve().is_relative_to(root):
-            raise ConfigError(f"{label} must not be inside the inbox (the inbox is never written)", out)
-
     cached = _load_cache(Path(cache)) if cache is not None else {}
-    entries = list(_walk_inbox(inbox))
+    entries = list(_walk_inbox(Path(inbox)))
     rows: list[IndexRow] = []
     junk: list[tuple[str, str]] = []  # (relpath, reason)
     reused = 0
@@ -438,20 +437,79 @@ def index_inbox(
     junk.extend((row.relpath, REASON_DUPLICATE) for row in duplicates)
     rows.sort(key=IndexRow.sort_key)
     quarantine = attribute_quarantine(junk, rows)
-
-    _write_tsv(quarantine_tsv, QUARANTINE_COLUMNS, (astuple(q) for q in quarantine))
-    index_text = _tsv_bytes(INDEX_COLUMNS, (astuple(r) for r in rows))
-    private_write_bytes(index_tsv, index_text)
-    if cache is not None and Path(cache).resolve() != index_tsv.resolve():
-        private_write_bytes(Path(cache), index_text)
-    return IndexSummary(
+    summary = IndexSummary(
         files=len(entries),
         dicom=len(rows),
         quarantined=len(quarantine),
         studies=len({r.study_uid for r in rows}),
         series=len({(r.study_uid, r.series_uid) for r in rows}),
         reused=reused,
+        reasons=tuple(Counter(q.reason for q in quarantine).most_common()),
     )
+    return rows, quarantine, summary
+
+
+def index_inbox(
+    inbox: Path, index_tsv: Path, quarantine_tsv: Path, cache: Path | None = None
+) -> IndexSummary:
+    """Index every file under `inbox` into `index_tsv` and `quarantine_tsv` (both private, mode 0600).
+
+    `cache` is a previous index (see `scan_inbox`). When given, the cache is refreshed with the new index
+    afterwards, so it can live outside the outputs a workflow manager deletes before re-running this step.
+    """
+    inbox, index_tsv, quarantine_tsv = Path(inbox), Path(index_tsv), Path(quarantine_tsv)
+    check_outside_inbox(inbox, {"--index": index_tsv, "--quarantine": quarantine_tsv, "--cache": cache})
+    rows, quarantine, summary = scan_inbox(inbox, cache)
+    _write_tsv(quarantine_tsv, QUARANTINE_COLUMNS, (astuple(q) for q in quarantine))
+    index_text = _tsv_bytes(INDEX_COLUMNS, (astuple(r) for r in rows))
+    private_write_bytes(index_tsv, index_text)
+    if cache is not None and Path(cache).resolve() != index_tsv.resolve():
+        private_write_bytes(Path(cache), index_text)
+    return summary
+
+
+def check_outside_inbox(inbox: Path, outputs: Mapping[str, Path | None]) -> None:
+    """Refuse an output inside the inbox: the inbox is read, never written."""
+    root = Path(inbox).resolve()
+    for label, out in outputs.items():
+        if out is not None and Path(out).resolve().is_relative_to(root):
+            raise ConfigError(f"{label} must not be inside the inbox (the inbox is never written)", out)
+
+
+def require_studies(summary: IndexSummary, quarantine_report: Path | None = None) -> None:
+    """Stop with the reason when the inbox holds no readable DICOM study (counts and reasons only)."""
+    if summary.studies:
+        return
+    if not summary.files:
+        raise BidsafeError("ingest: no DICOM study found: the inbox holds no file (is `inbox` the right folder?)")
+    reasons = "; ".join(f"{count} {reason}" for reason, count in summary.reasons)
+    where = f"; see the private quarantine report {quarantine_report}" if quarantine_report else ""
+    raise BidsafeError(
+        f"ingest: no DICOM study found in the inbox ({summary.files} files looked at, {summary.quarantined} "
+        f"quarantined: {reasons}){where}"
+    )
+
+
+def run_ingest(
+    inbox: Path, index_tsv: Path, quarantine_tsv: Path, cache: Path | None = None,
+    failed_quarantine: Path | None = None,
+) -> IndexSummary:
+    """The `ingest` stage: index the inbox, and stop the run here when it holds no readable study.
+
+    A workflow manager deletes a failed job's outputs, quarantine report included; `failed_quarantine` (not
+    an output) keeps a copy for the user when the stage stops, and is removed once a run finds studies.
+    """
+    summary = index_inbox(inbox, index_tsv, quarantine_tsv, cache=cache)
+    report = Path(quarantine_tsv)
+    if failed_quarantine is not None:
+        failed_quarantine = Path(failed_quarantine)
+        if summary.studies:
+            failed_quarantine.unlink(missing_ok=True)
+        else:
+            private_write_bytes(failed_quarantine, report.read_bytes())
+            report = failed_quarantine
+    require_studies(summary, report)
+    return summary
 
 
 def _drop_duplicates(rows: list[IndexRow]) -> tuple[list[IndexRow], list[IndexRow]]:
@@ -594,4 +652,5 @@ def cli_main(args: argparse.Namespace) -> int:
         Path(args.inbox), Path(args.index), Path(args.quarantine), Path(cache) if cache else None
     )
     print(f"ingest: {summary}")
+    require_studies(summary, Path(args.quarantine))
     return 0

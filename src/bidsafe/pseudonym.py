@@ -40,6 +40,7 @@ from pydicom.errors import InvalidDicomError
 
 from bidsafe import consent as consent_mod
 from bidsafe import participants as meta
+from bidsafe.config import schema_defaults
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import write_if_changed
 from bidsafe.keys import KEY_FILENAME, keyed_digest, load_or_create_key
@@ -355,27 +356,28 @@ class StageSettings:
 
 
 def read_settings(config: Mapping) -> StageSettings:
-    """The stage's config keys, checked (defaults as in the workflow schema)."""
+    """The stage's config keys, checked (defaults from the workflow's config schema)."""
+    defaults = {**schema_defaults("pseudonyms"), **schema_defaults("release")}
     pseudonyms = config.get("pseudonyms") or {}
     release = config.get("release") or {}
     participants = config.get("participants") or {}
     if not isinstance(pseudonyms, Mapping) or not isinstance(release, Mapping) or not isinstance(participants,
                                                                                                  Mapping):
         raise ConfigError("config: 'pseudonyms', 'release' and 'participants' must be mappings")
-    scheme = str(pseudonyms.get("scheme", "hmac"))
+    scheme = str(pseudonyms.get("scheme", defaults["scheme"]))
     if scheme not in SCHEMES:
         raise ConfigError(f"config: pseudonyms.scheme must be one of {', '.join(SCHEMES)}")
-    audience = consent_mod.check_audience(release.get("audience", "public"))
-    k = release.get("k_anonymity", 5)
+    audience = consent_mod.check_audience(release.get("audience", defaults["audience"]))
+    k = release.get("k_anonymity", defaults["k_anonymity"])
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError("config: release.k_anonymity must be a whole number >= 1")
-    action = str(release.get("k_anonymity_action", "fail"))
+    action = str(release.get("k_anonymity_action", defaults["k_anonymity_action"]))
     if action not in ("fail", "generalise"):
         raise ConfigError("config: release.k_anonymity_action must be 'fail' or 'generalise'")
-    qis = release.get("quasi_identifiers", ["sex", "age"])
+    qis = release.get("quasi_identifiers", defaults["quasi_identifiers"])
     if not isinstance(qis, (list, tuple)) or not all(isinstance(q, str) for q in qis):
         raise ConfigError("config: release.quasi_identifiers must be a list of column names")
-    bins = release.get("k_anonymity_bins", list(meta.DEFAULT_GENERALISE_BINS))
+    bins = release.get("k_anonymity_bins", defaults["k_anonymity_bins"])
     if (not isinstance(bins, (list, tuple)) or not bins
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 1 for b in bins)):
         raise ConfigError("config: release.k_anonymity_bins must be a list of multipliers greater than 1")

@@ -25,12 +25,16 @@ from bidsafe.ingest import (
     REASON_NO_STUDY,
     REASON_NON_IMAGE,
     REASON_NOT_DICOM,
+    REASON_SYMLINK_BROKEN,
+    REASON_SYMLINK_DIR,
+    REASON_SYMLINK_FILE,
     REASON_SYMLINK_OUT,
     attribute_quarantine,
     inbox_fingerprint,
     index_inbox,
     read_index,
     read_quarantine,
+    run_ingest,
     sessions,
 )
 
@@ -284,27 +288,104 @@ def test_compressed_pixel_data_is_checked_fragment_by_fragment(tmp_path: Path):
     assert cut.study_uid == ds.StudyInstanceUID
 
 
-def test_symlinks_and_duplicates(inbox: Inbox, tmp_path: Path):
+def test_symlinks_are_reported_never_read_and_copies_are_duplicates(inbox: Inbox, tmp_path: Path):
     outside = tmp_path / "outside"
     _save(_mr(generate_uid(), generate_uid(), 9, "PID-OTHER", 0), outside / "other.dcm")
     (inbox.root / "link_out.dcm").symlink_to(outside / "other.dcm")
     (inbox.root / "link_dir_out").symlink_to(outside, target_is_directory=True)
     (inbox.root / "link_dir_in").symlink_to(inbox.root / "SMITH_JANE_19751224", target_is_directory=True)
+    (inbox.root / "link_broken.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (inbox.root / "loop_a").symlink_to(inbox.root / "loop_b")
+    (inbox.root / "loop_b").symlink_to(inbox.root / "loop_a")
     jane_file = "SMITH_JANE_19751224/DICOM/0.dcm"
-    (inbox.root / "SMITH_JANE_19751224" / "DICOM" / "z_link.dcm").symlink_to(inbox.root / jane_file)
-    shutil.copytree(inbox.root / "SMITH_JANE_19751224" / "DICOM", inbox.root / "SMITH_JANE_19751224" / "copy")
+    # Sorted before its target, so a followed link would be the copy kept and the real file the duplicate.
+    (inbox.root / "SMITH_JANE_19751224" / "DICOM" / "0_link.dcm").symlink_to(inbox.root / jane_file)
+    shutil.copytree(inbox.root / "SMITH_JANE_19751224" / "DICOM", inbox.root / "SMITH_JANE_19751224" / "copy",
+                    symlinks=True)
 
     index_inbox(inbox.root, tmp_path / "i.tsv", tmp_path / "q.tsv")
     rows = read_index(tmp_path / "i.tsv")
     assert "PID-OTHER" not in {r.patient_id for r in rows}
+    assert not [r.relpath for r in rows if "link" in r.relpath or "loop" in r.relpath]
     jane = [r.relpath for r in sessions(rows)[inbox.study_b]]
     assert jane == ["SMITH_JANE_19751224/DICOM/0.dcm", "SMITH_JANE_19751224/DICOM/1.dcm"]
     reasons = {q.relpath: (q.study_uid, q.reason) for q in read_quarantine(tmp_path / "q.tsv")}
     assert reasons["link_out.dcm"] == ("", REASON_SYMLINK_OUT)
     assert reasons["link_dir_out"] == ("", REASON_SYMLINK_OUT)
-    assert reasons["link_dir_in"][1] == "symbolic link to a folder (not followed)"
-    for duplicate in ("DICOM/z_link.dcm", "copy/0.dcm", "copy/1.dcm"):
+    assert reasons["link_dir_in"][1] == REASON_SYMLINK_DIR == "symbolic link to a folder (not followed)"
+    assert reasons["link_broken.dcm"][1] == reasons["loop_a"][1] == reasons["loop_b"][1] == REASON_SYMLINK_BROKEN
+    assert reasons["SMITH_JANE_19751224/DICOM/0_link.dcm"] == (inbox.study_b, REASON_SYMLINK_FILE)
+    assert reasons["SMITH_JANE_19751224/copy/0_link.dcm"][1] == REASON_SYMLINK_FILE
+    for duplicate in ("copy/0.dcm", "copy/1.dcm"):
         assert reasons[f"SMITH_JANE_19751224/{duplicate}"] == (inbox.study_b, REASON_DUPLICATE)
+
+
+def test_a_symlinked_inbox_root_is_resolved_once(inbox: Inbox, tmp_path: Path):
+    link = tmp_path / "inbox-link"
+    link.symlink_to(inbox.root, target_is_directory=True)
+    via_link = index_inbox(link, tmp_path / "l" / "i.tsv", tmp_path / "l" / "q.tsv")
+    direct = index_inbox(inbox.root, tmp_path / "d" / "i.tsv", tmp_path / "d" / "q.tsv")
+    assert via_link == direct and via_link.studies == 2
+    assert (tmp_path / "l" / "i.tsv").read_bytes() == (tmp_path / "d" / "i.tsv").read_bytes()
+    assert inbox_fingerprint(link) == inbox_fingerprint(inbox.root)
+    with pytest.raises(ConfigError, match="inside the inbox"):  # the link names the same folder
+        index_inbox(link, inbox.root / "i.tsv", tmp_path / "q.tsv")
+
+
+def _inbox_of_links(tmp_path: Path, exports: Path) -> Path:
+    """What a site builds to avoid copying: an inbox of links to export folders elsewhere, plus a note."""
+    root = tmp_path / "linked-inbox"
+    root.mkdir()
+    for folder in sorted(p for p in exports.iterdir() if p.is_dir()):
+        (root / folder.name).symlink_to(folder, target_is_directory=True)
+    (root / "README.txt").write_text("exports from the scanners\n")
+    return root
+
+
+def test_an_inbox_without_a_study_stops_at_ingest_with_the_reasons(inbox: Inbox, tmp_path: Path):
+    root = _inbox_of_links(tmp_path, inbox.root)
+    private = tmp_path / "private"
+    kept = private / "ingest" / "quarantine-no-study.tsv"
+    with pytest.raises(BidsafeError) as caught:
+        run_ingest(root, private / "ingest" / "index.tsv", private / "ingest" / "q.tsv", failed_quarantine=kept)
+    message = str(caught.value)
+    assert message.startswith("ingest: no DICOM study found in the inbox (3 files looked at, 3 quarantined: ")
+    assert f"2 {REASON_SYMLINK_OUT}" in message and f"1 {REASON_NOT_DICOM}" in message and str(kept) in message
+    for secret in ("DOE", "SMITH", "README"):
+        assert secret not in message
+    # The copy survives the deletion of a failed job's outputs and lists every file with its reason.
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert {(q.relpath, q.reason) for q in read_quarantine(kept)} == {
+        ("DOE_JOHN_19800101", REASON_SYMLINK_OUT), ("SMITH_JANE_19751224", REASON_SYMLINK_OUT),
+        ("README.txt", REASON_NOT_DICOM)}
+    # Once the inbox holds a study the stage goes on, and the stale copy is gone.
+    shutil.copytree(inbox.root / "SMITH_JANE_19751224", root / "jane")
+    summary = run_ingest(root, private / "ingest" / "index.tsv", private / "ingest" / "q.tsv", failed_quarantine=kept)
+    assert summary.studies == 1 and not kept.exists()
+    with pytest.raises(BidsafeError, match=r"^ingest: no DICOM study found: the inbox holds no file"):
+        (tmp_path / "empty").mkdir()
+        run_ingest(tmp_path / "empty", private / "e" / "i.tsv", private / "e" / "q.tsv")
+
+
+def test_cli_ingest_of_an_inbox_without_a_study_exits_1_with_counts(inbox: Inbox, tmp_path: Path, capsys):
+    root = _inbox_of_links(tmp_path, inbox.root)
+    private = tmp_path / "private"
+    code = bidsafe_main(
+        ["ingest", str(root), "--index", str(private / "i.tsv"), "--quarantine", str(private / "q.tsv")]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1 and "no DICOM study found in the inbox (3 files looked at, 3 quarantined" in err
+    assert len(read_quarantine(private / "q.tsv")) == 3  # the reports are written before the stop
+    for secret in ("DOE", "SMITH", "README"):
+        assert secret not in out + err
+
+
+def test_ingest_help_states_the_symlink_policy(capsys):
+    with pytest.raises(SystemExit):
+        bidsafe_main(["ingest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "INBOX itself may be a link (it is resolved once)" in text
+    assert "links inside it are never followed" in text and "listed in the quarantine report" in text
 
 
 def test_attribution_needs_exactly_one_study_in_the_nearest_folder_with_dicom():

@@ -1,14 +1,16 @@
 # Config validation, data areas and every input function: rule bodies stay declarative.
 from pathlib import Path
 
-from snakemake.utils import validate
-
+from bidsafe.config import check_config
 from bidsafe.private import check_areas, ensure_private_dir
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
+check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
-INBOX = Path(config["inbox"])
+# The configured inbox may be a symbolic link: resolved once here, so every stage reads the same real folder
+# (links inside the inbox are never followed; see bidsafe.ingest).
+INBOX = Path(config["inbox"]).resolve()
 WORK = Path(config["work_dir"])
 PRIVATE = Path(config["private_dir"])
 RELEASE = Path(config["release_dir"])
@@ -49,8 +51,11 @@ def inbox_fingerprint():
 
 def optional_input(key):
     """A configured private input file (consent registry, demographics) or nothing."""
+    from bidsafe.consent import NONE_REQUIRED
+
     value = config.get(key)
-    return [value] if value else []
+    # `consent: none-required` is a documented setting, not a file name.
+    return [value] if value and not (key == "consent" and value.strip().lower() == NONE_REQUIRED) else []
 
 
 def session_table():

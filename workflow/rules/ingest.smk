@@ -6,6 +6,8 @@ rule ingest:
         inbox=INBOX,
         # Not an output: Snakemake deletes outputs before a job, and the cache must survive to save re-reads.
         cache=PRIVATE / "ingest" / "cache.tsv",
+        # A copy of the quarantine report kept when no study is found (the failed job's outputs are deleted).
+        failed_quarantine=PRIVATE / "ingest" / "quarantine-no-study.tsv",
         fingerprint=inbox_fingerprint(),
     log:
         LOGS / "ingest" / "ingest.log",

@@ -1,13 +1,14 @@
 from pathlib import Path
 
-from bidsafe.ingest import index_inbox
+from bidsafe.ingest import run_ingest
 from bidsafe.runlog import log_to
 
 with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
-    summary = index_inbox(
+    summary = run_ingest(
         Path(snakemake.params.inbox),  # noqa: F821
         Path(snakemake.output.index),  # noqa: F821
         Path(snakemake.output.quarantine),  # noqa: F821
         cache=Path(snakemake.params.cache),  # noqa: F821
+        failed_quarantine=Path(snakemake.params.failed_quarantine),  # noqa: F821
     )
     log.info("ingest: %s", summary)

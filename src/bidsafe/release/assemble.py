@@ -4,8 +4,8 @@ The staging tree appears whole or not at all (built in a temporary sibling, then
 de-identified, scrubbed, defaced session trees and from a fixed list of participant files; nothing else from
 the work area is copied, so private lists (inbox paths, study UIDs) cannot slip in by accident.
 
-Release-level configuration lives under `release:` (defaults in `RELEASE_DEFAULTS`; the workflow's config
-schema documents each key).
+Release-level configuration lives under `release:` (defaults and documentation of each key in the
+workflow's config schema, copied into `RELEASE_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe import __version__
+from bidsafe.config import schema_defaults
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from bidsafe.release.manifest import RELEASE_MARKERS, TOOL_DROPPINGS
@@ -54,24 +55,10 @@ By accessing or using these data you agree to the following terms:
 4. You will keep the data secure, use them only for research, and acknowledge the dataset as requested.
 """
 
-RELEASE_DEFAULTS: dict[str, Any] = {
-    "name": "bidsafe release",
-    "version": "auto",
-    "license": "LicenseRef-bidsafe-DUA",
-    "authors": [],
-    "how_to_acknowledge": None,
-    "funding": [],
-    "ethics_approvals": [],
-    "references_and_links": [],
-    "dataset_doi": None,
-    "readme": None,
-    "data_usage_agreement": None,
-    "changes": [],
-    "link": "hardlink",
-}
+# The defaults of `release:` live in the workflow's config schema (the one place for them); this is a copy.
+RELEASE_DEFAULTS: dict[str, Any] = schema_defaults("release")
 
-# JSON-schema fragment for `release:` (the keys above; `audience`, `k_anonymity`... belong to the consent
-# stage and are merely allowed here).
+# What each audience means, in words (`audience`, `k_anonymity`... are read by the consent stage).
 AUDIENCES = {
     "named": "named individuals only",
     "members": "members of the centre",
