@@ -191,6 +191,9 @@ def _values_of(element_value: object) -> Iterator[str]:
     """Plain strings of an element's value (multi-valued elements give one string each)."""
     if element_value is None:
         return
+    if isinstance(element_value, (bytes, bytearray)):  # a text attribute stored as OB/UN: its bytes are text
+        yield from _private_text(element_value)
+        return
     if isinstance(element_value, (list, tuple, pydicom.multival.MultiValue)):
         for item in element_value:
             yield from _values_of(item)
@@ -231,6 +234,11 @@ def _resolved_vr(tag: int, vr: str | None) -> str | None:
     return known
 
 
+def _is_pn_tag(tag: int) -> bool:
+    """A standard attribute defined as PN, whatever VR the file gave it (a PatientName stored as LO or UN)."""
+    return not tag >> 16 & 1 and _resolved_vr(tag, None) == "PN"
+
+
 def _may_be_personal(tag: int, vr: str | None) -> bool:
     """False only when the element certainly yields nothing in `_harvest_into` (checked before decoding)."""
     if tag in _IDENTITY_TAGS:
@@ -238,7 +246,7 @@ def _may_be_personal(tag: int, vr: str | None) -> bool:
     resolved = _resolved_vr(tag, vr)
     if resolved is None:
         return True
-    return resolved in ("SQ", "PN") or (resolved == "UI" and not tag >> 16 & 1)
+    return resolved in ("SQ", "PN") or (resolved == "UI" and not tag >> 16 & 1) or _is_pn_tag(tag)
 
 
 _KEYWORDS: dict[int, str] = {}
@@ -257,7 +265,7 @@ _SINGLE_VALUED_TEXT = frozenset({"LT", "ST", "UT", "UR"})
 
 def _category_of(tag: int, vr: str) -> str | None:
     """The category `_harvest_into` gives a non-sequence element of this tag and VR, or None."""
-    if vr == "PN":
+    if vr == "PN" or _is_pn_tag(tag):
         return "name"
     is_private = bool(tag >> 16 & 1)
     if not is_private and tag in _IDENTITY_TAGS:
@@ -296,7 +304,7 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
             for item in elem.value or ():
                 _harvest_into(item, f"{path}>", found)
             continue
-        if elem.VR == "PN":
+        if elem.VR == "PN" or _is_pn_tag(int(elem.tag)):
             category = "name"
         elif elem.keyword in IDENTITY_KEYWORDS:
             category = IDENTITY_KEYWORDS[elem.keyword]
@@ -485,7 +493,7 @@ def _date_forms(value: str) -> set[str]:
     return forms
 
 
-def _id_core(value: str) -> str:
+def id_core(value: str) -> str:
     """An identifier compared without separators, case or leading zeros ("PID 0012-3456" -> "pid123456")."""
     core = re.sub(r"[^0-9a-z]", "", value.lower())
     return core.lstrip("0") if core[:1].isdigit() else core
@@ -547,7 +555,7 @@ def _specs_of(value: PersonalValue) -> Iterator[_Spec]:
 def _id_patterns_of(value: PersonalValue) -> Iterator[_IdPattern]:
     if value.category not in ("id", "phone") or not value.value.isascii():
         return
-    core = _id_core(value.value)
+    core = id_core(value.value)
     if len(core) >= MIN_NEEDLE_LENGTH and core not in PLACEHOLDERS:
         yield _IdPattern(core, value)
 
@@ -778,17 +786,33 @@ _PRIVATE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "OB", "
 _PRINTABLE = re.compile(r"^[^\x00-\x08\x0e-\x1f\x7f]+$")
 
 
-def _private_text(value: object) -> Iterator[str]:
-    """Printable strings of a private element's value (bytes decoded as UTF-8, else Latin-1)."""
+def _decode_text(raw: bytes, encodings: Iterable[str] = ()) -> str:
+    """Bytes of text in the data set's declared character sets (pydicom's codec names), else UTF-8, else
+    Latin-1 (which always decodes)."""
+    declared = [e for e in encodings if e not in ("iso8859", "latin_1", "iso-8859-1")]
+    if declared:
+        from pydicom.charset import decode_bytes
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return decode_bytes(raw, list(encodings), set())
+        except (UnicodeError, LookupError, UserWarning, ValueError):
+            pass
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _private_text(value: object, encodings: Iterable[str] = ()) -> Iterator[str]:
+    """Printable strings of a private element's value (bytes decoded in the declared character set, else as
+    UTF-8, else Latin-1)."""
     if isinstance(value, (bytes, bytearray)):
         raw = bytes(value).strip(b" \x00")
         if not raw:
             return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        items: Iterable[object] = text.split("\\")
+        items: Iterable[object] = _decode_text(raw, encodings).split("\\")
     else:
         items = _values_of(value)
     for item in items:
@@ -847,7 +871,7 @@ def _harvest_private_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -
         if not near_identity or vr not in _PRIVATE_TEXT_VRS:
             continue
         elem = ds[tag]
-        for text in _private_text(elem.value):
+        for text in _private_text(elem.value, ds._character_set):
             found.add(PersonalValue(_private_category(text), f"{prefix}({group:04X},{element:04X})", text))
 
 

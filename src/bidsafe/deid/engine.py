@@ -47,7 +47,14 @@ from bidsafe.deid.private import TextCleaner
 from bidsafe.deid.uids import UidMapper
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir
-from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset, quiet_pydicom
+from bidsafe.phi import (
+    PersonalValue,
+    PersonalValues,
+    harvest_dataset,
+    harvest_private_identity,
+    id_core,
+    quiet_pydicom,
+)
 
 if TYPE_CHECKING:
     from bidsafe.deid.rules import RuleSet
@@ -725,12 +732,21 @@ def _cleaned_pending(record: Pending, value_bytes: bytes, cleaner: TextCleaner, 
         if cleaned == value:
             return None
         return writer.encode_element(DataElement(record.tag, record.vr, cleaned), record.encodings)
-    cleaned_bytes = cleaner.clean_private_value(value_bytes)
+    cleaned_bytes = cleaner.clean_private_value(value_bytes, _codecs(record.encodings))
     if cleaned_bytes == value_bytes:
         return None
     if len(cleaned_bytes) == len(value_bytes):
         return cleaned_bytes
     return writer.header(record.tag, record.vr, len(cleaned_bytes)) + cleaned_bytes
+
+
+def _codecs(encodings: Any) -> tuple[str, ...]:
+    """The character sets in force at a pending element, as a tuple of Python codec names."""
+    if not encodings:
+        return ()
+    if isinstance(encodings, str):
+        return (encodings,)
+    return tuple(str(e) for e in encodings)
 
 
 def finish_bytes(encoded: Encoded, cleaner: TextCleaner) -> bytes:
@@ -968,6 +984,7 @@ class _Staged:
     status: str
     study: str = ""
     values: frozenset[PersonalValue] = frozenset()
+    patient: str = ""
     output: str | None = None
     temp: str | None = None
     stub: Encoded | None = None
@@ -992,13 +1009,15 @@ class _StageWorker:
 
     def run(self, index: int, path: str) -> _Staged:
         values: frozenset[PersonalValue] = frozenset()
-        study = ""
+        study = patient = ""
         try:
             with quiet_pydicom():
                 ds = read_dicom(path)
                 _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
+                patient = patient_key(_text_of(ds, _TAG_PATIENT_ID), self.subject_key)
                 harvested = set(harvest_dataset(ds))
+                harvested.update(harvest_private_identity(ds))
                 if getattr(ds, "file_meta", None) is not None:
                     harvested.update(harvest_dataset(ds.file_meta, prefix="meta>"))
                 # Only values this process has not reported for this study yet: a study repeats the same
@@ -1008,14 +1027,14 @@ class _StageWorker:
                 sent.update(values)
                 reason = withhold_reason(ds)
                 if reason is not None and (self.rules.burned_in == "withhold" or reason.startswith("DICOMDIR")):
-                    return _Staged(index, WITHHELD, study, values, reason=reason)
+                    return _Staged(index, WITHHELD, study, values, patient, reason=reason)
                 subject = self.subject_key if self.subject_key is not None else _text_of(ds, _TAG_PATIENT_ID)
                 shift_days = study_shift_days(self.rules, self.key, subject)
                 prepared = _prepare(self.deidentifier, ds, shift_days, source=Path(path))
         except _NotDicom as exc:
             return _Staged(index, NOT_DICOM, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-            return _Staged(index, FAILED, study, values, reason=f"{type(exc).__name__}: {_short(exc)}")
+            return _Staged(index, FAILED, study, values, patient, reason=f"{type(exc).__name__}: {_short(exc)}")
         self._count += 1
         temp = self.temp_root / f"{os.getpid()}-{self._count}.tmp"
         temp.parent.mkdir(parents=True, exist_ok=True)
@@ -1023,11 +1042,13 @@ class _StageWorker:
             handle.write(prepared.encoded.data)
         encoded = prepared.encoded
         stub = Encoded(b"", encoded.pending, encoded.implicit, encoded.little, encoded.deflate, encoded.body_offset)
-        return _Staged(index, PROCESSED, study, values, prepared.relpath, str(temp), stub)
+        return _Staged(index, PROCESSED, study, values, patient, prepared.relpath, str(temp), stub)
 
 
 class _FinishWorker:
-    """Pass B in one process: clean pending elements with the study's values, move to the final name."""
+    """Pass B in one process: clean pending elements with the patient's values, move to the final name.
+
+    `studies` maps a pool (see `patient_pools`) to its values; each file names its pool."""
 
     def __init__(self, studies: dict[str, tuple[PersonalValue, ...]], staging: Path) -> None:
         self.studies = studies
@@ -1127,6 +1148,41 @@ def _list_files(src: Path) -> list[Path]:
     return found
 
 
+def patient_key(patient_id: str, subject: str | None = None) -> str:
+    """The key under which a file's harvested values are pooled: the pipeline's subject when given (it has
+    already told its participants apart), else the PatientID compared without separators, case or leading
+    zeros ("PID 0012-345678" and "pid12345678" are one patient); empty when neither is known."""
+    if subject is not None:
+        return f"subject:{subject}"
+    core = id_core(patient_id)
+    return f"id:{core}" if core else ""
+
+
+def patient_pools(studies: Iterable[str], patients: dict[str, set[str]]) -> dict[str, str]:
+    """Study -> pool: studies sharing a patient key are one pool, and a study whose files carry two keys (one
+    patient, two spellings) joins both; a study with no key is a pool of its own. Pools are named by their
+    smallest study UID, so the grouping does not depend on file order."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for study in studies:
+        root(f"study:{study}")
+        for key in patients.get(study, ()):
+            a, b = root(f"study:{study}"), root(f"patient:{key}")
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for node in list(parent):
+        if node.startswith("study:"):
+            members.setdefault(root(node), []).append(node[len("study:"):])
+    return {study: min(group) for group in members.values() for study in group}
+
+
 def study_shift_days(rules: RuleSet, key: bytes, subject: str) -> int | None:
     """The per-subject shift in days (None when dates are removed instead)."""
     if rules.date_mode != "shift":
@@ -1163,6 +1219,7 @@ def deidentify_tree(
     entries = [FileEntry(input=str(p), status=FAILED, reason="not processed") for p in paths]
     meter = _Progress(progress, len(paths))
     studies: dict[str, set[PersonalValue]] = {}
+    patients: dict[str, set[str]] = {}
     with atomic_dir(dst) as staging:
         temp_root = staging / ".bidsafe-staging"
         # Pass A: read each file once; harvest; de-identify; stage.
@@ -1175,6 +1232,8 @@ def deidentify_tree(
             meter.show("de-identifying", done)
             if result.values:
                 studies.setdefault(result.study, set()).update(result.values)
+            if result.patient:
+                patients.setdefault(result.study, set()).add(result.patient)
             path = str(paths[result.index])
             if result.status != PROCESSED:
                 entries[result.index] = FileEntry(path, result.status, reason=result.reason)
@@ -1190,9 +1249,13 @@ def deidentify_tree(
                 continue
             claimed.add(result.output or "")
             staged.append(result)
-        # Pass B: clean free text and kept private text with every value of the study.
-        contexts = {study: tuple(sorted(values)) for study, values in studies.items()}
-        finish = [(s.index, s.temp, s.output, s.study, s.stub) for s in staged]
+        # Pass B: clean free text and kept private text with every value of the patient (all their studies).
+        pool_of = patient_pools(set(studies) | {s.study for s in staged}, patients)
+        pooled: dict[str, set[PersonalValue]] = {}
+        for study, values in studies.items():
+            pooled.setdefault(pool_of[study], set()).update(values)
+        contexts = {pool: tuple(sorted(values)) for pool, values in pooled.items()}
+        finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
         meter = _Progress(progress, len(finish))  # same terminal line, second pass
         for done, (index, status, reason) in enumerate(
