@@ -349,7 +349,6 @@ _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augu
            "november", "december")
 _ORDINALS = {1: "st", 2: "nd", 3: "rd", 21: "st", 22: "nd", 23: "rd", 31: "st"}
 _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
-_NAME_JOINS = ("", " ", "_", "^", ", ", ",", ".", "-")
 _ID_SEPARATOR = r"[\s._/-]?"
 _RUNS = re.compile(r"[^\W\d_]+|[0-9]+")
 _BYTE_RUNS = re.compile(rb"[a-z\x80-\xff]+|[0-9]+")
@@ -443,11 +442,12 @@ def _name_forms(value: str) -> set[tuple[str, bool]]:
                 short = len(word) <= _SHORT_NAME_PART and not any(_is_ideographic(c) for c in word)
                 forms.update((v, short) for v in _name_variants(word))
         if len(components) >= 2:
+            # Parts written apart ("Smith John", "Smith_J", "Li Wei") are found part by part (letter edges, short
+            # parts as whole tokens); only parts run together ("SmithJohn", "LiWei") need the joined form.
             family, given = _name_variants(components[0]), _name_variants(components[1])
             for a in family:
                 for b in given:
-                    for join in _NAME_JOINS:
-                        forms.update({(f"{a}{join}{b}", False), (f"{b}{join}{a}", False)})
+                    forms.update({(f"{a}{b}", False), (f"{b}{a}", False)})
         if group.strip():
             forms.add((group.strip().lower(), False))
     return forms
@@ -494,9 +494,12 @@ def _date_forms(value: str) -> set[str]:
 
 
 def id_core(value: str) -> str:
-    """An identifier compared without separators, case or leading zeros ("PID 0012-3456" -> "pid123456")."""
-    core = re.sub(r"[^0-9a-z]", "", value.lower())
-    return core.lstrip("0") if core[:1].isdigit() else core
+    """An identifier compared without separators, case or leading zeros ("PID 0012-3456" -> "pid123456"; the
+    zeros leading any run of digits go)."""
+    return _LEADING_ZEROS.sub("", re.sub(r"[^0-9a-z]", "", value.lower()))
+
+
+_LEADING_ZEROS = re.compile(r"(?<![0-9])0+(?=[0-9])")
 
 
 @dataclass(frozen=True)
@@ -520,8 +523,13 @@ class _IdPattern:
 
     @property
     def source(self) -> str:
-        parts = [re.escape(c) for c in self.core]
-        return (_ID_SEPARATOR if len(self.core) > MIN_NEEDLE_LENGTH else "").join(parts)
+        separator = _ID_SEPARATOR if len(self.core) > MIN_NEEDLE_LENGTH else ""
+        parts = []
+        for index, char in enumerate(self.core):
+            if index and char.isdigit() and not self.core[index - 1].isdigit():
+                parts.append(f"(?:0{separator})*")  # zeros may lead a digit run inside the ID too ("PID 0012")
+            parts.append(re.escape(char))
+        return separator.join(parts)
 
     @property
     def anchors(self) -> frozenset[str]:
