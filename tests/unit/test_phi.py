@@ -215,3 +215,12 @@ def test_private_identity_text_is_decoded_in_its_character_set():
     ds.SpecificCharacterSet = "ISO_IR 144"
     ds.private_block(0x0011, "ACME PATIENT", create=True).add_new(0x01, "OB", "Иванова^Ольга".encode("iso8859_5"))
     assert ("name", "Иванова^Ольга") in {(v.category, v.value) for v in harvest_private_identity(ds)}
+
+
+def test_a_kanji_name_inside_an_iso_2022_jis_run_is_overwritten():
+    cleaner = TextCleaner([PersonalValue("name", "PatientName", "山田^太郎")])
+    block = "EPI 本山田様 rest".encode("iso2022_jp")  # 山田 inside a longer kanji run: no escape of its own
+    cleaned = cleaner.clean_bytes(block, convert_encodings(["ISO 2022 IR 6", "ISO 2022 IR 87"]))
+    assert len(cleaned) == len(block)
+    assert "山田".encode("iso2022_jp")[3:-3] not in cleaned and b"EPI " in cleaned and b" rest" in cleaned
+    assert "本".encode("iso2022_jp")[3:-3] in cleaned  # the neighbours stay

@@ -47,6 +47,7 @@ class TextCleaner:
         self.values = PersonalValues(v for v in values if v.category != "uid")
         self._specs: list[tuple[str, str, str, PersonalValue]] | None = None
         self._indexes: dict[tuple[str, ...], SearchIndex] = {}
+        self._jis: dict[tuple[str, ...], list[bytes]] = {}
         self._cache: dict[tuple[tuple[str, ...], bytes], bytes] = {}
 
     def _index_for(self, encodings: tuple[str, ...]) -> SearchIndex:
@@ -67,9 +68,13 @@ class TextCleaner:
                         except (UnicodeEncodeError, LookupError):
                             continue
                         if b"\x1b" in encoded:
-                            # ISO 2022: the escape sequences make the edges; no edge rule applies
+                            # ISO 2022: the escape sequences make the edges; no edge rule applies. A name
+                            # inside a longer run of kanji has no escape of its own: see `_jis_hits`.
                             needles.add((encoded, "N", "N", value))
                             needles.add((encoded.rsplit(b"\x1b", 1)[0], "N", "N", value))
+                            codes = _JIS_RUN.fullmatch(encoded.rsplit(b"\x1b", 1)[0])
+                            if codes is not None and len(encoded) > 3:
+                                self._jis.setdefault(encodings, []).append(codes.group(1))
                         else:
                             needles.add((encoded, start, end, value))
             index = self._indexes[encodings] = SearchIndex(needles, self.values.id_patterns(), binary=True)
@@ -104,6 +109,8 @@ class TextCleaner:
                 return cached
         lowered = data.lower()  # ASCII letters only, one byte each: positions stay aligned
         hits = [(start, end) for start, end, _ in self._index_for(key).spans(lowered)]
+        if b"\x1b$" in data and self._jis.get(key):
+            hits.extend(_jis_hits(lowered, self._jis[key]))
         if b"." in data:
             for token in set(data.translate(_UID_TABLE).split()):
                 token = token.strip(b".")
@@ -130,6 +137,25 @@ class TextCleaner:
                 return data
             return _pack_length_prefixed_gzip(cleaned)
         return self.clean_bytes(data, encodings)
+
+
+# A run of JIS X 0208 two-byte codes after its escape (lower-cased like the data: "ESC $ B" reads "ESC $ b").
+_JIS_RUN = re.compile(rb"\x1b\$[@b]((?:[\x21-\x7e]{2})+)")
+
+
+def _jis_hits(lowered: bytes, codes: list[bytes]) -> list[tuple[int, int]]:
+    """Spans of a name's JIS codes inside any two-byte run (ISO 2022 IR 87), on character boundaries only:
+    the codes are printable ASCII bytes, so they are searched nowhere else."""
+    hits: list[tuple[int, int]] = []
+    for run in _JIS_RUN.finditer(lowered):
+        segment, base = run.group(1), run.start(1)
+        for code in codes:
+            position = segment.find(code)
+            while position != -1:
+                if position % 2 == 0:
+                    hits.append((base + position, base + position + len(code)))
+                position = segment.find(code, position + 1)
+    return hits
 
 
 def _python_codec(encoding: str) -> str:
