@@ -5,8 +5,10 @@ Each file is parsed once. Pass A, per file (in parallel): read; harvest its pers
 safe private elements; remap UIDs with the key; shift dates by the subject's offset; add the
 de-identification attributes; write the result to a staging file under a name built only from
 de-identified values. Free text (action C) and kept private values cannot be cleaned yet: they must lose
-every personal value found in *any* file of the study, known only once every file was read. Pass A notes
-where those elements sit in the staged file. Pass B, per file: clean them with the study's values (kept
+every personal value found in *any* file of the patient (every study of theirs in the run: another study may
+spell the name or ID otherwise), known only once every file was read; files are grouped by `patient_key` (the
+pipeline's subject, else the PatientID without separators, case or leading zeros) and `patient_pools`. Pass A
+notes where those elements sit in the staged file. Pass B, per file: clean them with the patient's values (kept
 private values are overwritten by same-length filler in place, so binary structures such as Siemens CSA
 headers stay valid) and move the file to its final name. The output folder appears whole at the end.
 
