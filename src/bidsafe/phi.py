@@ -683,8 +683,11 @@ def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 class PersonalValues:
     """A set of harvested values with the needles to scan for and a cleaner for free text."""
 
-    def __init__(self, values: Iterable[PersonalValue] = ()) -> None:
+    def __init__(self, values: Iterable[PersonalValue] = (), protected: Iterable[str] = ()) -> None:
+        """`protected`: words never cut because a value shares their spelling (the descriptor vocabulary's
+        tokens, e.g. "bold" for a patient named Bold); a match is kept only when it is exactly such a word."""
         self.values: set[PersonalValue] = set(values)
+        self.protected = frozenset(w.lower() for w in protected)
         self._index: SearchIndex | None = None
 
     def __len__(self) -> int:
@@ -723,7 +726,11 @@ class PersonalValues:
 
     def spans(self, text: str) -> list[tuple[int, int, PersonalValue]]:
         """(start, end, value) of every occurrence of a value in `text`, any form, case-insensitive."""
-        return self._text_index().spans(_lower_aligned(text))
+        lowered = _lower_aligned(text)
+        spans = self._text_index().spans(lowered)
+        if self.protected:
+            spans = [(s, e, v) for s, e, v in spans if lowered[s:e] not in self.protected]
+        return spans
 
     def find(self, text: str) -> list[PersonalValue]:
         """The values that occur in `text` (in any form they are written in; see the edge rules above)."""

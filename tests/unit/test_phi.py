@@ -224,3 +224,13 @@ def test_a_kanji_name_inside_an_iso_2022_jis_run_is_overwritten():
     assert len(cleaned) == len(block)
     assert "山田".encode("iso2022_jp")[3:-3] not in cleaned and b"EPI " in cleaned and b" rest" in cleaned
     assert "本".encode("iso2022_jp")[3:-3] in cleaned  # the neighbours stay
+
+
+def test_protected_vocabulary_words_are_never_cut_for_a_namesake():
+    bold = [PersonalValue("name", "PatientName", "Bold^Field")]
+    assert PersonalValues(bold).redact("ep2d_bold") == "ep2d"
+    assert PersonalValues(bold, protected={"BOLD", "field"}).redact("ep2d_bold gre_field_mapping") == (
+        "ep2d_bold gre_field_mapping"
+    )
+    cleaner = TextCleaner(bold, protected={"bold"})
+    assert cleaner.clean_bytes(b'"ep2d_bold" BoldField') == b'"ep2d_bold" ' + FILLER * 9

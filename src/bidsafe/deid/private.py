@@ -41,10 +41,12 @@ _CACHE_MAX_ENTRIES = 16
 class TextCleaner:
     """Removes one patient's personal values from text and bytes."""
 
-    def __init__(self, values: Iterable[PersonalValue]) -> None:
+    def __init__(self, values: Iterable[PersonalValue], protected: Iterable[str] = ()) -> None:
+        """`protected`: vocabulary words never cut because a value shares their spelling (see PersonalValues)."""
         values = list(values)
         self.uids = frozenset(v.value for v in values if v.category == "uid")
-        self.values = PersonalValues(v for v in values if v.category != "uid")
+        self.values = PersonalValues((v for v in values if v.category != "uid"), protected)
+        self._protected = frozenset(w.lower().encode("utf-8") for w in self.values.protected)
         self._specs: list[tuple[str, str, str, PersonalValue]] | None = None
         self._indexes: dict[tuple[str, ...], SearchIndex] = {}
         self._jis: dict[tuple[str, ...], list[bytes]] = {}
@@ -108,7 +110,8 @@ class TextCleaner:
             if cached is not None:
                 return cached
         lowered = data.lower()  # ASCII letters only, one byte each: positions stay aligned
-        hits = [(start, end) for start, end, _ in self._index_for(key).spans(lowered)]
+        hits = [(start, end) for start, end, _ in self._index_for(key).spans(lowered)
+                if not self._protected or lowered[start:end] not in self._protected]
         if b"\x1b$" in data and self._jis.get(key):
             hits.extend(_jis_hits(lowered, self._jis[key]))
         if b"." in data:
