@@ -206,10 +206,14 @@ def _values_of(element_value: object) -> Iterator[str]:
         yield text
 
 
-def harvest_dataset(ds: Dataset, prefix: str = "") -> set[PersonalValue]:
-    """Every personal value in `ds`, at every nesting level, including identity text in private elements."""
+def harvest_dataset(ds: Dataset, prefix: str = "", *, private_identity: bool = False) -> set[PersonalValue]:
+    """Every personal value in `ds`, at every nesting level, including identity text in private elements.
+
+    With `private_identity`, the strings of private blocks near identity data are taken too, in the same walk
+    (what `harvest_private_identity` gives; one walk instead of two matters for headers with thousands of items).
+    """
     found: set[PersonalValue] = set()
-    _harvest_into(ds, prefix, found)
+    _harvest_into(ds, prefix, found, private_identity)
     return found
 
 
@@ -237,19 +241,23 @@ def _resolved_vr(tag: int, vr: str | None) -> str | None:
     return known
 
 
+# Standard attributes defined as PN: names whatever VR a file gave them (a PatientName stored as LO or UN).
+_PN_TAGS = frozenset(tag for tag, entry in pydicom.datadict.DicomDictionary.items() if entry[0] == "PN")
+_NAMED_OR_IDENTITY_TAGS = _IDENTITY_TAGS | _PN_TAGS
+
+
 def _is_pn_tag(tag: int) -> bool:
-    """A standard attribute defined as PN, whatever VR the file gave it (a PatientName stored as LO or UN)."""
-    return not tag >> 16 & 1 and _resolved_vr(tag, None) == "PN"
+    return tag in _PN_TAGS
 
 
 def _may_be_personal(tag: int, vr: str | None) -> bool:
     """False only when the element certainly yields nothing in `_harvest_into` (checked before decoding)."""
-    if tag in _IDENTITY_TAGS:
+    if tag in _NAMED_OR_IDENTITY_TAGS:
         return True
     resolved = _resolved_vr(tag, vr)
     if resolved is None:
         return True
-    return resolved in ("SQ", "PN") or (resolved == "UI" and not tag >> 16 & 1) or _is_pn_tag(tag)
+    return resolved in ("SQ", "PN") or (resolved == "UI" and not tag >> 16 & 1)
 
 
 _KEYWORDS: dict[int, str] = {}
@@ -278,8 +286,47 @@ def _category_of(tag: int, vr: str) -> str | None:
     return None
 
 
-def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
+_NEAR_IDENTITY_CREATORS: dict[object, bool] = {}
+
+
+def _near_identity(ds: Dataset, tag: int, blocks: dict[int, bool]) -> bool:
+    """Whether a private element's block holds identity data (IDENTITY_PRIVATE_GROUPS/CREATORS); cached per block
+    and per creator value (enhanced headers repeat the same private blocks in thousands of items)."""
+    block = (tag & 0xFFFF0000) | (tag & 0xFFFF) >> 8
+    near = blocks.get(block)
+    if near is None:
+        if tag >> 16 in IDENTITY_PRIVATE_GROUPS:
+            near = True
+        else:
+            elem = ds._dict.get(block)
+            creator = elem.value if elem is not None else ""
+            key = creator if isinstance(creator, (str, bytes)) else str(creator)
+            near = _NEAR_IDENTITY_CREATORS.get(key)
+            if near is None:
+                text = key.decode("latin-1") if isinstance(key, bytes) else key
+                near = _NEAR_IDENTITY_CREATORS[key] = any(m in text.upper() for m in IDENTITY_PRIVATE_CREATORS)
+        blocks[block] = near
+    return near
+
+
+def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue], private_identity: bool = False) -> None:
+    blocks: dict[int, bool] = {}
     for tag, raw in list(ds._dict.items()):
+        if (
+            private_identity
+            and tag >> 16 & 1
+            and tag & 0xFFFF >= 0x1000
+            and blocks.get((tag & 0xFFFF0000) | (tag & 0xFFFF) >> 8) is not False  # known-far blocks: no call
+            and _near_identity(ds, int(tag), blocks)
+        ):
+            elem = ds[tag]  # decoding resolves implicit VRs (private dictionary) and sequences
+            if elem.VR not in ("PN", "SQ"):
+                if elem.VR in _PRIVATE_TEXT_VRS:
+                    field = f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                    for text in _private_text(elem.value, ds._character_set):
+                        found.add(PersonalValue(_private_category(text), field, text))
+                continue
+            raw = elem  # PN and sequences: the general path below
         if getattr(raw, "is_raw", False):
             tag = int(tag)  # plain int: dictionary lookups with pydicom's BaseTag run Python-level __eq__
             if not _may_be_personal(tag, raw.VR):
@@ -305,7 +352,7 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
         path = f"{prefix}{name}"
         if elem.VR == "SQ":
             for item in elem.value or ():
-                _harvest_into(item, f"{path}>", found)
+                _harvest_into(item, f"{path}>", found, private_identity)
             continue
         if elem.VR == "PN" or _is_pn_tag(int(elem.tag)):
             category = "name"

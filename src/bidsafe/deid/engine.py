@@ -53,7 +53,6 @@ from bidsafe.phi import (
     PersonalValue,
     PersonalValues,
     harvest_dataset,
-    harvest_private_identity,
     id_core,
     quiet_pydicom,
 )
@@ -1018,8 +1017,7 @@ class _StageWorker:
                 _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
                 patient = patient_key(_text_of(ds, _TAG_PATIENT_ID), self.subject_key)
-                harvested = set(harvest_dataset(ds))
-                harvested.update(harvest_private_identity(ds))
+                harvested = set(harvest_dataset(ds, private_identity=True))
                 if getattr(ds, "file_meta", None) is not None:
                     harvested.update(harvest_dataset(ds.file_meta, prefix="meta>"))
                 # Only values this process has not reported for this study yet: a study repeats the same
