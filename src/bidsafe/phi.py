@@ -684,7 +684,10 @@ class SearchIndex:
         for compiled, anchors, digit_first, end, value in self.ids:
             if anchors.isdisjoint(tokens):
                 continue
+            split = _BYTE_ID_SPLIT if self.binary else _ID_SPLIT
             for match in compiled.finditer(lowered):
+                if min(len(group) for group in split.split(match.group(0))) < 2:
+                    continue  # "1 1 1 1 1 1": a list of small numbers (vendor arrays), not an ID in groups
                 begin = _with_leading_zeros(lowered, match.start()) if digit_first else match.start()
                 if _edge_ok(_DIGIT_EDGE if digit_first else _LETTER_EDGE, lowered, begin - 1, -1) and _edge_ok(
                     end, lowered, match.end(), 1
@@ -693,6 +696,8 @@ class SearchIndex:
         return hits
 
 
+_ID_SPLIT = re.compile(r"[\s._/-]")
+_BYTE_ID_SPLIT = re.compile(rb"[\s._/-]")
 _BYTE_LETTERS = bytes(b if (97 <= b <= 122 or b >= 128) else 32 for b in range(256))
 _BYTE_DIGITS = bytes(b if 48 <= b <= 57 else 32 for b in range(256))
 _ID_SEPARATORS = frozenset(" \t._/-") | frozenset(b" \t._/-")

@@ -234,3 +234,11 @@ def test_protected_vocabulary_words_are_never_cut_for_a_namesake():
     )
     cleaner = TextCleaner(bold, protected={"bold"})
     assert cleaner.clean_bytes(b'"ep2d_bold" BoldField') == b'"ep2d_bold" ' + FILLER * 9
+
+
+def test_an_id_is_not_found_in_a_list_of_small_numbers():
+    values = [PersonalValue("id", "PatientID", "1111111")]
+    array = "sCoilSelect.aulElementSelected = 1 1 1 1 1 1 1 1"
+    assert PersonalValues(values).redact(array) == array
+    assert TextCleaner(values).clean_bytes(array.encode()) == array.encode()
+    assert PersonalValues(values).redact("id 111 1111 end") == "id end"
