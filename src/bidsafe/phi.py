@@ -1,9 +1,12 @@
 """What counts as personal data: the one vocabulary used by de-identification, scrub and the leak scan.
 
 Harvest every personal value a raw DICOM file carries (names, IDs, dates, addresses, phone numbers,
-institutions, device identity, identifying free text, instance UIDs), then render each value the ways it
-shows up elsewhere (names in any order and case, dates in common formats, phone numbers as digits) so a
-scanner can find it and a cleaner can remove it. Values never leave the private area: nothing here prints them.
+institutions, device identity, identifying free text, instance UIDs), whatever the VR it was stored with, then
+search for each value the ways people write it (`PersonalValues.find` / `redact`, and the byte cleaner in
+`bidsafe.deid.private`): names transliterated and in any script, dates in every common written form, IDs
+without separators or leading zeros, each with edge rules that keep ordinary words intact. `renderings()` keeps
+the classic short list of forms (pseudonym checks). This is the cleaner's matching: the leak gate must build its
+own. Values never leave the private area: nothing here prints them.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import contextlib
 import json
 import logging
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -189,6 +194,9 @@ def _values_of(element_value: object) -> Iterator[str]:
     """Plain strings of an element's value (multi-valued elements give one string each)."""
     if element_value is None:
         return
+    if isinstance(element_value, (bytes, bytearray)):  # a text attribute stored as OB/UN: its bytes are text
+        yield from _private_text(element_value)
+        return
     if isinstance(element_value, (list, tuple, pydicom.multival.MultiValue)):
         for item in element_value:
             yield from _values_of(item)
@@ -198,10 +206,14 @@ def _values_of(element_value: object) -> Iterator[str]:
         yield text
 
 
-def harvest_dataset(ds: Dataset, prefix: str = "") -> set[PersonalValue]:
-    """Every personal value in `ds`, at every nesting level, including identity text in private elements."""
+def harvest_dataset(ds: Dataset, prefix: str = "", *, private_identity: bool = False) -> set[PersonalValue]:
+    """Every personal value in `ds`, at every nesting level, including identity text in private elements.
+
+    With `private_identity`, the strings of private blocks near identity data are taken too, in the same walk
+    (what `harvest_private_identity` gives; one walk instead of two matters for headers with thousands of items).
+    """
     found: set[PersonalValue] = set()
-    _harvest_into(ds, prefix, found)
+    _harvest_into(ds, prefix, found, private_identity)
     return found
 
 
@@ -229,9 +241,18 @@ def _resolved_vr(tag: int, vr: str | None) -> str | None:
     return known
 
 
+# Standard attributes defined as PN: names whatever VR a file gave them (a PatientName stored as LO or UN).
+_PN_TAGS = frozenset(tag for tag, entry in pydicom.datadict.DicomDictionary.items() if entry[0] == "PN")
+_NAMED_OR_IDENTITY_TAGS = _IDENTITY_TAGS | _PN_TAGS
+
+
+def _is_pn_tag(tag: int) -> bool:
+    return tag in _PN_TAGS
+
+
 def _may_be_personal(tag: int, vr: str | None) -> bool:
     """False only when the element certainly yields nothing in `_harvest_into` (checked before decoding)."""
-    if tag in _IDENTITY_TAGS:
+    if tag in _NAMED_OR_IDENTITY_TAGS:
         return True
     resolved = _resolved_vr(tag, vr)
     if resolved is None:
@@ -255,7 +276,7 @@ _SINGLE_VALUED_TEXT = frozenset({"LT", "ST", "UT", "UR"})
 
 def _category_of(tag: int, vr: str) -> str | None:
     """The category `_harvest_into` gives a non-sequence element of this tag and VR, or None."""
-    if vr == "PN":
+    if vr == "PN" or _is_pn_tag(tag):
         return "name"
     is_private = bool(tag >> 16 & 1)
     if not is_private and tag in _IDENTITY_TAGS:
@@ -265,8 +286,47 @@ def _category_of(tag: int, vr: str) -> str | None:
     return None
 
 
-def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
+_NEAR_IDENTITY_CREATORS: dict[object, bool] = {}
+
+
+def _near_identity(ds: Dataset, tag: int, blocks: dict[int, bool]) -> bool:
+    """Whether a private element's block holds identity data (IDENTITY_PRIVATE_GROUPS/CREATORS); cached per block
+    and per creator value (enhanced headers repeat the same private blocks in thousands of items)."""
+    block = (tag & 0xFFFF0000) | (tag & 0xFFFF) >> 8
+    near = blocks.get(block)
+    if near is None:
+        if tag >> 16 in IDENTITY_PRIVATE_GROUPS:
+            near = True
+        else:
+            elem = ds._dict.get(block)
+            creator = elem.value if elem is not None else ""
+            key = creator if isinstance(creator, (str, bytes)) else str(creator)
+            near = _NEAR_IDENTITY_CREATORS.get(key)
+            if near is None:
+                text = key.decode("latin-1") if isinstance(key, bytes) else key
+                near = _NEAR_IDENTITY_CREATORS[key] = any(m in text.upper() for m in IDENTITY_PRIVATE_CREATORS)
+        blocks[block] = near
+    return near
+
+
+def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue], private_identity: bool = False) -> None:
+    blocks: dict[int, bool] = {}
     for tag, raw in list(ds._dict.items()):
+        if (
+            private_identity
+            and tag >> 16 & 1
+            and tag & 0xFFFF >= 0x1000
+            and blocks.get((tag & 0xFFFF0000) | (tag & 0xFFFF) >> 8) is not False  # known-far blocks: no call
+            and _near_identity(ds, int(tag), blocks)
+        ):
+            elem = ds[tag]  # decoding resolves implicit VRs (private dictionary) and sequences
+            if elem.VR not in ("PN", "SQ"):
+                if elem.VR in _PRIVATE_TEXT_VRS:
+                    field = f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                    for text in _private_text(elem.value, ds._character_set):
+                        found.add(PersonalValue(_private_category(text), field, text))
+                continue
+            raw = elem  # PN and sequences: the general path below
         if getattr(raw, "is_raw", False):
             tag = int(tag)  # plain int: dictionary lookups with pydicom's BaseTag run Python-level __eq__
             if not _may_be_personal(tag, raw.VR):
@@ -292,9 +352,9 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
         path = f"{prefix}{name}"
         if elem.VR == "SQ":
             for item in elem.value or ():
-                _harvest_into(item, f"{path}>", found)
+                _harvest_into(item, f"{path}>", found, private_identity)
             continue
-        if elem.VR == "PN":
+        if elem.VR == "PN" or _is_pn_tag(int(elem.tag)):
             category = "name"
         elif elem.keyword in IDENTITY_KEYWORDS:
             category = IDENTITY_KEYWORDS[elem.keyword]
@@ -310,13 +370,377 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -> None:
             found.add(PersonalValue(category, path, text))
 
 
+# --- matching values as people write them ------------------------------------------------------------------
+#
+# A harvested value is searched in every form a person or a program may have written it: names after NFKC,
+# case folding, diacritics removed, German umlaut spellings and `anyascii` transliteration (and UTF-8 read as
+# Latin-1, as converters do); dates in every common order, separator, padding, year length and English month
+# name; identifiers without separators, case or leading zeros. Each search string carries an edge rule per end
+# (what may not stand next to a match there), so that "Lee" is not found in "asleep" but "Johanna" is in
+# "Johanna1", and a birth date is not found inside a UID or a float. This is the cleaner's matching; the leak
+# gate builds its own.
+
+# Edge rules (one per end of a search string).
+_LETTER_EDGE = "L"  # letter-edged: no letter next to it (a name is bounded by letters only: "Zqxwv2", "Smith_J")
+_DIGIT_EDGE = "D"  # digit-edged: no digit, nor "digit." before / ".digit" after (a date inside a UID or a float)
+_TOKEN_EDGE = "W"  # a whole token: neither letter nor digit next to it (1-2 letter name parts such as "Li")
+_STRICT_EDGE = "S"  # institution and device text: no letter, digit or underscore ("nih" in "nih_ep2d_bold" stays)
+_FREE_EDGE = "N"  # ideographic edge: CJK text has no word boundaries, a name ideograph is cleaned wherever it is
+
+# Categories whose values are places, devices and prose rather than a person: matched with strict edges, since
+# vendor sequence strings embed institution-like words ("epiRT", "nih_ep2d_bold") and must survive.
+_STRICT_CATEGORIES = frozenset({"institution", "device", "address", "free_text"})
+# Name parts this short are cleaned only where they stand as a whole token (or joined to another part of the
+# same name); a single Latin letter (an initial) identifies no one and would cut "T1 w" and the like.
+_SHORT_NAME_PART = 2
+# One ideograph or Hangul syllable carries a whole name part (王, 김): no minimum for ideographic strings.
+
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+_ORDINALS = {1: "st", 2: "nd", 3: "rd", 21: "st", 22: "nd", 23: "rd", 31: "st"}
+_GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+_ID_SEPARATOR = r"[\s._/-]?"
+_RUNS = re.compile(r"[^\W\d_]+|[0-9]+")
+_BYTE_RUNS = re.compile(rb"[a-z\x80-\xff]+|[0-9]+")
+
+
+def _is_ideographic(char: str) -> bool:
+    """CJK ideographs, kana and Hangul (and their compatibility blocks)."""
+    code = ord(char)
+    return (0x2E80 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF
+            or 0x1100 <= code <= 0x11FF or code >= 0x20000)
+
+
+def _char_class(char: str) -> str:
+    if "0" <= char <= "9":
+        return "D"
+    if char == "_":
+        return "U"
+    return "L" if char.isalpha() else "O"
+
+
+# Byte classes for text searched as bytes in any charset: bytes >= 0x80 count as letters (they are letters,
+# or parts of one, in every charset DICOM allows).
+_BYTE_CLASS = "".join(
+    "D" if 48 <= b <= 57 else "U" if b == 95 else "L" if (65 <= b <= 90 or 97 <= b <= 122 or b >= 128) else "O"
+    for b in range(256)
+)
+
+
+def _edge(char: str, *, strict: bool, whole: bool) -> str:
+    if _is_ideographic(char):
+        return _FREE_EDGE
+    kind = _char_class(char)
+    if kind == "D":
+        return _STRICT_EDGE if strict else _DIGIT_EDGE
+    if kind == "L":
+        return _STRICT_EDGE if strict else _TOKEN_EDGE if whole else _LETTER_EDGE
+    return _FREE_EDGE
+
+
+def _edge_ok(kind: str, text: str | bytes, index: int, step: int) -> bool:
+    """Whether the character at `index` (just outside a match; `step` points away from it) allows the match."""
+    if kind == _FREE_EDGE or index < 0 or index >= len(text):
+        return True
+    char = text[index]
+    cls = _BYTE_CLASS[char] if isinstance(char, int) else _char_class(char)
+    if kind == _LETTER_EDGE:
+        return cls != "L"
+    if kind == _TOKEN_EDGE:
+        return cls not in ("L", "D")
+    if kind == _STRICT_EDGE:
+        return cls not in ("L", "D", "U")
+    if cls == "D":
+        return False
+    beyond = index + step
+    if char in (".", 46) and 0 <= beyond < len(text):
+        other = text[beyond]
+        return (_BYTE_CLASS[other] if isinstance(other, int) else _char_class(other)) != "D"
+    return True
+
+
+def _name_variants(word: str) -> set[str]:
+    """A name part as it may be written: NFKC, case-folded, without diacritics, German spellings, transliterated
+    (`anyascii`), decomposed, and its UTF-8 bytes read as Latin-1."""
+    from anyascii import anyascii
+
+    normal = unicodedata.normalize("NFKC", word)
+    lowered = normal.lower()
+    out = {word.lower(), lowered, unicodedata.normalize("NFD", lowered)}
+    bare = "".join(c for c in unicodedata.normalize("NFD", lowered) if not unicodedata.combining(c))
+    out.add(bare)
+    german = lowered.translate(_GERMAN)
+    out.update({german, anyascii(lowered).lower(), anyascii(german).lower()})
+    if any(_is_ideographic(c) for c in lowered):
+        out.add(" ".join(anyascii(c) for c in lowered).lower().strip())
+    if lowered.isascii() and any(p in lowered for p in ("ae", "oe", "ue")):
+        out.add(lowered.replace("ae", "ä").replace("oe", "ö").replace("ue", "ü"))
+    for cased in {normal, normal.upper(), normal.title(), lowered}:
+        if not cased.isascii():
+            out.add(cased.encode("utf-8").decode("latin-1").lower())
+    return {v.strip() for v in out if v.strip()}
+
+
+def _name_forms(value: str) -> set[tuple[str, bool]]:
+    """(form, whole-token only) of a PN value: every part, multi-word components, both orders joined."""
+    forms: set[tuple[str, bool]] = set()
+    for group in value.split("="):  # alphabetic, ideographic, phonetic groups
+        components = [c.strip() for c in group.split("^")[:3] if c.strip()]  # family, given, middle
+        for component in components:
+            words = [w for w in re.split(r"[\s,.'-]+", component) if w]
+            for word in (*words, component) if len(words) > 1 else words:
+                short = len(word) <= _SHORT_NAME_PART and not any(_is_ideographic(c) for c in word)
+                forms.update((v, short) for v in _name_variants(word))
+        if len(components) >= 2:
+            # Parts written apart ("Smith John", "Smith_J", "Li Wei") are found part by part (letter edges, short
+            # parts as whole tokens); only parts run together ("SmithJohn", "LiWei") need the joined form.
+            family, given = _name_variants(components[0]), _name_variants(components[1])
+            for a in family:
+                for b in given:
+                    forms.update({(f"{a}{b}", False), (f"{b}{a}", False)})
+        if group.strip():
+            forms.add((group.strip().lower(), False))
+    return forms
+
+
+def _date_forms(value: str) -> set[str]:
+    """A date in every common written form (Y-M-D, D-M-Y, M-D-Y; separators none . / - _ space; with and
+    without zero padding; two-digit years; English month names and abbreviations)."""
+    forms = {value.strip().lower()}
+    parsed = _parse_date(value)
+    if parsed is None:
+        return forms
+    year4 = f"{parsed.year:04d}"
+    year2 = year4[2:]
+    days = {f"{parsed.day:02d}", str(parsed.day)}
+    months = {f"{parsed.month:02d}", str(parsed.month)}
+    for sep in ("", ".", "/", "-", "_", " "):
+        for year in (year4, year2):
+            # Short or space-separated two-digit-year forms ("1 5 23") are runs of small numbers: too common in
+            # vendor physics text to clean; padded forms and four-digit years are specific.
+            if year == year2 and sep in (" ", "_"):
+                continue
+            for day in days:
+                for month in months:
+                    padded = len(day) == 2 and len(month) == 2
+                    if sep == "" and not padded:
+                        continue
+                    forms.update({f"{year}{sep}{month}{sep}{day}", f"{day}{sep}{month}{sep}{year}",
+                                  f"{month}{sep}{day}{sep}{year}"})
+    name = _MONTHS[parsed.month - 1]
+    for month in {name, name[:3], name[:4] if name == "september" else name[:3]}:
+        for day in days:
+            ordinal = day.lstrip("0") + _ORDINALS.get(parsed.day, "th")
+            for year in (year4, year2):
+                for sep in ("", " ", "-", ".", "/", "_"):
+                    forms.update({f"{day}{sep}{month}{sep}{year}", f"{year}{sep}{month}{sep}{day}"})
+                for sep in (" ", "-", ".", "/", "_"):
+                    forms.add(f"{month}{sep}{day}{sep}{year}")
+                forms.update({f"{month} {day}, {year}", f"{month}. {day}, {year}", f"{month}. {day} {year}",
+                              f"{day}. {month} {year}", f"{day} {month}, {year}", f"{day}. {month}. {year}",
+                              f"{ordinal} {month} {year}", f"{month} {ordinal}, {year}", f"{month} {ordinal} {year}",
+                              f"{ordinal} of {month} {year}", f"{day}-{month}.-{year}", f"{day} {month}. {year}"})
+    return forms
+
+
+def id_core(value: str) -> str:
+    """An identifier compared without separators, case or leading zeros ("PID 0012-3456" -> "pid123456"; the
+    zeros leading any run of digits go)."""
+    return _LEADING_ZEROS.sub("", re.sub(r"[^0-9a-z]", "", value.lower()))
+
+
+_LEADING_ZEROS = re.compile(r"(?<![0-9])0+(?=[0-9])")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One search string (lower-cased) with the edge rule at each end and the value it stands for."""
+
+    text: str
+    start: str
+    end: str
+    value: PersonalValue
+
+
+@dataclass(frozen=True)
+class _IdPattern:
+    """An identifier's core with an optional separator between any two characters; leading zeros may be added
+    or dropped. `anchors`: a match's first letter/digit run is one of these (so the pattern is only run on text
+    that has one)."""
+
+    core: str
+    value: PersonalValue
+
+    @property
+    def source(self) -> str:
+        separator = _ID_SEPARATOR if len(self.core) > MIN_NEEDLE_LENGTH else ""
+        parts = []
+        for index, char in enumerate(self.core):
+            if index and char.isdigit() and not self.core[index - 1].isdigit():
+                parts.append(f"(?:0{separator})*")  # zeros may lead a digit run inside the ID too ("PID 0012")
+            parts.append(re.escape(char))
+        return separator.join(parts)
+
+    @property
+    def anchors(self) -> frozenset[str]:
+        first = _RUNS.match(self.core)
+        run = first.group(0) if first else self.core
+        zeros = range(7) if run[:1].isdigit() else range(1)
+        return frozenset("0" * z + run[:k] for z in zeros for k in range(min(2, len(run)), len(run) + 1))
+
+
+def _specs_of(value: PersonalValue) -> Iterator[_Spec]:
+    """The search strings of one value (not UIDs: those are handled apart by the cleaner)."""
+    category = value.category
+    strict = category in _STRICT_CATEGORIES
+    if category == "name":
+        forms = _name_forms(value.value)
+    elif category == "date":
+        forms = {(f, False) for f in _date_forms(value.value)}
+    else:
+        forms = {(f.lower(), False) for f in _RENDERERS.get(category, _render_plain)(value.value)}
+    for form, whole in forms:
+        form = form.strip(" \x00")
+        if not form or form in PLACEHOLDERS:
+            continue
+        ideographic = any(_is_ideographic(c) for c in form)
+        if not ideographic and len(form) < (2 if whole else MIN_NEEDLE_LENGTH):
+            continue
+        yield _Spec(form, _edge(form[0], strict=strict, whole=whole), _edge(form[-1], strict=strict, whole=whole),
+                    value)
+
+
+def _id_patterns_of(value: PersonalValue) -> Iterator[_IdPattern]:
+    if value.category not in ("id", "phone") or not value.value.isascii():
+        return
+    core = id_core(value.value)
+    if len(core) >= MIN_NEEDLE_LENGTH and core not in PLACEHOLDERS:
+        yield _IdPattern(core, value)
+
+
+def _lower_aligned(text: str) -> str:
+    """`text` lower-cased with every character staying one character (so match positions map back)."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+
+
+class SearchIndex:
+    """Search strings of one kind of text (str, or bytes in given charsets) indexed by their first run.
+
+    A match's first letter run (or digit run) is a whole run of the searched text, because the edge rule forbids
+    a letter (digit) before it; so only the strings whose first run occurs in the text are searched, found by a
+    set intersection, and an identifier pattern only runs on text holding one of its anchors. Strings that cannot
+    be indexed that way (ideographic or punctuation edges) are always searched (there are few).
+    """
+
+    def __init__(self, specs: Iterable[tuple[Any, str, str, PersonalValue]], ids: Iterable[_IdPattern],
+                 *, binary: bool) -> None:
+        self.binary = binary
+        runs = _BYTE_RUNS if binary else _RUNS
+        self.by_anchor: dict[Any, list[tuple[Any, str, str, PersonalValue, Any]]] = {}
+        self.unindexed: list[tuple[Any, str, str, PersonalValue]] = []
+        for needle, start, end, value in sorted(set(specs), key=lambda s: (-len(s[0]), s[0], s[1], s[2], s[3])):
+            found = runs.findall(needle)
+            first = found[0] if found and needle.startswith(found[0]) and start != _FREE_EDGE else None
+            if first is not None and len(first) == len(needle) and end == _FREE_EDGE:
+                first = None
+            if first is None:
+                self.unindexed.append((needle, start, end, value))
+                continue
+            last = found[-1] if needle.endswith(found[-1]) and end != _FREE_EDGE else None
+            self.by_anchor.setdefault(first, []).append((needle, start, end, value, last))
+        self.anchor_keys = frozenset(self.by_anchor)
+        self.ids: list[tuple[re.Pattern[Any], frozenset[Any], bool, str, PersonalValue]] = []
+        for pattern in ids:
+            source = pattern.source
+            anchors = pattern.anchors
+            compiled = re.compile(source.encode("ascii")) if binary else re.compile(source)
+            keys = frozenset(a.encode("ascii") for a in anchors) if binary else anchors
+            last = pattern.core[-1]
+            self.ids.append((compiled, keys, pattern.core[0].isdigit(), _DIGIT_EDGE if last.isdigit() else
+                             _LETTER_EDGE, pattern.value))
+
+    def tokens(self, lowered: Any) -> set[Any]:
+        if self.binary:
+            return set(lowered.translate(_BYTE_LETTERS).split()) | set(lowered.translate(_BYTE_DIGITS).split())
+        return set(_RUNS.findall(lowered))
+
+    def spans(self, lowered: Any) -> list[tuple[int, int, PersonalValue]]:
+        """(start, end, value) of every match in `lowered` (already lower-cased, positions aligned)."""
+        hits: list[tuple[int, int, PersonalValue]] = []
+        tokens = self.tokens(lowered)
+        candidates: list[tuple[Any, str, str, PersonalValue]] = list(self.unindexed)
+        for anchor in self.anchor_keys & tokens:
+            candidates.extend(n[:4] for n in self.by_anchor[anchor] if n[4] is None or n[4] in tokens)
+        for needle, start, end, value in candidates:
+            position = lowered.find(needle)
+            while position != -1:
+                stop = position + len(needle)
+                if _edge_ok(start, lowered, position - 1, -1) and _edge_ok(end, lowered, stop, 1):
+                    hits.append((position, stop, value))
+                position = lowered.find(needle, position + 1)
+        for compiled, anchors, digit_first, end, value in self.ids:
+            if anchors.isdisjoint(tokens):
+                continue
+            split = _BYTE_ID_SPLIT if self.binary else _ID_SPLIT
+            for match in compiled.finditer(lowered):
+                if min(len(group) for group in split.split(match.group(0))) < 2:
+                    continue  # "1 1 1 1 1 1": a list of small numbers (vendor arrays), not an ID in groups
+                begin = _with_leading_zeros(lowered, match.start()) if digit_first else match.start()
+                if _edge_ok(_DIGIT_EDGE if digit_first else _LETTER_EDGE, lowered, begin - 1, -1) and _edge_ok(
+                    end, lowered, match.end(), 1
+                ):
+                    hits.append((begin, match.end(), value))
+        return hits
+
+
+_ID_SPLIT = re.compile(r"[\s._/-]")
+_BYTE_ID_SPLIT = re.compile(rb"[\s._/-]")
+_BYTE_LETTERS = bytes(b if (97 <= b <= 122 or b >= 128) else 32 for b in range(256))
+_BYTE_DIGITS = bytes(b if 48 <= b <= 57 else 32 for b in range(256))
+_ID_SEPARATORS = frozenset(" \t._/-") | frozenset(b" \t._/-")
+_ZERO = frozenset({"0", 48})
+
+
+def _with_leading_zeros(text: Any, start: int) -> int:
+    """Where an identifier found at `start` really begins when zeros (possibly separated) precede it."""
+    begin = start
+    index = start - 1
+    while index >= 0:
+        char = text[index]
+        if char in _ZERO:
+            begin = index
+            index -= 1
+        elif char in _ID_SEPARATORS and index > 0 and text[index - 1] in _ZERO:
+            index -= 1
+        else:
+            break
+    return begin
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching spans joined, in order."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
 class PersonalValues:
     """A set of harvested values with the needles to scan for and a cleaner for free text."""
 
-    def __init__(self, values: Iterable[PersonalValue] = ()) -> None:
+    def __init__(self, values: Iterable[PersonalValue] = (), protected: Iterable[str] = ()) -> None:
+        """`protected`: words never cut because a value shares their spelling (the descriptor vocabulary's
+        tokens, e.g. "bold" for a patient named Bold); a match is kept only when it is exactly such a word."""
         self.values: set[PersonalValue] = set(values)
-        self._pattern: re.Pattern[str] | None = None
-        self._all_needles: dict[str, PersonalValue] | None = None
+        self.protected = frozenset(w.lower() for w in protected)
+        self._index: SearchIndex | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -326,11 +750,10 @@ class PersonalValues:
 
     def update(self, values: Iterable[PersonalValue]) -> None:
         self.values.update(values)
-        self._pattern = None
-        self._all_needles = None
+        self._index = None
 
     def needles(self, categories: Iterable[str] | None = None) -> dict[str, PersonalValue]:
-        """Lower-cased renderings -> the value they come from (first by sort order wins)."""
+        """Lower-cased classic renderings -> the value they come from (first by sort order wins)."""
         wanted = set(categories) if categories is not None else None
         out: dict[str, PersonalValue] = {}
         for value in sorted(self.values):
@@ -340,31 +763,44 @@ class PersonalValues:
                 out.setdefault(form, value)
         return out
 
-    def _compiled(self) -> re.Pattern[str]:
-        if self._pattern is None:
-            forms = sorted(self.needles(), key=len, reverse=True)
-            if not forms:
-                self._pattern = re.compile(r"(?!x)x")  # matches nothing
-            else:
-                alternatives = "|".join(re.escape(f) for f in forms)
-                # Letters may not continue a match on either side: "Lee" is cleaned from "Lee^Ann" but not
-                # from "asleep"; digits are bounded the same way so an ID is not found inside a longer number.
-                self._pattern = re.compile(rf"(?<![0-9A-Za-z])(?:{alternatives})(?![0-9A-Za-z])", re.IGNORECASE)
-        return self._pattern
+    def specs(self) -> list[_Spec]:
+        """Every search string of every value (names, dates and IDs in every written form), UIDs excepted."""
+        return [spec for value in sorted(self.values) if value.category != "uid" for spec in _specs_of(value)]
+
+    def id_patterns(self) -> list[_IdPattern]:
+        return [p for value in sorted(self.values) for p in _id_patterns_of(value)]
+
+    def _text_index(self) -> SearchIndex:
+        if self._index is None:
+            self._index = SearchIndex(((s.text, s.start, s.end, s.value) for s in self.specs()), self.id_patterns(),
+                                 binary=False)
+        return self._index
+
+    def spans(self, text: str) -> list[tuple[int, int, PersonalValue]]:
+        """(start, end, value) of every occurrence of a value in `text`, any form, case-insensitive."""
+        lowered = _lower_aligned(text)
+        spans = self._text_index().spans(lowered)
+        if self.protected:
+            spans = [(s, e, v) for s, e, v in spans if lowered[s:e] not in self.protected]
+        return spans
 
     def find(self, text: str) -> list[PersonalValue]:
-        """The values whose renderings occur in `text` (word-bounded, case-insensitive)."""
-        if self._all_needles is None:  # rendering every value per call made find() slow on long lists
-            self._all_needles = self.needles()
-        needles = self._all_needles
-        return sorted({needles[m.group(0).lower()] for m in self._compiled().finditer(text)})
+        """The values that occur in `text` (in any form they are written in; see the edge rules above)."""
+        return sorted({value for _, _, value in self.spans(text)})
 
     def redact(self, text: str, replacement: str = "") -> str:
-        """`text` with every rendering of every value removed (then separators tidied)."""
-        cleaned = self._compiled().sub(replacement, text)
-        if cleaned == text:
+        """`text` with every form of every value removed (then separators tidied)."""
+        spans = merge_spans((s, e) for s, e, _ in self.spans(text))
+        if not spans:
             return text
-        cleaned = re.sub(r"([\s_^,;:-])\1+", r"\1", cleaned)
+        parts: list[str] = []
+        position = 0
+        for start, end in spans:
+            parts.append(text[position:start])
+            parts.append(replacement)
+            position = end
+        parts.append(text[position:])
+        cleaned = re.sub(r"([\s_^,;:-])\1+", r"\1", "".join(parts))
         return cleaned.strip(" _^,;:-")
 
     def to_json(self) -> str:
@@ -420,17 +856,33 @@ _PRIVATE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "OB", "
 _PRINTABLE = re.compile(r"^[^\x00-\x08\x0e-\x1f\x7f]+$")
 
 
-def _private_text(value: object) -> Iterator[str]:
-    """Printable strings of a private element's value (bytes decoded as UTF-8, else Latin-1)."""
+def _decode_text(raw: bytes, encodings: Iterable[str] = ()) -> str:
+    """Bytes of text in the data set's declared character sets (pydicom's codec names), else UTF-8, else
+    Latin-1 (which always decodes)."""
+    declared = [e for e in encodings if e not in ("iso8859", "latin_1", "iso-8859-1")]
+    if declared:
+        from pydicom.charset import decode_bytes
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return decode_bytes(raw, list(encodings), set())
+        except (UnicodeError, LookupError, UserWarning, ValueError):
+            pass
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _private_text(value: object, encodings: Iterable[str] = ()) -> Iterator[str]:
+    """Printable strings of a private element's value (bytes decoded in the declared character set, else as
+    UTF-8, else Latin-1)."""
     if isinstance(value, (bytes, bytearray)):
         raw = bytes(value).strip(b" \x00")
         if not raw:
             return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        items: Iterable[object] = text.split("\\")
+        items: Iterable[object] = _decode_text(raw, encodings).split("\\")
     else:
         items = _values_of(value)
     for item in items:
@@ -489,7 +941,7 @@ def _harvest_private_into(ds: Dataset, prefix: str, found: set[PersonalValue]) -
         if not near_identity or vr not in _PRIVATE_TEXT_VRS:
             continue
         elem = ds[tag]
-        for text in _private_text(elem.value):
+        for text in _private_text(elem.value, ds._character_set):
             found.add(PersonalValue(_private_category(text), f"{prefix}({group:04X},{element:04X})", text))
 
 

@@ -211,6 +211,72 @@ def test_clean_uses_values_from_the_whole_study_and_other_charsets():
     assert out.ProtocolName.startswith("ANON ") and "3680043" not in out.ProtocolName and "7777" not in out.ProtocolName
 
 
+def test_values_are_pooled_per_patient_across_studies(tmp_path):
+    """Another study of the same patient (its PatientID spelled otherwise) lends its values: a birth name known
+    only from study A is cleaned from study B's description; a different patient's study is not touched."""
+    a = mr_dataset(study_uid="1.2.826.0.1.3680043.9.7777.10", series_uid="1.2.826.0.1.3680043.9.7777.10.1",
+                   sop_uid="1.2.826.0.1.3680043.9.7777.10.1.1", patient_id="0012345678")
+    a.PatientBirthName = "Brackenridge"
+    b = mr_dataset(study_uid="1.2.826.0.1.3680043.9.7777.20", series_uid="1.2.826.0.1.3680043.9.7777.20.1",
+                   sop_uid="1.2.826.0.1.3680043.9.7777.20.1.1", patient_id="1234-5678", patient_name="Q^M")
+    b.SeriesDescription = "rest Brackenridge run"
+    c = mr_dataset(study_uid="1.2.826.0.1.3680043.9.7777.30", series_uid="1.2.826.0.1.3680043.9.7777.30.1",
+                   sop_uid="1.2.826.0.1.3680043.9.7777.30.1.1", patient_id="OTHER-1", patient_name="R^N")
+    c.SeriesDescription = "rest Brackenridge run"
+    for name, ds in (("a", a), ("b", b), ("c", c)):
+        write(ds, tmp_path / "raw" / f"{name}.dcm")
+    rules = StubRules({"SeriesDescription": "C", "PatientBirthName": "X", "PatientID": "D"})
+    report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=rules, key=KEY)
+    described = {}
+    for entry in report.entries:
+        out = pydicom.dcmread(tmp_path / "out" / entry.output)
+        described[Path(entry.input).stem] = out.get("SeriesDescription", "")
+    assert described["b"] == "rest run"
+    assert described["c"] == "rest Brackenridge run"  # another patient: never had the value
+
+
+def test_patient_pools_join_studies_by_patient_key():
+    assert engine.patient_key("PID 0012-345678") == engine.patient_key("pid12345678") == "id:pid12345678"
+    assert engine.patient_key("0012345678") == engine.patient_key("12 345 678")
+    assert engine.patient_key("x", "007") == "subject:007"
+    assert engine.patient_key("") == ""
+    pools = engine.patient_pools(["s1", "s2", "s3", "s4"], {"s1": {"id:1"}, "s2": {"id:1", "id:2"},
+                                                            "s3": {"id:2"}})
+    assert pools["s1"] == pools["s2"] == pools["s3"] == "s1"
+    assert pools["s4"] == "s4"
+
+
+def test_pn_stored_as_lo_is_harvested_and_cleaned_from_descriptions():
+    ds = mr_dataset(patient_name="")
+    del ds.PatientName
+    ds.add_new(0x00100010, "LO", "Brackenridge^Odalys")
+    ds.SeriesDescription = "T1 Odalys1 brackenridge_x"
+    out = _run(ds, StubRules({"SeriesDescription": "C"}))
+    assert out.SeriesDescription == "T1 1 _x"
+
+
+@pytest.mark.parametrize(("charset", "codec"), [("ISO_IR 144", "iso8859_5"), ("GB18030", "gb18030")])
+def test_kept_private_text_is_cleaned_in_the_declared_character_set(charset, codec):
+    name = {"iso8859_5": "Иванова^Ольга", "gb18030": "王^小明"}[codec]
+    ds = mr_dataset(patient_name=name)
+    ds.SpecificCharacterSet = charset
+    family = name.split("^")[0]
+    protocol = b'### ASCCONV BEGIN ###\ntProtocolName = "' + family.encode(codec) + b'_T1"\n### ASCCONV END ###'
+    ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True).add_new(0x20, "OB", _csa(protocol))
+    text = b'SEDESC "' + family.encode(codec) + b' fMRI"\nSLICEORDER "1"\n'
+    gz = gzip.compress(text)
+    value = struct.pack("<I", len(gz)) + gz
+    ds.private_block(0x0025, "GEMS_SERS_01", create=True).add_new(0x1B, "OB", value + b"\x00" * (len(value) % 2))
+    rules = StubRules(safe_private={("siemens csa header", 0x0029, 0x20), ("gems_sers_01", 0x0025, 0x1B)})
+    out = _run(ds, rules)
+    csa = out.private_block(0x0029, "SIEMENS CSA HEADER")[0x20].value
+    assert len(csa) == len(_csa(protocol)) and family.encode(codec) not in csa and b'_T1"' in csa
+    data = out.private_block(0x0025, "GEMS_SERS_01")[0x1B].value
+    (length,) = struct.unpack("<I", data[:4])
+    inner = gzip.decompress(data[4 : 4 + length])
+    assert family.encode(codec) not in inner and b'SLICEORDER "1"' in inner
+
+
 # --- file meta, transfer syntaxes -------------------------------------------------------------------------
 
 

@@ -5,8 +5,10 @@ Each file is parsed once. Pass A, per file (in parallel): read; harvest its pers
 safe private elements; remap UIDs with the key; shift dates by the subject's offset; add the
 de-identification attributes; write the result to a staging file under a name built only from
 de-identified values. Free text (action C) and kept private values cannot be cleaned yet: they must lose
-every personal value found in *any* file of the study, known only once every file was read. Pass A notes
-where those elements sit in the staged file. Pass B, per file: clean them with the study's values (kept
+every personal value found in *any* file of the patient (every study of theirs in the run: another study may
+spell the name or ID otherwise), known only once every file was read; files are grouped by `patient_key` (the
+pipeline's subject, else the PatientID without separators, case or leading zeros) and `patient_pools`. Pass A
+notes where those elements sit in the staged file. Pass B, per file: clean them with the patient's values (kept
 private values are overwritten by same-length filler in place, so binary structures such as Siemens CSA
 headers stay valid) and move the file to its final name. The output folder appears whole at the end.
 
@@ -50,7 +52,13 @@ from bidsafe.deid.uids import UidMapper
 from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir
-from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset, quiet_pydicom
+from bidsafe.phi import (
+    PersonalValue,
+    PersonalValues,
+    harvest_dataset,
+    id_core,
+    quiet_pydicom,
+)
 from bidsafe.testhooks import text_cleaning_disabled
 
 if TYPE_CHECKING:
@@ -1061,12 +1069,21 @@ def _cleaned_pending(record: Pending, value_bytes: bytes, cleaner: TextCleaner, 
         if cleaned == value:
             return None
         return writer.encode_element(DataElement(record.tag, record.vr, cleaned), record.encodings)
-    cleaned_bytes = cleaner.clean_private_value(value_bytes)
+    cleaned_bytes = cleaner.clean_private_value(value_bytes, _codecs(record.encodings))
     if cleaned_bytes == value_bytes:
         return None
     if len(cleaned_bytes) == len(value_bytes):
         return cleaned_bytes
     return writer.header(record.tag, record.vr, len(cleaned_bytes)) + cleaned_bytes
+
+
+def _codecs(encodings: Any) -> tuple[str, ...]:
+    """The character sets in force at a pending element, as a tuple of Python codec names."""
+    if not encodings:
+        return ()
+    if isinstance(encodings, str):
+        return (encodings,)
+    return tuple(str(e) for e in encodings)
 
 
 def finish_bytes(encoded: Encoded, cleaner: TextCleaner) -> bytes:
@@ -1332,6 +1349,7 @@ class _Staged:
     status: str
     study: str = ""
     values: frozenset[PersonalValue] = frozenset()
+    patient: str = ""
     output: str | None = None
     temp: str | None = None
     stub: Encoded | None = None
@@ -1362,14 +1380,15 @@ class _StageWorker:
 
     def run(self, index: int, path: str, shift_override: int | None = None) -> _Staged:
         values: frozenset[PersonalValue] = frozenset()
-        study = series = ""
+        study = series = patient = ""
         try:
             with quiet_pydicom():
                 ds = read_dicom(path)
                 series = _text_of(ds, _TAG_SERIES_NUMBER)
                 _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
-                harvested = set(harvest_dataset(ds))
+                patient = patient_key(_text_of(ds, _TAG_PATIENT_ID), self.subject_key)
+                harvested = set(harvest_dataset(ds, private_identity=True))
                 if getattr(ds, "file_meta", None) is not None:
                     harvested.update(harvest_dataset(ds.file_meta, prefix="meta>"))
                 # Only values this process has not reported for this study yet: a study repeats the same
@@ -1379,7 +1398,7 @@ class _StageWorker:
                 sent.update(values)
                 reason = withhold_reason(ds, self.rules.burned_in)
                 if reason is not None:
-                    return _Staged(index, WITHHELD, study, values, reason=reason, series=series)
+                    return _Staged(index, WITHHELD, study, values, patient, reason=reason, series=series)
                 if self.subject_key is not None:
                     subject = self.subject_key
                 else:
@@ -1396,7 +1415,9 @@ class _StageWorker:
         except _Incomplete as exc:
             return _Staged(index, FAILED, study, values, reason=str(exc), series=series)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-            return _Staged(index, FAILED, study, values, reason=f"{type(exc).__name__}: {_short(exc)}", series=series)
+            return _Staged(
+                index, FAILED, study, values, patient, reason=f"{type(exc).__name__}: {_short(exc)}", series=series
+            )
         self._count += 1
         temp = self.temp_root / f"{os.getpid()}-{self._count}.tmp"
         temp.parent.mkdir(parents=True, exist_ok=True)
@@ -1405,13 +1426,15 @@ class _StageWorker:
         encoded = prepared.encoded
         stub = Encoded(b"", encoded.pending, encoded.implicit, encoded.little, encoded.deflate, encoded.body_offset)
         return _Staged(
-            index, PROCESSED, study, values, prepared.relpath, str(temp), stub, series=series, shift=shift_days,
-            replaced=replaced, deid_study=deid_study,
+            index, PROCESSED, study, values, patient, prepared.relpath, str(temp), stub, series=series,
+            shift=shift_days, replaced=replaced, deid_study=deid_study,
         )
 
 
 class _FinishWorker:
-    """Pass B in one process: clean pending elements with the study's values, move to the final name."""
+    """Pass B in one process: clean pending elements with the patient's values, move to the final name.
+
+    `studies` maps a pool (see `patient_pools`) to its values; each file names its pool."""
 
     def __init__(self, studies: dict[str, tuple[PersonalValue, ...]], staging: Path, vocabulary: Vocabulary) -> None:
         self.studies = studies
@@ -1541,6 +1564,39 @@ def _one_shift_per_study(
     again_args = (rules, key, subject_key, Path(temp_root) / "again", vocabulary)  # new workers: names of their own
     again = {r.index: r for r in _run_tasks(_stage_task, tasks, jobs, _init_stage, again_args)}
     return [again.get(r.index, r) for r in results]
+def patient_key(patient_id: str, subject: str | None = None) -> str:
+    """The key under which a file's harvested values are pooled: the pipeline's subject when given (it has
+    already told its participants apart), else the PatientID compared without separators, case or leading
+    zeros ("PID 0012-345678" and "pid12345678" are one patient); empty when neither is known."""
+    if subject is not None:
+        return f"subject:{subject}"
+    core = id_core(patient_id)
+    return f"id:{core}" if core else ""
+
+
+def patient_pools(studies: Iterable[str], patients: dict[str, set[str]]) -> dict[str, str]:
+    """Study -> pool: studies sharing a patient key are one pool, and a study whose files carry two keys (one
+    patient, two spellings) joins both; a study with no key is a pool of its own. Pools are named by their
+    smallest study UID, so the grouping does not depend on file order."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for study in studies:
+        root(f"study:{study}")
+        for key in patients.get(study, ()):
+            a, b = root(f"study:{study}"), root(f"patient:{key}")
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for node in list(parent):
+        if node.startswith("study:"):
+            members.setdefault(root(node), []).append(node[len("study:"):])
+    return {study: min(group) for group in members.values() for study in group}
 
 
 def study_shift_days(rules: RuleSet, key: bytes, subject: str) -> int | None:
@@ -1583,6 +1639,7 @@ def deidentify_tree(
     meter = _Progress(progress, len(paths))
     studies: dict[str, set[PersonalValue]] = {}
     replaced: dict[str, dict[str, int]] = {}  # de-identified study UID -> vocabulary token -> count
+    patients: dict[str, set[str]] = {}
     with atomic_dir(dst) as staging:
         temp_root = staging / ".bidsafe-staging"
         # Pass A: read each file once; harvest; de-identify; stage.
@@ -1600,6 +1657,8 @@ def deidentify_tree(
                 studies.setdefault(result.study, set()).update(result.values)
             if result.replaced:
                 merge_counts(replaced.setdefault(result.deid_study, {}), result.replaced)
+            if result.patient:
+                patients.setdefault(result.study, set()).add(result.patient)
             path = str(paths[result.index])
             if result.status != PROCESSED:
                 entries[result.index] = FileEntry(path, result.status, reason=result.reason, series=result.series)
@@ -1616,9 +1675,13 @@ def deidentify_tree(
                 continue
             claimed.add(result.output or "")
             staged.append(result)
-        # Pass B: clean free text and kept private text with every value of the study.
-        contexts = {study: tuple(sorted(values)) for study, values in studies.items()}
-        finish = [(s.index, s.temp, s.output, s.study, s.stub) for s in staged]
+        # Pass B: clean free text and kept private text with every value of the patient (all their studies).
+        pool_of = patient_pools(set(studies) | {s.study for s in staged}, patients)
+        pooled: dict[str, set[PersonalValue]] = {}
+        for study, values in studies.items():
+            pooled.setdefault(pool_of[study], set()).update(values)
+        contexts = {pool: tuple(sorted(values)) for pool, values in pooled.items()}
+        finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
         series_of = {s.index: s.series for s in staged}
         meter = _Progress(progress, len(finish))  # same terminal line, second pass

@@ -14,27 +14,24 @@ components) is removed whatever its origin.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from bidsafe.phi import PersonalValue, PersonalValues
+from bidsafe.phi import PersonalValue, PersonalValues, SearchIndex
 
 if TYPE_CHECKING:
     from bidsafe.deid.vocabulary import Vocabulary
 
 # Filler for same-length overwrites: not a letter or digit, so filler can never spell a personal value.
 FILLER = b"*"
-_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _UID_CHARS = frozenset(b"0123456789.")
-# bytes.translate tables: ASCII letters lower-cased and everything else but letters/digits blanked (word
-# tokens), or everything but digits and dots blanked (UID-like tokens). Translating and splitting runs at
-# C speed; regular expressions over a 100 kB CSA header do not.
-_WORD_TABLE = bytes((b | 0x20) if 65 <= b <= 90 else b if (48 <= b <= 57 or 97 <= b <= 122) else 32 for b in range(256))
+# bytes.translate table: everything but digits and dots blanked (UID-like tokens). Translating and splitting
+# runs at C speed; regular expressions over a 100 kB CSA header do not (personal values are found through the
+# run index of `bidsafe.phi.SearchIndex` for the same reason).
 _UID_TABLE = bytes(b if b in _UID_CHARS else 32 for b in range(256))
 _UID_TOKEN_TEXT = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])")
 # Five or more numeric components: a UID for all practical purposes (versions and IP addresses have fewer).
@@ -46,69 +43,86 @@ _CACHE_MAX_ENTRIES = 16
 
 
 class TextCleaner:
-    """Removes one study's personal values from text and bytes."""
+    """Removes one patient's personal values from text and bytes."""
 
-    def __init__(self, values: Iterable[PersonalValue], vocabulary: Vocabulary | None = None) -> None:
+    def __init__(
+        self, values: Iterable[PersonalValue], vocabulary: Vocabulary | None = None, protected: Iterable[str] = ()
+    ) -> None:
+        """`vocabulary`: the descriptor vocabulary, applied before this cleaner; its words (and `protected`) are
+        never cut because a value shares their spelling (a patient named Bold keeps `ep2d_bold`)."""
         values = list(values)
-        # The descriptor vocabulary (applied before this cleaner, in pass A): a harvested form that is one
-        # vocabulary token (a patient named Bold, Field, Swan) must never cut protocol text.
         self.vocabulary = vocabulary
-        self._protected: set[str] = set()
+        words = set(protected) | (set(vocabulary.words) if vocabulary is not None else set())
         self.uids = frozenset(v.value for v in values if v.category == "uid")
-        self.values = PersonalValues(v for v in values if v.category != "uid")
-        needles: set[bytes] = set()
-        for form in self.values.needles():
-            if vocabulary is not None and vocabulary.is_single_token(form):
-                self._protected.add(form)
-                continue
-            for variant in {form, form.upper()}:
-                for encoding in ("utf-8", "latin-1"):
-                    with contextlib.suppress(UnicodeEncodeError):
-                        needles.add(variant.encode(encoding).lower())
-        # A word-bounded match starts at a word, and the needle's first word is that whole word of the
-        # text; so only needles whose first word occurs in the data need searching.
-        self._by_first_word: dict[bytes, list[bytes]] = {}
-        self._unindexed: list[bytes] = []
-        for needle in sorted(needles, key=len, reverse=True):
-            words = needle.translate(_WORD_TABLE).split()
-            if words and needle[:1] in _ALNUM_BYTES:
-                self._by_first_word.setdefault(words[0], []).append(needle)
-            else:
-                self._unindexed.append(needle)
-        self._cache: dict[bytes, bytes] = {}
+        self.values = PersonalValues((v for v in values if v.category != "uid"), words)
+        self._protected = frozenset(w.lower().encode("utf-8") for w in self.values.protected)
+        self._specs: list[tuple[str, str, str, PersonalValue]] | None = None
+        self._indexes: dict[tuple[str, ...], SearchIndex] = {}
+        self._jis: dict[tuple[str, ...], list[bytes]] = {}
+        self._cache: dict[tuple[tuple[str, ...], bytes], bytes] = {}
+
+    def _index_for(self, encodings: tuple[str, ...]) -> SearchIndex:
+        """The byte search strings: every text search string encoded in UTF-8, Latin-1 and the data set's own
+        character sets (so a same-length overwrite finds a name stored in ISO-8859-5 or GB18030)."""
+        index = self._indexes.get(encodings)
+        if index is None:
+            if self._specs is None:
+                self._specs = [(s.text, s.start, s.end, s.value) for s in self.values.specs()]
+            codecs = list(dict.fromkeys(("utf-8", "latin-1", *(_python_codec(e) for e in encodings))))
+            needles: set[tuple[bytes, str, str, PersonalValue]] = set()
+            for text, start, end, value in self._specs:
+                variants = {text} if text.isascii() else {text, text.upper(), text.title()}
+                for codec in codecs:
+                    for variant in variants:
+                        try:
+                            encoded = variant.encode(codec).lower()  # ASCII letters only: lengths stay
+                        except (UnicodeEncodeError, LookupError):
+                            continue
+                        if b"\x1b" in encoded:
+                            # ISO 2022: the escape sequences make the edges; no edge rule applies. A name
+                            # inside a longer run of kanji has no escape of its own: see `_jis_hits`.
+                            needles.add((encoded, "N", "N", value))
+                            needles.add((encoded.rsplit(b"\x1b", 1)[0], "N", "N", value))
+                            codes = _JIS_RUN.fullmatch(encoded.rsplit(b"\x1b", 1)[0])
+                            if codes is not None and len(encoded) > 3:
+                                self._jis.setdefault(encodings, []).append(codes.group(1))
+                        else:
+                            needles.add((encoded, start, end, value))
+            index = self._indexes[encodings] = SearchIndex(needles, self.values.id_patterns(), binary=True)
+        return index
 
     def _is_personal_uid_token(self, token: str) -> bool:
         return token.count(".") >= _MIN_UID_DOTS or token in self.uids
 
     def clean_text(self, text: str) -> str:
-        """Free text without any personal value of the study (removed; separators tidied)."""
-        masked: list[str] = []
-        if self._protected and self.vocabulary is not None:
-            text, masked = self.vocabulary.protect(text, self._protected)
+        """Free text without any personal value of the patient (removed; separators tidied)."""
         cleaned = self.values.redact(text)
         if "." in cleaned:
             cleaned = _UID_TOKEN_TEXT.sub(self._uid_replacement, cleaned)
             if cleaned != text:
                 cleaned = cleaned.strip(" _^,;:-")
-        return self.vocabulary.unprotect(cleaned, masked) if masked else cleaned
+        return cleaned
 
     def _uid_replacement(self, match: re.Match[str]) -> str:
         return "" if self._is_personal_uid_token(match.group(0)) else match.group(0)
 
-    def clean_bytes(self, data: bytes) -> bytes:
-        """`data` with every personal value overwritten by same-length filler (length never changes)."""
+    def clean_bytes(self, data: bytes, encodings: Sequence[str] = ()) -> bytes:
+        """`data` with every personal value overwritten by same-length filler (length never changes).
+
+        `encodings`: the character sets in force where `data` sits (pydicom's Python codec names or DICOM
+        defined terms); UTF-8 and Latin-1 are always searched too."""
         if not data:
             return data
+        key = tuple(encodings)
         if len(data) >= _CACHE_MIN_BYTES:
-            cached = self._cache.get(data)
+            cached = self._cache.get((key, data))
             if cached is not None:
                 return cached
         lowered = data.lower()  # ASCII letters only, one byte each: positions stay aligned
-        hits: list[tuple[int, int]] = []
-        words = set(data.translate(_WORD_TABLE).split())
-        candidates = [n for word in words for n in self._by_first_word.get(word, ())] + self._unindexed
-        for needle in candidates:
-            _find_bounded(lowered, needle, _ALNUM, _ALNUM, hits)
+        hits = [(start, end) for start, end, _ in self._index_for(key).spans(lowered)
+                if not self._protected or lowered[start:end] not in self._protected]
+        if b"\x1b$" in data and self._jis.get(key):
+            hits.extend(_jis_hits(lowered, self._jis[key]))
         if b"." in data:
             for token in set(data.translate(_UID_TABLE).split()):
                 token = token.strip(b".")
@@ -123,21 +137,46 @@ class TextCleaner:
         if len(data) >= _CACHE_MIN_BYTES:
             if len(self._cache) >= _CACHE_MAX_ENTRIES:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[data] = result
+            self._cache[(key, data)] = result
         return result
 
-    def clean_private_value(self, data: bytes) -> bytes:
+    def clean_private_value(self, data: bytes, encodings: Sequence[str] = ()) -> bytes:
         """A kept private value cleaned in place; a GE protocol block (length + gzip) is cleaned inside."""
         unpacked = _unpack_length_prefixed_gzip(data)
         if unpacked is not None:
-            cleaned = self.clean_bytes(unpacked)
+            cleaned = self.clean_bytes(unpacked, encodings)
             if cleaned == unpacked:
                 return data
             return _pack_length_prefixed_gzip(cleaned)
-        return self.clean_bytes(data)
+        return self.clean_bytes(data, encodings)
 
 
-_ALNUM_BYTES = frozenset(bytes([b]) for b in _ALNUM)
+# A run of JIS X 0208 two-byte codes after its escape (lower-cased like the data: "ESC $ B" reads "ESC $ b").
+_JIS_RUN = re.compile(rb"\x1b\$[@b]((?:[\x21-\x7e]{2})+)")
+
+
+def _jis_hits(lowered: bytes, codes: list[bytes]) -> list[tuple[int, int]]:
+    """Spans of a name's JIS codes inside any two-byte run (ISO 2022 IR 87), on character boundaries only:
+    the codes are printable ASCII bytes, so they are searched nowhere else."""
+    hits: list[tuple[int, int]] = []
+    for run in _JIS_RUN.finditer(lowered):
+        segment, base = run.group(1), run.start(1)
+        for code in codes:
+            position = segment.find(code)
+            while position != -1:
+                if position % 2 == 0:
+                    hits.append((base + position, base + position + len(code)))
+                position = segment.find(code, position + 1)
+    return hits
+
+
+def _python_codec(encoding: str) -> str:
+    """A Python codec name for a DICOM character set term (pydicom's names pass through)."""
+    from pydicom.charset import python_encoding
+
+    return python_encoding.get(encoding, encoding)
+
+
 _DIGITS = frozenset(b"0123456789")
 
 
