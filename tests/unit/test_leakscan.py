@@ -770,3 +770,21 @@ def test_cli_reads_a_saved_harvest_and_vocabularies(small_release: Path, tmp_pat
     out = capsys.readouterr()
     assert "non-vocabulary" not in out.out and "_<withheld>.json: path: PatientName (name)" in out.out
     assert cli.main(["leak-scan", release]) == 2  # neither --source nor --values
+
+
+def test_vocabulary_rule_reads_image_sidecars_not_bidsafe_data_dictionaries(tmp_path: Path) -> None:
+    """sessions.json / scans.json beside sub-/ses- folders describe columns in bidsafe's own words (from its
+    configuration); image sidecars inside a datatype folder carry scanner text and may hold vocabulary only."""
+    _small_release(tmp_path)
+    release = tmp_path / "release"
+    dictionary = {"age": {"Description": "age at the session, in whole years", "Units": "year"}}
+    (release / "sub-01" / "sub-01_sessions.json").write_text(json.dumps(dictionary))
+    (release / "sub-01" / "ses-1" / "sub-01_ses-1_scans.json").write_text(json.dumps(dictionary))
+    vocabulary = [_vocabulary(tmp_path)]
+    assert leak_scan(release, ROWS, vocabulary=vocabulary).hits == []
+    sidecar = release / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_bold.json"
+    sidecar.write_text(json.dumps({"SeriesDescription": "ep2d_bold in whole years"}))
+    hits = leak_scan(release, ROWS, vocabulary=vocabulary).hits
+    assert {(h.file, h.where, h.category) for h in hits} == {
+        ("sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.json", "json:SeriesDescription", "non-vocabulary token")
+    }

@@ -761,7 +761,12 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
             continue
         if not path.is_file():
             continue
-        descriptors = structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+        # Image sidecars (inside a datatype folder) hold scanner text: vocabulary only. The sessions/scans
+        # data dictionaries beside sub-/ses- folders are written by bidsafe from its configuration.
+        descriptors = (
+            structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+            and len(parts) >= 3 and not parts[-2].startswith(("sub-", "ses-"))
+        )
         one = _FileScan(scanner, label, structural=structural, descriptors=descriptors,
                         names_file=_names_file(root, parts) if descriptors else None)
         one.scan_path(path)
