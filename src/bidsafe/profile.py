@@ -96,7 +96,7 @@ def summarise_profiles(profiles: Mapping[str, Mapping[str, Any]]) -> dict[str, A
 
 def rules_label(profiles: Mapping[str, Mapping[str, Any]]) -> str:
     """The rule profile as one line for README, GeneratedBy and SHAREABLE.json's `profile`: the rule file and
-    its hash, or each distinct one with its number of sessions."""
+    its hash, or each distinct one with its number of sessions (the largest group first)."""
     counts: dict[str, int] = {}
     for stages in profiles.values():
         rules = (stages.get("deid") or {}).get("rules") or {}
@@ -106,7 +106,8 @@ def rules_label(profiles: Mapping[str, Mapping[str, Any]]) -> str:
         return "unknown"
     if len(counts) == 1:
         return next(iter(counts))
-    return "; ".join(f"{label} for {n} session{'s' if n != 1 else ''}" for label, n in sorted(counts.items()))
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))  # the largest group first
+    return "; ".join(f"{label} for {n} session{'s' if n != 1 else ''}" for label, n in ordered)
 
 
 def refuse_weaker(profiles: Mapping[str, Mapping[str, Any]], where: str | Path) -> None:
