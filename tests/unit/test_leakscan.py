@@ -770,3 +770,18 @@ def test_cli_reads_a_saved_harvest_and_vocabularies(small_release: Path, tmp_pat
     out = capsys.readouterr()
     assert "non-vocabulary" not in out.out and "_<withheld>.json: path: PatientName (name)" in out.out
     assert cli.main(["leak-scan", release]) == 2  # neither --source nor --values
+
+
+def test_sessions_column_descriptions_are_not_descriptor_text(small_release: Path, tmp_path: Path) -> None:
+    """`sub-S/sub-S_sessions.json` holds bidsafe's own column descriptions (sentences): the vocabulary rule is
+    for image sidecars; the file is still searched for personal values."""
+    shutil.copytree(small_release, tmp_path, dirs_exist_ok=True)
+    release = tmp_path / "release"
+    vocabulary = [tmp_path / "vocabulary.yaml"]
+    (subject,) = sorted(p for p in release.glob("sub-*") if p.is_dir())[:1]
+    sessions = subject / f"{subject.name}_sessions.json"
+    sessions.write_text(json.dumps({"age": {"Description": "Age at scan; in whole years, rounded down"}}))
+    assert leak_scan(release, ROWS, vocabulary=vocabulary).hits == []
+    sessions.write_text(json.dumps({"age": {"Description": f"age of {ROWS[0]['value']}"}}))
+    hits = leak_scan(release, ROWS, vocabulary=vocabulary).hits
+    assert {(h.where, h.field) for h in hits if h.category == "name"} == {("json:age.Description", "PatientName")}

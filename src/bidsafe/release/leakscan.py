@@ -761,7 +761,10 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
             continue
         if not path.is_file():
             continue
-        descriptors = structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+        # sidecars of released images; not `sub-S_sessions.json`, the column descriptions bidsafe itself writes
+        # (sentences, not scanner descriptors: they are still searched for every personal value)
+        descriptors = (structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+                       and not parts[-1].lower().endswith("_sessions.json"))
         one = _FileScan(scanner, label, structural=structural, descriptors=descriptors,
                         names_file=_names_file(root, parts) if descriptors else None)
         one.scan_path(path)
