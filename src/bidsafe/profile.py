@@ -48,6 +48,15 @@ def write_stage_profile(path: str | Path, files: Mapping[str, str | Path | Seque
     return record
 
 
+def content_digest(*paths: str | Path) -> str:
+    """One SHA-256 over the names and bytes of `paths` (for a Snakemake param: it changes exactly when a
+    file's content does, even when the edited file carries an older modification time)."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def session_key(path: str | Path) -> str:
     """`.../sub-S/ses-T/<stage>.json` -> `sub-S/ses-T`."""
     parts = Path(path).parts

@@ -144,6 +144,16 @@ def test_allowlist_edit_reruns_scrub_not_deid_or_convert(run):
     assert {"deface", "qc", "assemble", "publish"} <= set(jobs)
 
 
+def test_an_edit_carrying_an_older_time_still_reruns(run):
+    """`cp -p`, `rsync -t` or an unpacked archive give an edited file an old time: the content decides."""
+    mapping = run / "site" / "dcm2bids.json"
+    original = mapping.stat()
+    with edited(mapping, json.dumps(json.loads(mapping.read_text(encoding="utf-8")), indent=4)):
+        os.utime(mapping, ns=(original.st_atime_ns, original.st_mtime_ns - 10**12))
+        jobs = planned_jobs(run)
+    assert jobs.get("convert") == 1 and "deid" not in jobs
+
+
 def test_shareable_records_the_profile_the_session_was_processed_with(run):
     shareable = json.loads((run / "release" / "latest" / "SHAREABLE.json").read_text(encoding="utf-8"))
     record = shareable["processing_profile"]

@@ -40,6 +40,15 @@ SIDECAR_ALLOWLIST = shipped(config["scrub"]["allowlist"])
 # by default) is always read too.
 DEID_VOCABULARY = [str(shipped(p)) for p in config["deid"]["vocabulary"]]
 SHIPPED_VOCABULARY = DEFAULT_VOCABULARY
+# Inputs rerun a job when the file is newer than its outputs and its content changed; a file put back with an
+# older time (`cp -p`, `rsync -t`, an unpacked archive) is not newer, so each job also takes the content
+# digest of its files as a param, which reruns it whenever the content differs from its last run.
+def content_digest(*paths):
+    from bidsafe.profile import content_digest as digest
+
+    return digest(*paths)
+
+
 ALLOW_WEAKER_RULES = bool(config["deid"].get("allow_weaker_rules", False))
 # The check `bidsafe check-rules` runs, before any job: a rejected rule set stops the run here, naming the
 # file and its gaps (the deid stage checks again); allow_weaker_rules lets it run, and publish then refuses.

@@ -12,6 +12,7 @@ rule convert:
         summary=WORK / "convert" / SESSION / "series.json",
         profile=WORK / "profile" / SESSION / "convert.json",
     params:
+        content=content_digest(DCM2BIDS_CONFIG),
         private_logs=PRIVATE / "dcm2bids" / SESSION,
     log:
         LOGS / "convert" / "sub-{subject}_ses-{session}.log",

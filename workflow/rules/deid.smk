@@ -15,6 +15,7 @@ rule deid:
         inbox=INBOX,
         key=PRIVATE / "secret.key",
         allow_weaker_rules=ALLOW_WEAKER_RULES,
+        content=content_digest(DEID_RULES, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     log:
         LOGS / "deid" / "sub-{subject}_ses-{session}.log",
     resources:

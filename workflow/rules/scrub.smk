@@ -10,6 +10,8 @@ rule scrub:
     output:
         bids=directory(WORK / "scrub" / SESSION / "bids"),
         profile=WORK / "profile" / SESSION / "scrub.json",
+    params:
+        content=content_digest(SIDECAR_ALLOWLIST, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     log:
         LOGS / "scrub" / "sub-{subject}_ses-{session}.log",
     resources:
