@@ -111,8 +111,9 @@ def _deid(sub: argparse._SubParsersAction) -> None:
         "Basic Profile plus options). Output paths are built from de-identified values only. Dates shift by "
         "a keyed offset per patient (PatientID compared without case, blanks, separators or leading zeros); "
         "each study gets one shift, decided by its first file. An image without pixel data (a file cut short) "
-        "fails. Exit 0 when every file was processed or deliberately withheld, 1 when any failed, 2 for bad "
-        "arguments.",
+        "fails. The rule set is checked as `bidsafe check-rules` does before anything is written. Exit 0 when "
+        "every file was processed or deliberately withheld, 1 when any failed, 2 for bad arguments or a rule "
+        "set check-rules rejects.",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
@@ -126,6 +127,12 @@ def _deid(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE",
         help="site vocabulary file extending the shipped descriptor vocabulary (repeatable)",
+    )
+    p.add_argument(
+        "--allow-weaker-rules",
+        action="store_true",
+        help="apply a rule set that `bidsafe check-rules` rejects (refused otherwise, exit 2); the output is "
+        "then stamped PatientIdentityRemoved NO and is not shareable",
     )
     p.set_defaults(handler="bidsafe.deid.engine:cli_main")
 

@@ -39,22 +39,34 @@ def deid_session(
     subject: str,
     jobs: int = 1,
     vocabulary: Sequence[str | Path] = (),
+    allow_weaker_rules: bool = False,
+    profile_json: Path | None = None,
 ) -> dict[str, int]:
-    """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private."""
+    """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private.
+
+    The rule set is checked as `bidsafe check-rules` does first: a rejected one raises, unless
+    `allow_weaker_rules`, which applies it but records the gaps in `profile_json` (publish then refuses)."""
     from bidsafe.deid.engine import deidentify_tree, write_report
-    from bidsafe.deid.rules import load_rules
-    from bidsafe.deid.vocabulary import vocabulary_for
+    from bidsafe.deid.rules import load_rules, require_checked_rules, weakened
+    from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
     from bidsafe.keys import load_key
     from bidsafe.phi import save_values
+    from bidsafe.profile import WEAKER_RULES, write_stage_profile
 
+    gaps = require_checked_rules(Path(rules_path), allow_weaker=allow_weaker_rules)
     key = load_key(key_path)  # created by the pseudonymise stage; never silently replaced here
     rules = load_rules(Path(rules_path))
+    if gaps:
+        rules = weakened(rules)
+        log.warning("rule set %s: %d check-rules gap(s), applied because deid.allow_weaker_rules is set: this "
+                    "session is NOT shareable and will not be published", Path(rules_path).name, len(gaps))
     files = [Path(rel) for rel in read_file_list(files_txt)]  # relative to the inbox, as deidentify_tree takes them
     with atomic_dir(out_dir) as tmp:
         report = deidentify_tree(
             Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject,
             vocabulary=vocabulary_for(vocabulary),
         )
+        report.weaker_rules = tuple(gaps)
         write_report(report, report_json)
         counts = dict(report.counts)
         log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -63,6 +75,11 @@ def deid_session(
             raise BidsafeError(f"sub-{subject}: no file of the session could be de-identified (see the private "
                                "deid report)", files_txt.name)
     save_values(report.personal_values, values_json)
+    if profile_json is not None:
+        write_stage_profile(
+            profile_json, {"rules": rules_path, "vocabulary": [DEFAULT_VOCABULARY, *vocabulary]},
+            **({WEAKER_RULES: list(gaps)} if gaps else {}),
+        )
     return counts
 
 
@@ -175,10 +192,15 @@ def assemble_stage(
     qc_dirs: Sequence[Path],
     participants_dir: Path,
     release_config: Mapping[str, object],
-    rules_path: Path,
+    profile_parts: Sequence[Path],
+    profiles_json: Path,
     release_dir: Path,
 ) -> list[SessionRef]:
-    """Assemble the staging release from every session that passed deface; withheld ones are listed with why."""
+    """Assemble the staging release from every session that passed deface; withheld ones are listed with why.
+
+    `profile_parts` are the per-session stage profiles (work/profile/sub-S/ses-T/<stage>.json); those of the
+    included sessions are collected into `profiles_json` for publish."""
+    from bidsafe.profile import collect_profiles, rules_label
     from bidsafe.release.assemble import SessionInput, assemble_release
 
     included, withheld = sessions_passing_deface(deface_status)
@@ -189,6 +211,7 @@ def assemble_stage(
     sessions = [SessionInput(r.subject, r.session, status_of[r].parent / "bids") for r in included]
     wanted = set(included)
     qc = [Path(p) for p in qc_dirs if session_from_path(Path(p) / "metrics") in wanted]
+    profiles = collect_profiles(profile_parts, [f"sub-{r.subject}/ses-{r.session}" for r in included])
     assemble_release(
         Path(staging),
         sessions=sessions,
@@ -197,8 +220,9 @@ def assemble_stage(
         config=release_config,
         versions=tool_versions(),
         release_dir=Path(release_dir),
-        profile=Path(rules_path),
+        profile=rules_label(profiles),
     )
+    atomic_write_json(profiles_json, profiles)
     write_included(included_tsv, included, withheld)
     log.info("assembled %d sessions, %d withheld by deface", len(included), len(withheld))
     return included
@@ -241,19 +265,23 @@ def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
     return [deface_dir / f"sub-{r['subject']}" / f"ses-{r['session']}" / "records.json" for r in included]
 
 
-def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], rules_path: Path,
+def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], profiles_json: Path,
                   published_json: Path) -> Path:
-    """Publish when every gate passed; otherwise raise with the failed gates named (release left untouched)."""
+    """Publish when every gate passed and no session was de-identified with a rule set check-rules rejects;
+    otherwise raise naming why (release left untouched)."""
+    from bidsafe.profile import read_profiles, refuse_weaker, rules_label
     from bidsafe.release.gates import read_gate_report
     from bidsafe.release.publish import publish
 
+    profiles = read_profiles(profiles_json)
+    refuse_weaker(profiles, staging)
     results = [read_gate_report(p) for p in gate_reports]
     failed = [r for r in results if not r.passed]
     if failed:
         raise BidsafeError(
             "not published: gate(s) failed: " + "; ".join(f"{r.name}: {r.summary}" for r in failed), staging
         )
-    version_dir = publish(Path(staging), Path(release_dir), results, profile=Path(rules_path))
+    version_dir = publish(Path(staging), Path(release_dir), results, profile=rules_label(profiles), profiles=profiles)
     atomic_write_json(published_json, {"release": str(version_dir), "gates": [r.name for r in results]})
     log.info("published %s", version_dir.name)
     return version_dir

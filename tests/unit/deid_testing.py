@@ -66,6 +66,7 @@ class StubRules:
     codes: tuple[tuple[str, str], ...] = (("113100", "Basic Application Confidentiality Profile"),)
     profile: str = "stub"
     options: tuple[str, ...] = ()
+    identity_removed: bool = True
 
     def __post_init__(self) -> None:
         merged = {**_STRUCTURE, **self.actions}

@@ -788,3 +788,18 @@ def test_vocabulary_rule_reads_image_sidecars_not_bidsafe_data_dictionaries(tmp_
     assert {(h.file, h.where, h.category) for h in hits} == {
         ("sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.json", "json:SeriesDescription", "non-vocabulary token")
     }
+
+
+def test_sessions_column_descriptions_are_not_descriptor_text(small_release: Path, tmp_path: Path) -> None:
+    """`sub-S/sub-S_sessions.json` holds bidsafe's own column descriptions (sentences): the vocabulary rule is
+    for image sidecars; the file is still searched for personal values."""
+    shutil.copytree(small_release, tmp_path, dirs_exist_ok=True)
+    release = tmp_path / "release"
+    vocabulary = [tmp_path / "vocabulary.yaml"]
+    (subject,) = sorted(p for p in release.glob("sub-*") if p.is_dir())[:1]
+    sessions = subject / f"{subject.name}_sessions.json"
+    sessions.write_text(json.dumps({"age": {"Description": "Age at scan; in whole years, rounded down"}}))
+    assert leak_scan(release, ROWS, vocabulary=vocabulary).hits == []
+    sessions.write_text(json.dumps({"age": {"Description": f"age of {ROWS[0]['value']}"}}))
+    hits = leak_scan(release, ROWS, vocabulary=vocabulary).hits
+    assert {(h.where, h.field) for h in hits if h.category == "name"} == {("json:age.Description", "PatientName")}

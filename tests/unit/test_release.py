@@ -861,3 +861,92 @@ def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None
         tmp_path / "partial.html", sessions_tsv_summary=[], gate_results=passing, qc_rows=[], deface_pngs={}
     ).read_text()
     assert "Gates not run: leak_scan." in partial and "Every gate passed" not in partial
+
+
+# ------------------------------------------------------------------------------------ processing profiles
+def _profile_parts(root: Path, sessions: dict[str, Path], weaker: set[str] = frozenset()) -> list[Path]:
+    """Stage parts as the pipeline's stages write them, each session with its own rule file."""
+    from bidsafe.profile import write_stage_profile
+
+    mapping = root / "dcm2bids.json"
+    mapping.write_text('{"descriptions": []}\n', encoding="utf-8")
+    parts = []
+    for key, rules in sessions.items():
+        folder = root / "profile" / key
+        extra = {"weaker_rules": ["(0010,0010) PatientName: K is weaker than Basic Z"]} if key in weaker else {}
+        parts.append(folder / "deid.json")
+        write_stage_profile(parts[-1], {"rules": rules}, **extra)
+        parts.append(folder / "convert.json")
+        write_stage_profile(parts[-1], {"dcm2bids_config": mapping})
+    return parts
+
+
+def test_shareable_states_one_profile_once_when_every_session_shares_it(project: Project, tmp_path: Path) -> None:
+    from bidsafe.profile import collect_profiles
+
+    rules = tmp_path / "basic-mr.yaml"
+    rules.write_text("profile: basic-mr\n", encoding="utf-8")
+    keys = ["sub-a1/ses-01", "sub-a1/ses-02", "sub-b2/ses-01"]
+    profiles = collect_profiles(_profile_parts(tmp_path, dict.fromkeys(keys, rules)))
+    v1 = publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE,
+                 profiles=profiles)
+    record = json.loads((v1 / "SHAREABLE.json").read_text())["processing_profile"]
+    assert record["uniform"] is True and record["sessions"] == 3 and "profiles" not in record
+    assert record["profile"]["deid"]["rules"] == {"file": "basic-mr.yaml", "sha256": _sha256(rules)}
+    assert record["profile"]["convert"]["dcm2bids_config"]["sha256"] == _sha256(tmp_path / "dcm2bids.json")
+
+
+def test_shareable_lists_the_sessions_processed_with_another_profile(project: Project, tmp_path: Path) -> None:
+    from bidsafe.profile import collect_profiles, rules_label
+
+    old, new = tmp_path / "old" / "basic-mr.yaml", tmp_path / "new" / "basic-mr.yaml"
+    for path, text in ((old, "profile: basic-mr\n"), (new, "profile: basic-mr\n# edited\n")):
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8")
+    # two sessions processed before the edit, one after (a rule edit that had not been rerun yet)
+    parts = _profile_parts(tmp_path, {"sub-a1/ses-01": old, "sub-a1/ses-02": old, "sub-b2/ses-01": new})
+    profiles = collect_profiles(parts)
+    v1 = publish(project.staging, project.release_dir, project.gate_results(fast=True),
+                 profile=rules_label(profiles), profiles=profiles)
+    shareable = json.loads((v1 / "SHAREABLE.json").read_text())
+    record = shareable["processing_profile"]
+    assert record["uniform"] is False and record["sessions"] == 3
+    first, second = record["profiles"]
+    assert first["sessions"] == ["sub-a1/ses-01", "sub-a1/ses-02"]
+    assert first["profile"]["deid"]["rules"]["sha256"] == _sha256(old)
+    assert second["sessions"] == ["sub-b2/ses-01"]
+    assert second["profile"]["deid"]["rules"]["sha256"] == _sha256(new)
+    assert shareable["profile"] == (f"basic-mr.yaml (sha256:{_sha256(old)[:16]}) for 2 sessions; "
+                                    f"basic-mr.yaml (sha256:{_sha256(new)[:16]}) for 1 session")
+
+
+def test_publish_refuses_sessions_deidentified_with_weaker_rules(project: Project, tmp_path: Path) -> None:
+    from bidsafe.profile import collect_profiles
+    from bidsafe.stages import publish_stage
+
+    rules = tmp_path / "weaker.yaml"
+    rules.write_text("profile: weaker\n", encoding="utf-8")
+    keys = ["sub-a1/ses-01", "sub-a1/ses-02", "sub-b2/ses-01"]
+    profiles = collect_profiles(_profile_parts(tmp_path, dict.fromkeys(keys, rules), weaker={"sub-a1/ses-02"}))
+    before = _snapshot(project.release_dir)
+    with pytest.raises(BidsafeError, match=r"not published: 1 session\(s\) .*check-rules.*sub-a1/ses-02"):
+        publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE,
+                profiles=profiles)
+    # the pipeline's publish stage, with every gate passed
+    profiles_json = tmp_path / "profiles.json"
+    profiles_json.write_text(json.dumps(profiles), encoding="utf-8")
+    reports = []
+    for result in project.gate_results(fast=True):
+        reports.append(tmp_path / "gates" / f"{result.name}.json")
+        write_gate_report(result, reports[-1])
+    with pytest.raises(BidsafeError, match=r"allow_weaker_rules.*sub-a1/ses-02"):
+        publish_stage(staging=project.staging, release_dir=project.release_dir, gate_reports=reports,
+                      profiles_json=profiles_json, published_json=tmp_path / "published.json")
+    assert _snapshot(project.release_dir) == before
+    assert not (tmp_path / "published.json").exists()
+    # the same sessions without the mark publish
+    fixed = collect_profiles(_profile_parts(tmp_path, dict.fromkeys(keys, rules)))
+    profiles_json.write_text(json.dumps(fixed), encoding="utf-8")
+    version = publish_stage(staging=project.staging, release_dir=project.release_dir, gate_reports=reports,
+                            profiles_json=profiles_json, published_json=tmp_path / "published.json")
+    assert json.loads((version / "SHAREABLE.json").read_text())["processing_profile"]["uniform"] is True

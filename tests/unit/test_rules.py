@@ -551,3 +551,74 @@ def test_declared_option_applied_to_no_row_fails(tmp_path):
 
     result = check_rules(_edited(tmp_path, declare_unused))
     assert "option retain_device_ident is declared (code 113109) but applied to no row" in result.gaps
+
+
+# --- deid refuses what check-rules rejects -----------------------------------------------------------------
+
+
+def _raw_session(tmp_path: Path) -> tuple[Path, Path]:
+    from deid_testing import mr_dataset, write
+
+    from bidsafe.keys import create_key
+
+    raw = tmp_path / "raw"
+    write(mr_dataset(patient_name="Quillfeather^Marisol"), raw / "a.dcm")
+    key = tmp_path / "private" / "secret.key"
+    key.parent.mkdir(mode=0o700)
+    create_key(key)
+    return raw, key
+
+
+def _weaker_files(tmp_path: Path) -> dict[str, Path]:
+    def keep_name(data):
+        _row(data, "PatientName")["action"] = "K"
+
+    def delete_birth_date(data):
+        data["table"].remove(_row(data, "PatientBirthDate"))
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "deleted").mkdir()
+    return {"(0010,0010) PatientName: K is weaker": _edited(tmp_path / "k", keep_name),
+            "(0010,0030) PatientBirthDate: Table E.1-1 row missing": _edited(tmp_path / "deleted", delete_birth_date)}
+
+
+def test_deid_refuses_a_rule_set_check_rules_rejects(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(rules_mod.TABLE_ENV, raising=False)
+    raw, key = _raw_session(tmp_path)
+    for problem, path in _weaker_files(tmp_path).items():
+        out = tmp_path / f"out-{path.parent.name}"
+        assert cli(["deid", str(raw), str(out), "--rules", str(path), "--key", str(key)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and problem in err and "--allow-weaker-rules" in err
+        assert not out.exists()  # refused before anything was written
+        assert "Quillfeather" not in err
+
+
+def test_deid_with_allow_weaker_rules_says_identity_not_removed(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(rules_mod.TABLE_ENV, raising=False)
+    raw, key = _raw_session(tmp_path)
+    path = _weaker_files(tmp_path)["(0010,0010) PatientName: K is weaker"]
+    out, report = tmp_path / "out", tmp_path / "private" / "report.json"
+    assert cli(["deid", str(raw), str(out), "--rules", str(path), "--key", str(key), "--report", str(report),
+                "--allow-weaker-rules"]) == 0
+    assert "NOT de-identified" in capsys.readouterr().err
+    (written,) = [p for p in out.rglob("*") if p.is_file()]
+    ds = pydicom.dcmread(written)
+    # the kept name is honest now: the file no longer claims its identity was removed
+    assert str(ds.PatientName) == "Quillfeather^Marisol"
+    assert ds.PatientIdentityRemoved == "NO"
+    assert "DeidentificationMethodCodeSequence" not in ds
+    assert "not de-identified" in str(ds.DeidentificationMethod)
+    saved = json.loads(report.read_text(encoding="utf-8"))
+    assert saved["shareable"] is False
+    assert any(g.startswith("(0010,0010) PatientName") for g in saved["weaker_rules"])
+
+
+def test_deid_with_checked_rules_stamps_identity_removed(tmp_path, capsys):
+    raw, key = _raw_session(tmp_path)
+    out = tmp_path / "out"
+    assert cli(["deid", str(raw), str(out), "--key", str(key)]) == 0
+    (written,) = [p for p in out.rglob("*") if p.is_file()]
+    ds = pydicom.dcmread(written)
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"

@@ -83,3 +83,55 @@ def test_deid_session_fails_clearly_when_no_listed_file_is_there(session):
         _run(session)
     assert not Path("work/deid/sub-a/ses-01").exists()
     assert not Path("private/phi/sub-a_ses-01.json").exists()
+
+
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "config" / "deid" / "basic-mr.yaml"
+
+
+def _weaker_rules(tmp_path: Path) -> Path:
+    """The shipped rule file with PatientName kept: `bidsafe check-rules` rejects it."""
+    text = SHIPPED_RULES.read_text(encoding="utf-8")
+    row = '{tag: "(0010,0010)", keyword: PatientName, basic: "Z", action: "Z"}'
+    assert text.count(row) == 1
+    path = tmp_path / "weaker.yaml"
+    path.write_text(text.replace(row, row.replace('action: "Z"', 'action: "K"')), encoding="utf-8")
+    return path
+
+
+def _run_with(session, rules: Path, **kwargs) -> dict[str, int]:
+    return deid_session(
+        files_txt=session["files_txt"], inbox=session["inbox"], out_dir=Path("work/deid/sub-a/ses-01"),
+        values_json=Path("private/phi/sub-a_ses-01.json"), report_json=Path("private/deid/sub-a_ses-01.json"),
+        rules_path=rules, key_path=Path("private/secret.key"), subject="a",
+        profile_json=Path("work/profile/sub-a/ses-01/deid.json"), **kwargs,
+    )
+
+
+def test_deid_session_records_the_files_it_was_run_with(session):
+    import hashlib
+
+    from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
+
+    _run_with(session, SHIPPED_RULES)
+    part = json.loads(Path("work/profile/sub-a/ses-01/deid.json").read_text())
+    assert part["rules"] == {"file": "basic-mr.yaml",
+                             "sha256": hashlib.sha256(SHIPPED_RULES.read_bytes()).hexdigest()}
+    assert part["vocabulary"] == [{"file": "vocabulary.yaml",
+                                   "sha256": hashlib.sha256(DEFAULT_VOCABULARY.read_bytes()).hexdigest()}]
+    assert "weaker_rules" not in part
+
+
+def test_deid_session_refuses_a_rule_set_check_rules_rejects(session, tmp_path):
+    rules = _weaker_rules(tmp_path)
+    with pytest.raises(BidsafeError, match=r"weaker\.yaml.*rejected by `bidsafe check-rules`.*\(0010,0010\)"):
+        _run_with(session, rules)
+    assert not Path("work/deid/sub-a/ses-01").exists()
+    assert not Path("work/profile/sub-a/ses-01/deid.json").exists()
+
+
+def test_deid_session_allowed_weaker_rules_marks_the_session(session, tmp_path):
+    _run_with(session, _weaker_rules(tmp_path), allow_weaker_rules=True)
+    part = json.loads(Path("work/profile/sub-a/ses-01/deid.json").read_text())
+    assert any(gap.startswith("(0010,0010) PatientName") for gap in part["weaker_rules"])
+    (first, *_) = sorted(Path("work/deid/sub-a/ses-01").rglob("*.dcm"))
+    assert pydicom.dcmread(first).PatientIdentityRemoved == "NO"

@@ -2,6 +2,8 @@
 from pathlib import Path
 
 from bidsafe.config import check_config
+from bidsafe.deid.rules import require_checked_rules
+from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.private import check_areas, ensure_private_dir
 
 
@@ -30,11 +32,29 @@ def shipped(path):
     return Path(workflow.basedir) / path
 
 
+# Every rule, vocabulary, mapping and allow-list file is an INPUT of the jobs that read it, never a param: a
+# param reruns a job only when its value (here: the path) changes, so an edit of the file itself reran
+# nothing. As inputs, an edit (newer mtime) reruns exactly the jobs that read the file, and what follows.
 DEID_RULES = shipped(config["deid"]["rules"])
 DCM2BIDS_CONFIG = shipped(config["dcm2bids"]["config"])
 SIDECAR_ALLOWLIST = shipped(config["scrub"]["allowlist"])
-# Site extensions of the descriptor vocabulary (the shipped config/deid/vocabulary.yaml is always read).
+# Site extensions of the descriptor vocabulary; the shipped one (SHIPPED_VOCABULARY, the file the code reads
+# by default) is always read too.
 DEID_VOCABULARY = [str(shipped(p)) for p in config["deid"]["vocabulary"]]
+SHIPPED_VOCABULARY = DEFAULT_VOCABULARY
+# Inputs rerun a job when the file is newer than its outputs and its content changed; a file put back with an
+# older time (`cp -p`, `rsync -t`, an unpacked archive) is not newer, so each job also takes the content
+# digest of its files as a param, which reruns it whenever the content differs from its last run.
+def content_digest(*paths):
+    from bidsafe.profile import content_digest as digest
+
+    return digest(*paths)
+
+
+ALLOW_WEAKER_RULES = bool(config["deid"].get("allow_weaker_rules", False))
+# The check `bidsafe check-rules` runs, before any job: a rejected rule set stops the run here, naming the
+# file and its gaps (the deid stage checks again); allow_weaker_rules lets it run, and publish then refuses.
+require_checked_rules(DEID_RULES, allow_weaker=ALLOW_WEAKER_RULES)
 
 
 wildcard_constraints:
@@ -82,6 +102,19 @@ def session_file_list(wildcards):
     # Written by the pseudonymise checkpoint only when its content changes, so finished sessions are not redone.
     checkpoints.pseudonymise.get()
     return PRIVATE / "sessions" / f"sub-{wildcards.subject}" / f"ses-{wildcards.session}" / "files.txt"
+
+
+def profile_parts():
+    """The profile parts of every included session: one per stage that reads a rule, mapping or list file."""
+
+    def parts(wildcards):
+        return [
+            str(WORK / "profile" / SESSION / f"{stage}.json").format(subject=s, session=t)
+            for s, t in included_sessions()
+            for stage in ("deid", "convert", "scrub")
+        ]
+
+    return parts
 
 
 def converted_target():

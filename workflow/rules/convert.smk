@@ -3,13 +3,16 @@ rule convert:
         dicom=rules.deid.output.dicom,
         # private: read for which series de-identification withheld or failed (never copied)
         deid_report=rules.deid.output.report,
+        # an input, not a param: editing the mapping reruns convert (and all after it), not deid
+        config=DCM2BIDS_CONFIG,
     output:
         # a small BIDS root per session (sub-S/ses-T/...), like every later per-session stage
         bids=directory(WORK / "convert" / SESSION / "bids"),
         # every series received: converted to which images, or left out and why (shown in the report)
         summary=WORK / "convert" / SESSION / "series.json",
+        profile=WORK / "profile" / SESSION / "convert.json",
     params:
-        config=DCM2BIDS_CONFIG,
+        content=content_digest(DCM2BIDS_CONFIG),
         private_logs=PRIVATE / "dcm2bids" / SESSION,
     log:
         LOGS / "convert" / "sub-{subject}_ses-{session}.log",

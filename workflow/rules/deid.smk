@@ -1,15 +1,21 @@
 rule deid:
     input:
         files=session_file_list,
+        # inputs, not params: an edit of any of them reruns deid (and all after it) for every session
+        rules=DEID_RULES,
+        vocabulary=DEID_VOCABULARY,
+        shipped_vocabulary=SHIPPED_VOCABULARY,
     output:
         dicom=directory(WORK / "deid" / SESSION),
         values=PRIVATE / "phi" / "sub-{subject}_ses-{session}.json",
         report=PRIVATE / "deid" / "sub-{subject}_ses-{session}.json",
+        # hashes of the files above as this job read them (collected into SHAREABLE.json)
+        profile=WORK / "profile" / SESSION / "deid.json",
     params:
         inbox=INBOX,
-        rules=DEID_RULES,
-        vocabulary=DEID_VOCABULARY,
         key=PRIVATE / "secret.key",
+        allow_weaker_rules=ALLOW_WEAKER_RULES,
+        content=content_digest(DEID_RULES, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     log:
         LOGS / "deid" / "sub-{subject}_ses-{session}.log",
     resources:

@@ -7,13 +7,15 @@ rule assemble:
         deface_bids=per_included_session(str(WORK / "deface" / SESSION / "bids")),
         qc=per_included_session(str(WORK / "qc" / SESSION)),
         participants=WORK / "pseudonymise",
+        # what each session was processed with, as its stages recorded it (see bidsafe.profile)
+        profile_parts=profile_parts(),
     output:
         staging=directory(WORK / "staging" / "release"),
         included=WORK / "staging" / "included.tsv",
+        profiles=WORK / "staging" / "profiles.json",
     params:
         release_dir=RELEASE,
         release=config.get("release", {}),
-        rules=DEID_RULES,
     log:
         LOGS / "release" / "assemble.log",
     resources:
@@ -48,6 +50,10 @@ rule gate_leak_scan:
     input:
         staging=rules.assemble.output.staging,
         index=rules.ingest.output.index,
+        # the shipped vocabulary plus the site's extensions (`deid.vocabulary`: extra files), read by the
+        # gate's own loader; inputs, so an edit reruns the gate
+        vocabulary=[shipped("config/deid/vocabulary.yaml")]
+        + [shipped(p) for p in config.get("deid", {}).get("vocabulary", [])],
     output:
         report=WORK / "gates" / "leak_scan.json",
     params:
@@ -55,10 +61,6 @@ rule gate_leak_scan:
         inbox=INBOX,
         also=[LOGS],
         values_json=PRIVATE / "leakscan" / "values.json",
-        # the shipped vocabulary plus the site's extensions (`deid.vocabulary`: extra files), read by the
-        # gate's own loader
-        vocabulary=[shipped("config/deid/vocabulary.yaml")]
-        + [shipped(p) for p in config.get("deid", {}).get("vocabulary", [])],
     log:
         LOGS / "gates" / "leak_scan.log",
     resources:
@@ -119,11 +121,11 @@ rule publish:
             rules.gate_deface.output.report,
             rules.gate_consent.output.report,
         ],
+        profiles=rules.assemble.output.profiles,
     output:
         published=WORK / "publish" / "published.json",
     params:
         release_dir=RELEASE,
-        rules=DEID_RULES,
     log:
         LOGS / "release" / "publish.log",
     resources:

@@ -3,11 +3,15 @@ rule scrub:
         bids=rules.convert.output.bids,
         dicom=rules.deid.output.dicom,
         values=rules.deid.output.values,
-    output:
-        bids=directory(WORK / "scrub" / SESSION / "bids"),
-    params:
+        # inputs, not params: an edit of the allow-list or a vocabulary reruns scrub (and all after it)
         allowlist=SIDECAR_ALLOWLIST,
         vocabulary=DEID_VOCABULARY,
+        shipped_vocabulary=SHIPPED_VOCABULARY,
+    output:
+        bids=directory(WORK / "scrub" / SESSION / "bids"),
+        profile=WORK / "profile" / SESSION / "scrub.json",
+    params:
+        content=content_digest(SIDECAR_ALLOWLIST, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     log:
         LOGS / "scrub" / "sub-{subject}_ses-{session}.log",
     resources:

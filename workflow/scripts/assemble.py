@@ -11,6 +11,7 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         qc_dirs=[Path(p) for p in snakemake.input.qc],  # noqa: F821
         participants_dir=Path(snakemake.input.participants),  # noqa: F821
         release_config=snakemake.params.release,  # noqa: F821
-        rules_path=Path(snakemake.params.rules),  # noqa: F821
+        profile_parts=[Path(p) for p in snakemake.input.profile_parts],  # noqa: F821
+        profiles_json=Path(snakemake.output.profiles),  # noqa: F821
         release_dir=Path(snakemake.params.release_dir),  # noqa: F821
     )

@@ -10,9 +10,11 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         out_dir=Path(snakemake.output.dicom),  # noqa: F821
         values_json=Path(snakemake.output.values),  # noqa: F821
         report_json=Path(snakemake.output.report),  # noqa: F821
-        rules_path=Path(snakemake.params.rules),  # noqa: F821
+        rules_path=Path(snakemake.input.rules),  # noqa: F821
         key_path=Path(snakemake.params.key),  # noqa: F821
         subject=snakemake.wildcards.subject,  # noqa: F821
         jobs=snakemake.threads,  # noqa: F821
-        vocabulary=list(snakemake.params.vocabulary),  # noqa: F821
+        vocabulary=list(snakemake.input.vocabulary),  # noqa: F821
+        allow_weaker_rules=bool(snakemake.params.allow_weaker_rules),  # noqa: F821
+        profile_json=Path(snakemake.output.profile),  # noqa: F821
     )

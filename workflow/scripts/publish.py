@@ -8,6 +8,6 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         staging=Path(snakemake.input.staging),  # noqa: F821
         release_dir=Path(snakemake.params.release_dir),  # noqa: F821
         gate_reports=[Path(p) for p in snakemake.input.gates],  # noqa: F821
-        rules_path=Path(snakemake.params.rules),  # noqa: F821
+        profiles_json=Path(snakemake.input.profiles),  # noqa: F821
         published_json=Path(snakemake.output.published),  # noqa: F821
     )

@@ -183,6 +183,8 @@ class DeidReport:
     # de-identified StudyInstanceUID -> token the vocabulary replaced -> count: private (tokens may be personal),
     # written to the private report so a site knows what to add to its vocabulary; never printed.
     replaced_tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+    # check-rules gaps of a rule set applied anyway (allow_weaker_rules): the output is not shareable
+    weaker_rules: tuple[str, ...] = ()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -210,6 +212,8 @@ def write_report(report: DeidReport, path: str | Path) -> Path:
         "rules_profile": report.rules_profile,
         "key_path": str(report.key_path) if report.key_path else None,
         "counts": report.counts,
+        "shareable": not report.weaker_rules,
+        "weaker_rules": list(report.weaker_rules),
         "replaced_tokens": {
             study: dict(sorted(tokens.items(), key=lambda item: (-item[1], item[0])))
             for study, tokens in sorted(report.replaced_tokens.items())
@@ -683,8 +687,9 @@ class Deidentifier:
         sequence = b"".join(writer.chunks)
         header = len(writer.header(0x00120064, "SQ", 0xFFFFFFFF))
         modified = "MODIFIED" if self.shift_mode else "REMOVED"
-        return {
-            BaseTag(0x00120062): _raw(0x00120062, "CS", _ascii_value("YES", "CS"), enc.implicit, enc.little),
+        removed = "YES" if self.rules.identity_removed else "NO"
+        added = {
+            BaseTag(0x00120062): _raw(0x00120062, "CS", _ascii_value(removed, "CS"), enc.implicit, enc.little),
             BaseTag(0x00120063): _raw(0x00120063, "LO", _ascii_value(method_text, "LO"), enc.implicit, enc.little),
             # the sequence re-read from its own encoding: items with undefined length, then the delimiter
             BaseTag(0x00120064): RawDataElement(
@@ -692,6 +697,10 @@ class Deidentifier:
             ),
             BaseTag(0x00280303): _raw(0x00280303, "CS", _ascii_value(modified, "CS"), enc.implicit, enc.little),
         }
+        if not self.rules.identity_removed:
+            # a rule set check-rules rejects claims no de-identification method (no Basic Profile code)
+            del added[BaseTag(0x00120064)]
+        return added
 
 
 _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: an item starts here
@@ -1726,14 +1735,25 @@ def default_key_path() -> Path:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    from bidsafe.deid.rules import load_rules
+    from bidsafe.deid.rules import default_rules_path, load_rules, require_checked_rules, weakened
     from bidsafe.keys import load_key, load_or_create_key
     from bidsafe.private import ensure_private_dir
 
     src, dst = Path(args.src), Path(args.dst)
     jobs = int(args.jobs) if getattr(args, "jobs", None) is not None else 1
     _check_tree_arguments(src, dst, jobs)
-    rules = load_rules(Path(args.rules) if args.rules else None)
+    rules_path = Path(args.rules) if args.rules else default_rules_path()
+    # the check `bidsafe check-rules` runs, before anything is written: a rejected set stops here
+    gaps = require_checked_rules(rules_path, allow_weaker=bool(getattr(args, "allow_weaker_rules", False)))
+    rules = load_rules(rules_path)
+    if gaps:
+        rules = weakened(rules)
+        print(
+            f"bidsafe deid: WARNING: {rules_path}: {len(gaps)} gap(s) against PS3.15 Table E.1-1 (see `bidsafe "
+            "check-rules`); applied because of --allow-weaker-rules: the output is NOT de-identified and not "
+            "shareable (PatientIdentityRemoved NO)",
+            file=sys.stderr,
+        )
     vocabulary = vocabulary_for(getattr(args, "vocabulary", None) or ())
     if args.key:
         key_path = Path(args.key)
@@ -1751,6 +1771,7 @@ def cli_main(args: argparse.Namespace) -> int:
         src, dst, rules=rules, key=key, jobs=jobs, progress=sys.stderr.isatty(), vocabulary=vocabulary
     )
     report.key_path = key_path
+    report.weaker_rules = tuple(gaps)
     if args.report:
         write_report(report, Path(args.report))
     counts = report.counts

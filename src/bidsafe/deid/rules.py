@@ -19,7 +19,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,9 @@ class RuleSet:
     resolved: Mapping[int, str] = field(default_factory=dict)
     # (creator lower-stripped, group, element offset) for `is_safe_private`.
     safe_private_keys: frozenset[tuple[str, int, int]] = frozenset()
+    # False for a rule set check-rules rejects, applied only on explicit request (allow_weaker_rules): the
+    # output then says PatientIdentityRemoved NO and claims no de-identification method code.
+    identity_removed: bool = True
 
     def action_for(self, tag: int) -> str:
         """The action for a tag as written in the rule file (compound actions unresolved).
@@ -808,6 +811,34 @@ def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult
         options=tuple(declared),
         gaps=tuple(gaps),
         burned_in_allowed=tuple(sorted(rules.burned_in)) if rules is not None else (),
+    )
+
+
+def weakened(rules: RuleSet) -> RuleSet:
+    """The rule set marked as not removing identity: what a rejected rule set may honestly stamp."""
+    return replace(
+        rules, identity_removed=False, codes=(),
+        method=f"{rules.method} (weaker than the PS3.15 Basic Profile; not de-identified)",
+    )
+
+
+def require_checked_rules(rules_path: Path, *, allow_weaker: bool = False,
+                          table_path: Path | None = None) -> tuple[str, ...]:
+    """The check `bidsafe check-rules` runs, applied before a rule set is used.
+
+    Returns the gaps (empty when the file passes). A rejected file raises ConfigError naming the file and its
+    first gaps, unless `allow_weaker`: then the gaps are returned and the caller marks its output not shareable.
+    """
+    result = check_rules(Path(rules_path), table_path)
+    if result.ok or allow_weaker:
+        return result.gaps
+    shown = "; ".join(result.gaps[:3])
+    more = f"; and {len(result.gaps) - 3} more" if len(result.gaps) > 3 else ""
+    raise ConfigError(
+        f"rule set rejected by `bidsafe check-rules` ({len(result.gaps)} gap(s)): {shown}{more}. Fix the file "
+        "(run `bidsafe check-rules` on it), or allow it explicitly (`--allow-weaker-rules`, config "
+        "`deid.allow_weaker_rules: true`): its output is then marked not shareable and never published",
+        rules_path,
     )
 
 

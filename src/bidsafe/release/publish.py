@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 from bidsafe import __version__
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_json
+from bidsafe.profile import refuse_weaker, summarise_profiles
 from bidsafe.release.assemble import (
     LATEST,
     changes_version,
@@ -130,10 +131,11 @@ def _point_latest(release_dir: Path, target_name: str) -> None:
 
 
 def shareable_record(
-    version: int, gates: Sequence[GateResult], profile: str, manifest_sha256: str, digests: dict[str, str], root: Path
+    version: int, gates: Sequence[GateResult], profile: str, manifest_sha256: str, digests: dict[str, str], root: Path,
+    processing_profile: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of SHAREABLE.json."""
-    return {
+    """The content of SHAREABLE.json; `processing_profile` is `summarise_profiles` of the sessions' profiles."""
+    record: dict[str, Any] = {
         "shareable": True,
         "version": version,
         "version_label": version_label(version),
@@ -150,6 +152,9 @@ def shareable_record(
             "bytes": sum((root / rel).stat().st_size for rel in digests),
         },
     }
+    if processing_profile is not None:
+        record["processing_profile"] = dict(processing_profile)
+    return record
 
 
 def _version_to_publish(staging: Path, release_dir: Path, version: int | None) -> int:
@@ -182,15 +187,20 @@ def publish(
     version: int | None = None,
     link: str = "hardlink",
     required_gates: Sequence[str] = REQUIRED_GATES,
+    profiles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Publish `staging` as the next version under `release_dir`; returns `release_dir/v<N>`.
 
     Raises BidsafeError, with the release folder untouched, unless every required gate passed on this tree.
+    `profiles` ({`sub-S/ses-T`: {stage: profile}}, see bidsafe.profile) go into SHAREABLE.json; a session
+    de-identified with a rule set check-rules rejects refuses the whole release.
     """
     staging = Path(staging)
     release_dir = Path(release_dir)
     if not staging.is_dir():
         raise BidsafeError("staging folder is missing", staging)
+    if profiles is not None:
+        refuse_weaker(profiles, staging)
     gates = check_gates(staging, gate_results, required_gates)
     for marker in RELEASE_MARKERS:
         if (staging / marker).exists():
@@ -211,7 +221,10 @@ def publish(
             copy_tree(staging, tmp, mode)
             _make_read_only(tmp)
             _, manifest_sha256, digests = write_manifest(tmp)
-            record = shareable_record(number, gates, profile_text, manifest_sha256, digests, tmp)
+            record = shareable_record(
+                number, gates, profile_text, manifest_sha256, digests, tmp,
+                summarise_profiles(profiles) if profiles is not None else None,
+            )
             atomic_write_json(tmp / SHAREABLE_NAME, record)  # last: its presence marks the release
             _fsync_dir(tmp)
             os.rename(tmp, final)

@@ -1,0 +1,221 @@
+"""Reruns that tell the truth: an edit of a rule, vocabulary, mapping or allow-list file reruns exactly the
+stages that read it (Snakemake dry-runs after one real run of 1 subject x 1 session), SHAREABLE.json records
+the files each session was processed with, and a rule set that `bidsafe check-rules` rejects is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from bidsafe.demo import DemoSession, generate
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STAGES_AFTER_CONVERT = {"convert", "scrub", "deface", "qc", "assemble", "publish", "report"}
+SITE_VOCABULARY = 'kind: vocabulary\ngroups:\n  tasks:\n    reason: "site task names"\n    tokens: [fingertap]\n'
+
+
+def snakemake(workdir: Path, *extra: str, configfile: str = "config.yaml") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(workdir / configfile), "--cores", "2", *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000, check=False)
+
+
+def planned_jobs(workdir: Path, *targets: str) -> dict[str, int]:
+    """The jobs a dry-run would run, by rule (from Snakemake's job stats table)."""
+    result = snakemake(workdir, "-n", *targets)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    if "Job stats:" not in text:
+        assert "Nothing to be done" in text, text[-3000:]
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
+            if m.group(1) != "total"}
+
+
+@contextlib.contextmanager
+def edited(path: Path, new_text: str) -> Iterator[None]:
+    """Edit a file, then put back its bytes and its modification time, so later checks see the run as it was."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_text(new_text, encoding="utf-8")
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_config(root: Path, name: str = "config.yaml", **deid: object) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config.update(inbox="inbox", private_dir="private", work_dir="work", release_dir="release",
+                  consent="consent.tsv", demographics=None)
+    config["release"]["k_anonymity"] = 1
+    # copies in the run folder, so the test edits them without touching the repository
+    config["deid"].update(rules="site/basic-mr.yaml", vocabulary=["site/vocabulary.yaml"], **deid)
+    config["dcm2bids"]["config"] = "site/dcm2bids.json"
+    config["scrub"]["allowlist"] = "site/sidecar_allowlist.yaml"
+    path = root / name
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def make_run_folder(root: Path, seed: int) -> tuple[Path, list[DemoSession]]:
+    sessions = generate(root / "inbox", subjects=1, sessions=1, seed=seed)
+    (root / "consent.tsv").write_text(
+        f"patient_id\tconsent\tconsent_form_id\n{sessions[0].patient_id}\tpublic\tCF-0001\n", encoding="utf-8"
+    )
+    site = root / "site"
+    site.mkdir()
+    shutil.copy(REPO / "config" / "deid" / "basic-mr.yaml", site / "basic-mr.yaml")
+    shutil.copy(REPO / "config" / "dcm2bids.json", site / "dcm2bids.json")
+    shutil.copy(REPO / "config" / "sidecar_allowlist.yaml", site / "sidecar_allowlist.yaml")
+    (site / "vocabulary.yaml").write_text(SITE_VOCABULARY, encoding="utf-8")
+    write_config(root)
+    return root, sessions
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root, _ = make_run_folder(tmp_path_factory.mktemp("reruns"), seed=11)
+    result = snakemake(root)
+    if result.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return root
+
+
+def weaken_patient_name(text: str) -> str:
+    """The shipped rule file with PatientName kept (K) instead of replaced: check-rules rejects it."""
+    lines = text.splitlines(keepends=True)
+    (index,) = [i for i, line in enumerate(lines) if "(0010,0010)" in line]
+    weakened, count = re.subn(r'action: "?\w+"?', 'action: "K"', lines[index], count=1)
+    assert count == 1, lines[index]
+    lines[index] = weakened
+    return "".join(lines)
+
+
+def test_finished_run_has_nothing_to_do(run):
+    assert planned_jobs(run) == {}
+
+
+def test_rule_edit_reruns_deid_for_every_session_and_all_after_it(run):
+    rules = run / "site" / "basic-mr.yaml"
+    with edited(rules, rules.read_text(encoding="utf-8") + "\n# reviewed again\n"):
+        jobs = planned_jobs(run)
+    assert jobs.get("deid") == 1  # the one session
+    assert set(jobs) >= STAGES_AFTER_CONVERT
+    assert "ingest" not in jobs and "pseudonymise" not in jobs
+    assert planned_jobs(run) == {}  # bytes and time put back: the run is current again
+
+
+def test_vocabulary_edit_reruns_deid_scrub_and_the_leak_gate(run):
+    vocabulary = run / "site" / "vocabulary.yaml"
+    with edited(vocabulary, SITE_VOCABULARY.replace("fingertap]", "fingertap, nback]")):
+        jobs = planned_jobs(run)
+    assert {"deid", "scrub", "gate_leak_scan"} <= set(jobs)
+
+
+def test_allowlist_edit_reruns_scrub_not_deid_or_convert(run):
+    allowlist = run / "site" / "sidecar_allowlist.yaml"
+    with edited(allowlist, allowlist.read_text(encoding="utf-8") + "\n# reviewed again\n"):
+        jobs = planned_jobs(run)
+    assert jobs.get("scrub") == 1
+    assert "deid" not in jobs and "convert" not in jobs
+    assert {"deface", "qc", "assemble", "publish"} <= set(jobs)
+
+
+def test_an_edit_carrying_an_older_time_still_reruns(run):
+    """`cp -p`, `rsync -t` or an unpacked archive give an edited file an old time: the content decides."""
+    mapping = run / "site" / "dcm2bids.json"
+    original = mapping.stat()
+    with edited(mapping, json.dumps(json.loads(mapping.read_text(encoding="utf-8")), indent=4)):
+        os.utime(mapping, ns=(original.st_atime_ns, original.st_mtime_ns - 10**12))
+        jobs = planned_jobs(run)
+    assert jobs.get("convert") == 1 and "deid" not in jobs
+
+
+def test_shareable_records_the_profile_the_session_was_processed_with(run):
+    shareable = json.loads((run / "release" / "latest" / "SHAREABLE.json").read_text(encoding="utf-8"))
+    record = shareable["processing_profile"]
+    assert record["uniform"] is True and record["sessions"] == 1
+    profile = record["profile"]
+    site = run / "site"
+    assert profile["deid"]["rules"] == {"file": "basic-mr.yaml", "sha256": sha256(site / "basic-mr.yaml")}
+    assert [v["sha256"] for v in profile["deid"]["vocabulary"]] == [
+        sha256(REPO / "config" / "deid" / "vocabulary.yaml"), sha256(site / "vocabulary.yaml")]
+    assert profile["convert"]["dcm2bids_config"]["sha256"] == sha256(site / "dcm2bids.json")
+    assert profile["scrub"]["sidecar_allowlist"]["sha256"] == sha256(site / "sidecar_allowlist.yaml")
+    assert profile["scrub"]["vocabulary"] == profile["deid"]["vocabulary"]
+    assert "weaker_rules" not in profile["deid"]
+    assert shareable["profile"] == f"basic-mr.yaml (sha256:{sha256(site / 'basic-mr.yaml')[:16]})"
+
+
+def test_pipeline_refuses_a_rule_set_check_rules_rejects(run):
+    rules = run / "site" / "basic-mr.yaml"
+    with edited(rules, weaken_patient_name(rules.read_text(encoding="utf-8"))):
+        result = snakemake(run, "-n")
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "basic-mr.yaml" in message and "(0010,0010)" in message and "check-rules" in message
+    assert "allow_weaker_rules" in message
+
+
+def test_the_readme_mapping_loop_reruns_convert_without_forcerun(run):
+    """README: edit the dcm2bids config, `snakemake --cores 8 converted`, read series.json, repeat."""
+    mapping = run / "site" / "dcm2bids.json"
+    before = (run / "work" / "deid").stat().st_mtime_ns
+    config = json.loads(mapping.read_text(encoding="utf-8"))
+    # a real edit a site makes: drop the mapping of the T2w series; it must then be reported as left out
+    config["descriptions"] = [d for d in config["descriptions"] if d.get("suffix") != "T2w"]
+    mapping.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    assert planned_jobs(run, "converted") == {"convert": 1, "converted": 1}
+    result = snakemake(run, "converted")
+    assert result.returncode == 0, result.stderr[-4000:]
+    (session,) = (run / "work" / "convert").glob("sub-*/ses-*")
+    images = {p.name for p in (session / "bids").rglob("*.nii.gz")}
+    assert images and not any("T2w" in name for name in images)
+    assert any("T1w" in name for name in images)
+    part = json.loads((run / "work" / "profile" / session.relative_to(run / "work" / "convert")
+                       / "convert.json").read_text(encoding="utf-8"))
+    assert part["dcm2bids_config"]["sha256"] == sha256(mapping)
+    assert (run / "work" / "deid").stat().st_mtime_ns == before
+    assert planned_jobs(run, "converted") == {}  # the loop's next pass starts clean
+
+
+def test_allow_weaker_rules_runs_deid_but_marks_it_not_identity_removed(tmp_path):
+    """Cheap: ingest, pseudonymise and deid of a second small inbox (publish's refusal: tests/unit)."""
+    root, (session,) = make_run_folder(tmp_path, seed=12)
+    rules = root / "site" / "basic-mr.yaml"
+    rules.write_text(weaken_patient_name(rules.read_text(encoding="utf-8")), encoding="utf-8")
+    write_config(root, allow_weaker_rules=True)
+    result = snakemake(root, "deidentified")
+    assert result.returncode == 0, result.stderr[-4000:]
+    (part,) = (root / "work" / "profile").glob("sub-*/ses-*/deid.json")
+    gaps = json.loads(part.read_text(encoding="utf-8"))["weaker_rules"]
+    assert any("(0010,0010)" in gap for gap in gaps)
+    first = min((root / "work" / "deid").rglob("*.dcm"))
+    ds = pydicom.dcmread(first, stop_before_pixels=True)
+    # the rule set kept the name: the file says so instead of claiming its identity was removed
+    assert str(ds.PatientName) == session.patient_name
+    assert ds.PatientIdentityRemoved == "NO"
+    assert "DeidentificationMethodCodeSequence" not in ds
