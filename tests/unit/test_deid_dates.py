@@ -110,3 +110,35 @@ def test_intervals_between_sessions_and_ages_at_scan_are_exact(tmp_path):
         out = deidentify_dataset(ds, rules=rules, key=KEY, shift_days=shift)
         assert _day(out.StudyDate) - _day(out.PatientBirthDate) == _day(scan) - date(1952, 2, 29)
         assert _day(out.PatientBirthDate) < _day(out.StudyDate) < SHIFTED_BEFORE
+
+
+def _scans_tree(root, population, shift_for) -> None:
+    for subject, days in population.items():
+        folder = root / subject
+        folder.mkdir(parents=True)
+        shift = timedelta(days=shift_for(subject))
+        lines = ["filename\tacq_time"] + [
+            f"ses-{i}/anat/{subject}_ses-{i}_T1w.nii.gz\t{(d + shift).isoformat()}T10:15:00"
+            for i, d in enumerate(days, start=1)
+        ]
+        (folder / f"{subject}_scans.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_leak_gate_finds_no_real_date_in_shifted_scans_tables(tmp_path):
+    """The gate looks for every participant's real dates in every written form; the shifted acq_time of a
+    dense population holds none of them (with the former +-10-year shift it held many)."""
+    from bidsafe.release.leakforms import RawValue
+    from bidsafe.release.leakscan import leak_scan
+
+    rng = random.Random(9)
+    start, span = date(2019, 1, 1), (date(2023, 12, 31) - date(2019, 1, 1)).days
+    population = {f"sub-{i:03d}": [start + timedelta(days=rng.randrange(span)) for _ in range(rng.randint(1, 3))]
+                  for i in range(150)}
+    values = [RawValue("date", "StudyDate", _da(d)) for days in population.values() for d in days]
+    _scans_tree(tmp_path / "new", population, lambda s: shift_days_for(KEY, s, 3650))
+    assert leak_scan(tmp_path / "new", values).clean
+    # the test has teeth: jitter alone (the former shift) lands shifted dates on real ones
+    from bidsafe.deid.dates import jitter_days_for
+
+    _scans_tree(tmp_path / "old", population, lambda s: jitter_days_for(KEY, s, 3650))
+    assert len(leak_scan(tmp_path / "old", values).hits) >= 5
