@@ -7,6 +7,7 @@ import random
 from datetime import date, timedelta
 
 import pydicom
+import pytest
 from deid_testing import KEY, OTHER_KEY, StubRules, mr_dataset, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +143,21 @@ def test_leak_gate_finds_no_real_date_in_shifted_scans_tables(tmp_path):
 
     _scans_tree(tmp_path / "old", population, lambda s: jitter_days_for(KEY, s, 3650))
     assert len(leak_scan(tmp_path / "old", values).hits) >= 5
+
+
+def test_rule_files_keep_their_format_and_bound_the_jitter(tmp_path):
+    from bidsafe.deid.rules import default_rules_path
+    from bidsafe.errors import ConfigError
+
+    shipped = default_rules_path()
+    assert load_rules(shipped).max_shift_days == 3650  # `dates: {mode: shift, max_shift_days: N}` unchanged
+    text = shipped.read_text(encoding="utf-8")
+    assert "dates: {mode: shift, max_shift_days: 3650}" in text
+    for days, ok in ((MAX_JITTER_DAYS, True), (MAX_JITTER_DAYS + 1, False), (0, False)):
+        edited = tmp_path / f"rules-{days}.yaml"
+        edited.write_text(text.replace("max_shift_days: 3650}", f"max_shift_days: {days}}}"), encoding="utf-8")
+        if ok:
+            assert load_rules(edited).max_shift_days == days
+        else:
+            with pytest.raises(ConfigError, match="max_shift_days must be between 1 and"):
+                load_rules(edited)
