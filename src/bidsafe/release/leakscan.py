@@ -993,7 +993,8 @@ def cli_main(args: argparse.Namespace) -> int:
     verdict = "clean" if report.clean else f"{len(report.hits)} hits"
     print(f"leak scan: {verdict}; {len(report.allowed)} allowed by {report.allow['entries']} allow-list entries; "
           f"{report.values} values, {report.needles} needles, {report.vocabulary_words_not_searched} vocabulary "
-          f"words and {report.placeholder_values_not_searched} placeholder values not searched; {report.speed()}",
+          f"words not searched, {report.placeholder_values_not_searched} placeholder values not searched; "
+          f"{report.speed()}",
           file=sys.stderr)
     return 0 if report.clean else 1
 
