@@ -201,8 +201,14 @@ def _leak_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--values", metavar="FILE.json", help="a saved harvest: rows {category, field, value}")
     p.add_argument("--vocabulary", action="append", default=[], metavar="FILE.yaml",
                    help="descriptor vocabulary (repeatable: the shipped file, then site extensions)")
-    p.add_argument("--report", metavar="FILE.json")
+    p.add_argument("--report", metavar="FILE.json", help="the public report: files, fields, counts; no value")
     p.add_argument("--also", action="append", default=[], metavar="DIR", help="more folders (e.g. logs)")
+    p.add_argument("--allow", metavar="FILE.yaml",
+                   help="site allow-list: a list of {value|pattern, reason} entries (or a mapping with `allow:`); "
+                   "hits whose every value is allowed are counted, not failed")
+    p.add_argument("--findings", metavar="FILE.json",
+                   help="PRIVATE: write each finding's values, their sessions (with a --values harvest saved by "
+                   "the pipeline) and the allowing entry here (0600); keep it in the private area")
     p.set_defaults(handler="bidsafe.release.leakscan:cli_main")
 
 

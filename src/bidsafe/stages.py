@@ -234,9 +234,7 @@ def gate_stage(name: str, report: Path, **inputs: object) -> bool:
 
     runners = {
         "validator": lambda: gates.gate_validator(inputs["staging"], str(inputs.get("backend", "deno"))),
-        "leak_scan": lambda: gates.gate_leak_scan(
-            inputs["staging"], _leak_values(inputs), inputs.get("also", ()), inputs.get("vocabulary") or None
-        ),
+        "leak_scan": lambda: _leak_gate(inputs),
         "deface": lambda: gates.gate_deface(inputs["staging"], _deface_records(inputs), inputs.get("exempt") or {}),
         "consent": lambda: gates.gate_consent(inputs["staging"], inputs["sessions_tsv"]),
     }
@@ -249,14 +247,20 @@ def gate_stage(name: str, report: Path, **inputs: object) -> bool:
     return result.passed
 
 
-def _leak_values(inputs: Mapping[str, object]):
-    """Harvested independently from the raw inbox (not from deid's own harvest), kept private."""
-    from bidsafe.phi import save_values
-    from bidsafe.release.leakscan import harvest_source
+def _leak_gate(inputs: Mapping[str, object]):
+    """The leak gate on a harvest made independently from the raw inbox (not from deid's own harvest), per
+    session so that each value names its sessions; the harvest and the findings (values) stay private."""
+    from bidsafe.release import gates
+    from bidsafe.release.leakscan import harvest_sessions, save_harvest
 
-    values = harvest_source(Path(str(inputs["inbox"])))
-    save_values(values, Path(str(inputs["values_json"])))
-    return values
+    sessions_dir = inputs.get("sessions_dir")
+    rows, origins = harvest_sessions(Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None)
+    save_harvest(rows, origins, Path(str(inputs["values_json"])))
+    findings = inputs.get("findings_json")
+    return gates.gate_leak_scan(
+        inputs["staging"], rows, inputs.get("also", ()), inputs.get("vocabulary") or None,
+        allow=inputs.get("allow") or None, origins=origins, findings=Path(str(findings)) if findings else None,
+    )
 
 
 def _deface_records(inputs: Mapping[str, object]) -> list[Path]:

@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.deid import engine
-from bidsafe.deid.dates import shift_da, shift_days_for, shift_dt
+from bidsafe.deid.dates import base_days, shift_da, shift_days_for, shift_dt
 from bidsafe.deid.engine import (
     DUPLICATE,
     FAILED,
@@ -40,7 +40,7 @@ from bidsafe.deid.rules import BURNED_IN_CLASSES, load_rules
 from bidsafe.deid.uids import keyed_uid
 from bidsafe.phi import PersonalValue, harvest_dataset
 
-SHIFT = 7
+SHIFT = 7 - base_days(30)  # a real shift: a week of jitter after the move back before 1925
 
 
 def _run(ds: Dataset, rules: StubRules | None = None, shift: int | None = SHIFT, values=None) -> Dataset:
@@ -61,7 +61,7 @@ ACTION_CASES = [
     ("PatientID", "PID-99812", "D", "ANONYMOUS"),
     ("AccessionNumber", "ACC778812", "D", "ANONYMOUS"),
     ("StudyDate", "20210309", "D", "SHIFTED"),
-    ("AcquisitionDateTime", "20210309101500.5+0100", "D", "20210316101500.5+0100"),
+    ("AcquisitionDateTime", "20210309101500.5+0100", "D", "SHIFTED:101500.5+0100"),
     ("StudyTime", "093015", "D", "000000"),
     ("PatientAge", "042Y", "D", "000Y"),
     ("PatientSize", "1.82", "D", "0"),
@@ -82,7 +82,7 @@ ACTION_CASES = [
     # action C: tokens outside the vocabulary become the placeholder first (then harvested values go)
     ("SeriesDescription", "T1 Quillfeather MPRAGE", "C", "T1 ANON MPRAGE"),
     ("StudyDate", "20210309", "C", "SHIFTED"),
-    ("AcquisitionDateTime", "20210309235959.123456-0500", "C", "20210316235959.123456-0500"),
+    ("AcquisitionDateTime", "20210309235959.123456-0500", "C", "SHIFTED:235959.123456-0500"),
     ("StudyTime", "093015.25", "C", "093015.25"),
     ("ReferringPhysicianName", "Voskuijlen^Tamsin", "C", "ANONYMOUS"),
     ("IrradiationEventUID", "1.2.826.0.1.3680043.9.7777.55", "C", "KEYED"),
@@ -97,6 +97,8 @@ def test_each_action_on_each_vr(keyword, value, action, expected):
     out = _run(ds, StubRules({keyword: action, "PatientName": "Z"} if keyword != "PatientName" else {keyword: action}))
     if expected == "SHIFTED":
         expected = _shifted(value)
+    elif expected.startswith("SHIFTED:"):  # a DT: the date part shifted, time and UTC offset kept
+        expected = _shifted(value[:8]) + expected.removeprefix("SHIFTED:")
     elif expected == "KEYED":
         expected = keyed_uid(KEY, value)
     assert keyword in out
@@ -369,13 +371,14 @@ def test_registered_and_class_uids_are_untouched():
 # --- dates ------------------------------------------------------------------------------------------------
 
 
-def test_shift_days_never_zero_within_bounds_and_both_signs():
-    shifts = [shift_days_for(KEY, f"sub-{i:04d}", 3650) for i in range(3000)]
-    assert 0 not in shifts
-    assert all(-3650 <= s <= 3650 for s in shifts)
-    assert min(shifts) < -3000 and max(shifts) > 3000
+def test_shift_is_the_move_back_plus_a_keyed_jitter_never_zero_of_both_signs():
+    jitters = [shift_days_for(KEY, f"sub-{i:04d}", 3650) + base_days(3650) for i in range(3000)]
+    assert 0 not in jitters
+    assert all(-3650 <= s <= 3650 for s in jitters)
+    assert min(jitters) < -3000 and max(jitters) > 3000
     assert shift_days_for(KEY, "sub-0001", 5) == shift_days_for(KEY, "sub-0001", 5)
-    assert {shift_days_for(KEY, f"s{i}", 1) for i in range(50)} == {-1, 1}
+    assert {shift_days_for(KEY, f"s{i}", 1) + base_days(1) for i in range(50)} == {-1, 1}
+    assert shift_days_for(KEY, "sub-0001", 3650) != shift_days_for(OTHER_KEY, "sub-0001", 3650)
 
 
 def test_date_value_forms():

@@ -61,6 +61,11 @@ rule gate_leak_scan:
         inbox=INBOX,
         also=[LOGS],
         values_json=PRIVATE / "leakscan" / "values.json",
+        # private (0600): each finding's values, the sessions they came from, the allow-list entry that allowed
+        # an accepted hit; the public report (output) names files and fields only
+        findings_json=PRIVATE / "leakscan" / "findings.json",
+        sessions_dir=PRIVATE / "sessions",
+        allow=config.get("release", {}).get("leak_scan", {}).get("allow", []),
     log:
         LOGS / "gates" / "leak_scan.log",
     resources:

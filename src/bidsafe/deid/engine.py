@@ -46,7 +46,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from bidsafe import __version__
-from bidsafe.deid.dates import shift_da, shift_days_for, shift_dt
+from bidsafe.deid.dates import SHIFTED_BEFORE, shift_da, shift_days_for, shift_dt
 from bidsafe.deid.private import TextCleaner, _pack_length_prefixed_gzip, _unpack_length_prefixed_gzip
 from bidsafe.deid.uids import UidMapper
 from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
@@ -458,7 +458,10 @@ class Deidentifier:
     def _shifted(self, text: str, vr: str, shift_days: int | None) -> str | None:
         if shift_days is None:
             return None
-        return shift_da(text, shift_days) if vr == "DA" else shift_dt(text, shift_days)
+        # A real date that would not land before SHIFTED_BEFORE (later than dates.REAL_UNTIL) is not written.
+        if vr == "DA":
+            return shift_da(text, shift_days, SHIFTED_BEFORE)
+        return shift_dt(text, shift_days, SHIFTED_BEFORE)
 
     def _dummy(self, tag: int, vr: str, elem: Any, shift_days: int | None, enc: _Encoding) -> RawDataElement:
         if vr == "UI":

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from bidsafe.deid.dates import MAX_JITTER_DAYS
 from bidsafe.errors import ConfigError
 
 # --- vocabulary ---------------------------------------------------------------------------------------
@@ -393,8 +394,9 @@ def _parse(raw: Any, path: Path) -> tuple[RuleSet | None, list[str]]:
             except ValueError as exc:
                 problems.append(str(exc))
             else:
-                if max_shift_days < 1:
-                    problems.append("dates.max_shift_days must be at least 1")
+                if not 1 <= max_shift_days <= MAX_JITTER_DAYS:
+                    # the jitter around the fixed move back before 1925 (bidsafe.deid.dates)
+                    problems.append(f"dates.max_shift_days must be between 1 and {MAX_JITTER_DAYS}")
     if date_mode == "remove" and "retain_long_modif_dates" in options:
         problems.append(
             "dates: mode remove contradicts the declared option retain_long_modif_dates (its code says dates "

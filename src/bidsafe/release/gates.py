@@ -182,7 +182,8 @@ def _issue_brief(issue: Any) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- leak scan
 @_fail_closed(LEAK_SCAN)
 def gate_leak_scan(
-    staging: str | Path, values: Any, also: Sequence[str | Path] = (), vocabulary: Any = None
+    staging: str | Path, values: Any, also: Sequence[str | Path] = (), vocabulary: Any = None, *,
+    allow: Any = None, origins: Mapping[Any, Iterable[str]] | None = None, findings: str | Path | None = None,
 ) -> GateResult:
     """Pass when no harvested personal value (in any form the gate renders) occurs in the staging tree or in
     `also`, and the released metadata keeps the structural rules (ASCII only; vocabulary tokens only in
@@ -190,7 +191,10 @@ def gate_leak_scan(
 
     `values`: the raw harvested rows {category, field, value}, as saved in the private area (a path) or in
     memory (any iterable of such rows or objects); the gate renders and matches them itself. An empty
-    harvest fails: a scan that looks for nothing proves nothing.
+    harvest fails: a scan that looks for nothing proves nothing. `allow`: the site allow-list
+    (`release.leak_scan.allow`); hits it allows are counted, not failed. `origins`: value -> session labels.
+    `findings`: where to write the private findings file (values, sessions; 0600) - a path in the private
+    area, never in work_dir: the report written here names files and fields only.
     """
     staging = Path(staging)
     fingerprint = staging_fingerprint(staging)
@@ -205,8 +209,14 @@ def gate_leak_scan(
         return _result(LEAK_SCAN, False, "no personal values were harvested: nothing to scan for", {}, fingerprint)
     vocabulary_paths = [Path(p) for p in ([vocabulary] if isinstance(vocabulary, str | Path) else vocabulary or [])]
     also_paths = [Path(p) for p in also]
-    report = leak_scan(staging, rows, also=also_paths, vocabulary=vocabulary_paths or None)
+    report = leak_scan(staging, rows, also=also_paths, vocabulary=vocabulary_paths or None, allow=allow,
+                       origins=origins)
+    if findings is not None:
+        from bidsafe.release.leakscan import write_findings
+
+        write_findings(report, Path(findings))
     hits = [_hit_brief(hit, staging, also_paths) for hit in report.hits]
+    allowed = [_hit_brief(hit, staging, also_paths) for hit in report.allowed]
     passed = bool(report.clean) and not hits
     where = Counter(h["file"] for h in hits)
     rules = Counter(h.get("category", "") for h in hits if h.get("field") == "-")
@@ -214,6 +224,7 @@ def gate_leak_scan(
     summary = (
         (f"{len(hits)} hits in {len(where)} files (values not shown)" if hits else "0 hits")
         + (f"; {', '.join(f'{n} {rule}' for rule, n in sorted(rules.items()))}" if rules else "")
+        + (f"; {len(allowed)} allowed by the site allow-list" if allowed else "")
         + (f"; {scanned} files scanned for {len(rows)} values" if isinstance(scanned, int) else "")
         + ("" if vocabulary_paths else "; no vocabulary given: non-vocabulary rule not applied")
     )
@@ -224,6 +235,11 @@ def gate_leak_scan(
         "rules": list(report.rules),
         "vocabulary": list(report.vocabulary),
         "vocabulary_words_not_searched": report.vocabulary_words_not_searched,
+        "placeholder_values_not_searched": report.placeholder_values_not_searched,
+        # the site allow-list: how many entries and which version (sha256 of their canonical JSON), never them
+        "allow": dict(report.allow),
+        "allowed_count": len(allowed),
+        "allowed": _capped(allowed),
         "hits": _capped(hits),
     }
     for counter_name in ("files", "bytes", "seconds", "needles"):

@@ -45,6 +45,22 @@ PLACEHOLDERS = frozenset(
     }
 )
 
+# Whole values that are technical placeholders, never a person's: what scanners, test exports and QA or phantom
+# sessions carry as PatientName/PatientID (measured in the corpus: PatientID `dicom`, `DEV`, `phantom`;
+# PatientName `dicom`, `Development`, `phantom`). A harvested value (not a date or UID) made only of these
+# words and PLACEHOLDERS (case-insensitive, the whole value: `QA^Phantom`, `TEST`, `dev`) is not searched at
+# all; as a word inside a longer value ("Dev^Anand") it still is. The words are common in README text, log
+# lines and sequence names ("DEV" in `/dev/null`, "dicom" in every log), so searching them fails every release
+# and finds no one. Anything more specific (a site's own QA patient name) belongs in the site allow-list.
+PLACEHOLDER_VALUES = PLACEHOLDERS | frozenset(
+    {
+        "dicom", "dcm", "dev", "devel", "development", "qa", "qc", "test", "tests", "testing", "demo",
+        "service", "phantom", "phantoms", "anonymous", "unknown", "dummy", "sample", "default", "noname",
+        "no name", "xxx",
+    }
+)
+_PLACEHOLDER_SPLIT = re.compile(r"[\s^=_,.;:/\\-]+")
+
 MIN_LENGTH = 3  # characters of a folded form; two Latin letters match everywhere by chance
 MIN_IDEOGRAPHIC = 2  # 山田: CJK, kana and hangul carry a name in two characters
 NUMERIC_MIN = 4  # "123" as a study ID is no identifier worth failing a release on; "1234" is
@@ -158,6 +174,16 @@ def searchable(folded: str) -> bool:
     return len(stripped) >= (MIN_IDEOGRAPHIC if is_ideographic(stripped) else MIN_LENGTH)
 
 
+def is_placeholder_value(value: str) -> bool:
+    """Whether a whole harvested value is a technical placeholder (PLACEHOLDER_VALUES): `dicom`, `DEV`,
+    `QA^Phantom`, `Test^Test`; not `Dev^Anand`, not `Test^Regression`."""
+    folded = fold(value).strip()
+    if folded in PLACEHOLDER_VALUES:
+        return True
+    words = [w for w in _PLACEHOLDER_SPLIT.split(folded) if w]
+    return bool(words) and all(w in PLACEHOLDER_VALUES for w in words)
+
+
 def squash(folded: str) -> str:
     """Letters and digits only (identifier comparison without separators)."""
     return _NOT_ALNUM.sub("", folded)
@@ -237,6 +263,7 @@ class Rendering:
     dates: dict[date, RawValue]
     uids: dict[str, RawValue]
     vocabulary_skipped: int  # single-token forms that are vocabulary words, not searched
+    placeholders_skipped: int = 0  # whole values that are technical placeholders, not searched
 
 
 def render(values: Iterable[RawValue], is_vocabulary_word: Callable[[str], bool] | None = None) -> Rendering:
@@ -248,8 +275,12 @@ def render(values: Iterable[RawValue], is_vocabulary_word: Callable[[str], bool]
     dates: dict[date, RawValue] = {}
     uids: dict[str, RawValue] = {}
     skipped: set[str] = set()
+    placeholders = 0
     for value in sorted(values):
         category = value.category
+        if category not in ("uid", "date", "time") and is_placeholder_value(value.value):
+            placeholders += 1
+            continue
         if category == "uid":
             uids.setdefault(value.value.strip(), value)
             uids.setdefault(value.value.strip().replace(".", ""), value)  # digits alone (a UID as a file name)
@@ -289,7 +320,7 @@ def render(values: Iterable[RawValue], is_vocabulary_word: Callable[[str], bool]
                 if searchable(folded) and not (is_vocabulary_word is not None and is_vocabulary_word(folded)):
                     text.setdefault(folded, value)
                     raw.setdefault(spelling.strip().lower(), value)
-    return Rendering(text, raw, squashed, dates, uids, len(skipped))
+    return Rendering(text, raw, squashed, dates, uids, len(skipped), placeholders)
 
 
 # ---------------------------------------------------------------------------------------------- dates in text
@@ -405,11 +436,13 @@ def byte_variants(form: str) -> Iterator[bytes]:
 
 __all__ = [
     "PLACEHOLDERS",
+    "PLACEHOLDER_VALUES",
     "RawValue",
     "Rendering",
     "byte_variants",
     "find_dates",
     "fold",
+    "is_placeholder_value",
     "mojibake",
     "raw_values",
     "render",

@@ -47,7 +47,15 @@ tokenising dotted numbers and looking each component-aligned piece up in a set.
 
 A hit names the file (the parts of path components that carry a value, and any non-ASCII run, are replaced
 by `<withheld>`), where, the DICOM field (or `-` for a structural rule) and the category or rule, never the
-value. Any hit fails the gate.
+value. Any hit fails the gate, unless the site's allow-list (`leakallow`, `release.leak_scan.allow`) allows
+every value it found: then it is counted as allowed, not as a finding.
+
+Triage: the private findings file (`write_findings`, 0600, in the private area) gives, for every finding and
+every allowed hit, the values found, the sessions each value was harvested from (pseudonymous labels, when
+the harvest was made per session: `harvest_sessions`) and the entry that allowed it. Only it holds values.
+
+Values that are technical placeholders as a whole (`leakforms.PLACEHOLDER_VALUES`: PatientID `dicom`,
+PatientName `QA^Phantom`, ...) are not searched: they name no one, and they match README text and log lines.
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +79,8 @@ import ahocorasick_rs
 from bidsafe.errors import ConfigError
 from bidsafe.fsutil import atomic_write_json
 from bidsafe.phi import harvest_files  # collection only: the raw rows; matching is this package's own
+from bidsafe.private import private_write_text
+from bidsafe.release.leakallow import AllowList, load_allow
 from bidsafe.release.leakforms import (
     ID_CATEGORIES,
     MIN_LENGTH,
@@ -144,6 +154,14 @@ class LeakReport:
     rules: list[str] = field(default_factory=list)
     vocabulary: list[str] = field(default_factory=list)  # file names of the vocabulary read
     vocabulary_words_not_searched: int = 0
+    placeholder_values_not_searched: int = 0
+    allowed: list[LeakHit] = field(default_factory=list)  # hits whose every value the site allow-list allows
+    allow: dict[str, Any] = field(default_factory=lambda: AllowList().summary())  # entries, sha256
+    # Private: the values behind each hit (and behind each allowed hit), for `write_findings` only; never in
+    # `to_dict`, never printed.
+    found: dict[LeakHit, list[RawValue]] = field(default_factory=dict, repr=False)
+    allowed_by: dict[RawValue, dict[str, Any]] = field(default_factory=dict, repr=False)
+    origins: dict[RawValue, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def clean(self) -> bool:
@@ -169,7 +187,32 @@ class LeakReport:
             "rules": self.rules,
             "vocabulary": self.vocabulary,
             "vocabulary_words_not_searched": self.vocabulary_words_not_searched,
+            "placeholder_values_not_searched": self.placeholder_values_not_searched,
+            "allow": dict(self.allow),
+            "allowed": len(self.allowed),
             "hits": [vars(h) for h in self.hits],
+        }
+
+    def private_findings(self) -> dict[str, Any]:
+        """Every finding and every allowed hit with its values, their sessions and the allowing entry.
+        PRIVATE: holds personal values; written only by `write_findings` into the private area."""
+
+        def value_row(value: RawValue) -> dict[str, Any]:
+            row: dict[str, Any] = {"value": value.value, "field": value.field, "category": value.category,
+                                   "sessions": list(self.origins.get(value, []))}
+            if value in self.allowed_by:
+                row["allowed_by"] = self.allowed_by[value]
+            return row
+
+        def hit_row(hit: LeakHit) -> dict[str, Any]:
+            return {**vars(hit), "values": [value_row(v) for v in self.found.get(hit, [])]}
+
+        return {
+            "private": "personal values: keep in the private area, never share",
+            "target": self.target,
+            "allow": dict(self.allow),
+            "findings": [hit_row(h) for h in self.hits],
+            "allowed": [hit_row(h) for h in self.allowed],
         }
 
 
@@ -287,6 +330,7 @@ class Scanner:
         self.vocabulary: Vocabulary | None = vocabulary_from(vocabulary)
         rendering = render(self.values, self.vocabulary.is_word if self.vocabulary else None)
         self.vocabulary_skipped = rendering.vocabulary_skipped
+        self.placeholders_skipped = rendering.placeholders_skipped
         folded = {form.encode("utf-8"): _pattern(form, v) for form, v in rendering.text.items()}
         self.text = _Needles(folded, 1)  # forms were filtered by `searchable` (any script, own minimums)
         self.squashed = _Needles(
@@ -430,11 +474,14 @@ class _FileScan:
         self.descriptors = descriptors and scanner.vocabulary is not None
         self.names_file = names_file
         self.hits: set[LeakHit] = set()
+        self.values: dict[LeakHit, set[RawValue]] = {}  # the values behind each hit (private findings)
         self.bytes = 0
 
     def add(self, where: str, found: Iterable[RawValue]) -> None:
         for value in found:
-            self.hits.add(LeakHit(self.label, where, value.field, value.category))
+            hit = LeakHit(self.label, where, value.field, value.category)
+            self.hits.add(hit)
+            self.values.setdefault(hit, set()).add(value)
 
     def flag(self, where: str, rule: str) -> None:
         self.hits.add(LeakHit(self.label, where, STRUCTURE, rule))
@@ -730,14 +777,16 @@ def _names_file(root: Path, parts: Sequence[str]) -> Callable[[str], bool]:
     return names
 
 
-def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
-              structural: bool = True) -> tuple[set[LeakHit], int, int]:
+def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *, structural: bool = True,
+              found: dict[LeakHit, set[RawValue]] | None = None) -> tuple[set[LeakHit], int, int]:
     """(hits, files scanned, bytes scanned) for every path and file under `root`.
 
     `structural`: `root` is released metadata (the structural rules apply); False for logs (`also`).
+    `found`, when given, receives the values behind each hit (for the private findings).
     """
     root = Path(root)
     hits: set[LeakHit] = set()
+    found = {} if found is None else found
     files = total = 0
     safe: dict[str, str] = {}
 
@@ -752,12 +801,16 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
     for path, parts in _walk(root):
         label = sanitised(parts)
         for value in scanner.in_text(parts[-1]):
-            hits.add(LeakHit(label, "path", value.field, value.category))
+            hit = LeakHit(label, "path", value.field, value.category)
+            hits.add(hit)
+            found.setdefault(hit, set()).add(value)
         if structural and not parts[-1].isascii():
             hits.add(LeakHit(label, "path", STRUCTURE, NON_ASCII))
         if path.is_symlink():
             for value in scanner.in_text(os.readlink(path)):
-                hits.add(LeakHit(label, "path", value.field, value.category))
+                hit = LeakHit(label, "path", value.field, value.category)
+                hits.add(hit)
+                found.setdefault(hit, set()).add(value)
             continue
         if not path.is_file():
             continue
@@ -771,38 +824,48 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
                         names_file=_names_file(root, parts) if descriptors else None)
         one.scan_path(path)
         hits |= one.hits
+        for hit, values in one.values.items():
+            found.setdefault(hit, set()).update(values)
         files += 1
         total += one.bytes
     return hits, files, total
 
 
 def leak_scan(
-    target: Path, values: Any, *, also: Sequence[Path] = (), scan_voxels: bool = True, vocabulary: Any = None
+    target: Path, values: Any, *, also: Sequence[Path] = (), scan_voxels: bool = True, vocabulary: Any = None,
+    allow: Any = None, origins: Mapping[RawValue, Iterable[str]] | None = None,
 ) -> LeakReport:
     """Scan `target` (and each `also` folder) for every raw harvested value; hits never hold values.
 
     `values`: raw harvested rows (see `leakforms.raw_values`). `vocabulary`: the vocabulary file paths (or a
     loaded `Vocabulary`); without one the non-vocabulary rule does not run (the report says so). Files under
     `also` folders are labelled `<folder name>/<relative path>` and get the value search only (they are logs,
-    not released metadata). Raises ConfigError when there is nothing to look for or a folder is missing: an
-    empty scan must never pass for a clean one.
+    not released metadata). `allow`: the site allow-list (`leakallow.load_allow` input); a hit whose every
+    value it allows moves to `allowed`. `origins`: value -> session labels it was harvested from (private
+    findings only). Raises ConfigError when there is nothing to look for or a folder is missing: an empty
+    scan must never pass for a clean one.
     """
     target = Path(target)
     for folder in (target, *also):
         if not Path(folder).is_dir():
             raise ConfigError("leak scan: not a folder", folder)
+    allow_list = load_allow(allow)
     started = time.perf_counter()
     scanner = Scanner(values, scan_voxels=scan_voxels, vocabulary=vocabulary)
     if not scanner.values:
         raise ConfigError("leak scan: no personal values to look for (was the source harvested?)")
-    hits, files, total = scan_tree(target, scanner)
+    found: dict[LeakHit, set[RawValue]] = {}
+    hits, files, total = scan_tree(target, scanner, found=found)
     for folder in also:
         prefix = _safe_component(Path(folder).name, scanner) + "/"
-        more_hits, more_files, more_bytes = scan_tree(Path(folder), scanner, label_prefix=prefix, structural=False)
+        more_hits, more_files, more_bytes = scan_tree(Path(folder), scanner, label_prefix=prefix, structural=False,
+                                                      found=found)
         hits |= more_hits
         files += more_files
         total += more_bytes
     rules = ["personal values", NON_ASCII] + ([NON_VOCABULARY] if scanner.vocabulary else [])
+    findings, allowed, allowed_by = _triage(hits, found, allow_list)
+    wanted = {v for h in hits for v in found.get(h, ())}
     return LeakReport(
         target=_safe_component(target.name, scanner),
         also=[_safe_component(Path(f).name, scanner) for f in also],
@@ -811,11 +874,37 @@ def leak_scan(
         files=files,
         bytes=total,
         seconds=time.perf_counter() - started,
-        hits=sorted(hits),
+        hits=findings,
         rules=rules,
         vocabulary=list(scanner.vocabulary.files) if scanner.vocabulary else [],
         vocabulary_words_not_searched=scanner.vocabulary_skipped,
+        placeholder_values_not_searched=scanner.placeholders_skipped,
+        allowed=allowed,
+        allow=allow_list.summary(),
+        found={h: sorted(found.get(h, ())) for h in sorted(hits)},
+        allowed_by=allowed_by,
+        origins={v: sorted(set(origins.get(v, ()))) for v in wanted} if origins else {},
     )
+
+
+def _triage(hits: Iterable[LeakHit], found: Mapping[LeakHit, set[RawValue]],
+            allow: AllowList) -> tuple[list[LeakHit], list[LeakHit], dict[RawValue, dict[str, Any]]]:
+    """(findings, allowed hits, value -> the entry that allowed it). A hit is allowed when it has values and
+    the allow-list allows every one of them; structural hits (no value) always stay findings."""
+    findings: list[LeakHit] = []
+    allowed: list[LeakHit] = []
+    allowed_by: dict[RawValue, dict[str, Any]] = {}
+    for hit in sorted(hits):
+        values = found.get(hit, set())
+        entries = {value: allow.match(value.value) for value in values} if allow.entries else {}
+        for value, entry in entries.items():
+            if entry is not None:
+                allowed_by[value] = {"entry": entry.index, **entry.to_dict()}
+        if values and entries and all(entry is not None for entry in entries.values()):
+            allowed.append(hit)
+        else:
+            findings.append(hit)
+    return findings, allowed, allowed_by
 
 
 def harvest_source(raw_dir: Path) -> Any:
@@ -829,8 +918,59 @@ def harvest_source(raw_dir: Path) -> Any:
     return harvest_files(paths, private_text=True)
 
 
+def harvest_sessions(raw_dir: Path, sessions_dir: Path | None) -> tuple[list[RawValue], dict[RawValue, list[str]]]:
+    """`harvest_source`, made per session so that each value can be tied to the sessions it came from:
+    (rows, value -> pseudonymous session labels `sub-S_ses-T`).
+
+    `sessions_dir`: the pseudonymise stage's private `sessions/` folder (sub-S/ses-T/files.txt: each session's
+    inbox-relative paths). Every other inbox file is harvested too, labelled `inbox (no session)`: a value
+    must never go unsearched because ingest set its file aside.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise ConfigError("leak scan: --source is not a folder", raw_dir)
+    everything = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink())
+    groups: dict[str, list[Path]] = {}
+    listed: set[Path] = set()
+    if sessions_dir is not None and Path(sessions_dir).is_dir():
+        for files_txt in sorted(Path(sessions_dir).glob("sub-*/ses-*/files.txt")):
+            label = f"{files_txt.parent.parent.name}_{files_txt.parent.name}"
+            paths = [raw_dir / line for line in files_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+            groups[label] = [p for p in paths if p.is_file() and not p.is_symlink()]
+            listed.update(groups[label])
+    rest = [p for p in everything if p not in listed]
+    if rest:
+        groups[UNASSIGNED] = rest
+    origins: dict[RawValue, set[str]] = {}
+    for label, paths in groups.items():
+        for value in raw_values(harvest_files(paths, private_text=True)):
+            origins.setdefault(value, set()).add(label)
+    return sorted(origins), {value: sorted(labels) for value, labels in origins.items()}
+
+
+UNASSIGNED = "inbox (no session)"
+
+
+def save_harvest(rows: Iterable[RawValue], origins: Mapping[RawValue, Iterable[str]], path: Path) -> Path:
+    """The gate's harvest, privately (0600, atomic): rows {category, field, value, sessions}."""
+    data = [{**value._asdict(), "sessions": sorted(origins.get(value, ()))} for value in rows]
+    return private_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+
+
+def load_origins(path: Path) -> dict[RawValue, list[str]]:
+    """value -> session labels, from a harvest saved by `save_harvest` (rows without `sessions`: none)."""
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {RawValue(r["category"], r["field"], r["value"]): list(r.get("sessions") or [])
+            for r in rows if isinstance(r, dict) and {"category", "field", "value"} <= r.keys()}
+
+
 def write_report(report: LeakReport, path: Path) -> Path:
     return atomic_write_json(path, report.to_dict())
+
+
+def write_findings(report: LeakReport, path: Path) -> Path:
+    """The private findings (values, sessions, allowing entries): 0600, atomic, in a 0700 folder."""
+    return private_write_text(path, json.dumps(report.private_findings(), ensure_ascii=False, indent=1) + "\n")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -838,23 +978,43 @@ def cli_main(args: argparse.Namespace) -> int:
     [--report FILE.json] [--also DIR ...]`: 0 clean, 1 hits."""
     if bool(getattr(args, "source", None)) == bool(getattr(args, "values", None)):
         raise ConfigError("leak scan: give exactly one of --source RAW_DIR and --values FILE.json")
+    origins: dict[RawValue, list[str]] = {}
     if args.source:
         values = raw_values(harvest_source(Path(args.source)))
         if not values:
             raise ConfigError("leak scan: no readable DICOM with personal values under --source", args.source)
     else:
         values = raw_values(Path(args.values))
+        origins = load_origins(Path(args.values))
     report = leak_scan(Path(args.dir), values, also=[Path(a) for a in args.also],
-                       vocabulary=[Path(v) for v in getattr(args, "vocabulary", None) or []] or None)
+                       vocabulary=[Path(v) for v in getattr(args, "vocabulary", None) or []] or None,
+                       allow=read_allow_file(getattr(args, "allow", None)), origins=origins)
     for hit in report.hits:
         print(hit.line())
     if args.report:
         write_report(report, Path(args.report))
+    if getattr(args, "findings", None):
+        write_findings(report, Path(args.findings))
     verdict = "clean" if report.clean else f"{len(report.hits)} hits"
-    print(f"leak scan: {verdict}; {report.values} values, {report.needles} needles, "
-          f"{report.vocabulary_words_not_searched} vocabulary words not searched; {report.speed()}",
+    print(f"leak scan: {verdict}; {len(report.allowed)} allowed by {report.allow['entries']} allow-list entries; "
+          f"{report.values} values, {report.needles} needles, {report.vocabulary_words_not_searched} vocabulary "
+          f"words not searched, {report.placeholder_values_not_searched} placeholder values not searched; "
+          f"{report.speed()}",
           file=sys.stderr)
     return 0 if report.clean else 1
+
+
+def read_allow_file(path: str | Path | None) -> AllowList:
+    """An allow-list from a YAML or JSON file: a list of entries, or a mapping with an `allow` list."""
+    if not path:
+        return AllowList()
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"leak scan: cannot read the allow-list ({type(exc).__name__})", path) from exc
+    return load_allow(data.get("allow") if isinstance(data, dict) else data)
 
 
 __all__ = [
@@ -864,8 +1024,14 @@ __all__ = [
     "LeakReport",
     "Scanner",
     "cli_main",
+    "UNASSIGNED",
+    "harvest_sessions",
     "harvest_source",
     "leak_scan",
+    "load_origins",
+    "read_allow_file",
+    "save_harvest",
     "scan_tree",
+    "write_findings",
     "write_report",
 ]

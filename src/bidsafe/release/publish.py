@@ -41,7 +41,7 @@ from bidsafe.release.assemble import (
     published_versions,
     version_label,
 )
-from bidsafe.release.gates import REQUIRED_GATES, GateResult, read_gate_report, staging_fingerprint
+from bidsafe.release.gates import LEAK_SCAN, REQUIRED_GATES, GateResult, read_gate_report, staging_fingerprint
 from bidsafe.release.manifest import (
     MANIFEST_NAME,
     RELEASE_MARKERS,
@@ -145,6 +145,9 @@ def shareable_record(
         "gates": [
             {"name": g.name, "passed": g.passed, "summary": g.summary, "checked_utc": g.checked_utc} for g in gates
         ],
+        # The site's leak-scan allow-list: how many reviewed false positives it accepts and which version of it
+        # (sha256 of the entries' canonical JSON); the entries stay with the site. None: the gate did not say.
+        "leak_scan_allow": _leak_scan_allow(gates),
         "manifest": {
             "file": MANIFEST_NAME,
             "sha256": manifest_sha256,
@@ -155,6 +158,15 @@ def shareable_record(
     if processing_profile is not None:
         record["processing_profile"] = dict(processing_profile)
     return record
+
+
+def _leak_scan_allow(gates: Sequence[GateResult]) -> dict[str, Any] | None:
+    for gate in gates:
+        allow = gate.details.get("allow") if gate.name == LEAK_SCAN else None
+        if isinstance(allow, dict) and {"entries", "sha256"} <= allow.keys():
+            allowed = gate.details.get("allowed_count", 0)
+            return {"entries": allow["entries"], "sha256": allow["sha256"], "hits_allowed": allowed}
+    return None
 
 
 def _version_to_publish(staging: Path, release_dir: Path, version: int | None) -> int:
