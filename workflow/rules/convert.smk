@@ -3,11 +3,13 @@ rule convert:
         dicom=rules.deid.output.dicom,
         # private: read for which series de-identification withheld or failed (never copied)
         deid_report=rules.deid.output.report,
+        upstream_status=rules.deid.output.status,
     output:
         # a small BIDS root per session (sub-S/ses-T/...), like every later per-session stage
         bids=directory(WORK / "convert" / SESSION / "bids"),
         # every series received: converted to which images, or left out and why (shown in the report)
         summary=WORK / "convert" / SESSION / "series.json",
+        status=status_file("convert"),
     params:
         config=DCM2BIDS_CONFIG,
         private_logs=PRIVATE / "dcm2bids" / SESSION,

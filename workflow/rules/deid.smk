@@ -5,6 +5,7 @@ rule deid:
         dicom=directory(WORK / "deid" / SESSION),
         values=PRIVATE / "phi" / "sub-{subject}_ses-{session}.json",
         report=PRIVATE / "deid" / "sub-{subject}_ses-{session}.json",
+        status=status_file("deid"),
     params:
         inbox=INBOX,
         rules=DEID_RULES,

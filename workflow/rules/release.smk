@@ -3,7 +3,8 @@
 
 rule assemble:
     input:
-        deface_status=per_included_session(str(WORK / "deface" / SESSION / "status.json")),
+        # the last per-session stage's status: a session withheld at any stage carries its reason here
+        session_status=per_included_session(str(status_file("qc"))),
         deface_bids=per_included_session(str(WORK / "deface" / SESSION / "bids")),
         qc=per_included_session(str(WORK / "qc" / SESSION)),
         participants=WORK / "pseudonymise",
@@ -48,6 +49,8 @@ rule gate_leak_scan:
     input:
         staging=rules.assemble.output.staging,
         index=rules.ingest.output.index,
+        # which sessions are QA/phantom sessions (config `qa_sessions`): their placeholder values are no needles
+        sessions_tsv=PRIVATE / "pseudonymise" / "sessions.tsv",
     output:
         report=WORK / "gates" / "leak_scan.json",
     params:
@@ -55,6 +58,7 @@ rule gate_leak_scan:
         inbox=INBOX,
         also=[LOGS],
         values_json=PRIVATE / "leakscan" / "values.json",
+        session_files=PRIVATE / "sessions",
         # the shipped vocabulary plus the site's extensions (`deid.vocabulary`: extra files), read by the
         # gate's own loader
         vocabulary=[shipped("config/deid/vocabulary.yaml")]

@@ -3,8 +3,10 @@ rule scrub:
         bids=rules.convert.output.bids,
         dicom=rules.deid.output.dicom,
         values=rules.deid.output.values,
+        upstream_status=rules.convert.output.status,
     output:
         bids=directory(WORK / "scrub" / SESSION / "bids"),
+        status=status_file("scrub"),
     params:
         allowlist=SIDECAR_ALLOWLIST,
         vocabulary=DEID_VOCABULARY,

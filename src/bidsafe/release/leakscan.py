@@ -61,7 +61,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -813,14 +813,17 @@ def leak_scan(
     )
 
 
-def harvest_source(raw_dir: Path) -> Any:
+def harvest_source(raw_dir: Path, skip: Collection[str] = ()) -> Any:
     """Every personal value of every readable DICOM file under `raw_dir` (header only), including strings
     of identity private blocks. Collection only (`bidsafe.phi.harvest_files`): the gate reads the rows
-    {category, field, value} and renders and matches them itself."""
+    {category, field, value} and renders and matches them itself. `skip`: paths relative to `raw_dir` not
+    read (the files of QA/phantom sessions, which are never released)."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise ConfigError("leak scan: --source is not a folder", raw_dir)
-    paths = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink())
+    skipped = {Path(rel).as_posix() for rel in skip}
+    paths = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.relative_to(raw_dir).as_posix() not in skipped)
     return harvest_files(paths, private_text=True)
 
 
