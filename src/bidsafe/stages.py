@@ -88,9 +88,12 @@ def nothing_deidentified(entries: Sequence[Any]) -> SessionWithheld:
         parts.append(f"{len(failed)} failed" + (f" ({', '.join(kinds)})" if kinds else ""))
     if withheld:
         parts.append(f"{len(withheld)} withheld" + (f" ({', '.join(classes)})" if classes else ""))
-    others = len(entries) - len(failed) - len(withheld)
-    if others:
-        parts.append(f"{others} not DICOM or duplicates")
+    unreadable = sum(1 for e in entries if e.status == "not_dicom")
+    if unreadable:
+        parts.append(f"{unreadable} not DICOM or unreadable")
+    duplicates = sum(1 for e in entries if e.status == "duplicate")
+    if duplicates:
+        parts.append(f"{duplicates} duplicates")
     return SessionWithheld(
         "deid:nothing-deidentified",
         "no file of the session could be de-identified: " + (", ".join(parts) or "no file listed"),
