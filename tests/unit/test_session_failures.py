@@ -38,6 +38,7 @@ from _pseudonym_data import FakeSession, config, write_index, write_registry  # 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "config" / "deid" / "basic-mr.yaml"
 ALLOWLIST = REPO / "config" / "sidecar_allowlist.yaml"
+MR = "1.2.840.10008.5.1.4.1.1.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture: withheld by de-identification as possibly burned-in
 
 
@@ -160,7 +161,7 @@ def check_withheld(work: Work, bad: str, stage: str, code: str, words: str) -> N
     assert "1 of 2 sessions included, 1 withheld" in html
 
 
-def _mr(path: Path, study: str, series: str, number: int, sop_class: str) -> None:
+def _mr(path: Path, study: str, series: str, number: int, sop_class: str, charset: str | None = None) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -172,6 +173,10 @@ def _mr(path: Path, study: str, series: str, number: int, sop_class: str) -> Non
     ds.PatientName, ds.PatientID = "Orlowska^Thea", "PX-5521"
     ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "20230102", "MR", 7, number
     ds.SeriesDescription = "screen capture"
+    if charset:
+        ds.SpecificCharacterSet = charset
+    # a slice placed in the patient: an MR image without geometry is withheld as a possible screen capture
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(number)], [1, 0, 0, 0, 1, 0]
     ds.Rows = ds.Columns = 4
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
@@ -183,21 +188,26 @@ def _mr(path: Path, study: str, series: str, number: int, sop_class: str) -> Non
 # ------------------------------------------------------------------------------------------- each kind
 
 
-def test_every_file_burned_in_withholds_at_deid(tmp_path):
-    work = Work(tmp_path)
+def _deid_session_of(tmp_path: Path, work: Work, sop_class: str, charset: str | None = None) -> dict:
+    """Three files of one series (with a SpecificCharacterSet when given) through the deid stage."""
     inbox = tmp_path / "inbox"
     study, series = generate_uid(), generate_uid()
     rels = [f"ORLOWSKA/{i}.dcm" for i in range(1, 4)]
     for i, rel in enumerate(rels, start=1):
-        _mr(inbox / rel, study, series, i, SC)
+        _mr(inbox / rel, study, series, i, sop_class, charset)
     files_txt = tmp_path / "private" / "files.txt"
     files_txt.parent.mkdir()
     files_txt.write_text("\n".join(rels) + "\n")
     create_key(tmp_path / "private" / "secret.key")
-    status = deid_stage(status_json=work.status("deid", "bad"), files_txt=files_txt, inbox=inbox,
-                        out_dir=work.dir("deid", "bad"), values_json=tmp_path / "values.json",
-                        report_json=tmp_path / "private" / "deid_bad.json", rules_path=RULES,
-                        key_path=tmp_path / "private" / "secret.key", subject="bad")
+    return deid_stage(status_json=work.status("deid", "bad"), files_txt=files_txt, inbox=inbox,
+                      out_dir=work.dir("deid", "bad"), values_json=tmp_path / "values.json",
+                      report_json=tmp_path / "private" / "deid_bad.json", rules_path=RULES,
+                      key_path=tmp_path / "private" / "secret.key", subject="bad")
+
+
+def test_every_file_burned_in_withholds_at_deid(tmp_path):
+    work = Work(tmp_path)
+    status = _deid_session_of(tmp_path, work, SC)
     assert status["code"] == "deid:all-burned-in"
     assert work.dir("deid", "bad").is_dir() and not any(work.dir("deid", "bad").iterdir())
     assert "Orlowska" in {v.value.split("^")[0] for v in load_values(tmp_path / "values.json")}  # kept, private
@@ -207,6 +217,20 @@ def test_every_file_burned_in_withholds_at_deid(tmp_path):
     assert summary["converted"] == 0 and summary["series"][0]["series"] == "7"
     assert summary["series"][0]["left_out"][0]["reason"].startswith("withheld by de-identification")
     check_withheld(work, "bad", "deid", "deid:all-burned-in", "withheld as possibly holding burned-in text")
+
+
+def test_unsupported_character_set_withholds_at_deid(tmp_path):
+    """Text in a character set pydicom cannot decode can be neither harvested nor cleaned: fail closed."""
+    work = Work(tmp_path)
+    status = _deid_session_of(tmp_path, work, MR, charset="ISO_IR 999")
+    assert status["code"] == "deid:nothing-deidentified"
+    assert status["reason"] == "no file of the session could be de-identified: 3 failed (unsupported character set)"
+    work.finish_from("deid", "bad")
+    check_withheld(work, "bad", "deid", "deid:nothing-deidentified", "unsupported character set")
+
+
+def test_a_known_character_set_is_de_identified(tmp_path):
+    assert _deid_session_of(tmp_path, Work(tmp_path), MR, charset="ISO_IR 100")["status"] == INCLUDED
 
 
 @pytest.fixture(scope="module")
