@@ -434,3 +434,26 @@ def test_library_rejects_a_bad_pattern_or_a_missing_reason():
         read_site_exclusions({"qa_sessions": [{"field": "PatientID", "pattern": "(", "reason": "r"}]})
     with pytest.raises(ConfigError, match="reason"):
         read_site_exclusions({"sessions": {"exclude": [{"patient_id": "X", "reason": " "}]}})
+
+
+def test_leak_gate_reads_a_sessions_dictionary_as_prose_but_still_searches_it(tmp_path):
+    """sub-S/sub-S_sessions.json describes columns in words (not scanner descriptors): it must not fail the
+    vocabulary rule of image sidecars (it did on every site release with a sessions table), and a personal
+    value in it is still found."""
+    from bidsafe.release.leakscan import leak_scan
+
+    release = tmp_path / "release"
+    (release / "sub-a1").mkdir(parents=True)
+    dictionary = {"session_id": {"Description": "Session label; sessions are numbered in order of scan date"},
+                  "weight": {"Description": "Body weight at scan, rounded to the nearest 0.5 kg", "Units": "kg"}}
+    (release / "sub-a1" / "sub-a1_sessions.json").write_text(json.dumps(dictionary))
+    values = [{"category": "name", "field": "PatientName", "value": "Zyxwq^Vortigern"}]
+    vocabulary = [REPO / "config" / "deid" / "vocabulary.yaml"]
+    assert leak_scan(release, values, vocabulary=vocabulary).hits == []
+    dictionary["weight"]["Description"] = "weighed by Vortigern Zyxwq"
+    (release / "sub-a1" / "sub-a1_sessions.json").write_text(json.dumps(dictionary))
+    assert [h.field for h in leak_scan(release, values, vocabulary=vocabulary).hits] == ["PatientName"]
+    # an image sidecar keeps the rule
+    (release / "sub-a1" / "anat").mkdir()
+    (release / "sub-a1" / "anat" / "sub-a1_T1w.json").write_text(json.dumps({"SeriesDescription": "numbered seen"}))
+    assert any(h.category == "non-vocabulary token" for h in leak_scan(release, values, vocabulary=vocabulary).hits)

@@ -761,7 +761,10 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *,
             continue
         if not path.is_file():
             continue
-        descriptors = structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+        # image sidecars only: sub-<S>/sub-<S>_sessions.json is a column dictionary (like participants.json,
+        # written from the participants allow-list), whose descriptions are prose, not scanner descriptors
+        descriptors = (structural and parts[0].startswith("sub-") and parts[-1].lower().endswith(".json")
+                       and not (len(parts) == 2 and parts[-1].endswith("_sessions.json")))
         one = _FileScan(scanner, label, structural=structural, descriptors=descriptors,
                         names_file=_names_file(root, parts) if descriptors else None)
         one.scan_path(path)
