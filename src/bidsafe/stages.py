@@ -224,7 +224,11 @@ def qc_stage(*, in_bids: Path, out_dir: Path, status_json: Path, upstream_status
 
     def work() -> dict[str, Any]:
         rows = session_qc(Path(in_bids), subject, session)
-        write_qc(rows, Path(out_dir))
+        if rows:
+            write_qc(rows, Path(out_dir))
+        else:  # no image QC measures (none named as BIDS expects): nothing to table, nothing wrong
+            with atomic_dir(out_dir):
+                pass
         return {"images": len(rows)}
 
     def write_empty() -> None:

@@ -319,6 +319,16 @@ def test_qc_passes_a_withheld_session_through_its_empty_folder(tmp_path):
     assert work.qc_from("bad", refused) == read_status(refused)
 
 
+def test_qc_of_a_session_with_nothing_to_measure_is_no_failure(tmp_path):
+    work = Work(tmp_path)
+    (work.dir("deface", "ok") / "bids" / "sub-ok" / "ses-01" / "anat").mkdir(parents=True)
+    included = work.status("deface", "ok")
+    included.parent.mkdir(parents=True)
+    included.write_text(json.dumps({"status": INCLUDED, "stage": "deface"}))
+    assert work.qc_from("ok", included) == {"status": INCLUDED, "stage": "qc", "images": 0}
+    assert work.dir("qc", "ok").is_dir() and not any(work.dir("qc", "ok").iterdir())
+
+
 def test_a_bug_or_a_config_error_still_fails_the_job(tmp_path):
     written: list[str] = []
     status = tmp_path / "status.json"
