@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.errors import BidsafeError, ConfigError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
@@ -157,17 +157,14 @@ def convert_session(
         if summary_json is not None:
             atomic_write_json(summary_json, summary)
         if completed.returncode != 0:
-            raise BidsafeError(
-                f"dcm2bids failed with exit code {completed.returncode} for sub-{subject} ses-{session}"
+            raise SessionWithheld(
+                "convert:dcm2bids-failed",
+                f"dcm2bids failed (exit code {completed.returncode}) for sub-{subject} ses-{session}"
                 + (" (see the convert log in the private area)" if log_dir is not None else ""),
                 dicom_dir,
             )
         if not produced.is_dir() or not _niftis(produced):
-            raise BidsafeError(
-                f"no series matched the dcm2bids config for sub-{subject} ses-{session} "
-                f"(config {config_path.name})",
-                dicom_dir,
-            )
+            raise nothing_converted(summary, config_path.name, subject, session, dicom_dir)
         final = out_dir / rel
         with atomic_dir(final) as staging:
             for child in sorted(produced.iterdir()):
@@ -175,6 +172,36 @@ def convert_session(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _niftis(final)
+
+
+def nothing_converted(summary: Mapping[str, Any], config_name: str, subject: str, session: str,
+                      dicom_dir: Path) -> SessionWithheld:
+    """Why a session produced no image, from its conversion summary: an ambiguous mapping (dcm2bids' "several
+    pairing") is named as such, apart from series the mapping does not convert at all (localizers, reports,
+    CT or RT objects sent by mistake) and series dcm2niix could not read."""
+    reasons: Counter[str] = Counter()
+    for series in summary.get("series", []):
+        for item in series.get("left_out", []):
+            reasons[str(item.get("reason", ""))] += 1
+    received = int(summary.get("received", 0))
+    counted = ", ".join(f"{reason}: {count} series" for reason, count in sorted(reasons.items()))
+    where = f"sub-{subject} ses-{session}, mapping {config_name}"
+    if reasons.get(AMBIGUOUS):
+        return SessionWithheld(
+            "convert:ambiguous",
+            f"the dcm2bids mapping is ambiguous for this session: images matched several descriptions, so none "
+            f"was converted ({where}; {counted})", dicom_dir)
+    if not received:
+        return SessionWithheld("convert:no-series", f"no DICOM series to convert ({where})", dicom_dir)
+    return SessionWithheld(
+        "convert:nothing-converted",
+        f"none of the {received} series received is converted by the mapping ({where}; {counted})", dicom_dir)
+
+
+def empty_summary(deid_report: Path | None = None) -> dict[str, Any]:
+    """The conversion summary of a session that was not converted: the series de-identification received,
+    left out with its reasons (from the private report, reasons only), and nothing converted."""
+    return summarise({}, {}, "", Path("/nonexistent"), _deid_files(deid_report))
 
 
 def _niftis(folder: Path) -> list[Path]:

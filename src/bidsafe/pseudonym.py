@@ -46,6 +46,7 @@ from bidsafe.fsutil import write_if_changed
 from bidsafe.keys import KEY_FILENAME, keyed_digest, load_or_create_key
 from bidsafe.phi import MIN_NEEDLE_LENGTH, harvest_dataset
 from bidsafe.private import FILE_MODE, ensure_private_dir
+from bidsafe.siteexclusions import read_site_exclusions, site_decision
 
 log = logging.getLogger("bidsafe")
 
@@ -439,6 +440,7 @@ def run_pseudonymise(
     index_tsv, inbox, private_dir, out_dir = Path(index_tsv), Path(inbox), Path(private_dir), Path(out_dir)
     _check_apart(private_dir, out_dir)
     settings = read_settings(config)
+    site = read_site_exclusions(config)
     registry = consent_mod.load_registry(config)
     demographics = meta.read_demographics(config.get("demographics"))
     meta.check_columns_against_demographics(settings.columns, demographics)
@@ -480,7 +482,12 @@ def run_pseudonymise(
     metadata_inputs: list[meta.SessionMetadataInput] = []
     for study, ident in zip(studies, identities, strict=True):
         subject, session = labels[study.uid]
-        if study.uid in problems:
+        site_reason = site_decision(
+            site, subject=subject, session=session, patient_ids=study.patient_ids, study_uid=study.uid,
+            patient_name=str(study.header.get("PatientName", "") or "") if study.header is not None else "")
+        if site_reason is not None:
+            included, reason = False, site_reason
+        elif study.uid in problems:
             included, reason = False, problems[study.uid]
         else:
             included, reason = consent_mod.decide(registry, ident.patient_id, settings.audience)

@@ -259,9 +259,13 @@ def _read_bvals(path: Path) -> np.ndarray | None:
 
 
 def image_qc(path: Path, datatype: str, suffix: str) -> dict[str, Any]:
-    """Metrics of one image (n/a metrics are None)."""
-    image = nib.load(path)
-    data = np.asanyarray(image.dataobj).astype(np.float32, copy=False)
+    """Metrics of one image (n/a metrics are None). An image that cannot be read is the session's problem
+    (BidsafeError: the qc stage withholds that session), not a crash of the run."""
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj).astype(np.float32, copy=False)
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise BidsafeError(f"cannot read image {path.name} ({type(exc).__name__})") from exc
     if data.ndim > 4:
         data = data.reshape(data.shape[:3] + (-1,))
     volumes = data.shape[3] if data.ndim == 4 else 1

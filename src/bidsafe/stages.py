@@ -9,17 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bidsafe.errors import BidsafeError, GuardError
+from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
 
 log = logging.getLogger("bidsafe")
-
-WITHHELD = "withheld"
-INCLUDED = "included"
 
 
 def read_file_list(files_txt: Path) -> list[str]:
@@ -45,7 +45,9 @@ def deid_session(
     """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private.
 
     The rule set is checked as `bidsafe check-rules` does first: a rejected one raises, unless
-    `allow_weaker_rules`, which applies it but records the gaps in `profile_json` (publish then refuses)."""
+    `allow_weaker_rules`, which applies it but records the gaps in `profile_json` (publish then refuses).
+    Raises SessionWithheld when no file of the session could be de-identified (every file withheld as
+    burned-in, or failed): the harvest and the private report are written first."""
     from bidsafe.deid.engine import deidentify_tree, write_report
     from bidsafe.deid.rules import load_rules, require_checked_rules, weakened
     from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
@@ -54,6 +56,11 @@ def deid_session(
     from bidsafe.profile import WEAKER_RULES, write_stage_profile
 
     gaps = require_checked_rules(Path(rules_path), allow_weaker=allow_weaker_rules)
+    if profile_json is not None:  # before the work: a session withheld below still records what it was run with
+        write_stage_profile(
+            profile_json, {"rules": rules_path, "vocabulary": [DEFAULT_VOCABULARY, *vocabulary]},
+            **({WEAKER_RULES: list(gaps)} if gaps else {}),
+        )
     key = load_key(key_path)  # created by the pseudonymise stage; never silently replaced here
     rules = load_rules(Path(rules_path))
     if gaps:
@@ -68,19 +75,124 @@ def deid_session(
         )
         report.weaker_rules = tuple(gaps)
         write_report(report, report_json)
+        save_values(report.personal_values, values_json)
         counts = dict(report.counts)
         log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if not counts.get("processed"):
-            # ingest listed these files as readable images: none processed means the inbox changed under us
-            raise BidsafeError(f"sub-{subject}: no file of the session could be de-identified (see the private "
-                               "deid report)", files_txt.name)
-    save_values(report.personal_values, values_json)
-    if profile_json is not None:
-        write_stage_profile(
-            profile_json, {"rules": rules_path, "vocabulary": [DEFAULT_VOCABULARY, *vocabulary]},
-            **({WEAKER_RULES: list(gaps)} if gaps else {}),
-        )
+            raise nothing_deidentified(report.entries)
     return counts
+
+
+_BURNED_IN_CLASS = re.compile(r"\[burned_in class ([a-z_]+)\]")
+
+
+def nothing_deidentified(entries: Sequence[Any]) -> SessionWithheld:
+    """Why no file of a session came out of de-identification, in words (classes and exception types only:
+    a failure's message may quote a value)."""
+    withheld = [e for e in entries if e.status == "withheld"]
+    failed = [e for e in entries if e.status == "failed"]
+    classes = sorted({m.group(1).replace("_", " ") for e in withheld if (m := _BURNED_IN_CLASS.search(e.reason))})
+    if withheld and not failed and len(classes) and all(_BURNED_IN_CLASS.search(e.reason) for e in withheld):
+        return SessionWithheld(
+            "deid:all-burned-in",
+            f"every file of the session ({len(withheld)}) was withheld as possibly holding burned-in text "
+            f"({', '.join(classes)})",
+        )
+    kinds = sorted({_SAFE_WORD.sub("", e.reason.split(":", 1)[0])[:40] for e in failed} - {""})
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} failed" + (f" ({', '.join(kinds)})" if kinds else ""))
+    if withheld:
+        parts.append(f"{len(withheld)} withheld" + (f" ({', '.join(classes)})" if classes else ""))
+    unreadable = sum(1 for e in entries if e.status == "not_dicom")
+    if unreadable:
+        parts.append(f"{unreadable} not DICOM or unreadable")
+    duplicates = sum(1 for e in entries if e.status == "duplicate")
+    if duplicates:
+        parts.append(f"{duplicates} duplicates")
+    return SessionWithheld(
+        "deid:nothing-deidentified",
+        "no file of the session could be de-identified: " + (", ".join(parts) or "no file listed"),
+    )
+
+
+_SAFE_WORD = re.compile(r"[^A-Za-z0-9 _-]")
+
+
+def deid_stage(*, status_json: Path, **kwargs: Any) -> dict[str, Any]:
+    """The deid job: `deid_session`, withholding the session (empty folder, status) when none of its files
+    could be de-identified."""
+    out_dir = Path(kwargs["out_dir"])
+    values_json, report_json = Path(kwargs["values_json"]), Path(kwargs["report_json"])
+
+    def write_empty() -> None:
+        from bidsafe.phi import PersonalValues, save_values
+
+        with atomic_dir(out_dir):
+            pass
+        if not values_json.exists():
+            save_values(PersonalValues(), values_json)
+        if not report_json.exists():
+            from bidsafe.private import private_write_text
+
+            private_write_text(report_json, json.dumps({"tool": "bidsafe deid", "counts": {}, "files": []}) + "\n")
+
+    return run_session_stage("deid", status_json, None, lambda: {"files": deid_session(**kwargs)},
+                             write_empty, "deid:failed")
+
+
+def convert_stage(
+    *,
+    dicom_dir: Path,
+    out_bids: Path,
+    summary_json: Path,
+    status_json: Path,
+    upstream_status: Path | None,
+    subject: str,
+    session: str,
+    config: Path,
+    log_dir: Path | None = None,
+    deid_report: Path | None = None,
+) -> dict[str, Any]:
+    """The convert job: `convert_session`, withholding the session when nothing converts, the mapping is
+    ambiguous or dcm2bids fails; the series summary is written in every case (what was received and why
+    it was left out)."""
+    from bidsafe.convert import convert_session, empty_summary
+
+    def work() -> dict[str, Any]:
+        images = convert_session(Path(dicom_dir), Path(out_bids), subject, session, config=Path(config),
+                                 log_dir=log_dir, summary_json=Path(summary_json), deid_report=deid_report)
+        return {"images": len(images)}
+
+    def write_empty() -> None:
+        with atomic_dir(out_bids):
+            pass
+        if upstream_withheld(upstream_status) is not None or not Path(summary_json).exists():
+            atomic_write_json(summary_json, empty_summary(deid_report))
+
+    return run_session_stage("convert", status_json, upstream_status, work, write_empty, "convert:failed")
+
+
+def scrub_stage(*, in_bids: Path, out_bids: Path, status_json: Path, upstream_status: Path | None,
+                values_json: Path, deid_dir: Path, allowlist: Path, vocabulary: Sequence[str | Path] = ()
+                ) -> dict[str, Any]:
+    """The scrub job: `scrub_session`, withholding the session when a guard refuses one of its files."""
+    from bidsafe.deid.vocabulary import vocabulary_for
+    from bidsafe.phi import load_values
+    from bidsafe.scrub import scrub_session
+
+    def work() -> dict[str, Any]:
+        report = scrub_session(Path(in_bids), Path(out_bids), values=load_values(values_json),
+                               deid_dir=Path(deid_dir), allowlist=Path(allowlist),
+                               vocabulary=vocabulary_for(list(vocabulary)))
+        log.info("scrub: %s", report)
+        return {"files": len(report.files)}
+
+    def write_empty() -> None:
+        with atomic_dir(out_bids):
+            pass
+
+    return run_session_stage("scrub", status_json, upstream_status, work, write_empty, "scrub:refused")
 
 
 def deface_stage(
@@ -93,27 +205,53 @@ def deface_stage(
     exempt: Mapping[str, str] | None = None,
     suffixes: Sequence[str] = (),
     engine: str = "auto",
-) -> dict[str, object]:
+    upstream_status: Path | None = None,
+) -> dict[str, Any]:
     """Deface every anat image of a session (but `exempt` suffixes) and every image whose suffix is in
-    `suffixes`; a tripped guard withholds the session instead of failing the run."""
+    `suffixes`; a tripped guard (or an image the engine cannot read) withholds the session instead of
+    failing the run."""
     from bidsafe.deface.engine import deface_session
 
-    pictures_dir = Path(pictures_dir)
-    pictures_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        records = deface_session(
-            Path(in_dir), Path(out_bids), Path(records_json), pictures_dir, engine=engine,
-            exempt=list(exempt or {}), also=list(suffixes),
-        )
-    except GuardError as exc:
-        Path(out_bids).mkdir(parents=True, exist_ok=True)
+    def work() -> dict[str, Any]:
+        Path(pictures_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            records = deface_session(
+                Path(in_dir), Path(out_bids), Path(records_json), Path(pictures_dir), engine=engine,
+                exempt=list(exempt or {}), also=list(suffixes),
+            )
+        except GuardError as exc:
+            raise SessionWithheld("deface:refused", f"deface guard: {exc.message}") from exc
+        return {"images": len(records)}
+
+    def write_empty() -> None:
+        with atomic_dir(out_bids):
+            pass
+        # the pictures of a refused session are kept: they show why the guard tripped (QC area, not released)
+        Path(pictures_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(records_json, [])
-        status = {"status": WITHHELD, "reason": f"deface guard: {exc}"}
-        log.warning("session withheld: %s", status["reason"])
-    else:
-        status = {"status": INCLUDED, "images": len(records)}
-    atomic_write_json(status_json, status)
-    return status
+
+    return run_session_stage("deface", status_json, upstream_status, work, write_empty, "deface:refused")
+
+
+def qc_stage(*, in_bids: Path, out_dir: Path, status_json: Path, upstream_status: Path | None,
+             subject: str, session: str) -> dict[str, Any]:
+    """The qc job: metrics of every image of an included session; a withheld session gets an empty folder."""
+    from bidsafe.qc import session_qc, write_qc
+
+    def work() -> dict[str, Any]:
+        rows = session_qc(Path(in_bids), subject, session)
+        if rows:
+            write_qc(rows, Path(out_dir))
+        else:  # no image QC measures (none named as BIDS expects): nothing to table, nothing wrong
+            with atomic_dir(out_dir):
+                pass
+        return {"images": len(rows)}
+
+    def write_empty() -> None:
+        with atomic_dir(out_dir):
+            pass
+
+    return run_session_stage("qc", status_json, upstream_status, work, write_empty, "qc:failed")
 
 
 @dataclass(frozen=True)
@@ -131,24 +269,40 @@ def session_from_path(path: Path) -> SessionRef:
     raise BidsafeError("path does not name a sub-/ses- pair", path)
 
 
-def sessions_passing_deface(status_files: Sequence[Path]) -> tuple[list[SessionRef], list[tuple[SessionRef, str]]]:
-    """Split sessions by their deface status: (included, [(withheld, reason)])."""
+def split_sessions(status_files: Sequence[Path]) -> tuple[list[SessionRef], list[tuple[SessionRef, dict[str, Any]]]]:
+    """Split sessions by their last per-session status: (included, [(withheld, status)])."""
     included: list[SessionRef] = []
-    withheld: list[tuple[SessionRef, str]] = []
+    withheld: list[tuple[SessionRef, dict[str, Any]]] = []
     for status_file in status_files:
         ref = session_from_path(Path(status_file))
         status = json.loads(Path(status_file).read_text(encoding="utf-8"))
         if status.get("status") == INCLUDED:
             included.append(ref)
         else:
-            withheld.append((ref, str(status.get("reason", "withheld"))))
+            withheld.append((ref, status))
     return included, withheld
 
 
-def write_included(path: Path, included: Sequence[SessionRef], withheld: Sequence[tuple[SessionRef, str]]) -> None:
-    rows = ["subject\tsession\tstatus\treason"]
-    rows += [f"{r.subject}\t{r.session}\t{INCLUDED}\t" for r in included]
-    rows += [f"{r.subject}\t{r.session}\t{WITHHELD}\t{reason}" for r, reason in withheld]
+def sessions_passing_deface(status_files: Sequence[Path]) -> tuple[list[SessionRef], list[tuple[SessionRef, str]]]:
+    """Split sessions by their deface status: (included, [(withheld, reason)])."""
+    included, withheld = split_sessions(status_files)
+    return included, [(ref, str(status.get("reason", "withheld"))) for ref, status in withheld]
+
+
+def _cell(text: object) -> str:
+    return " ".join(str(text).split())  # one TSV cell: no tab or newline
+
+
+def write_included(path: Path, included: Sequence[SessionRef],
+                   withheld: Sequence[tuple[SessionRef, str | Mapping[str, Any]]]) -> None:
+    """included.tsv: every session that reached assemble, included or withheld, with the stage, reason code
+    and reason sentence of a withheld one."""
+    rows = ["subject\tsession\tstatus\treason\tstage\tcode"]
+    rows += [f"{r.subject}\t{r.session}\t{INCLUDED}\t\t\t" for r in included]
+    for r, why in withheld:
+        status = why if isinstance(why, Mapping) else {"reason": why}
+        rows.append(f"{r.subject}\t{r.session}\t{WITHHELD}\t{_cell(status.get('reason', 'withheld'))}\t"
+                    f"{_cell(status.get('stage', ''))}\t{_cell(status.get('code', ''))}")
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 
@@ -188,7 +342,8 @@ def assemble_stage(
     *,
     staging: Path,
     included_tsv: Path,
-    deface_status: Sequence[Path],
+    session_status: Sequence[Path],
+    defaced: Sequence[Path],
     qc_dirs: Sequence[Path],
     participants_dir: Path,
     release_config: Mapping[str, object],
@@ -196,19 +351,21 @@ def assemble_stage(
     profiles_json: Path,
     release_dir: Path,
 ) -> list[SessionRef]:
-    """Assemble the staging release from every session that passed deface; withheld ones are listed with why.
+    """Assemble the staging release from every session whose last per-session status (`session_status`, one
+    file per session: the qc stage's) is included; withheld ones are listed in `included_tsv` with the stage
+    and the reason. `defaced`: each session's defaced BIDS root (`.../sub-S/ses-T/bids`).
 
     `profile_parts` are the per-session stage profiles (work/profile/sub-S/ses-T/<stage>.json); those of the
     included sessions are collected into `profiles_json` for publish."""
     from bidsafe.profile import collect_profiles, rules_label
     from bidsafe.release.assemble import SessionInput, assemble_release
 
-    included, withheld = sessions_passing_deface(deface_status)
-    for ref, reason in withheld:
-        log.warning("sub-%s ses-%s withheld: %s", ref.subject, ref.session, reason)
-    status_of = {session_from_path(Path(p)): Path(p) for p in deface_status}
-    # the defaced tree sits beside its status file (see workflow/rules/deface.smk)
-    sessions = [SessionInput(r.subject, r.session, status_of[r].parent / "bids") for r in included]
+    included, withheld = split_sessions(session_status)
+    bids_of = {session_from_path(Path(p)): Path(p) for p in defaced}
+    missing = [r for r in included if r not in bids_of]
+    if missing:
+        raise BidsafeError(f"no defaced folder for sub-{missing[0].subject} ses-{missing[0].session}")
+    sessions = [SessionInput(r.subject, r.session, bids_of[r]) for r in included]
     wanted = set(included)
     qc = [Path(p) for p in qc_dirs if session_from_path(Path(p) / "metrics") in wanted]
     profiles = collect_profiles(profile_parts, [f"sub-{r.subject}/ses-{r.session}" for r in included])
@@ -224,7 +381,10 @@ def assemble_stage(
     )
     atomic_write_json(profiles_json, profiles)
     write_included(included_tsv, included, withheld)
-    log.info("assembled %d sessions, %d withheld by deface", len(included), len(withheld))
+    log.info("assembled %d sessions, %d withheld", len(included), len(withheld))
+    for ref, status in withheld:
+        log.warning("sub-%s ses-%s withheld at %s: %s", ref.subject, ref.session, status.get("stage", "?"),
+                    status.get("reason", ""))
     return included
 
 
@@ -254,13 +414,33 @@ def _leak_gate(inputs: Mapping[str, object]):
     from bidsafe.release.leakscan import harvest_sessions, save_harvest
 
     sessions_dir = inputs.get("sessions_dir")
-    rows, origins = harvest_sessions(Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None)
+    # QA/phantom sessions (config `qa_sessions`; never released): their placeholder identities ("phantom",
+    # "dicom") are no needles. Every released file is still scanned.
+    skip = qa_session_files(inputs.get("sessions_tsv"), sessions_dir)
+    rows, origins = harvest_sessions(
+        Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None, skip=skip
+    )
     save_harvest(rows, origins, Path(str(inputs["values_json"])))
     findings = inputs.get("findings_json")
     return gates.gate_leak_scan(
         inputs["staging"], rows, inputs.get("also", ()), inputs.get("vocabulary") or None,
         allow=inputs.get("allow") or None, origins=origins, findings=Path(str(findings)) if findings else None,
     )
+
+
+def qa_session_files(sessions_tsv: object, session_files: object) -> frozenset[str]:
+    """Inbox-relative paths of every QA session (pseudonymise's private sessions.tsv and per-session file
+    lists); nothing when either is not given."""
+    from bidsafe.siteexclusions import is_qa_reason
+
+    if not sessions_tsv or not session_files:
+        return frozenset()
+    paths: set[str] = set()
+    for row in read_included(Path(str(sessions_tsv))):
+        if row.get("included") != "yes" and is_qa_reason(row.get("reason") or ""):
+            files = Path(str(session_files)) / f"sub-{row['subject']}" / f"ses-{row['session']}" / "files.txt"
+            paths.update(read_file_list(files))
+    return frozenset(paths)
 
 
 def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
@@ -302,7 +482,10 @@ def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_rep
     rows = {(s["subject"], s["session"]): dict(s) for s in summary.get("sessions", [])}
     for row in read_included(included_tsv):
         if row["status"] == WITHHELD:
-            rows[(row["subject"], row["session"])] |= {"included": False, "reason": row["reason"]}
+            stage = row.get("stage") or ""
+            reason = f"at {stage}: {row['reason']}" if stage else row["reason"]
+            rows[(row["subject"], row["session"])] |= {"included": False, "reason": reason,
+                                                       "code": row.get("code") or ""}
     for path in conversion_summaries:  # the convert stage's series.json, one per session
         ref = session_from_path(Path(path))
         if (ref.subject, ref.session) in rows:

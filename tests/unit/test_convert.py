@@ -327,7 +327,8 @@ def test_folder_without_images_fails_naming_it_and_leaves_nothing(tmp_path):
     out = tmp_path / "bids"
     with pytest.raises(BidsafeError) as caught:
         convert_session(dicom, out, "02", "01", log_dir=tmp_path / "private")
-    assert "no series matched" in str(caught.value) and str(dicom) in str(caught.value)
+    assert caught.value.code == "convert:no-series"  # the session is withheld with this code, not the run
+    assert "no DICOM series to convert" in str(caught.value) and str(dicom) in str(caught.value)
     assert not (out / "sub-02").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert (tmp_path / "private" / "convert_sub-02_ses-01.log").is_file()

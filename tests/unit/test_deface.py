@@ -437,7 +437,7 @@ def test_gate_fails_when_the_stage_skips_an_anat_image(tmp_path, suffix):
     status = deface_stage(in_dir=tmp_path / "scrub", out_bids=stage_dir / "bids", status_json=stage_dir / "status.json",
                           records_json=stage_dir / "records.json", pictures_dir=stage_dir / "qc",
                           exempt={suffix: reason}, engine="builtin")
-    assert status == {"status": INCLUDED, "images": 0}
+    assert status == {"status": INCLUDED, "stage": "deface", "images": 0}
     released = stage_dir / "bids"
     assert (released / "sub-01" / "ses-1" / "anat" / f"sub-01_ses-1_{suffix}.nii.gz").read_bytes() == (
         session / "anat" / f"sub-01_ses-1_{suffix}.nii.gz").read_bytes()  # copied with its face

@@ -79,10 +79,11 @@ def test_deid_session_with_relative_areas(session):
 def test_deid_session_fails_clearly_when_no_listed_file_is_there(session):
     for path in Path("inbox").rglob("*.dcm"):
         path.unlink()
-    with pytest.raises(BidsafeError, match="no file of the session could be de-identified"):
+    with pytest.raises(BidsafeError, match="no file of the session could be de-identified: 3 not DICOM") as caught:
         _run(session)
+    assert caught.value.code == "deid:nothing-deidentified"  # the deid job withholds the session with it
     assert not Path("work/deid/sub-a/ses-01").exists()
-    assert not Path("private/phi/sub-a_ses-01.json").exists()
+    assert json.loads(Path("private/phi/sub-a_ses-01.json").read_text()) == []  # nothing harvested
 
 
 SHIPPED_RULES = Path(__file__).resolve().parents[2] / "config" / "deid" / "basic-mr.yaml"

@@ -24,6 +24,11 @@ ensure_private_dir(PRIVATE)
 SESSION = "sub-{subject}/ses-{session}"
 
 
+def status_file(stage):
+    """A per-session stage's status (included, or withheld with a reason): see bidsafe.sessionstatus."""
+    return WORK / "status" / stage / SESSION / "status.json"
+
+
 def shipped(path):
     """A configured file: as given if it exists (relative to the run folder), else from this repository."""
     path = Path(path)

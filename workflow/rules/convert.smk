@@ -3,6 +3,7 @@ rule convert:
         dicom=rules.deid.output.dicom,
         # private: read for which series de-identification withheld or failed (never copied)
         deid_report=rules.deid.output.report,
+        upstream_status=rules.deid.output.status,
         # an input, not a param: editing the mapping reruns convert (and all after it), not deid
         config=DCM2BIDS_CONFIG,
     output:
@@ -10,6 +11,7 @@ rule convert:
         bids=directory(WORK / "convert" / SESSION / "bids"),
         # every series received: converted to which images, or left out and why (shown in the report)
         summary=WORK / "convert" / SESSION / "series.json",
+        status=status_file("convert"),
         profile=WORK / "profile" / SESSION / "convert.json",
     params:
         content=content_digest(DCM2BIDS_CONFIG),

@@ -1,9 +1,10 @@
 rule deface:
     input:
         bids=rules.scrub.output.bids,
+        upstream_status=rules.scrub.output.status,
     output:
         bids=directory(WORK / "deface" / SESSION / "bids"),
-        status=WORK / "deface" / SESSION / "status.json",
+        status=status_file("deface"),
         records=WORK / "deface" / SESSION / "records.json",
         pictures=directory(WORK / "deface" / SESSION / "qc"),
     params:

@@ -9,6 +9,7 @@ rule deid:
         dicom=directory(WORK / "deid" / SESSION),
         values=PRIVATE / "phi" / "sub-{subject}_ses-{session}.json",
         report=PRIVATE / "deid" / "sub-{subject}_ses-{session}.json",
+        status=status_file("deid"),
         # hashes of the files above as this job read them (collected into SHAREABLE.json)
         profile=WORK / "profile" / SESSION / "deid.json",
     params:

@@ -9,7 +9,7 @@ checkpoint pseudonymise:
     params:
         inbox=INBOX,
         private_dir=PRIVATE,
-        settings={k: config.get(k) for k in ("consent", "demographics", "pseudonyms", "release", "participants")},
+        settings={k: config.get(k) for k in ("consent", "demographics", "pseudonyms", "release", "participants", "sessions", "qa_sessions")},
     log:
         LOGS / "pseudonymise" / "pseudonymise.log",
     resources:

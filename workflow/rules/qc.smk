@@ -1,8 +1,10 @@
 rule qc:
     input:
         bids=rules.deface.output.bids,
+        upstream_status=rules.deface.output.status,
     output:
         metrics=directory(WORK / "qc" / SESSION),
+        status=status_file("qc"),
     log:
         LOGS / "qc" / "sub-{subject}_ses-{session}.log",
     resources:

@@ -3,7 +3,8 @@
 
 rule assemble:
     input:
-        deface_status=per_included_session(str(WORK / "deface" / SESSION / "status.json")),
+        # the last per-session stage's status: a session withheld at any stage carries its reason here
+        session_status=per_included_session(str(status_file("qc"))),
         deface_bids=per_included_session(str(WORK / "deface" / SESSION / "bids")),
         qc=per_included_session(str(WORK / "qc" / SESSION)),
         participants=WORK / "pseudonymise",
@@ -54,6 +55,8 @@ rule gate_leak_scan:
         # gate's own loader; inputs, so an edit reruns the gate
         vocabulary=[shipped("config/deid/vocabulary.yaml")]
         + [shipped(p) for p in config.get("deid", {}).get("vocabulary", [])],
+        # which sessions are QA/phantom sessions (config `qa_sessions`): their placeholder values are no needles
+        sessions_tsv=PRIVATE / "pseudonymise" / "sessions.tsv",
     output:
         report=WORK / "gates" / "leak_scan.json",
     params:

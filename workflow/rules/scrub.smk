@@ -3,12 +3,14 @@ rule scrub:
         bids=rules.convert.output.bids,
         dicom=rules.deid.output.dicom,
         values=rules.deid.output.values,
+        upstream_status=rules.convert.output.status,
         # inputs, not params: an edit of the allow-list or a vocabulary reruns scrub (and all after it)
         allowlist=SIDECAR_ALLOWLIST,
         vocabulary=DEID_VOCABULARY,
         shipped_vocabulary=SHIPPED_VOCABULARY,
     output:
         bids=directory(WORK / "scrub" / SESSION / "bids"),
+        status=status_file("scrub"),
         profile=WORK / "profile" / SESSION / "scrub.json",
     params:
         content=content_digest(SIDECAR_ALLOWLIST, SHIPPED_VOCABULARY, *DEID_VOCABULARY),

@@ -13,5 +13,6 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         exempt=snakemake.params.exempt,  # noqa: F821
         suffixes=snakemake.params.suffixes,  # noqa: F821
         engine=snakemake.params.engine,  # noqa: F821
+        upstream_status=Path(snakemake.input.upstream_status),  # noqa: F821
     )
     log.info("deface: %s", status)

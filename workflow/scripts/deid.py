@@ -1,10 +1,11 @@
 from pathlib import Path
 
 from bidsafe.runlog import log_to
-from bidsafe.stages import deid_session
+from bidsafe.stages import deid_stage
 
 with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
-    deid_session(
+    deid_stage(
+        status_json=Path(snakemake.output.status),  # noqa: F821
         files_txt=Path(snakemake.input.files),  # noqa: F821
         inbox=Path(snakemake.params.inbox),  # noqa: F821
         out_dir=Path(snakemake.output.dicom),  # noqa: F821

@@ -1,21 +1,21 @@
 from pathlib import Path
 
-from bidsafe.deid.vocabulary import vocabulary_for
-from bidsafe.phi import load_values
 from bidsafe.profile import write_stage_profile
 from bidsafe.runlog import log_to
-from bidsafe.scrub import scrub_session
+from bidsafe.stages import scrub_stage
 
 with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
-    report = scrub_session(
-        Path(snakemake.input.bids),  # noqa: F821
-        Path(snakemake.output.bids),  # noqa: F821
-        values=load_values(snakemake.input.values),  # noqa: F821
+    status = scrub_stage(
+        in_bids=Path(snakemake.input.bids),  # noqa: F821
+        out_bids=Path(snakemake.output.bids),  # noqa: F821
+        status_json=Path(snakemake.output.status),  # noqa: F821
+        upstream_status=Path(snakemake.input.upstream_status),  # noqa: F821
+        values_json=Path(snakemake.input.values),  # noqa: F821
         deid_dir=Path(snakemake.input.dicom),  # noqa: F821
         allowlist=Path(snakemake.input.allowlist),  # noqa: F821
-        vocabulary=vocabulary_for(list(snakemake.input.vocabulary)),  # noqa: F821
+        vocabulary=list(snakemake.input.vocabulary),  # noqa: F821
     )
-    log.info("scrub: %s", report)
+    log.info("scrub: %s", status)
     write_stage_profile(
         snakemake.output.profile,  # noqa: F821
         {

@@ -449,7 +449,7 @@ def deface_session(
                 record = deface_image(path, destination, engine=engine, qc_png=qc_png, threads=threads,
                                       name=relative.as_posix())
             except GuardError as exc:
-                refused.append(f"{relative.as_posix()}: {exc}")
+                refused.append(f"{relative.as_posix()}: {exc.message}")  # its path once, not twice
                 continue
             records.append(record)
         if refused:

@@ -1180,6 +1180,27 @@ class _Incomplete(Exception):
     """DICOM that reads, but an image without its pixels: listed as failed with the reason, never written."""
 
 
+class _UnsupportedCharset(_Incomplete):
+    """A SpecificCharacterSet term pydicom does not know: the file's text cannot be decoded, so its personal
+    values could be neither harvested nor cleaned reliably (fail closed: the file fails, and a session of
+    such files is withheld by the deid stage)."""
+
+
+def _check_charset(ds: Dataset) -> None:
+    import warnings
+
+    from pydicom.charset import convert_encodings
+
+    value = ds.get("SpecificCharacterSet", None)
+    terms = [value] if isinstance(value, str) else list(value or [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_encodings([str(t) for t in terms] or [""])
+    if any("Unknown encoding" in str(w.message) for w in caught):
+        # the term is a defined-term lookalike, never personal: safe to name in the report
+        raise _UnsupportedCharset(f"unsupported character set: {' '.join(str(t) for t in terms)[:64]}")
+
+
 def _check_complete(ds: Dataset) -> None:
     """pydicom stops quietly at the end of a file, even inside a value or just before the pixels: refuse a
     file that was cut short."""
@@ -1399,6 +1420,7 @@ class _StageWorker:
                 series = _text_of(ds, _TAG_SERIES_NUMBER)
                 _check_complete(ds)
                 study = _text_of(ds, _TAG_STUDY_UID)
+                _check_charset(ds)
                 patient = patient_key(_text_of(ds, _TAG_PATIENT_ID), self.subject_key)
                 harvested = set(harvest_dataset(ds, private_identity=True))
                 if getattr(ds, "file_meta", None) is not None:

@@ -69,7 +69,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -907,36 +907,43 @@ def _triage(hits: Iterable[LeakHit], found: Mapping[LeakHit, set[RawValue]],
     return findings, allowed, allowed_by
 
 
-def harvest_source(raw_dir: Path) -> Any:
+def harvest_source(raw_dir: Path, skip: Collection[str] = ()) -> Any:
     """Every personal value of every readable DICOM file under `raw_dir` (header only), including strings
     of identity private blocks. Collection only (`bidsafe.phi.harvest_files`): the gate reads the rows
-    {category, field, value} and renders and matches them itself."""
+    {category, field, value} and renders and matches them itself. `skip`: paths relative to `raw_dir` not
+    read (the files of QA/phantom sessions, which are never released)."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise ConfigError("leak scan: --source is not a folder", raw_dir)
-    paths = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink())
+    skipped = {Path(rel).as_posix() for rel in skip}
+    paths = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.relative_to(raw_dir).as_posix() not in skipped)
     return harvest_files(paths, private_text=True)
 
 
-def harvest_sessions(raw_dir: Path, sessions_dir: Path | None) -> tuple[list[RawValue], dict[RawValue, list[str]]]:
+def harvest_sessions(
+    raw_dir: Path, sessions_dir: Path | None, skip: Collection[str] = ()
+) -> tuple[list[RawValue], dict[RawValue, list[str]]]:
     """`harvest_source`, made per session so that each value can be tied to the sessions it came from:
     (rows, value -> pseudonymous session labels `sub-S_ses-T`).
 
     `sessions_dir`: the pseudonymise stage's private `sessions/` folder (sub-S/ses-T/files.txt: each session's
     inbox-relative paths). Every other inbox file is harvested too, labelled `inbox (no session)`: a value
-    must never go unsearched because ingest set its file aside.
+    must never go unsearched because ingest set its file aside. `skip`: inbox-relative paths not read (the
+    files of QA/phantom sessions, which are never released).
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise ConfigError("leak scan: --source is not a folder", raw_dir)
-    everything = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink())
+    skipped = {raw_dir / rel for rel in skip}
+    everything = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink() and p not in skipped)
     groups: dict[str, list[Path]] = {}
     listed: set[Path] = set()
     if sessions_dir is not None and Path(sessions_dir).is_dir():
         for files_txt in sorted(Path(sessions_dir).glob("sub-*/ses-*/files.txt")):
             label = f"{files_txt.parent.parent.name}_{files_txt.parent.name}"
             paths = [raw_dir / line for line in files_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
-            groups[label] = [p for p in paths if p.is_file() and not p.is_symlink()]
+            groups[label] = [p for p in paths if p.is_file() and not p.is_symlink() and p not in skipped]
             listed.update(groups[label])
     rest = [p for p in everything if p not in listed]
     if rest:

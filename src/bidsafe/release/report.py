@@ -76,12 +76,23 @@ def _ordered(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted(summary, key=lambda r: (str(r.get("subject")), str(r.get("session"))))
 
 
+# Reasons of the pseudonymise stage that take a session out of the dataset for good (a QA or phantom
+# session, one the site excluded), as opposed to withholding it from this release (see bidsafe.siteexclusions).
+EXCLUDED_PREFIXES = ("excluded", "qa session")
+
+
+def outcome_of(reason: str) -> str:
+    """"excluded" or "withheld", from a session's reason."""
+    return "excluded" if reason.lower().startswith(EXCLUDED_PREFIXES) else "withheld"
+
+
 def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
     included = sum(1 for r in summary if _is_true(r.get("included")))
     rows = []
     for r in _ordered(summary):
         ok = _is_true(r.get("included"))
-        status = '<span class="included">included</span>' if ok else '<span class="withheld">withheld</span>'
+        label = "included" if ok else outcome_of(str(r.get("reason", "")))
+        status = f'<span class="{"included" if ok else "withheld"}">{label}</span>'
         conversion = r.get("conversion")
         reason = "" if ok else r.get("reason", "")
         counts = "<td></td><td></td><td></td>"
@@ -101,7 +112,11 @@ def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
         if rows
         else "<p>None.</p>"
     )
-    return f"<p>{included} of {len(summary)} sessions included.</p>{table}"
+    excluded = sum(1 for r in summary if not _is_true(r.get("included"))
+                   and outcome_of(str(r.get("reason", ""))) == "excluded")
+    withheld = len(summary) - included - excluded
+    return (f"<p>{included} of {len(summary)} sessions included, {withheld} withheld, {excluded} excluded."
+            f"</p>{table}")
 
 
 def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
