@@ -41,18 +41,21 @@ def deid_session(
     vocabulary: Sequence[str | Path] = (),
     allow_weaker_rules: bool = False,
     profile_json: Path | None = None,
+    subject_values: Sequence[Path] = (),
 ) -> dict[str, int]:
     """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private.
 
     The rule set is checked as `bidsafe check-rules` does first: a rejected one raises, unless
     `allow_weaker_rules`, which applies it but records the gaps in `profile_json` (publish then refuses).
     Raises SessionWithheld when no file of the session could be de-identified (every file withheld as
-    burned-in, or failed): the harvest and the private report are written first."""
+    burned-in, or failed): the harvest and the private report are written first. `subject_values`: the raw
+    harvests of every session of the subject (`harvest_session`), so text is cleaned of the patient's values
+    as written in any of their visits."""
     from bidsafe.deid.engine import deidentify_tree, write_report
     from bidsafe.deid.rules import load_rules, require_checked_rules, weakened
     from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
     from bidsafe.keys import load_key
-    from bidsafe.phi import save_values
+    from bidsafe.phi import load_values, save_values
     from bidsafe.profile import WEAKER_RULES, write_stage_profile
 
     gaps = require_checked_rules(Path(rules_path), allow_weaker=allow_weaker_rules)
@@ -72,6 +75,7 @@ def deid_session(
         report = deidentify_tree(
             Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject,
             vocabulary=vocabulary_for(vocabulary),
+            pooled=[value for path in subject_values for value in load_values(path)],
         )
         report.weaker_rules = tuple(gaps)
         write_report(report, report_json)
@@ -81,6 +85,18 @@ def deid_session(
         if not counts.get("processed"):
             raise nothing_deidentified(report.entries)
     return counts
+
+
+def harvest_session(*, files_txt: Path, inbox: Path, values_json: Path) -> int:
+    """The raw personal values of one session's files (headers only; identity private blocks included),
+    written privately (0600): the subject's other sessions are cleaned with them too (see `deid_session`).
+    Returns the number of values."""
+    from bidsafe.phi import harvest_files, save_values
+
+    values = harvest_files([Path(inbox) / rel for rel in read_file_list(files_txt)], private_text=True)
+    save_values(values, values_json)
+    log.info("harvested %d values from %s", len(values), Path(files_txt).parent.name)
+    return len(values)
 
 
 _BURNED_IN_CLASS = re.compile(r"\[burned_in class ([a-z_]+)\]")

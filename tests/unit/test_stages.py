@@ -136,3 +136,45 @@ def test_deid_session_allowed_weaker_rules_marks_the_session(session, tmp_path):
     assert any(gap.startswith("(0010,0010) PatientName") for gap in part["weaker_rules"])
     (first, *_) = sorted(Path("work/deid/sub-a/ses-01").rglob("*.dcm"))
     assert pydicom.dcmread(first).PatientIdentityRemoved == "NO"
+
+
+def test_a_session_is_cleaned_of_the_subjects_values_from_its_other_sessions(session):
+    """Per patient, not per study: an identifier only a later visit's header carries (here an old hospital
+    number) is removed from this visit's text once the subject's harvests are pooled. The vocabulary alone
+    keeps it: its groups are short numbers."""
+    from bidsafe.stages import harvest_session
+
+    other_study, other_series = generate_uid(), generate_uid()
+    other = Path("inbox/WEXCOMBE_ISADORA_2/001.dcm")
+    _write_mr(other, other_study, other_series, 1)
+    ds = pydicom.dcmread(other)
+    ds.OtherPatientIDs = "0012345678"
+    ds.save_as(other)
+    other_list = Path("private/sessions/sub-a/ses-02/files.txt")
+    other_list.parent.mkdir(parents=True)
+    other_list.write_text("WEXCOMBE_ISADORA_2/001.dcm\n")
+    for path in Path("inbox/WEXCOMBE_ISADORA").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = "t1 mprage 12 345 678"
+        ds.save_as(path)
+    harvest = Path("private/phi/raw/sub-a_ses-02.json")
+    assert harvest_session(files_txt=other_list, inbox=Path("inbox"), values_json=harvest) > 0
+    assert oct(harvest.stat().st_mode & 0o777) == "0o600"
+
+    def description(**kwargs: object) -> str:
+        out = Path("work/deid/sub-a/ses-01")
+        deid_session(
+            files_txt=session["files_txt"], inbox=session["inbox"], out_dir=out,
+            values_json=Path("private/phi/sub-a_ses-01.json"), report_json=Path("private/deid/sub-a_ses-01.json"),
+            rules_path=Path(__file__).resolve().parents[2] / "config" / "deid" / "basic-mr.yaml",
+            key_path=Path("private/secret.key"), subject="a", **kwargs,
+        )
+        text = str(pydicom.dcmread(min(out.rglob("*.dcm"))).SeriesDescription)
+        import shutil
+
+        shutil.rmtree(out)
+        return text
+
+    assert "345" in description()  # this visit's own headers do not carry the old number
+    cleaned = description(subject_values=[harvest])
+    assert "345" not in cleaned and "678" not in cleaned and "mprage" in cleaned

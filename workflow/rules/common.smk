@@ -109,6 +109,17 @@ def session_file_list(wildcards):
     return PRIVATE / "sessions" / f"sub-{wildcards.subject}" / f"ses-{wildcards.session}" / "files.txt"
 
 
+def subject_harvests(wildcards):
+    """The raw harvest of every session of this subject (included or not): de-identification cleans each
+    session's text of the patient's values as written in any of their visits. A new session of the subject
+    therefore reruns de-identification of its earlier sessions (their text may hold the new spelling)."""
+    return [
+        str(PRIVATE / "phi" / "raw" / "sub-{subject}_ses-{session}.json").format(subject=d.subject, session=d.session)
+        for d in session_table()
+        if d.subject == wildcards.subject
+    ]
+
+
 def profile_parts():
     """The profile parts of every included session: one per stage that reads a rule, mapping or list file."""
 

@@ -1,6 +1,28 @@
+rule harvest:
+    """Every personal value of one session's raw headers, privately: the subject's other sessions are cleaned
+    of them too."""
+    input:
+        files=session_file_list,
+    output:
+        values=PRIVATE / "phi" / "raw" / "sub-{subject}_ses-{session}.json",
+    params:
+        inbox=INBOX,
+    log:
+        LOGS / "harvest" / "sub-{subject}_ses-{session}.log",
+    resources:
+        mem_mb=1000,
+    threads: 1
+    conda:
+        "../../envs/dicom.yaml"
+    script:
+        "../scripts/harvest.py"
+
+
 rule deid:
     input:
         files=session_file_list,
+        # the raw harvest of every session of the subject (its other visits' spellings are cleaned too)
+        subject_values=subject_harvests,
         # inputs, not params: an edit of any of them reruns deid (and all after it) for every session
         rules=DEID_RULES,
         vocabulary=DEID_VOCABULARY,

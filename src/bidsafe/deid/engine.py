@@ -1652,6 +1652,7 @@ def deidentify_tree(
     report: Path | None = None,
     progress: bool = False,
     vocabulary: Vocabulary | None = None,
+    pooled: Iterable[PersonalValue] = (),
 ) -> DeidReport:
     """De-identify every file under `src` (or `files`) into the new folder `dst` (which appears whole).
 
@@ -1659,6 +1660,8 @@ def deidentify_tree(
     pseudonym) sets the date shift; default: each file's PatientID as `shift_subject_key` normalises it,
     with one shift per study (its first file decides, see `_one_shift_per_study`). Returns the report; writes
     it (private, 0600) to `report` when given. `vocabulary`: the descriptor vocabulary (default: shipped).
+    `pooled`: values of the same patient harvested elsewhere (the pipeline passes those of the subject's other
+    sessions), removed from this tree's text too: another visit's spelling of a name must not survive here.
     """
     src = Path(src)
     dst = Path(dst)
@@ -1711,10 +1714,13 @@ def deidentify_tree(
             staged.append(result)
         # Pass B: clean free text and kept private text with every value of the patient (all their studies).
         pool_of = patient_pools(set(studies) | {s.study for s in staged}, patients)
-        pooled: dict[str, set[PersonalValue]] = {}
+        elsewhere = frozenset(pooled)
+        pools: dict[str, set[PersonalValue]] = {}
         for study, values in studies.items():
-            pooled.setdefault(pool_of[study], set()).update(values)
-        contexts = {pool: tuple(sorted(values)) for pool, values in pooled.items()}
+            pools.setdefault(pool_of[study], set(elsewhere)).update(values)
+        for study in {s.study for s in staged}:
+            pools.setdefault(pool_of[study], set(elsewhere))
+        contexts = {pool: tuple(sorted(values)) for pool, values in pools.items()}
         finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
         series_of = {s.index: s.series for s in staged}

@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from bidsafe.runlog import log_to
+from bidsafe.stages import harvest_session
+
+with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+    harvest_session(
+        files_txt=Path(snakemake.input.files),  # noqa: F821
+        inbox=Path(snakemake.params.inbox),  # noqa: F821
+        values_json=Path(snakemake.output.values),  # noqa: F821
+    )
