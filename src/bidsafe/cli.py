@@ -222,7 +222,30 @@ def _verify(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.manifest:cli_main")
 
 
+def _run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the whole pipeline (the workflow shipped with bidsafe) with a site config",
+        description="Check CONFIG, then run Snakemake on the workflow shipped inside the bidsafe package in the "
+        "current folder (relative data areas in the config are relative to it), so no checkout of the repository "
+        "is needed. Targets (e.g. `converted`) and further Snakemake options follow, the options after `--`: "
+        "`bidsafe run --configfile site.yaml --cores 8 converted -- --forcerun convert`. Exit 2 for a config "
+        "with problems (one line each, nothing run), else Snakemake's exit code (0 when every job finished).",
+    )
+    p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
+    p.add_argument("--cores", default="all", metavar="N", help="cores Snakemake may use (default: all)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="list the jobs that would run, run none")
+    p.add_argument(
+        "snakemake",
+        nargs=argparse.REMAINDER,
+        metavar="[TARGET ...] [-- SNAKEMAKE_OPTION ...]",
+        help="targets of the workflow (default: the whole release), then options passed to Snakemake as given",
+    )
+    p.set_defaults(handler="bidsafe.runner:cli_main")
+
+
 COMMANDS: tuple[Register, ...] = (
+    _run,
     _demo_data,
     _ingest,
     _consent_template,
@@ -241,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bidsafe",
         description="Turn raw MRI scanner DICOM sessions into a BIDS dataset that is safe to share. "
-        "The whole pipeline runs with `snakemake --cores N`; these subcommands are its parts.",
+        "`bidsafe run --configfile SITE.yaml` runs the whole pipeline; the other subcommands are its parts.",
     )
     parser.add_argument("--version", action="version", version=f"bidsafe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

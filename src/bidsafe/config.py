@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bidsafe import resources
 from bidsafe.errors import ConfigError
 from bidsafe.fsutil import atomic_write_text
 
@@ -39,8 +40,8 @@ _MAX_VALUE = 60  # characters of a refused value quoted in an error
 
 
 def schema_path() -> Path:
-    """The config schema shipped with the workflow (the one place that knows where it lives)."""
-    return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    """The config schema shipped with the workflow (`workflow/schemas/config.schema.yaml`; see bidsafe.resources)."""
+    return resources.path("workflow/schemas/config.schema.yaml")
 
 
 @cache

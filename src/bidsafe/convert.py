@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsafe import resources
 from bidsafe.errors import BidsafeError, ConfigError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json
 
@@ -55,8 +56,8 @@ _ESC = "\x1b"
 
 
 def default_config() -> Path:
-    """The shipped dcm2bids v3 configuration (`config/dcm2bids.json` of the repository)."""
-    return Path(__file__).resolve().parents[2] / "config" / "dcm2bids.json"
+    """The shipped dcm2bids v3 configuration (`config/dcm2bids.json`, inside the package when installed)."""
+    return resources.path("config/dcm2bids.json")
 
 
 def tool_bin_dir() -> Path:

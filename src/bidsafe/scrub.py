@@ -33,13 +33,14 @@ import pydicom
 import yaml
 from pydicom.errors import InvalidDicomError
 
+from bidsafe import resources
 from bidsafe.deid.vocabulary import Vocabulary, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError, GuardError
 from bidsafe.fsutil import atomic_dir
 from bidsafe.phi import PersonalValues
 from bidsafe.testhooks import text_cleaning_disabled
 
-DEFAULT_ALLOWLIST = Path(__file__).resolve().parents[2] / "config" / "sidecar_allowlist.yaml"
+DEFAULT_ALLOWLIST = resources.path("config/sidecar_allowlist.yaml")
 
 # What a NIfTI header's free-text fields become: a fixed string that says who wrote the file, nothing more.
 NIFTI_DESCRIP = "bidsafe"

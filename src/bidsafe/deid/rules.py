@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from bidsafe import resources
 from bidsafe.deid.dates import MAX_JITTER_DAYS
 from bidsafe.errors import ConfigError
 
@@ -241,12 +242,9 @@ def resolve_action(action: str, iod_type: int | None) -> str:
 # --- loading ------------------------------------------------------------------------------------------
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[3]
-
-
 def default_rules_path() -> Path:
-    return repo_root() / "config" / "deid" / "basic-mr.yaml"
+    """The shipped rule set (`config/deid/basic-mr.yaml`, inside the package when installed from a wheel)."""
+    return resources.path("config/deid/basic-mr.yaml")
 
 
 def parse_tag(text: str) -> int:
@@ -693,7 +691,7 @@ class CheckResult:
 
 def packaged_table() -> Path:
     """Table E.1-1 as shipped inside the package (PS3.15 edition TABLE_EDITION; provenance in its README.md)."""
-    return Path(__file__).resolve().parents[1] / "data" / "ps315" / "table_e1_1.json"
+    return resources.package_file("data/ps315/table_e1_1.json")
 
 
 def find_table(explicit: Path | None = None) -> Path:

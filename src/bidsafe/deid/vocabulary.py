@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
+from bidsafe import resources
 from bidsafe.errors import ConfigError
 
-DEFAULT_VOCABULARY = Path(__file__).resolve().parents[3] / "config" / "deid" / "vocabulary.yaml"
+DEFAULT_VOCABULARY = resources.path("config/deid/vocabulary.yaml")
 KIND = "vocabulary"
 
 # Filler for same-length overwrites (the same byte as `bidsafe.deid.private.FILLER`, repeated here so this

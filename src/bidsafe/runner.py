@@ -1,0 +1,79 @@
+"""`bidsafe run`: the whole pipeline from an installed bidsafe, no checkout needed.
+
+It runs Snakemake on the Snakefile shipped with the package (`bidsafe.resources.snakefile()`: the wheel's copy,
+or the checkout's in an editable install) with the site's config, in the current folder: relative data areas
+in the config are relative to where the command is run, as with `snakemake --configfile` in a checkout. The
+config is checked first (one line per problem, nothing started), then Snakemake runs in a child process with
+this interpreter, and its exit code is the command's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bidsafe import resources
+from bidsafe.config import read_config_file
+from bidsafe.errors import BidsafeError, ConfigError
+
+
+def snakemake_command(
+    configfile: Path, cores: str, *, dry_run: bool = False, extra: Sequence[str] = (), python: str | None = None
+) -> list[str]:
+    """The command line running the packaged workflow (targets and Snakemake options in `extra`, verbatim)."""
+    command = [
+        python or sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(resources.snakefile()),
+        "--configfile",
+        str(configfile.resolve()),
+        "--cores",
+        str(cores),
+    ]
+    if dry_run:
+        command.append("--dry-run")
+    return command + list(extra)
+
+
+def tool_environment(environ: Mapping[str, str] | None = None, python: str | None = None) -> dict[str, str]:
+    """The environment for Snakemake: the folder of this interpreter first on PATH, so the tools installed with
+    bidsafe (dcm2niix, dcm2bids, the BIDS validator) are found by every job without activating the venv."""
+    env = dict(os.environ if environ is None else environ)
+    bin_dir = str(Path(python or sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)])
+    return env
+
+
+def split_extra(rest: Sequence[str]) -> list[str]:
+    """Targets and Snakemake options as given, less the first `--` that separates them from bidsafe's own."""
+    rest = list(rest)
+    if "--" in rest:
+        rest.remove("--")
+    return rest
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    configfile = Path(args.configfile)
+    try:
+        read_config_file(configfile)
+    except ConfigError as exc:
+        # Problems of the config's content come without the file's name: say which file they are in.
+        raise ConfigError(exc.message, configfile) from None
+    if importlib.util.find_spec("snakemake") is None:
+        raise BidsafeError("Snakemake is not installed with this Python (pip install bidsafe installs it)")
+    snakefile = resources.snakefile()
+    if not snakefile.is_file():
+        raise BidsafeError("the packaged workflow is missing (a broken install? reinstall bidsafe)", snakefile)
+    command = snakemake_command(configfile, args.cores, dry_run=args.dry_run, extra=split_extra(args.snakemake))
+    print(f"bidsafe run: workflow {snakefile}, config {configfile}, in {Path.cwd()}", file=sys.stderr)
+    return subprocess.run(command, env=tool_environment(), check=False).returncode
+
+
+__all__ = ["cli_main", "snakemake_command", "split_extra", "tool_environment"]
