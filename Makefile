@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bidsafe-installed
 CORES ?= all
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test lint clean-demo node-validator config-docs
+.PHONY: setup demo test lint clean-demo node-validator config-docs wheel
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ lint: setup
 # config/README.md is generated from workflow/schemas/config.schema.yaml (tests/unit/test_config.py checks it).
 config-docs: setup
 	$(BIN)/bidsafe config-docs --write config/README.md
+
+# A wheel a site installs without a clone (setup.py copies the workflow and config/ into it).
+wheel: setup
+	rm -rf build  # setuptools keeps old build output: a deleted module would ship again
+	$(BIN)/python -m pip wheel --no-deps -w dist .
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
