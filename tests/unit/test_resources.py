@@ -129,3 +129,33 @@ def test_run_dry_runs_in_the_current_folder_and_forwards_snakemakes_exit_code(
     assert code == 1
     out = capfd.readouterr()
     assert "no_such_target" in out.out + out.err
+
+
+# --------------------------------------------------------------------------------------------- the README
+# Shell blocks of the README are followed literally on a fresh machine: `bidsafe` and `snakemake` are not on
+# PATH there (only in .venv/bin, or the site's own venv), so each command names where it runs from.
+_RUNNABLE = ("make", "cp", "cat", "source", "python3", ".venv/bin/", "bidsafe-env/bin/")
+
+
+def _readme_shell_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
+    lines = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line]
+
+
+def test_readme_shell_commands_run_without_activating_a_venv() -> None:
+    lines = _readme_shell_lines()
+    assert any(line.startswith(".venv/bin/bidsafe run ") for line in lines)
+    assert [line for line in lines if not line.startswith(_RUNNABLE)] == []
+
+
+def test_every_bidsafe_command_the_readme_names_exists() -> None:
+    from bidsafe.cli import build_parser
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    # Code only: in backticks, or run from a venv's bin folder.
+    named = set(re.findall(r"(?:`|bin/)bidsafe ([a-z][a-z-]+)", text))
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert {"run", "check-rules", "consent-template"} <= named
+    assert named - commands == set()
