@@ -1759,16 +1759,30 @@ def _check_tree_arguments(src: Path, dst: Path, jobs: int) -> None:
 # --- command line -----------------------------------------------------------------------------------------
 
 
-def default_key_path() -> Path:
-    """Where `bidsafe deid` keeps its key when none is given: the user's private data folder."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "bidsafe" / "secret.key"
+def cli_key(args: argparse.Namespace) -> tuple[Path, bytes, bool]:
+    """(path, key, created) by `bidsafe.keys.resolve_key_path`, the rule the pipeline follows: --key FILE (must
+    exist), else the pipeline's PRIVATE_DIR/secret.key from --private-dir or --configfile (created there, under
+    the pipeline's linkage lock, only when no linkage table depends on an old key), else refused."""
+    from bidsafe.keys import load_key, load_or_create_key, resolve_key_path
+
+    key_path = resolve_key_path(getattr(args, "key", None), getattr(args, "private_dir", None),
+                                getattr(args, "configfile", None))
+    if getattr(args, "key", None):
+        if not key_path.exists():
+            raise ConfigError("--key: the key file does not exist (refusing to create one silently)")
+        return key_path, load_key(key_path), False
+    from bidsafe.pseudonym import LINKAGE_FILENAME, linkage_lock
+
+    private_dir = key_path.parent
+    with linkage_lock(private_dir):
+        created = not key_path.exists()
+        key = load_or_create_key(key_path, dependents=[private_dir / LINKAGE_FILENAME])
+    return key_path, key, created
 
 
 def cli_main(args: argparse.Namespace) -> int:
     from bidsafe.deid.rules import default_rules_path, load_rules, require_checked_rules, weakened
-    from bidsafe.keys import load_key, load_or_create_key
-    from bidsafe.private import ensure_private_dir
+    from bidsafe.progress import info, progress_enabled
 
     src, dst = Path(args.src), Path(args.dst)
     jobs = int(args.jobs) if getattr(args, "jobs", None) is not None else 1
@@ -1786,31 +1800,20 @@ def cli_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     vocabulary = vocabulary_for(getattr(args, "vocabulary", None) or ())
-    if args.key:
-        key_path = Path(args.key)
-        if not key_path.exists():
-            raise ConfigError("--key: the key file does not exist (refusing to create one silently)")
-        key = load_key(key_path)
-        created = False
-    else:
-        key_path = default_key_path()
-        created = not key_path.exists()
-        ensure_private_dir(key_path.parent)
-        key = load_or_create_key(key_path)
-    print(f"bidsafe deid: secret key {'created at' if created else 'read from'} {key_path}", file=sys.stderr)
+    key_path, key, created = cli_key(args)
+    info(f"bidsafe deid: secret key {'created at' if created else 'read from'} {key_path}")
     report = deidentify_tree(
-        src, dst, rules=rules, key=key, jobs=jobs, progress=sys.stderr.isatty(), vocabulary=vocabulary
+        src, dst, rules=rules, key=key, jobs=jobs, progress=progress_enabled(), vocabulary=vocabulary
     )
     report.key_path = key_path
     report.weaker_rules = tuple(gaps)
     if args.report:
         write_report(report, Path(args.report))
     counts = report.counts
-    print(
+    info(
         "bidsafe deid: "
         + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES)
-        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[WITHHELD]) else ""),
-        file=sys.stderr,
+        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[WITHHELD]) else "")
     )
     return 0 if report.ok else 1
 
