@@ -300,3 +300,29 @@ def test_deid_and_the_pipeline_use_the_same_key(tmp_path: Path, capsys: pytest.C
     assert not [name for name, text in rules.items() if "secret.key" in text]
     assert "KEY = resolve_key_path(private_dir=PRIVATE)" in rules["common.smk"]
     assert "key=KEY," in rules["deid.smk"]
+
+
+@pytest.mark.parametrize("command", ["ingest", "leak-scan", "deid"])
+def test_progress_of_file_loops_names_no_path(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import bidsafe.progress as progress_module
+
+    real_init = Progress.__init__
+
+    def immediate(self: Progress, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **{**kwargs, "every_s": 0})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(progress_module.Progress, "__init__", immediate)
+    monkeypatch.setenv("BIDSAFE_PROGRESS", "1")
+    raw = tmp_path / "QUILLFEATHER_MARISOL"
+    for number in range(3):
+        write(mr_dataset(sop_uid=f"1.2.826.0.1.3680043.9.7777.1.3.{number}"), raw / f"Quillfeather{number}.dcm")
+    argv = {
+        "ingest": ["ingest", str(raw), "--index", str(tmp_path / "i.tsv"), "--quarantine", str(tmp_path / "q.tsv")],
+        "leak-scan": ["leak-scan", str(_dataset(tmp_path / "ds", "x")), "--source", str(raw)],
+        "deid": ["deid", str(raw), str(tmp_path / "out"), "--private-dir", str(tmp_path / "p")],
+    }[command]
+    main(argv)
+    parts = [p for p in re.split(r"[\r\n]", capsys.readouterr().err) if re.search(r": \d+(/\d+)? files", p)]
+    assert any("3/3 files" in p for p in parts), parts
+    assert not [p for p in parts if "quillfeather" in p.lower() or str(tmp_path) in p]

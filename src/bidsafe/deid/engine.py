@@ -59,6 +59,7 @@ from bidsafe.phi import (
     id_core,
     quiet_pydicom,
 )
+from bidsafe.progress import Progress
 from bidsafe.testhooks import text_cleaning_disabled
 
 if TYPE_CHECKING:
@@ -1539,22 +1540,6 @@ def _run_tasks(
         yield from pool.imap(function, tasks, chunksize=chunk)
 
 
-class _Progress:
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-
-    def show(self, label: str, done: int) -> None:
-        if self.enabled and (done == self.total or done % 25 == 0):
-            sys.stderr.write(f"\rbidsafe deid: {label} {done}/{self.total} files    ")
-            sys.stderr.flush()
-
-    def end(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # --- the tree ---------------------------------------------------------------------------------------------
 
 
@@ -1673,7 +1658,7 @@ def deidentify_tree(
     vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     paths = _list_files(src) if files is None else [Path(p) if Path(p).is_absolute() else src / p for p in files]
     entries = [FileEntry(input=str(p), status=FAILED, reason="not processed") for p in paths]
-    meter = _Progress(progress, len(paths))
+    meter = Progress("bidsafe deid: de-identifying", len(paths), enabled=progress)
     studies: dict[str, set[PersonalValue]] = {}
     replaced: dict[str, dict[str, int]] = {}  # de-identified study UID -> vocabulary token -> count
     patients: dict[str, set[str]] = {}
@@ -1686,7 +1671,7 @@ def deidentify_tree(
         stage_args = (rules, key, subject_key, temp_root, vocabulary)
         results: list[_Staged] = []
         for done, result in enumerate(_run_tasks(_stage_task, tasks, jobs, _init_stage, stage_args), 1):
-            meter.show("de-identifying", done)
+            meter.update(done)
             results.append(result)
         results = _one_shift_per_study(results, paths, jobs, stage_args)
         for result in results:
@@ -1724,15 +1709,16 @@ def deidentify_tree(
         finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
         series_of = {s.index: s.series for s in staged}
-        meter = _Progress(progress, len(finish))  # same terminal line, second pass
+        meter.done()
+        meter = Progress("bidsafe deid: cleaning text", len(finish), enabled=progress)
         for done, (index, status, reason) in enumerate(
             _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging, vocabulary)), 1
         ):
-            meter.show("cleaning text", done)
+            meter.update(done)
             output = outputs[index] if status == PROCESSED else None
             entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason, series=series_of[index])
         shutil.rmtree(temp_root, ignore_errors=True)
-    meter.end()
+    meter.done()
     all_values = PersonalValues(v for values in studies.values() for v in values)
     result_report = DeidReport(
         entries, all_values, rules_profile=getattr(rules, "profile", ""), replaced_tokens=replaced
