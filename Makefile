@@ -26,7 +26,7 @@ demo: setup $(DEMO_DIR)/.inbox-written
 
 # Demo scanner exports with fake personal data, plus the research team's consent registry and demographics.
 $(DEMO_DIR)/.inbox-written: | setup
-	$(BIN)/bidsafe demo-data $(DEMO_DIR)/inbox --subjects 4 --sessions 2 --seed 1 \
+	$(BIN)/bidsafe demo-data $(DEMO_DIR)/inbox --subjects 4 --sessions 2 --seed 1 --force \
 		--consent $(DEMO_DIR)/consent.tsv --demographics $(DEMO_DIR)/demographics.tsv
 	touch $@
 

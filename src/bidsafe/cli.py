@@ -11,21 +11,72 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 
 from bidsafe import __version__
 from bidsafe.errors import BidsafeError
+from bidsafe.progress import console_logging
 
 Register = Callable[[argparse._SubParsersAction], None]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps paragraphs like argparse does, but keeps the epilog's one-line-per-exit-code layout."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("  "):  # an exit code: wrapped under its own text
+                lines.append(textwrap.fill(line.strip(), width, initial_indent=indent + "  ",
+                                           subsequent_indent=indent + "       "))
+            else:
+                lines.append(super()._fill_text(line, width, indent) if line.strip() else "")
+        return "\n".join(lines)
+
+
+def exit_codes(*codes: tuple[int, str]) -> str:
+    """The `exit codes:` epilog every subcommand's help ends with (tests/unit/test_cli.py checks each one).
+
+    The shared meanings: 0 done, 1 a finding or a failed check (or an input that cannot be read), 2 bad
+    arguments or configuration (argparse's own usage errors are 2 too), 3 a safety guard refused, 130
+    interrupted. Each command lists the codes it can return with what they mean for it.
+    """
+    listed = dict(codes)
+    listed.setdefault(2, "bad arguments or configuration (the message says which)")
+    listed.setdefault(130, "interrupted (Ctrl-C)")
+    return "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in sorted(listed.items()))
+
+
+def _verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity", default=default,
+                      help="also show debug messages of the `bidsafe` logger")
+    loud.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=default,
+                      help="only warnings and errors: no progress, no informational lines")
+
+
+def _add(sub: argparse._SubParsersAction, name: str, **kwargs: object) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared help layout and -v/-q (accepted before or after the command)."""
+    parser = sub.add_parser(name, formatter_class=_Formatter, **kwargs)  # type: ignore[arg-type]
+    _verbosity(parser, argparse.SUPPRESS)  # SUPPRESS: a subcommand without -v/-q keeps the top-level choice
+    return parser
+
+
+PRIVATE = "PRIVATE (names input paths or values; mode 0600, keep it in the private area)"
+
+
 def _demo_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo-data",
+    p = _add(
+        sub, "demo-data",
         help="write realistic fake scanner exports (with fake personal data) for demos and tests",
         description="Write deterministic, realistic raw MR scanner exports: T1w/T2w heads with a face, "
         "BOLD, DWI, a field-map pair, a localizer and a burned-in screenshot per session, carrying fake "
-        "personal data wherever real exports carry it, plus junk files an inbox really receives.",
+        "personal data wherever real exports carry it, plus junk files an inbox really receives. OUT_DIR must "
+        "be new or empty unless --force is given.",
+        epilog=exit_codes((0, "the exports were written"),
+                          (1, "an error while writing (disk full, permissions)"),
+                          (2, "bad arguments, or OUT_DIR (or --consent/--demographics) exists without --force")),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the exports into (created)")
     p.add_argument("--subjects", type=int, default=2, help="number of fake patients (default 2)")
@@ -33,12 +84,15 @@ def _demo_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--consent", metavar="FILE", help="also write a consent registry TSV for these patients")
     p.add_argument("--demographics", metavar="FILE", help="also write a demographics TSV for these patients")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty OUT_DIR (study folders of the same name are replaced) and "
+                   "replace existing --consent/--demographics files (default: refuse)")
     p.set_defaults(handler="bidsafe.demo:cli_main")
 
 
 def _ingest(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "ingest",
+    p = _add(
+        sub, "ingest",
         help="index an inbox of DICOM files by study (header-only), quarantining unreadable files",
         description="Index every file under INBOX with header-only reads, group DICOM files by "
         "StudyInstanceUID into sessions and write the private session index. The inbox is never modified. "
@@ -46,7 +100,11 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
         "(a link can lead out of the inbox or into a loop, and a file linked from inside the inbox is read "
         "where it lies) and each is listed in the quarantine report with the reason. Every other file that is "
         "not usable image DICOM is listed there too. Prints counts only. Exit 0 when at least one study was "
-        "found, 1 when none was (the reports are still written; the message counts the quarantine reasons).",
+        "found, 1 when none was (the reports are still written; the message counts the quarantine reasons). "
+        "The index and quarantine report are derived files: they are replaced on every run.",
+        epilog=exit_codes((0, "at least one DICOM study was indexed"),
+                          (1, "no study was found (the reports are still written), or a file could not be written"),
+                          (2, "bad arguments, or an output inside the inbox")),
     )
     p.add_argument("inbox", metavar="INBOX", help="folder of raw scanner exports (read only)")
     p.add_argument("--index", required=True, metavar="FILE.tsv", help="session index to write (private)")
@@ -61,24 +119,28 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "check-config",
+    p = _add(
+        sub, "check-config",
         help="check a pipeline config file against the schema without running anything",
         description="Check a pipeline config (YAML) against workflow/schemas/config.schema.yaml: unknown keys at "
         "any level, wrong types and refused values are printed one per line with the key and what is allowed. "
         "Exit 0 when valid, 2 otherwise.",
+        epilog=exit_codes((0, "the config is valid"),
+                          (2, "the config is invalid or unreadable (one line per problem)")),
     )
     p.add_argument("file", metavar="CONFIG.yaml", help="the config file a run would be given with --configfile")
     p.set_defaults(handler="bidsafe.config:cli_check")
 
 
 def _config_docs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "config-docs",
+    p = _add(
+        sub, "config-docs",
         help="write config/README.md from the config schema (or check that it agrees)",
         description="Generate the configuration reference (every key with type, default, allowed values and "
         "meaning) from workflow/schemas/config.schema.yaml. Prints it unless --write or --check is given; "
         "--check exits 1 when FILE differs from the schema.",
+        epilog=exit_codes((0, "printed, written, or FILE agrees with the schema"),
+                          (1, "--check: FILE differs from the schema")),
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write", metavar="FILE", help="write the reference to FILE (replaced atomically)")
@@ -87,8 +149,8 @@ def _config_docs(sub: argparse._SubParsersAction) -> None:
 
 
 def _consent_template(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "consent-template",
+    p = _add(
+        sub, "consent-template",
         help="write a consent registry to fill in: one row per PatientID found in the inbox (private)",
         description="Index INBOX (header-only, like `ingest`) and write OUT, a consent registry with one row per "
         "DICOM PatientID: patient_id, consent (empty: fill in none, named, members or public), study_id, "
@@ -96,16 +158,18 @@ def _consent_template(sub: argparse._SubParsersAction) -> None:
         "real identifiers: it is written with mode 0600 and belongs with the team's private files, never in "
         "the inbox, work or release folders. Only counts are printed. A registry with an empty consent cell is "
         "refused by the pipeline until every row is filled in.",
+        epilog=exit_codes((0, "OUT was written"), (1, "the inbox could not be read or OUT not written"),
+                          (2, "bad arguments, OUT inside the inbox, or OUT exists without --force")),
     )
     p.add_argument("inbox", metavar="INBOX", help="folder of raw scanner exports (read only)")
-    p.add_argument("out", metavar="OUT.tsv", help="registry to write (.tsv, or .csv for comma-separated; private)")
+    p.add_argument("out", metavar="OUT.tsv", help="registry to write (.tsv, or .csv for comma-separated); " + PRIVATE)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (default: refuse)")
     p.set_defaults(handler="bidsafe.consent:cli_template")
 
 
 def _deid(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "deid",
+    p = _add(
+        sub, "deid",
         help="de-identify every DICOM file under SRC into DST (PS3.15 Annex E rules)",
         description="De-identify every DICOM file under SRC into DST with the rule set (PS3.15 Annex E "
         "Basic Profile plus options). Output paths are built from de-identified values only. Dates shift by "
@@ -113,13 +177,27 @@ def _deid(sub: argparse._SubParsersAction) -> None:
         "each study gets one shift, decided by its first file. An image without pixel data (a file cut short) "
         "fails. The rule set is checked as `bidsafe check-rules` does before anything is written. Exit 0 when "
         "every file was processed or deliberately withheld, 1 when any failed, 2 for bad arguments or a rule "
-        "set check-rules rejects.",
+        "set check-rules rejects.\n"
+        "The secret key (pseudonyms, UIDs, date shifts) is found by the rule the pipeline follows too: --key FILE "
+        "wins; else --configfile SITE.yaml or --private-dir DIR gives PRIVATE_DIR/secret.key, the pipeline's key "
+        "(created there, 0600, only when no linkage table exists yet); with none of them the command refuses, "
+        "so it never uses a key other than the pipeline's by accident.",
+        epilog=exit_codes((0, "every file was de-identified or deliberately withheld"),
+                          (1, "a file failed (see --report), or an input could not be read"),
+                          (2, "bad arguments, no key given, DST not new/empty, or a rule set `bidsafe "
+                           "check-rules` rejects (without --allow-weaker-rules)")),
     )
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
+    p.add_argument("src", metavar="SRC", help="folder of raw DICOM files (read only)")
+    p.add_argument("dst", metavar="DST", help="folder to write the de-identified files into (new or empty; "
+                   "bidsafe deid never writes into a folder that has files)")
     p.add_argument("--rules", metavar="FILE", help="rule set YAML (default: the shipped profile)")
-    p.add_argument("--key", metavar="FILE", help="secret key file (default: created in a private place)")
-    p.add_argument("--report", metavar="FILE.json", help="write the per-file report here")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--key", metavar="FILE", help="secret key file (must exist)")
+    key.add_argument("--configfile", metavar="SITE.yaml",
+                     help="the site config a pipeline run gets: its private_dir's secret.key is used")
+    key.add_argument("--private-dir", metavar="DIR", help="use DIR/secret.key, the pipeline's key")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="write the per-file report here; " + PRIVATE)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
     p.add_argument(
         "--vocabulary",
@@ -138,12 +216,15 @@ def _deid(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_rules(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "check-rules",
+    p = _add(
+        sub, "check-rules",
         help="check a de-identification rule file against PS3.15 Table E.1-1",
         description="Check that every row of Table E.1-1 has an action no weaker than the Basic Profile "
         "plus the options the file declares, and that every keep-list entry has a reason. Prints a "
         "coverage table; exits non-zero on a gap.",
+        epilog=exit_codes((0, "every file covers Table E.1-1 and every keep-list entry has a reason"),
+                          (1, "a gap, a keep-list entry without reason, or a vocabulary problem"),
+                          (2, "bad arguments, or a file that cannot be read as a rule set")),
     )
     p.add_argument(
         "file", metavar="FILE", nargs="?", help="rule file or folder of *.yaml (default: the shipped profile)"
@@ -158,15 +239,20 @@ def _check_rules(sub: argparse._SubParsersAction) -> None:
 
 
 def _deface(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "deface",
+    p = _add(
+        sub, "deface",
         help="remove the face from a structural NIfTI image (fails closed)",
         description="Register pydeface's head template to the image, carry its face mask through the "
         "same transform and zero the face. Exit 3 with no OUT written when a safety guard trips.",
+        epilog=exit_codes((0, "OUT was written"), (1, "IN cannot be read as a NIfTI image"),
+                          (2, "bad arguments, or OUT (or --qc/--mask) exists without --force"),
+                          (3, "a safety guard refused (registration implausible, empty image): nothing written")),
     )
-    p.add_argument("input", metavar="IN.nii.gz")
-    p.add_argument("output", metavar="OUT.nii.gz")
-    p.add_argument("--engine", choices=["auto", "builtin", "fsl"], default="auto")
+    p.add_argument("input", metavar="IN.nii.gz", help="structural image to deface (read only)")
+    p.add_argument("output", metavar="OUT.nii.gz", help="defaced image to write")
+    p.add_argument("--engine", choices=["auto", "builtin", "fsl"], default="auto",
+                   help="registration: builtin (Python), fsl (FLIRT), auto (fsl when installed; default)")
+    p.add_argument("--force", action="store_true", help="replace OUT, --qc and --mask if they exist (default: refuse)")
     p.add_argument("--qc", metavar="QC.png", help="write a before/after picture")
     p.add_argument("--mask", metavar="MASK.nii.gz", help="write the removal mask")
     p.add_argument("--threads", type=int, metavar="N",
@@ -175,28 +261,36 @@ def _deface(sub: argparse._SubParsersAction) -> None:
 
 
 def _validate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "validate",
+    p = _add(
+        sub, "validate",
         help="run the official BIDS validator and summarise its errors",
         description="Run the schema-based BIDS validator on DIR and print a readable summary "
         "(file, code, message). Exit 0 when valid (warnings allowed), 1 on errors.",
+        epilog=exit_codes((0, "valid (warnings allowed)"),
+                          (1, "BIDS errors, or the validator is missing, crashed or timed out"),
+                          (2, "bad arguments")),
     )
-    p.add_argument("bids_dir", metavar="DIR")
-    p.add_argument("--backend", choices=["deno", "node"], default="deno")
+    p.add_argument("bids_dir", metavar="DIR", help="the BIDS dataset folder to validate")
+    p.add_argument("--backend", choices=["deno", "node"], default="deno",
+                   help="which build of the validator to run (default deno)")
     p.add_argument("--report", metavar="FILE.json", help="write the parsed result here")
     p.set_defaults(handler="bidsafe.validate:cli_main")
 
 
 def _leak_scan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "leak-scan",
+    p = _add(
+        sub, "leak-scan",
         help="scan a dataset for any personal value found in the raw DICOM headers",
         description="Harvest every personal value from the raw DICOM under --source (or read a saved harvest "
         "with --values) and scan every file (bytes, NIfTI headers, JSON/TSV text) and every path of DIR, in "
         "the gate's own renderings; released metadata must also be ASCII, and sidecar strings under sub-*/ "
         "vocabulary text (with --vocabulary). Any hit fails, naming file and field but never the value.",
+        epilog=exit_codes((0, "clean (hits the --allow list accepts are counted, not failed)"),
+                          (1, "at least one hit"),
+                          (2, "bad arguments: not exactly one of --source/--values, a missing folder, no "
+                           "personal value to look for, an unreadable allow-list")),
     )
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="the dataset folder to scan (e.g. a staged release)")
     p.add_argument("--source", metavar="RAW_DIR", help="raw DICOM to harvest")
     p.add_argument("--values", metavar="FILE.json", help="a saved harvest: rows {category, field, value}")
     p.add_argument("--vocabulary", action="append", default=[], metavar="FILE.yaml",
@@ -213,24 +307,28 @@ def _leak_scan(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "verify",
+    p = _add(
+        sub, "verify",
         help="check a published release against its MANIFEST.sha256",
         description="Recompute every file's SHA-256 and compare with the release's manifest.",
+        epilog=exit_codes((0, "every file matches MANIFEST.sha256 and SHAREABLE.json"),
+                          (1, "a file differs, is missing or is not listed, or the manifest is unreadable")),
     )
-    p.add_argument("release", metavar="RELEASE")
+    p.add_argument("release", metavar="RELEASE", help="a published release folder (holds MANIFEST.sha256)")
     p.set_defaults(handler="bidsafe.release.manifest:cli_main")
 
 
 def _run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
+    p = _add(
+        sub, "run",
         help="run the whole pipeline (the workflow shipped with bidsafe) with a site config",
         description="Check CONFIG, then run Snakemake on the workflow shipped inside the bidsafe package in the "
         "current folder (relative data areas in the config are relative to it), so no checkout of the repository "
         "is needed. Targets (e.g. `converted`) and further Snakemake options follow, the options after `--`: "
-        "`bidsafe run --configfile site.yaml --cores 8 converted -- --forcerun convert`. Exit 2 for a config "
-        "with problems (one line each, nothing run), else Snakemake's exit code (0 when every job finished).",
+        "`bidsafe run --configfile site.yaml --cores 8 converted -- --forcerun convert`.",
+        epilog=exit_codes((0, "every job finished (Snakemake's exit code)"),
+                          (1, "a job failed (Snakemake's exit code; the report and the terminal summary say which)"),
+                          (2, "the config has problems (one line each; nothing was run)")),
     )
     p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
     p.add_argument("--cores", default="all", metavar="N", help="cores Snakemake may use (default: all)")
@@ -265,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bidsafe",
         description="Turn raw MRI scanner DICOM sessions into a BIDS dataset that is safe to share. "
         "`bidsafe run --configfile SITE.yaml` runs the whole pipeline; the other subcommands are its parts.",
+        epilog="Every command's help ends with its exit codes. Progress is shown on stderr when it is a terminal "
+        "(BIDSAFE_PROGRESS=1 forces it, 0 turns it off); it shows counts, never a path or a value.",
     )
     parser.add_argument("--version", action="version", version=f"bidsafe {__version__}")
+    _verbosity(parser, 0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(sub)
@@ -279,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, func_name = args.handler.split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
-        return int(handler(args) or 0)
+        with console_logging(getattr(args, "verbosity", 0)):
+            return int(handler(args) or 0)
     except BidsafeError as exc:
         print(f"bidsafe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -46,8 +46,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from bidsafe.errors import BidsafeError
+from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir, atomic_write_text
+from bidsafe.progress import Progress
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -1056,12 +1057,14 @@ def plan_sessions(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int
             for ctx, patient_folder, folder in _plan(Path(out_dir), subjects, sessions, seed)]
 
 
-def generate(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0) -> list[DemoSession]:
+def generate(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0,
+             progress: Progress | None = None) -> list[DemoSession]:
     """Write `subjects` x `sessions` raw exports under `out_dir`; return what was planted where.
 
     Deterministic: the same arguments give the same bytes, and patient n's sessions do not depend on
     how many patients or later sessions are asked for. Each study folder appears whole (built in a
-    temporary sibling, then renamed); an existing study folder of the same name is replaced.
+    temporary sibling, then renamed); an existing study folder of the same name is replaced. `progress`
+    counts the sessions written (never a name: folders are named after the fake patients).
     """
     out_dir = Path(out_dir)
     planned = _plan(out_dir, subjects, sessions, seed)
@@ -1076,6 +1079,8 @@ def generate(out_dir: Path, subjects: int = 2, sessions: int = 1, seed: int = 0)
             [_relocate(one, tmp, final) for one in series],
             [final / j.relative_to(tmp) for j in junk],
         ))
+        if progress is not None:
+            progress.advance()
     return result
 
 
@@ -1141,7 +1146,15 @@ def write_demographics(sessions: Sequence[DemoSession], path: Path, seed: int = 
 
 def cli_main(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
-    sessions = generate(out_dir, subjects=args.subjects, sessions=args.sessions, seed=args.seed)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not args.force:
+        raise ConfigError("OUT_DIR exists and is not empty; give --force to write into it (study folders of the "
+                          "same name are replaced)", out_dir)
+    for option, target in (("--consent", args.consent), ("--demographics", args.demographics)):
+        if target and Path(target).exists() and not args.force:
+            raise ConfigError(f"{option}: the file exists; give --force to replace it", target)
+    with Progress("bidsafe demo-data: writing", args.subjects * args.sessions, "sessions", every_s=0) as meter:
+        sessions = generate(out_dir, subjects=args.subjects, sessions=args.sessions, seed=args.seed,
+                            progress=meter)
     if args.consent:
         write_consent_registry(sessions, Path(args.consent))
     if args.demographics:

@@ -32,8 +32,6 @@ import io
 import logging
 import os
 import struct
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import astuple, dataclass, fields
@@ -47,6 +45,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.phi import quiet_pydicom
 from bidsafe.private import private_write_bytes
+from bidsafe.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +415,8 @@ def scan_inbox(inbox: Path, cache: Path | None = None) -> tuple[list[IndexRow], 
     rows: list[IndexRow] = []
     junk: list[tuple[str, str]] = []  # (relpath, reason)
     reused = 0
-    progress = _Progress(len(entries))
+    # counts only on the terminal: inbox paths are named after patients
+    progress = Progress("bidsafe: reading inbox headers", len(entries))
     for number, entry in enumerate(entries, start=1):
         progress.update(number)
         if entry.skip_reason:
@@ -624,25 +624,6 @@ def _load_cache(cache: Path) -> dict[str, IndexRow]:
 
 
 # -------------------------------------------------------------------------------------------- CLI
-
-
-class _Progress:
-    """A one-line counter on an interactive terminal for big inboxes; silent in logs and pipes."""
-
-    def __init__(self, total: int, every_s: float = 0.5) -> None:
-        self.total = total
-        self.enabled = total >= 1000 and sys.stderr.isatty()
-        self.every_s = every_s
-        self.last = 0.0
-
-    def update(self, number: int) -> None:
-        if self.enabled and (now := time.monotonic()) - self.last >= self.every_s:
-            self.last = now
-            print(f"\ringest: {number}/{self.total} files", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.enabled:
-            print(f"\ringest: {self.total}/{self.total} files", file=sys.stderr, flush=True)
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from bidsafe.errors import BidsafeError
+from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.private import private_write_bytes
 
 KEY_BYTES = 32
@@ -56,6 +56,35 @@ def load_or_create_key(path: str | Path, *, dependents: list[Path] | None = None
             path,
         )
     return create_key(path)
+
+
+def resolve_key_path(
+    key: str | Path | None = None, private_dir: str | Path | None = None, configfile: str | Path | None = None
+) -> Path:
+    """Where the secret key is, by the one rule the `bidsafe` commands and the pipeline share.
+
+    `key` (an explicit key file) wins; else `private_dir/secret.key`, the pipeline's key, with `private_dir`
+    given directly or read from `configfile` (the site config a run gets with --configfile; a relative
+    `private_dir` is relative to the current folder, as for Snakemake). With none of them: refused. There is
+    no fallback key elsewhere, so a command can never silently use a key other than the pipeline's (that
+    would give the same person other pseudonyms, UIDs and date shifts).
+    """
+    given = [name for name, value in (("--key", key), ("--private-dir", private_dir),
+                                      ("--configfile", configfile)) if value]
+    if len(given) > 1:
+        raise ConfigError(f"give one of --key, --private-dir and --configfile, not {' and '.join(given)}")
+    if key:
+        return Path(key)
+    if configfile:
+        from bidsafe.config import read_config_file
+
+        private_dir = read_config_file(configfile)["private_dir"]
+    if private_dir:
+        return Path(private_dir) / KEY_FILENAME
+    raise ConfigError(
+        "no secret key given: pass --configfile SITE.yaml or --private-dir DIR to use the pipeline's key "
+        f"(PRIVATE_DIR/{KEY_FILENAME}), or --key FILE for a key file of your own"
+    )
 
 
 def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:

@@ -43,7 +43,7 @@ from bidsafe import participants as meta
 from bidsafe.config import schema_defaults
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import write_if_changed
-from bidsafe.keys import KEY_FILENAME, keyed_digest, load_or_create_key
+from bidsafe.keys import keyed_digest, load_or_create_key, resolve_key_path
 from bidsafe.phi import MIN_NEEDLE_LENGTH, harvest_dataset
 from bidsafe.private import FILE_MODE, ensure_private_dir
 from bidsafe.siteexclusions import read_site_exclusions, site_decision
@@ -301,7 +301,7 @@ def update_linkage(
     private_dir = Path(private_dir)
     linkage = private_dir / LINKAGE_FILENAME
     with linkage_lock(private_dir):
-        key = load_or_create_key(private_dir / KEY_FILENAME, dependents=[linkage])
+        key = load_or_create_key(resolve_key_path(private_dir=private_dir), dependents=[linkage])
         rows = read_linkage(linkage)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         updated, labels = assign_labels(studies, rows, key, scheme, now)

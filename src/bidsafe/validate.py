@@ -339,7 +339,11 @@ def summary(result: ValidationResult, max_errors: int = 25, max_warning_codes: i
 
 def cli_main(args: argparse.Namespace) -> int:
     """`bidsafe validate DIR [--backend deno|node] [--report FILE.json]`: exit 0 valid, 1 invalid."""
-    result = run_validator(Path(args.bids_dir), backend=args.backend)
+    from bidsafe.progress import Progress
+
+    with Progress("bidsafe validate: validator runs", 1, "done", every_s=0) as meter:
+        result = run_validator(Path(args.bids_dir), backend=args.backend)
+        meter.advance()
     if args.report:
         atomic_write_json(args.report, result.to_json())
     print(summary(result))

@@ -710,8 +710,12 @@ def test_cli_exit_codes_key_creation_and_quiet_output(tmp_path, monkeypatch, cap
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home"))
     raw = tmp_path / "QUILLFEATHER"
     write(mr_dataset(), raw / "a.dcm")
-    assert bidsafe_main(["deid", str(raw), str(tmp_path / "out1")]) == 0
-    key_path = tmp_path / "home" / "bidsafe" / "secret.key"
+    # no key given: refused (no silent key of its own, see bidsafe.keys.resolve_key_path)
+    assert bidsafe_main(["deid", str(raw), str(tmp_path / "out0")]) == 2
+    assert "--configfile" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists() and not (tmp_path / "out0").exists()
+    assert bidsafe_main(["deid", str(raw), str(tmp_path / "out1"), "--private-dir", str(tmp_path / "team")]) == 0
+    key_path = tmp_path / "team" / "secret.key"  # the pipeline's key for private_dir team/
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_path.parent.stat().st_mode) == 0o700
     printed = capsys.readouterr()

@@ -4,6 +4,7 @@ from pathlib import Path
 from bidsafe.config import check_config
 from bidsafe.deid.rules import require_checked_rules
 from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
+from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, ensure_private_dir
 
 
@@ -17,6 +18,8 @@ WORK = Path(config["work_dir"])
 PRIVATE = Path(config["private_dir"])
 RELEASE = Path(config["release_dir"])
 LOGS = WORK / "logs"
+# the secret key, by the rule `bidsafe deid --configfile` follows too (bidsafe.keys.resolve_key_path)
+KEY = resolve_key_path(private_dir=PRIVATE)
 
 check_areas(INBOX, PRIVATE, WORK, RELEASE)
 ensure_private_dir(PRIVATE)

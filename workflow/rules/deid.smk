@@ -36,7 +36,7 @@ rule deid:
         profile=WORK / "profile" / SESSION / "deid.json",
     params:
         inbox=INBOX,
-        key=PRIVATE / "secret.key",
+        key=KEY,
         allow_weaker_rules=ALLOW_WEAKER_RULES,
         content=content_digest(DEID_RULES, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     log:

@@ -29,6 +29,7 @@ from bidsafe.deface import guards, register
 from bidsafe.deface import template as tpl
 from bidsafe.errors import BidsafeError, ConfigError, GuardError
 from bidsafe.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
+from bidsafe.progress import Progress
 
 ENGINES = ("auto", "builtin", "fsl")
 THREADS_ENV = "BIDSAFE_DEFACE_THREADS"
@@ -334,10 +335,12 @@ def deface_image(
     mask_path: Path | None = None,
     threads: int | None = None,
     name: str | None = None,
+    progress: Progress | None = None,
 ) -> DefaceRecord:
     """Deface one image. Raises GuardError (and writes nothing) when a guard trips.
 
-    `name` is how the record and messages call the image (default: the file name).
+    `name` is how the record and messages call the image (default: the file name). `progress` counts the
+    steps done (registration and guards, then writing).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     label = name or in_path.name
@@ -349,6 +352,8 @@ def deface_image(
         raise ConfigError("mask must end in .nii or .nii.gz", mask_path)
     started = time.monotonic()
     estimate = estimate_removal(in_path, engine=engine, threads=threads)
+    if progress is not None:
+        progress.advance()
     if estimate.failures:
         raise GuardError(f"deface refused ({estimate.engine}): " + "; ".join(estimate.failures), label)
     img = load_nifti(in_path)
@@ -360,6 +365,8 @@ def deface_image(
     if mask_path is not None:
         atomic_write_bytes(mask_path, mask_bytes(estimate.removal, img, Path(mask_path).name.endswith(".gz")))
     atomic_write_bytes(out_path, data)
+    if progress is not None:
+        progress.advance()
     report = estimate.report
     removed = int(estimate.removal.sum())
     return DefaceRecord(
@@ -470,14 +477,19 @@ def _stem(relative: Path) -> str:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    record = deface_image(
-        Path(args.input),
-        Path(args.output),
-        engine=args.engine,
-        qc_png=Path(args.qc) if args.qc else None,
-        mask_path=Path(args.mask) if args.mask else None,
-        threads=getattr(args, "threads", None),
-    )
+    for option, target in (("OUT", args.output), ("--qc", args.qc), ("--mask", args.mask)):
+        if target and Path(target).exists() and not getattr(args, "force", False):
+            raise ConfigError(f"{option}: the file exists; give --force to replace it", target)
+    with Progress("bidsafe deface", 2, "steps", every_s=0) as meter:
+        record = deface_image(
+            Path(args.input),
+            Path(args.output),
+            engine=args.engine,
+            qc_png=Path(args.qc) if args.qc else None,
+            mask_path=Path(args.mask) if args.mask else None,
+            threads=getattr(args, "threads", None),
+            progress=meter,
+        )
     print(
         f"{record.input}: defaced with {record.engine} in {record.seconds:.1f} s, "
         f"{record.removed_cm3:.0f} cm3 of the field of view zeroed, agreement Dice "

@@ -59,6 +59,7 @@ from bidsafe.phi import (
     id_core,
     quiet_pydicom,
 )
+from bidsafe.progress import Progress
 from bidsafe.testhooks import text_cleaning_disabled
 
 if TYPE_CHECKING:
@@ -1539,22 +1540,6 @@ def _run_tasks(
         yield from pool.imap(function, tasks, chunksize=chunk)
 
 
-class _Progress:
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-
-    def show(self, label: str, done: int) -> None:
-        if self.enabled and (done == self.total or done % 25 == 0):
-            sys.stderr.write(f"\rbidsafe deid: {label} {done}/{self.total} files    ")
-            sys.stderr.flush()
-
-    def end(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # --- the tree ---------------------------------------------------------------------------------------------
 
 
@@ -1673,7 +1658,7 @@ def deidentify_tree(
     vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     paths = _list_files(src) if files is None else [Path(p) if Path(p).is_absolute() else src / p for p in files]
     entries = [FileEntry(input=str(p), status=FAILED, reason="not processed") for p in paths]
-    meter = _Progress(progress, len(paths))
+    meter = Progress("bidsafe deid: de-identifying", len(paths), enabled=progress)
     studies: dict[str, set[PersonalValue]] = {}
     replaced: dict[str, dict[str, int]] = {}  # de-identified study UID -> vocabulary token -> count
     patients: dict[str, set[str]] = {}
@@ -1686,7 +1671,7 @@ def deidentify_tree(
         stage_args = (rules, key, subject_key, temp_root, vocabulary)
         results: list[_Staged] = []
         for done, result in enumerate(_run_tasks(_stage_task, tasks, jobs, _init_stage, stage_args), 1):
-            meter.show("de-identifying", done)
+            meter.update(done)
             results.append(result)
         results = _one_shift_per_study(results, paths, jobs, stage_args)
         for result in results:
@@ -1724,15 +1709,16 @@ def deidentify_tree(
         finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
         outputs = {s.index: s.output for s in staged}
         series_of = {s.index: s.series for s in staged}
-        meter = _Progress(progress, len(finish))  # same terminal line, second pass
+        meter.done()
+        meter = Progress("bidsafe deid: cleaning text", len(finish), enabled=progress)
         for done, (index, status, reason) in enumerate(
             _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging, vocabulary)), 1
         ):
-            meter.show("cleaning text", done)
+            meter.update(done)
             output = outputs[index] if status == PROCESSED else None
             entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason, series=series_of[index])
         shutil.rmtree(temp_root, ignore_errors=True)
-    meter.end()
+    meter.done()
     all_values = PersonalValues(v for values in studies.values() for v in values)
     result_report = DeidReport(
         entries, all_values, rules_profile=getattr(rules, "profile", ""), replaced_tokens=replaced
@@ -1759,16 +1745,30 @@ def _check_tree_arguments(src: Path, dst: Path, jobs: int) -> None:
 # --- command line -----------------------------------------------------------------------------------------
 
 
-def default_key_path() -> Path:
-    """Where `bidsafe deid` keeps its key when none is given: the user's private data folder."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "bidsafe" / "secret.key"
+def cli_key(args: argparse.Namespace) -> tuple[Path, bytes, bool]:
+    """(path, key, created) by `bidsafe.keys.resolve_key_path`, the rule the pipeline follows: --key FILE (must
+    exist), else the pipeline's PRIVATE_DIR/secret.key from --private-dir or --configfile (created there, under
+    the pipeline's linkage lock, only when no linkage table depends on an old key), else refused."""
+    from bidsafe.keys import load_key, load_or_create_key, resolve_key_path
+
+    key_path = resolve_key_path(getattr(args, "key", None), getattr(args, "private_dir", None),
+                                getattr(args, "configfile", None))
+    if getattr(args, "key", None):
+        if not key_path.exists():
+            raise ConfigError("--key: the key file does not exist (refusing to create one silently)")
+        return key_path, load_key(key_path), False
+    from bidsafe.pseudonym import LINKAGE_FILENAME, linkage_lock
+
+    private_dir = key_path.parent
+    with linkage_lock(private_dir):
+        created = not key_path.exists()
+        key = load_or_create_key(key_path, dependents=[private_dir / LINKAGE_FILENAME])
+    return key_path, key, created
 
 
 def cli_main(args: argparse.Namespace) -> int:
     from bidsafe.deid.rules import default_rules_path, load_rules, require_checked_rules, weakened
-    from bidsafe.keys import load_key, load_or_create_key
-    from bidsafe.private import ensure_private_dir
+    from bidsafe.progress import info, progress_enabled
 
     src, dst = Path(args.src), Path(args.dst)
     jobs = int(args.jobs) if getattr(args, "jobs", None) is not None else 1
@@ -1786,31 +1786,20 @@ def cli_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     vocabulary = vocabulary_for(getattr(args, "vocabulary", None) or ())
-    if args.key:
-        key_path = Path(args.key)
-        if not key_path.exists():
-            raise ConfigError("--key: the key file does not exist (refusing to create one silently)")
-        key = load_key(key_path)
-        created = False
-    else:
-        key_path = default_key_path()
-        created = not key_path.exists()
-        ensure_private_dir(key_path.parent)
-        key = load_or_create_key(key_path)
-    print(f"bidsafe deid: secret key {'created at' if created else 'read from'} {key_path}", file=sys.stderr)
+    key_path, key, created = cli_key(args)
+    info(f"bidsafe deid: secret key {'created at' if created else 'read from'} {key_path}")
     report = deidentify_tree(
-        src, dst, rules=rules, key=key, jobs=jobs, progress=sys.stderr.isatty(), vocabulary=vocabulary
+        src, dst, rules=rules, key=key, jobs=jobs, progress=progress_enabled(), vocabulary=vocabulary
     )
     report.key_path = key_path
     report.weaker_rules = tuple(gaps)
     if args.report:
         write_report(report, Path(args.report))
     counts = report.counts
-    print(
+    info(
         "bidsafe deid: "
         + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES)
-        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[WITHHELD]) else ""),
-        file=sys.stderr,
+        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[WITHHELD]) else "")
     )
     return 0 if report.ok else 1
 

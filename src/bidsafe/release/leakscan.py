@@ -66,7 +66,6 @@ import mmap
 import os
 import re
 import struct
-import sys
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -80,6 +79,7 @@ from bidsafe.errors import ConfigError
 from bidsafe.fsutil import atomic_write_json
 from bidsafe.phi import harvest_files  # collection only: the raw rows; matching is this package's own
 from bidsafe.private import private_write_text
+from bidsafe.progress import Progress, info
 from bidsafe.release.leakallow import AllowList, load_allow
 from bidsafe.release.leakforms import (
     ID_CATEGORIES,
@@ -778,11 +778,13 @@ def _names_file(root: Path, parts: Sequence[str]) -> Callable[[str], bool]:
 
 
 def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *, structural: bool = True,
-              found: dict[LeakHit, set[RawValue]] | None = None) -> tuple[set[LeakHit], int, int]:
+              found: dict[LeakHit, set[RawValue]] | None = None,
+              progress: Progress | None = None) -> tuple[set[LeakHit], int, int]:
     """(hits, files scanned, bytes scanned) for every path and file under `root`.
 
     `structural`: `root` is released metadata (the structural rules apply); False for logs (`also`).
-    `found`, when given, receives the values behind each hit (for the private findings).
+    `found`, when given, receives the values behind each hit (for the private findings). `progress` counts
+    the files scanned (a count only, never a name).
     """
     root = Path(root)
     hits: set[LeakHit] = set()
@@ -828,12 +830,14 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *, structura
             found.setdefault(hit, set()).update(values)
         files += 1
         total += one.bytes
+        if progress is not None:
+            progress.advance()
     return hits, files, total
 
 
 def leak_scan(
     target: Path, values: Any, *, also: Sequence[Path] = (), scan_voxels: bool = True, vocabulary: Any = None,
-    allow: Any = None, origins: Mapping[RawValue, Iterable[str]] | None = None,
+    allow: Any = None, origins: Mapping[RawValue, Iterable[str]] | None = None, progress: Progress | None = None,
 ) -> LeakReport:
     """Scan `target` (and each `also` folder) for every raw harvested value; hits never hold values.
 
@@ -855,11 +859,11 @@ def leak_scan(
     if not scanner.values:
         raise ConfigError("leak scan: no personal values to look for (was the source harvested?)")
     found: dict[LeakHit, set[RawValue]] = {}
-    hits, files, total = scan_tree(target, scanner, found=found)
+    hits, files, total = scan_tree(target, scanner, found=found, progress=progress)
     for folder in also:
         prefix = _safe_component(Path(folder).name, scanner) + "/"
         more_hits, more_files, more_bytes = scan_tree(Path(folder), scanner, label_prefix=prefix, structural=False,
-                                                      found=found)
+                                                      found=found, progress=progress)
         hits |= more_hits
         files += more_files
         total += more_bytes
@@ -907,7 +911,7 @@ def _triage(hits: Iterable[LeakHit], found: Mapping[LeakHit, set[RawValue]],
     return findings, allowed, allowed_by
 
 
-def harvest_source(raw_dir: Path, skip: Collection[str] = ()) -> Any:
+def harvest_source(raw_dir: Path, skip: Collection[str] = (), progress: bool = False) -> Any:
     """Every personal value of every readable DICOM file under `raw_dir` (header only), including strings
     of identity private blocks. Collection only (`bidsafe.phi.harvest_files`): the gate reads the rows
     {category, field, value} and renders and matches them itself. `skip`: paths relative to `raw_dir` not
@@ -918,7 +922,10 @@ def harvest_source(raw_dir: Path, skip: Collection[str] = ()) -> Any:
     skipped = {Path(rel).as_posix() for rel in skip}
     paths = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink()
                    and p.relative_to(raw_dir).as_posix() not in skipped)
-    return harvest_files(paths, private_text=True)
+    if not progress:
+        return harvest_files(paths, private_text=True)
+    with Progress("bidsafe leak-scan: reading source headers", len(paths)) as meter:
+        return harvest_files(meter.iterate(paths), private_text=True)
 
 
 def harvest_sessions(
@@ -987,15 +994,16 @@ def cli_main(args: argparse.Namespace) -> int:
         raise ConfigError("leak scan: give exactly one of --source RAW_DIR and --values FILE.json")
     origins: dict[RawValue, list[str]] = {}
     if args.source:
-        values = raw_values(harvest_source(Path(args.source)))
+        values = raw_values(harvest_source(Path(args.source), progress=True))
         if not values:
             raise ConfigError("leak scan: no readable DICOM with personal values under --source", args.source)
     else:
         values = raw_values(Path(args.values))
         origins = load_origins(Path(args.values))
-    report = leak_scan(Path(args.dir), values, also=[Path(a) for a in args.also],
-                       vocabulary=[Path(v) for v in getattr(args, "vocabulary", None) or []] or None,
-                       allow=read_allow_file(getattr(args, "allow", None)), origins=origins)
+    with Progress("bidsafe leak-scan: scanning", unit="files") as meter:
+        report = leak_scan(Path(args.dir), values, also=[Path(a) for a in args.also],
+                           vocabulary=[Path(v) for v in getattr(args, "vocabulary", None) or []] or None,
+                           allow=read_allow_file(getattr(args, "allow", None)), origins=origins, progress=meter)
     for hit in report.hits:
         print(hit.line())
     if args.report:
@@ -1003,11 +1011,10 @@ def cli_main(args: argparse.Namespace) -> int:
     if getattr(args, "findings", None):
         write_findings(report, Path(args.findings))
     verdict = "clean" if report.clean else f"{len(report.hits)} hits"
-    print(f"leak scan: {verdict}; {len(report.allowed)} allowed by {report.allow['entries']} allow-list entries; "
+    info(f"leak scan: {verdict}; {len(report.allowed)} allowed by {report.allow['entries']} allow-list entries; "
           f"{report.values} values, {report.needles} needles, {report.vocabulary_words_not_searched} vocabulary "
           f"words not searched, {report.placeholder_values_not_searched} placeholder values not searched; "
-          f"{report.speed()}",
-          file=sys.stderr)
+          f"{report.speed()}")
     return 0 if report.clean else 1
 
 
