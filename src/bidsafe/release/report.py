@@ -429,10 +429,12 @@ def _deface_table(records: Sequence[Mapping[str, Any]]) -> str:
 def nothing_published_reason(gates: Sequence[GateResult], sessions: Sequence[Mapping[str, Any]],
                              failed_rules: Sequence[str], missing: Sequence[str]) -> str:
     failed = [g for g in gates if not g.passed]
-    if failed:
-        return "gate(s) failed: " + "; ".join(f"{g.name}: {g.summary}" for g in failed)
+    gate_text = "gate(s) failed: " + "; ".join(f"{g.name}: {g.summary}" for g in failed)
     if sessions and not any(_is_true(r.get("included")) for r in sessions):
-        return "no session was included"
+        # the root cause first: an empty dataset also fails the validator
+        return "no session was included" + (f" ({gate_text})" if failed else "")
+    if failed:
+        return gate_text
     if failed_rules:
         return "the run failed at " + ", ".join(sorted(set(failed_rules)))
     if missing:

@@ -189,22 +189,27 @@ def terminal_summary(facts: Mapping[str, Any], report: Path | None, *, failed: b
     ]
 
 
-def failed_rules_in(log: str | Path | None) -> list[str]:
-    """Rule names of the failed jobs, from the Snakemake log ("Error in rule X:")."""
-    if log is None or not Path(log).is_file():
-        return []
-    return re.findall(r"Error in rule (\w+):", Path(log).read_text(encoding="utf-8", errors="replace"))
+def failed_rules_in(log: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """Rule names of the failed jobs, from the Snakemake log(s) ("Error in rule X:"); Snakemake hands the
+    onerror hook one path or a list, depending on its version."""
+    logs = [log] if isinstance(log, str | Path) else list(log or [])
+    found: list[str] = []
+    for path in logs:
+        if Path(path).is_file():
+            found += re.findall(r"Error in rule (\w+):", Path(path).read_text(encoding="utf-8", errors="replace"))
+    return found
 
 
-def finish_run(work_dir: Path, private_dir: Path, *, failed: bool, log: str | Path | None = None,
+def finish_run(work_dir: Path, private_dir: Path, *, failed: bool, log: Any = None,
                stream: Any = None) -> list[str]:
     """The end-of-run hook: after a failure, write the report from what exists (the report job did not run);
     after a success, leave the report job's file. Then print the five-line summary. Never raises: a hook
     that crashes would hide the run's own outcome."""
     stream = stream if stream is not None else sys.stderr
     report = Path(work_dir) / "report" / REPORT_NAME
-    rules = failed_rules_in(log) if failed else []
+    rules: list[str] = []
     try:
+        rules = failed_rules_in(log) if failed else []
         facts = collect_from_work(Path(work_dir), Path(private_dir))
         if failed or not report.is_file():
             write_report(report, **facts, failed_rules=rules, run_failed=failed)
