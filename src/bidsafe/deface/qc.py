@@ -14,9 +14,9 @@ import numpy as np
 
 from bidsafe.fsutil import atomic_write_bytes
 
-# 1000 x 700 px: 14-point titles are ~19 px high, readable at 100 % zoom where the report shows the picture
+# 810 x 567 px: 15-point titles are ~19 px high, readable at 100 % zoom where the report shows the picture
 # at its own size (the first pictures had 8-point text at 72 dpi, 6 px letters).
-DPI = 100
+DPI = 90
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +63,7 @@ def write_qc_png(img: nib.Nifti1Image, removal: np.ndarray, path: Path, title: s
         (lambda a: a[:, y, :], zooms[2] / zooms[0], "coronal"),
         (lambda a: a[:, :, z], zooms[1] / zooms[0], "axial"),
     ]
-    fig = Figure(figsize=(10.0, 7.0), dpi=DPI)
+    fig = Figure(figsize=(9.0, 6.3), dpi=DPI)
     axes = fig.subplots(2, 3)
     for column, (cut, aspect, name) in enumerate(views):
         for row, volume in enumerate((data, after)):
@@ -74,8 +74,8 @@ def write_qc_png(img: nib.Nifti1Image, removal: np.ndarray, path: Path, title: s
                 ax.contour(cut(mask).T.astype(np.uint8), levels=[0.5], colors="red", linewidths=1.2)
             ax.set_axis_off()
             if row == 0:
-                ax.set_title(name, fontsize=14)
-    fig.suptitle(f"{title}\ntop: before, bottom: after defacing; red outline: removed", fontsize=14)
+                ax.set_title(name, fontsize=15)
+    fig.suptitle(f"{title}\ntop: before, bottom: after defacing; red outline: removed", fontsize=15)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.02, hspace=0.08)
     rendered = io.BytesIO()
     fig.savefig(rendered, format="png", dpi=DPI)

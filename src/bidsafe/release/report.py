@@ -32,7 +32,7 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .banner{padding:.6em 1em;border-radius:4px;font-weight:600}
 .banner.pass{background:#e4f4e8}.banner.fail{background:#fbe4e4}
 figure{display:inline-block;margin:.5em;text-align:center}
-figure img{width:100%;max-width:1000px;border:1px solid #ccc}figcaption{font-size:1em}
+figure img{max-width:100%;border:1px solid #ccc}figcaption{font-size:1em}
 .summary{font-size:1.05em}.summary li{margin:.2em 0}td.flag{color:#a40e0e;font-weight:600}
 summary{font-size:1.1em;font-weight:600;cursor:pointer}h4{margin:.8em 0 .3em}
 details{margin:.3em 0}pre{white-space:pre-wrap;font-size:.85em;background:#f7f7f7;padding:.5em}
@@ -430,7 +430,8 @@ def nothing_published_reason(gates: Sequence[GateResult], sessions: Sequence[Map
                              failed_rules: Sequence[str], missing: Sequence[str]) -> str:
     failed = [g for g in gates if not g.passed]
     gate_text = "gate(s) failed: " + "; ".join(f"{g.name}: {g.summary}" for g in failed)
-    if sessions and not any(_is_true(r.get("included")) for r in sessions):
+    counts = session_counts(sessions)
+    if sessions and not counts["included"] and not counts[UNFINISHED]:
         # the root cause first: an empty dataset also fails the validator
         return "no session was included" + (f" ({gate_text})" if failed else "")
     if failed:
