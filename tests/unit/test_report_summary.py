@@ -148,6 +148,7 @@ def test_qc_flags_short_runs_and_implausible_displacement() -> None:
     cells, flags = qc_flags({"volumes": "200", "tsnr": "5.3e15", "fd_max_mm": "0.2"})  # an older table
     assert cells["tsnr"] == "5.3e+15" and flags == ["tSNR 5.3e+15 is implausible (above 1000)"]
     assert cells["com_shift_max_mm"] == "0.2"
+    assert qc_flags({"volumes": "7", "suffix": "dwi", "tsnr": "n/a"})[0]["tsnr"] == "n/a"  # not a BOLD measure
     cells, flags = qc_flags({"volumes": "1", "tsnr": "n/a", "snr": "31.4"})
     assert cells["tsnr"] == "n/a" and cells["snr"] == "31.4" and not flags
 
@@ -235,7 +236,7 @@ def test_deface_numbers_and_readable_figures(tmp_path: Path) -> None:
     text = (work / "report" / "bidsafe-report.html").read_text(encoding="utf-8")
     drill = text.split("<h2>Per session</h2>")[1]
     session = drill.split("sub-a1 ses-01")[1].split("</details>")[0]
-    assert "<td>builtin</td><td>0.98–1.02</td>" in session and '<td class="num">0.9871</td>' in session
+    assert "<td>builtin</td><td>0.980–1.020</td>" in session and '<td class="num">0.9871</td>' in session
     assert '<td class="num">1281.15</td>' in session and "data:image/png;base64," in session
     assert "<td>n/a (3 volumes)</td>" in session and "centre-of-mass displacement, max (mm; not Power FD)" in session
     assert "centre-of-mass displacement of 44 mm between volumes is implausible" in session

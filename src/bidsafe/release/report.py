@@ -369,7 +369,8 @@ def qc_flags(row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
         else:
             cells[key] = f"{number:.4g}"
     tsnr_value = _number(row.get("tsnr"))
-    if volumes is not None and 1 < volumes < MIN_TSNR_VOLUMES and "tsnr" in row:
+    bold = str(row.get("suffix") or "bold") == "bold"  # tSNR is a BOLD measure (a DWI series has none)
+    if bold and volumes is not None and 1 < volumes < MIN_TSNR_VOLUMES and "tsnr" in row:
         # also for tables written before bidsafe.qc stopped computing it: a few volumes give no temporal noise
         cells["tsnr"] = f"n/a ({int(volumes)} volumes)"
     elif tsnr_value is not None and tsnr_value > TSNR_IMPLAUSIBLE:
@@ -407,7 +408,7 @@ def _deface_table(records: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for r in records:
         values = [float(v) for v in r.get("singular_values") or [] if _number(v) is not None]
-        scale = f"{min(values):.3g}–{max(values):.3g}" if values else ""
+        scale = f"{min(values):.3f}–{max(values):.3f}" if values else ""
         dice = r.get("agreement_dice")
         rows.append(
             f"<tr><td>{_e(r.get('input', ''))}</td><td>{_e(r.get('engine', ''))}</td><td>{_e(scale)}</td>"
