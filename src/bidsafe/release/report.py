@@ -317,7 +317,8 @@ def k_anonymity_actions(k_anonymity: Mapping[str, Any] | None) -> str:
         what = last_step.get(name, "").removeprefix("bins of ").strip()
         actions.append(f"{name} generalised to bins of {what}" if what else f"{name} generalised")
     for name in k_anonymity.get("suppressed") or []:
-        actions.append(f"{name} suppressed (column removed for all {participants} released participants)")
+        whom = "the one released participant" if participants == 1 else f"all {participants} released participants"
+        actions.append(f"{name} suppressed (column removed for {whom})")
     if not actions:
         return f"k={k} held over {columns} with no change ({participants} participants)"
     note = f"; {k_anonymity['note']}" if k_anonymity.get("note") else ""
