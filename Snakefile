@@ -27,3 +27,17 @@ rule all:
         published_target(),
         report_target(),
     default_target: True
+
+
+# The end of every run: five lines (published or not, sessions, gates, where the report is). After a failure the
+# report is written from whatever the run left (the report job did not run), saying what is missing.
+onsuccess:
+    from bidsafe.release.runreport import finish_run
+
+    finish_run(WORK, PRIVATE, failed=False)
+
+
+onerror:
+    from bidsafe.release.runreport import finish_run
+
+    finish_run(WORK, PRIVATE, failed=True, log=log)

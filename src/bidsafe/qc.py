@@ -4,9 +4,12 @@ Computed with numpy/nibabel/scipy only, on the images as released (defaced):
 
 - `snr` (anat, fmap, other images; first volume): mean in the head / noise sigma (see below).
 - `cnr` (anat): two-class tissue contrast in the head / noise sigma (a grey/white matter proxy).
-- `tsnr` (func bold): median over the head mask of mean/std over time, after removing a linear trend.
-- `fd_mean_mm`, `fd_max_mm` (func bold): framewise displacement proxy, the shift of the intensity centre of
-  mass between consecutive volumes, in mm (translations only).
+- `tsnr` (func bold, at least MIN_TSNR_VOLUMES volumes): median over the head mask of mean/std over time,
+  after removing a linear trend. Fewer volumes give no meaningful temporal noise (a 3-volume run gave 5e15).
+- `com_shift_mean_mm`, `com_shift_max_mm` (func bold): centre-of-mass displacement, the shift of the
+  intensity centre of mass between consecutive volumes, in mm (translations only). It is NOT Power's
+  framewise displacement (MRIQC, fMRIPrep: from a rigid realignment, rotations included) and is named so;
+  intensity changes move the centre of mass too, so large values call for a look, not a motion verdict.
 - `dvars_pct` (func bold): RMS over the mask of the volume-to-volume intensity change, in % of the median
   mask intensity, averaged over volume pairs.
 - `b0_snr` (dwi): `snr` of the first b=0 volume (b <= 50 s/mm2 in the .bval).
@@ -47,6 +50,7 @@ RAYLEIGH_STD_FACTOR = math.sqrt(2.0 - math.pi / 2.0)
 BACKGROUND_MARGIN_VOXELS = 3
 MIN_BACKGROUND_VOXELS = 200
 B0_MAX = 50.0
+MIN_TSNR_VOLUMES = 10
 QC_PIPELINE = "bidsafe-qc"
 ANAT_SUFFIXES = frozenset({"T1w", "T2w", "FLAIR", "PDw", "T2starw", "inplaneT1", "inplaneT2", "PDT2", "angio"})
 
@@ -72,12 +76,14 @@ COLUMNS: dict[str, dict[str, str]] = {
         "removing a linear trend; median over the head mask of the mean image",
         "Units": "ratio",
     },
-    "fd_mean_mm": {
-        "Description": "Framewise displacement proxy: distance between the intensity centres of mass of "
-        "consecutive volumes (world coordinates), mean over volume pairs; translations only",
+    "com_shift_mean_mm": {
+        "Description": "Centre-of-mass displacement (not Power's framewise displacement): distance between the "
+        "intensity centres of mass of consecutive volumes (world coordinates), mean over volume pairs; "
+        "translations only, and intensity changes move it too",
         "Units": "mm",
     },
-    "fd_max_mm": {"Description": "Largest centre-of-mass displacement between consecutive volumes", "Units": "mm"},
+    "com_shift_max_mm": {"Description": "Largest centre-of-mass displacement between consecutive volumes (not "
+                         "Power's framewise displacement)", "Units": "mm"},
     "dvars_pct": {
         "Description": "DVARS: root mean square over the head mask of the intensity change between consecutive "
         "volumes, as a percentage of the median mask intensity; mean over volume pairs",
@@ -168,7 +174,7 @@ def cnr(volume: np.ndarray) -> float | None:
 
 def tsnr(series: np.ndarray) -> float | None:
     """Median over the head mask (of the mean image) of mean / std over time, after a linear detrend."""
-    if series.ndim != 4 or series.shape[3] < 3:
+    if series.ndim != 4 or series.shape[3] < MIN_TSNR_VOLUMES:
         return None
     mean_image = series.mean(axis=3, dtype=np.float64).astype(np.float32)
     mask = head_mask(mean_image)
@@ -277,8 +283,8 @@ def image_qc(path: Path, datatype: str, suffix: str) -> dict[str, Any]:
         displacement = centre_of_mass_displacement(data, image.affine)
         displacement = displacement[np.isfinite(displacement)]
         if displacement.size:
-            row["fd_mean_mm"] = float(displacement.mean())
-            row["fd_max_mm"] = float(displacement.max())
+            row["com_shift_mean_mm"] = float(displacement.mean())
+            row["com_shift_max_mm"] = float(displacement.max())
         row["dvars_pct"] = dvars_percent(data)
     elif datatype == "dwi":
         bvals = _read_bvals(path.with_name(_split_name(path)[0] + ".bval"))
@@ -363,7 +369,7 @@ def write_qc_dataset_description(path: Path, versions: Mapping[str, str] | None 
             "DatasetType": "derivative",
             "GeneratedBy": [
                 {"Name": "bidsafe", "Version": str(version),
-                 "Description": "bidsafe.qc: SNR, CNR, tSNR, framewise displacement proxy, DVARS, b0 SNR"}
+                 "Description": "bidsafe.qc: SNR, CNR, tSNR, centre-of-mass displacement, DVARS, b0 SNR"}
             ],
         },
     )

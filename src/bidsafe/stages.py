@@ -489,32 +489,15 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
 
 def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_reports: Sequence[Path],
                  qc_dirs: Sequence[Path], picture_dirs: Sequence[Path],
-                 conversion_summaries: Sequence[Path] = ()) -> Path:
-    """The run report: per-session status (pseudonyms only), series converted and left out, gates, QC table,
-    deface pictures."""
+                 conversion_summaries: Sequence[Path] = (), status_dir: Path | None = None,
+                 quarantine_tsv: Path | None = None, published_json: Path | None = None) -> Path:
+    """The run report: a summary block (release, sessions, quarantine, series, k-anonymity, gates), then
+    per-session status (pseudonyms only, reasons in words), series, gates, deface numbers and pictures, QC.
+    Missing inputs are named in the report, not an error (see bidsafe.release.runreport)."""
     from bidsafe.release.report import write_report
+    from bidsafe.release.runreport import collect
 
-    summary = json.loads(Path(summary_json).read_text(encoding="utf-8")) if Path(summary_json).exists() else {}
-    rows = {(s["subject"], s["session"]): dict(s) for s in summary.get("sessions", [])}
-    for row in read_included(included_tsv):
-        if row["status"] == WITHHELD:
-            stage = row.get("stage") or ""
-            reason = f"at {stage}: {row['reason']}" if stage else row["reason"]
-            rows[(row["subject"], row["session"])] |= {"included": False, "reason": reason,
-                                                       "code": row.get("code") or ""}
-    for path in conversion_summaries:  # the convert stage's series.json, one per session
-        ref = session_from_path(Path(path))
-        if (ref.subject, ref.session) in rows:
-            rows[(ref.subject, ref.session)]["conversion"] = json.loads(Path(path).read_text(encoding="utf-8"))
-    qc_rows = []
-    for qc_dir in qc_dirs:
-        for tsv in sorted(Path(qc_dir).rglob("*.tsv")):
-            with open(tsv, encoding="utf-8", newline="") as handle:
-                qc_rows.extend(csv.DictReader(handle, delimiter="\t"))
-    pictures = {
-        f"{session_from_path(png).subject}/{session_from_path(png).session}: {png.stem}": png
-        for d in picture_dirs
-        for png in sorted(Path(d).glob("*.png"))
-    }
-    return write_report(html, sessions_tsv_summary=list(rows.values()), gate_results=list(gate_reports),
-                        qc_rows=qc_rows, deface_pngs=pictures)
+    facts = collect(summary_json=summary_json, included_tsv=included_tsv, gate_reports=gate_reports,
+                    qc_dirs=qc_dirs, picture_dirs=picture_dirs, conversion_summaries=conversion_summaries,
+                    status_dir=status_dir, quarantine_tsv=quarantine_tsv, published_json=published_json)
+    return write_report(html, **facts)

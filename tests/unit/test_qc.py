@@ -150,7 +150,7 @@ def test_session_qc_rows(session: Path) -> None:
     assert t1["tsnr"] is None and t1["b0_snr"] is None and t1["volumes"] == 1
     bold = rows["func/sub-01_ses-1_task-rest_bold.nii.gz"]
     assert bold["tsnr"] == pytest.approx(700.0 / 14.0, rel=0.10)
-    assert bold["fd_max_mm"] < 0.2  # no motion
+    assert bold["com_shift_max_mm"] < 0.2  # no motion
     assert bold["dvars_pct"] == pytest.approx(100 * np.sqrt(2) * 14.0 / 700.0, rel=0.15)
     assert bold["snr"] is None and bold["volumes"] == 30
     dwi = rows["dwi/sub-01_ses-1_dwi.nii.gz"]
@@ -175,7 +175,7 @@ def test_write_qc_and_derivative_validates(session: Path, tmp_path: Path) -> Non
     assert float(by_name["anat/sub-01_ses-1_T1w.nii.gz"]["snr"]) == pytest.approx(rows[0]["snr"], rel=1e-3)
     sidecar = json.loads((out / "sub-01_ses-1_qc.json").read_text())
     assert set(sidecar) == set(COLUMNS)
-    assert all(sidecar[m]["Units"] for m in METRICS) and sidecar["fd_mean_mm"]["Units"] == "mm"
+    assert all(sidecar[m]["Units"] for m in METRICS) and sidecar["com_shift_mean_mm"]["Units"] == "mm"
 
     write_qc_dataset_description(derivative)
     description = json.loads((derivative / "dataset_description.json").read_text())

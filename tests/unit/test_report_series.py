@@ -65,7 +65,9 @@ def test_left_out_series_are_visible_with_their_reasons(tmp_path):
             f"<td>{NO_MAPPING} (2 images); {AMBIGUOUS} (1 images)</td>") in text
     assert ('<td class="num">4</td><td>ep2d_bold_rest</td><td class="num">360</td><td>converted in part</td>'
             "<td>failed de-identification: image without pixel data (1 files)</td>") in text
-    assert "t1_mprage" not in text  # converted whole: not listed
+    series_section = text.split("<h2>Series</h2>")[1].split("<h2>")[0]
+    assert "t1_mprage" not in series_section  # converted whole: not listed among the left out
+    assert "t1_mprage" in text.split("<h2>Per session</h2>")[1]  # but in its session's full series table
 
 
 def test_a_session_without_its_summary_is_flagged(tmp_path):

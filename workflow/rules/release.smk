@@ -153,10 +153,15 @@ rule report:
         qc=per_included_session(str(WORK / "qc" / SESSION)),
         pictures=per_included_session(str(WORK / "deface" / SESSION / "qc")),
         conversion=per_included_session(str(WORK / "convert" / SESSION / "series.json")),
+        # after publish, so the report names the version published; when publish (or anything) fails, the
+        # Snakefile's onerror hook writes the report from what exists instead (bidsafe.release.runreport)
+        published=rules.publish.output.published,
     output:
         html=WORK / "report" / "bidsafe-report.html",
     params:
-        deface_dir=WORK / "deface",
+        status_dir=WORK / "status",
+        # private: only its reason column is read, and only the ingest stage's fixed reasons are shown
+        quarantine=PRIVATE / "ingest" / "quarantine.tsv",
     log:
         LOGS / "release" / "report.log",
     resources:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,9 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .banner{padding:.6em 1em;border-radius:4px;font-weight:600}
 .banner.pass{background:#e4f4e8}.banner.fail{background:#fbe4e4}
 figure{display:inline-block;margin:.5em;text-align:center}
-figure img{max-width:480px;border:1px solid #ccc}figcaption{font-size:.85em}
+figure img{max-width:100%;border:1px solid #ccc}figcaption{font-size:1em}
+.summary{font-size:1.05em}.summary li{margin:.2em 0}td.flag{color:#a40e0e;font-weight:600}
+summary{font-size:1.1em;font-weight:600;cursor:pointer}h4{margin:.8em 0 .3em}
 details{margin:.3em 0}pre{white-space:pre-wrap;font-size:.85em;background:#f7f7f7;padding:.5em}
 """
 
@@ -91,10 +94,10 @@ def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for r in _ordered(summary):
         ok = _is_true(r.get("included"))
-        label = "included" if ok else outcome_of(str(r.get("reason", "")))
+        label = "included" if ok else str(r.get("outcome") or outcome_of(str(r.get("reason", ""))))
         status = f'<span class="{"included" if ok else "withheld"}">{label}</span>'
         conversion = r.get("conversion")
-        reason = "" if ok else r.get("reason", "")
+        reason = "" if ok else r.get("words") or r.get("reason", "")
         counts = "<td></td><td></td><td></td>"
         if isinstance(conversion, Mapping):
             left_out = int(conversion.get("left_out", 0))
@@ -112,11 +115,9 @@ def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
         if rows
         else "<p>None.</p>"
     )
-    excluded = sum(1 for r in summary if not _is_true(r.get("included"))
-                   and outcome_of(str(r.get("reason", ""))) == "excluded")
-    withheld = len(summary) - included - excluded
-    return (f"<p>{included} of {len(summary)} sessions included, {withheld} withheld, {excluded} excluded."
-            f"</p>{table}")
+    counts = session_counts(summary)
+    return (f"<p>{included} of {len(summary)} sessions included, {counts['withheld']} withheld, "
+            f"{counts['excluded']} excluded.</p>{table}")
 
 
 def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
@@ -210,6 +211,353 @@ def _picture_list(deface_pngs: Sequence[str | Path] | Mapping[str, str | Path]) 
     return [(Path(p).name, Path(p)) for p in sorted(deface_pngs, key=lambda p: Path(p).name)]
 
 
+# ------------------------------------------------------------------------------------------ reasons in words
+
+# Every reason code a stage writes (bidsafe.consent, bidsafe.pseudonym, the per-session stages through
+# bidsafe.sessionstatus), as a sentence a lab manager reads without the source code. A code missing here is
+# still shown, as "withheld (code)", and a unit test lists the codes so a new one gets its sentence.
+REASON_WORDS: dict[str, str] = {
+    "consent:none": "The consent registry records no consent to share this participant's data.",
+    "consent:missing": "The participant is not in the consent registry.",
+    "consent:withdrawn": "The participant withdrew consent.",
+    "consent:insufficient": "The participant's consent covers a narrower audience than this release's.",
+    "consent:no-registry": "No consent registry is configured, and this release's audience needs one.",
+    "identity:no-patient-id": "The scanner export carries no PatientID, so the session cannot be matched to a "
+    "consent record.",
+    "identity:conflicting-patient-ids": "The study's files carry more than one PatientID, so it cannot be "
+    "attributed to one participant.",
+    "deid:all-burned-in": "Every image of the session may hold text burned into its pixels (screenshots, "
+    "secondary captures), so none could be released.",
+    "deid:nothing-deidentified": "De-identification kept no image of this session.",
+    "deid:failed": "De-identification failed for this session.",
+    "convert:ambiguous": "The conversion mapping matches several series to one BIDS name; the mapping "
+    "(dcm2bids config) needs a sharper criterion.",
+    "convert:no-series": "The session holds no series to convert (e.g. localizers only, a structured report, "
+    "CT or RT objects sent by mistake).",
+    "convert:nothing-converted": "The conversion mapping matched none of the session's series.",
+    "convert:dcm2bids-failed": "The converter (dcm2bids) failed on this session; see its private log.",
+    "convert:failed": "Conversion to NIfTI failed for this session.",
+    "scrub:refused": "A sidecar could not be reduced to the allow-listed fields.",
+    "deface:refused": "A deface safety guard refused the images (e.g. a phantom, a head that does not match "
+    "the template, an implausible registration): the face could not be removed with confidence.",
+    "qc:failed": "Image-quality metrics could not be computed (an image could not be read).",
+}
+UNFINISHED = "unfinished"
+
+
+def reason_in_words(code: str, detail: str = "", stage: str = "") -> str:
+    """The sentence for a reason code, with the stage's own sentence (`detail`) after it when it adds one.
+    Reasons that are sentences already (the site configuration's, a QA session's) are returned as they are."""
+    code, detail = str(code or "").strip(), " ".join(str(detail or "").split())
+    if not code and detail in REASON_WORDS:  # pseudonymise writes the code as its reason
+        code, detail = detail, ""
+    words = REASON_WORDS.get(code)
+    if words is None:
+        if not code:
+            return f"at {stage}: {detail}" if stage and detail else detail or "withheld (no reason recorded)"
+        words = f"Withheld ({code})."
+    if detail and detail != code:
+        words += f" (at {stage}: {detail})" if stage else f" ({detail})"
+    return words
+
+
+def session_counts(sessions: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """included / withheld / excluded / unfinished counts of the report's session rows."""
+    counts = {"included": 0, "withheld": 0, "excluded": 0, UNFINISHED: 0}
+    for r in sessions:
+        if _is_true(r.get("included")):
+            counts["included"] += 1
+        else:
+            outcome = str(r.get("outcome") or outcome_of(str(r.get("reason", ""))))
+            counts[outcome if outcome in counts else "withheld"] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------------ quarantine
+
+
+def quarantine_counts(quarantine_tsv: Path | None) -> dict[str, int] | None:
+    """Files quarantined at ingest, counted by reason; None when the (private) report is absent. Only the
+    ingest stage's fixed reasons are shown (an OS message after one is cut off): the file's other columns hold
+    inbox paths and UIDs and are never read into the report."""
+    from bidsafe import ingest
+
+    if quarantine_tsv is None or not Path(quarantine_tsv).is_file():
+        return None
+    known = sorted((v for k, v in vars(ingest).items() if k.startswith("REASON_") and isinstance(v, str)),
+                   key=len, reverse=True)
+    counts: dict[str, int] = {}
+    for row in ingest.read_quarantine(Path(quarantine_tsv)):
+        reason = str(row.reason)
+        shown = next((k for k in known if reason == k), None) or next(
+            (k for k in known if reason.startswith(k + ":")), "other reason")
+        counts[shown] = counts.get(shown, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# ------------------------------------------------------------------------------------------ k-anonymity
+
+
+def k_anonymity_actions(k_anonymity: Mapping[str, Any] | None) -> str:
+    """What the k-anonymity step did to the released metadata, as one sentence (columns and bin widths only;
+    the outcome records no participant's value)."""
+    if not k_anonymity:
+        return "not recorded (the pseudonymise stage has not run)"
+    k = k_anonymity.get("k")
+    columns = ", ".join(map(str, k_anonymity.get("quasi_identifiers") or [])) or "no column"
+    participants = int(k_anonymity.get("participants") or 0)
+    if not k_anonymity.get("holds", True):
+        return f"k={k} not reached over {columns}: nothing may be published"
+    last_step: dict[str, str] = {}
+    for step in k_anonymity.get("steps") or []:
+        name, _, what = str(step).partition(": ")
+        last_step[name] = what
+    actions = []
+    for name in k_anonymity.get("column_steps") or {}:
+        what = last_step.get(name, "").removeprefix("bins of ").strip()
+        actions.append(f"{name} generalised to bins of {what}" if what else f"{name} generalised")
+    for name in k_anonymity.get("suppressed") or []:
+        whom = "the one released participant" if participants == 1 else f"all {participants} released participants"
+        actions.append(f"{name} suppressed (column removed for {whom})")
+    if not actions:
+        return f"k={k} held over {columns} with no change ({participants} participants)"
+    note = f"; {k_anonymity['note']}" if k_anonymity.get("note") else ""
+    return f"k={k} over {columns}: " + "; ".join(actions) + note
+
+
+# ------------------------------------------------------------------------------------------ QC with flags
+
+TSNR_IMPLAUSIBLE = 1000.0
+COM_SHIFT_IMPLAUSIBLE_MM = 5.0
+_QC_COLUMNS = (
+    ("filename", "image", ""),
+    ("volumes", "volumes", ""),
+    ("snr", "SNR", ""),
+    ("cnr", "CNR", ""),
+    ("tsnr", "tSNR", ""),
+    ("com_shift_mean_mm", "centre-of-mass displacement, mean (mm; not Power FD)", ""),
+    ("com_shift_max_mm", "centre-of-mass displacement, max (mm; not Power FD)", ""),
+    ("dvars_pct", "DVARS (%)", ""),
+    ("b0_snr", "b0 SNR", ""),
+)
+_LEGACY = {"fd_mean_mm": "com_shift_mean_mm", "fd_max_mm": "com_shift_max_mm", "image": "filename"}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def qc_flags(row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """(cell text per column, flags) of one QC row: tSNR of a run too short to measure it is shown as n/a with
+    the volume count, implausible values are flagged in words."""
+    from bidsafe.qc import MIN_TSNR_VOLUMES
+
+    row = {_LEGACY.get(k, k): v for k, v in row.items()}
+    cells: dict[str, str] = {}
+    flags: list[str] = []
+    volumes = _number(row.get("volumes"))
+    for key, _, _ in _QC_COLUMNS:
+        value = row.get(key)
+        number = _number(value)
+        if number is None:
+            cells[key] = "" if value in (None, "") else str(value)
+        else:
+            cells[key] = f"{number:.4g}"
+    tsnr_value = _number(row.get("tsnr"))
+    bold = str(row.get("suffix") or "bold") == "bold"  # tSNR is a BOLD measure (a DWI series has none)
+    if bold and volumes is not None and 1 < volumes < MIN_TSNR_VOLUMES and "tsnr" in row:
+        # also for tables written before bidsafe.qc stopped computing it: a few volumes give no temporal noise
+        cells["tsnr"] = f"n/a ({int(volumes)} volumes)"
+    elif tsnr_value is not None and tsnr_value > TSNR_IMPLAUSIBLE:
+        flags.append(f"tSNR {tsnr_value:.3g} is implausible (above {TSNR_IMPLAUSIBLE:g})")
+    shift = _number(row.get("com_shift_max_mm"))
+    if shift is not None and shift > COM_SHIFT_IMPLAUSIBLE_MM:
+        flags.append(f"centre-of-mass displacement of {shift:.3g} mm between volumes is implausible as head "
+                     "motion: check the run (intensity change, wrap-around or a real large movement)")
+    return cells, flags
+
+
+def _qc_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "<p>No QC rows.</p>"
+    prepared = [qc_flags(r) for r in rows]
+    used = [c for c in _QC_COLUMNS if any(cells.get(c[0]) for cells, _ in prepared)]
+    head = "".join(f"<th>{_e(title)}</th>" for _, title, _ in used) + "<th>flags</th>"
+    body = []
+    for cells, flags in prepared:
+        tds = "".join(
+            f'<td class="num">{_e(cells[k])}</td>' if _number(cells.get(k)) is not None else f"<td>{_e(cells[k])}</td>"
+            for k, _, _ in used
+        )
+        flag = f'<td class="flag">{_e("; ".join(flags))}</td>' if flags else "<td></td>"
+        body.append(f"<tr>{tds}{flag}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# ------------------------------------------------------------------------------------------ deface numbers
+
+
+def _deface_table(records: Sequence[Mapping[str, Any]]) -> str:
+    if not records:
+        return ""
+    rows = []
+    for r in records:
+        values = [float(v) for v in r.get("singular_values") or [] if _number(v) is not None]
+        scale = f"{min(values):.3f}–{max(values):.3f}" if values else ""
+        dice = r.get("agreement_dice")
+        rows.append(
+            f"<tr><td>{_e(r.get('input', ''))}</td><td>{_e(r.get('engine', ''))}</td><td>{_e(scale)}</td>"
+            f"<td class=\"num\">{_e(r.get('shear', ''))}</td>"
+            f"<td class=\"num\">{_e('n/a' if dice is None else dice)}</td>"
+            f"<td class=\"num\">{_e(r.get('brain_cm3_removed', ''))}</td>"
+            f"<td class=\"num\">{_e(r.get('removed_cm3', ''))}</td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>image</th><th>engine</th><th>registration scale (singular values)</th>"
+        "<th>shear</th><th>engine agreement (Dice)</th><th>brain removed (cm³)</th><th>face removed (cm³)</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+# ------------------------------------------------------------------------------------------ summary block
+
+
+def nothing_published_reason(gates: Sequence[GateResult], sessions: Sequence[Mapping[str, Any]],
+                             failed_rules: Sequence[str], missing: Sequence[str]) -> str:
+    failed = [g for g in gates if not g.passed]
+    gate_text = "gate(s) failed: " + "; ".join(f"{g.name}: {g.summary}" for g in failed)
+    counts = session_counts(sessions)
+    if sessions and not counts["included"] and not counts[UNFINISHED]:
+        # the root cause first: an empty dataset also fails the validator
+        return "no session was included" + (f" ({gate_text})" if failed else "")
+    if failed:
+        return gate_text
+    if failed_rules:
+        return "the run failed at " + ", ".join(sorted(set(failed_rules)))
+    if missing:
+        return "the release stage did not run (missing: " + ", ".join(missing) + ")"
+    return "the release was not published"
+
+
+def _summary_block(*, sessions: Sequence[Mapping[str, Any]], gates: Sequence[GateResult],
+                   published: str | None, why_not: str, quarantine: Mapping[str, int] | None,
+                   k_anonymity: str, run_failed: bool, missing: Sequence[str]) -> str:
+    counts = session_counts(sessions)
+    if published:
+        headline = f'<p class="banner pass">Published: {_e(published)}</p>'
+    else:
+        headline = f'<p class="banner fail">Nothing published: {_e(why_not)}</p>'
+    if run_failed:
+        headline += ('<p class="banner fail">The run failed: this report was written from what the run left; '
+                     "see the terminal or the Snakemake log for the failing job.</p>")
+    items = [
+        f"<li><b>Sessions</b>: {counts['included']} included, {counts['withheld']} withheld, "
+        f"{counts['excluded']} excluded"
+        + (f", {counts[UNFINISHED]} unfinished" if counts[UNFINISHED] else "")
+        + f" (of {len(sessions)})"
+    ]
+    out = [r for r in _ordered(sessions) if not _is_true(r.get("included"))]
+    if out:
+        items[-1] += "<ul>" + "".join(
+            f"<li>sub-{_e(str(r.get('subject', '')).removeprefix('sub-'))} "
+            f"ses-{_e(str(r.get('session', '')).removeprefix('ses-'))}: "
+            f"<b>{_e(r.get('outcome') or outcome_of(str(r.get('reason', ''))))}</b> — "
+            f"{_e(r.get('words') or r.get('reason', ''))}</li>" for r in out) + "</ul>"
+    items[-1] += "</li>"
+    if quarantine is None:
+        items.append("<li><b>Quarantined at ingest</b>: not known (the ingest report is missing)</li>")
+    else:
+        total = sum(quarantine.values())
+        detail = "; ".join(f"{n} {reason}" for reason, n in quarantine.items())
+        items.append(f"<li><b>Quarantined at ingest</b>: {total} file(s)" + (f" ({_e(detail)})" if total else "")
+                     + "</li>")
+    left_out = sum(int(r["conversion"].get("left_out", 0)) for r in sessions if isinstance(r.get("conversion"),
+                                                                                          Mapping))
+    partly = sum(int(r["conversion"].get("partly_left_out", 0)) for r in sessions
+                 if isinstance(r.get("conversion"), Mapping))
+    items.append(f"<li><b>Series left out</b> (by the mapping or by de-identification): {left_out} whole, "
+                 f"{partly} in part (listed under Series, with the reason)</li>")
+    items.append(f"<li><b>k-anonymity</b>: {_e(k_anonymity)}</li>")
+    if gates:
+        gate_items = "".join(
+            f'<li><span class="{"pass" if g.passed else "fail"}">{"passed" if g.passed else "FAILED"}</span> '
+            f"{_e(g.name)}: {_e(g.summary)}</li>" for g in gates)
+        not_run = [n for n in REQUIRED_GATES if n not in {g.name for g in gates}]
+        gate_items += "".join(f'<li><span class="fail">not run</span> {_e(n)}</li>' for n in not_run)
+        items.append(f"<li><b>Gates</b><ul>{gate_items}</ul></li>")
+    else:
+        items.append("<li><b>Gates</b>: none ran</li>")
+    if missing:
+        items.append(f"<li><b>Missing inputs</b> (the report shows what exists): {_e(', '.join(missing))}</li>")
+    return f'<div class="summary">{headline}<ul>{"".join(items)}</ul></div>'
+
+
+# ------------------------------------------------------------------------------------------ per session
+
+
+def _session_key(value: Any) -> tuple[str, str]:
+    return tuple(str(v or "").removeprefix(p) for v, p in zip(value, ("sub-", "ses-"), strict=True))  # type: ignore[return-value]
+
+
+def _series_rows(conversion: Mapping[str, Any]) -> str:
+    rows = []
+    for series in conversion.get("series", []):
+        reasons = "; ".join(f"{i.get('reason', '')} ({i.get('count', 0)} {i.get('unit', '')})"
+                            for i in series.get("left_out", []))
+        images = ", ".join(Path(str(i)).name for i in series.get("images", []))
+        rows.append(f"<tr><td class=\"num\">{_e(series.get('series', ''))}</td>"
+                    f"<td>{_e(series.get('description', ''))}</td><td class=\"num\">{_e(series.get('files', ''))}</td>"
+                    f"<td>{_e(series.get('status', ''))}</td><td>{_e(images)}</td><td>{_e(reasons)}</td></tr>")
+    if not rows:
+        return "<p>No series.</p>"
+    return ("<table><thead><tr><th>series</th><th>description</th><th>files</th><th>outcome</th><th>images</th>"
+            f"<th>left out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _drilldown(sessions: Sequence[Mapping[str, Any]], qc_rows: Sequence[Mapping[str, Any]],
+               pictures: Sequence[tuple[str, Path]], records: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
+               ) -> str:
+    parts = []
+    used_pictures: set[str] = set()
+    used_qc: set[int] = set()
+    for r in _ordered(sessions):
+        key = _session_key((r.get("subject"), r.get("session")))
+        ok = _is_true(r.get("included"))
+        label = "included" if ok else str(r.get("outcome") or outcome_of(str(r.get("reason", ""))))
+        body = [] if ok else [f"<p><b>Why</b>: {_e(r.get('words') or r.get('reason', ''))}</p>"]
+        if isinstance(r.get("conversion"), Mapping):
+            body.append("<h4>Series</h4>" + _series_rows(r["conversion"]))
+        session_records = records.get(key) or []
+        figures = [(c, p) for c, p in pictures if c.startswith(f"{key[0]}/{key[1]}:")]
+        used_pictures.update(c for c, _ in figures)
+        if session_records or figures:
+            body.append("<h4>Defacing</h4>" + _deface_table(session_records) + _pictures_section(figures))
+        rows = [(i, q) for i, q in enumerate(qc_rows)
+                if _session_key((q.get("subject"), q.get("session"))) == key]
+        used_qc.update(i for i, _ in rows)
+        if rows:
+            body.append("<h4>Image quality</h4>" + _qc_table([q for _, q in rows]))
+        css = "included" if ok else "withheld"
+        parts.append(f'<details{" open" if len(sessions) <= 4 else ""}><summary>sub-{_e(key[0])} ses-{_e(key[1])}: '
+                     f'<span class="{css}">{_e(label)}</span></summary>{"".join(body) or "<p>Nothing more.</p>"}'
+                     "</details>")
+    rest_qc = [q for i, q in enumerate(qc_rows) if i not in used_qc]
+    rest_pictures = [(c, p) for c, p in pictures if c not in used_pictures]
+    if rest_qc or rest_pictures:
+        parts.append("<h3>Other images</h3>" + (_qc_table(rest_qc) if rest_qc else "")
+                     + (_pictures_section(rest_pictures) if rest_pictures else ""))
+    return "".join(parts) or "<p>No session.</p>"
+
+
+# ------------------------------------------------------------------------------------------ the page
+
+
 def render_report(
     *,
     sessions_tsv_summary: Sequence[Mapping[str, Any]],
@@ -217,38 +565,36 @@ def render_report(
     qc_rows: Sequence[Mapping[str, Any]],
     deface_pngs: Sequence[str | Path] | Mapping[str, str | Path],
     title: str = "bidsafe run report",
+    published: str | None = None,
+    quarantine: Mapping[str, int] | None = None,
+    k_anonymity: Mapping[str, Any] | None = None,
+    deface_records: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+    missing: Sequence[str] = (),
+    failed_rules: Sequence[str] = (),
+    run_failed: bool = False,
 ) -> str:
-    """The report as an HTML string."""
+    """The report as an HTML string: a summary block first (what a lab manager reads in a minute), then the
+    sessions, series, gates and a drill-down per session."""
     gates = [g if isinstance(g, GateResult) else read_gate_report(g) for g in gate_results]
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    drilldown = _drilldown(sessions_tsv_summary, qc_rows, _picture_list(deface_pngs), deface_records or {})
+    why_not = nothing_published_reason(gates, sessions_tsv_summary, failed_rules, missing)
+    summary = _summary_block(sessions=sessions_tsv_summary, gates=gates, published=published, why_not=why_not,
+                             quarantine=quarantine, k_anonymity=k_anonymity_actions(k_anonymity),
+                             run_failed=run_failed, missing=missing)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1><p>bidsafe {_e(__version__)}, generated {_e(generated)}.</p>"
+        f"<h2>Summary</h2>{summary}"
         f"<h2>Sessions</h2>{_sessions_section(sessions_tsv_summary)}"
         f"<h2>Series</h2>{_series_section(sessions_tsv_summary)}"
         f"<h2>Release gates</h2>{_gates_section(gates)}"
-        f"<h2>Image quality</h2>{_table(qc_rows)}"
-        f"<h2>Defacing</h2>{_pictures_section(_picture_list(deface_pngs))}"
+        f"<h2>Per session</h2>{drilldown}"
         "</body></html>\n"
     )
 
 
-def write_report(
-    path: str | Path,
-    *,
-    sessions_tsv_summary: Sequence[Mapping[str, Any]],
-    gate_results: Sequence[GateResult | str | Path],
-    qc_rows: Sequence[Mapping[str, Any]],
-    deface_pngs: Sequence[str | Path] | Mapping[str, str | Path],
-    title: str = "bidsafe run report",
-) -> Path:
-    """Write the self-contained HTML report to `path` (atomically) and return it."""
-    text = render_report(
-        sessions_tsv_summary=sessions_tsv_summary,
-        gate_results=gate_results,
-        qc_rows=qc_rows,
-        deface_pngs=deface_pngs,
-        title=title,
-    )
-    return atomic_write_text(path, text)
+def write_report(path: str | Path, **kwargs: Any) -> Path:
+    """Write the self-contained HTML report to `path` (atomically) and return it (arguments: `render_report`)."""
+    return atomic_write_text(path, render_report(**kwargs))
