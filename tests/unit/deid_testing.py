@@ -141,3 +141,13 @@ def write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def allow_all_vocabulary():
+    """A vocabulary that keeps every ASCII token: de-identification's harvested-values layer alone (the second
+    layer, under test apart from the vocabulary that runs before it)."""
+    import re
+
+    from bidsafe.deid.vocabulary import Vocabulary
+
+    return Vocabulary(placeholder="ANON", words=frozenset(), patterns=(re.compile(r".+"),))

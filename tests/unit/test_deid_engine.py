@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from deid_testing import KEY, MR_IMAGE_STORAGE, OTHER_KEY, StubRules, mr_dataset, write
+from deid_testing import KEY, MR_IMAGE_STORAGE, OTHER_KEY, StubRules, allow_all_vocabulary, mr_dataset, write
 from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -228,7 +228,9 @@ def test_values_are_pooled_per_patient_across_studies(tmp_path):
     for name, ds in (("a", a), ("b", b), ("c", c)):
         write(ds, tmp_path / "raw" / f"{name}.dcm")
     rules = StubRules({"SeriesDescription": "C", "PatientBirthName": "X", "PatientID": "D"})
-    report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=rules, key=KEY)
+    # the harvested layer alone: the vocabulary would replace the name in every study
+    report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=rules, key=KEY,
+                             vocabulary=allow_all_vocabulary())
     described = {}
     for entry in report.entries:
         out = pydicom.dcmread(tmp_path / "out" / entry.output)
@@ -253,7 +255,8 @@ def test_pn_stored_as_lo_is_harvested_and_cleaned_from_descriptions():
     del ds.PatientName
     ds.add_new(0x00100010, "LO", "Brackenridge^Odalys")
     ds.SeriesDescription = "T1 Odalys1 brackenridge_x"
-    out = _run(ds, StubRules({"SeriesDescription": "C"}))
+    out = deidentify_dataset(ds, rules=StubRules({"SeriesDescription": "C"}), key=KEY, shift_days=SHIFT,
+                             values=harvest_dataset(ds), vocabulary=allow_all_vocabulary())  # harvested layer alone
     assert out.SeriesDescription == "T1 1 _x"
 
 
