@@ -95,9 +95,13 @@ def test_iso_2022_study_converts_to_valid_json_and_loses_nothing(tmp_path):
         assert t1["SeriesDescription"] == "t1_mprage 頭部 丐"
     summary = json.loads(summary_json.read_text())
     assert (summary["received"], summary["converted"], summary["left_out"]) == (2, 2, 0)
-    assert summary["sidecars_repaired"] == 1
-    log = (tmp_path / "private" / "logs" / "convert_sub-01_ses-01.log").read_text()
-    assert "sidecars repaired (invalid JSON from dcm2niix): 1" in log
+    # the vocabulary replaces the kanji before dcm2niix sees them, so usually nothing needs repairing; the
+    # repair itself is checked on raw series below
+    repaired = 1 if "頭部" in kept.SeriesDescription else 0
+    assert summary["sidecars_repaired"] == repaired
+    if repaired:
+        log = (tmp_path / "private" / "logs" / "convert_sub-01_ses-01.log").read_text()
+        assert "sidecars repaired (invalid JSON from dcm2niix): 1" in log
 
 
 @pytest.mark.slow

@@ -127,7 +127,8 @@ class Work:
             session_status=[self.status("qc", s) for s in subjects],
             defaced=[self.dir("deface", s) / "bids" for s in subjects],
             qc_dirs=[self.dir("qc", s) for s in subjects], participants_dir=participants,
-            release_config={"name": "test", "audience": "public", "license": "CC-BY-4.0"}, rules_path=RULES,
+            release_config={"name": "test", "audience": "public", "license": "CC-BY-4.0"},
+            profile_parts=[], profiles_json=self.work / "staging" / "profiles.json",
             release_dir=self.root / "release",
         )
         conversions = [p for s in subjects if (p := self.dir("convert", s) / "series.json").is_file()]
