@@ -633,8 +633,9 @@ def test_cleaner_matching_is_never_called(monkeypatch: pytest.MonkeyPatch, small
 
     for name in ("renderings",):
         monkeypatch.setattr(phi.PersonalValue, name, broken)
-    for name in ("needles", "find", "redact", "_compiled"):
+    for name in ("needles", "find", "redact", "spans", "specs", "id_patterns"):
         monkeypatch.setattr(phi.PersonalValues, name, broken)
+    monkeypatch.setattr(phi.SearchIndex, "__init__", broken)
     monkeypatch.setattr(phi, "PLACEHOLDERS", frozenset({"8842qx", "pid"}))
     assert leak_scan(tmp_path / "release", ROWS).hits == before != []
 
