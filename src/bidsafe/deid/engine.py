@@ -99,6 +99,9 @@ _VALUE_SHAPES = {
     "TM": re.compile(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?"),  # ACR-NEMA colons too
 }
 _VOCABULARY_VRS = frozenset({"CS", "LO", "SH", "LT", "ST", "UC", "UT"})
+_KEEP_CLEAN_MAX = 65536
+_SMALL_VALUE = 256  # bytes: kept private values up to this size are cached once cleaned
+_PRIVATE_CACHE_MAX = 65536
 # Keep-list text the vocabulary leaves alone: the character set (its terms, e.g. "ISO 2022 IR 87", are defined
 # by the standard and the decoder needs them exactly) and coded values, whose values come from a coding scheme
 # (SNOMED, DCM, LOINC codes are digit runs by design) and reach no sidecar.
@@ -319,6 +322,9 @@ class Deidentifier:
         self._private_vr: dict[tuple[str, int], str] = {}
         self.shift_mode = rules.date_mode == "shift"
         self._added: dict[_Encoding, dict[BaseTag, RawDataElement]] = {}
+        # raw ASCII keep-list values found to be vocabulary text (bounded: a header has a few hundred)
+        self._keep_clean: set[bytes] = set()
+        self._private_cache: dict[tuple[str, bytes], tuple[bytes, Counter[str]]] = {}
 
     def take_replaced(self) -> Counter[str]:
         replaced, self.replaced = self.replaced, Counter()
@@ -343,6 +349,8 @@ class Deidentifier:
             data = elem.value
             if not data:
                 return
+            if data in self._keep_clean:  # the same value in every file of a series: checked once
+                return
             if data.isascii():
                 text = data.decode("ascii").rstrip(" \x00")
                 value: Any = text.split("\\") if "\\" in text else text
@@ -355,6 +363,8 @@ class Deidentifier:
         cleaned = self._vocabulary_text(value)
         if cleaned != value:
             ds._dict[key] = DataElement(tag, vr, cleaned)
+        elif elem.is_raw and elem.value.isascii() and len(self._keep_clean) < _KEEP_CLEAN_MAX:
+            self._keep_clean.add(elem.value)
 
     def _vocabulary_private(self, elements: Any, key: Any, elem: Any, vr: str) -> Any:
         """A kept private value with the vocabulary applied (same length, except GE's compressed block, which
@@ -392,6 +402,20 @@ class Deidentifier:
         return cleaned.decode("utf-8", "replace")
 
     def _vocabulary_private_bytes(self, data: bytes, vr: str) -> bytes:
+        # Kept private values repeat in every file of a series (codes, numbers, sequence names): each distinct
+        # small value is cleaned once; the replaced tokens are still counted per file for the report.
+        if len(data) <= _SMALL_VALUE and (vr, data) in self._private_cache:
+            cleaned, replaced = self._private_cache[(vr, data)]
+            if replaced:
+                self.replaced.update(replaced)
+            return cleaned
+        before = Counter(self.replaced)
+        cleaned = self._vocabulary_private_bytes_uncached(data, vr)
+        if len(data) <= _SMALL_VALUE and len(self._private_cache) < _PRIVATE_CACHE_MAX:
+            self._private_cache[(vr, data)] = (cleaned, self.replaced - before)
+        return cleaned
+
+    def _vocabulary_private_bytes_uncached(self, data: bytes, vr: str) -> bytes:
         assert self.vocabulary is not None
         vocabulary = self.vocabulary
         unpacked = _unpack_length_prefixed_gzip(data)

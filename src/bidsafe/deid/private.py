@@ -40,6 +40,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # Kept private blocks repeat from file to file (a Siemens CSA series header is the same in every slice).
 _CACHE_MIN_BYTES = 1024
 _CACHE_MAX_ENTRIES = 16
+# Small kept values (numbers, codes, sequence names) repeat in every file of a series too: many entries, small.
+_SMALL_CACHE_MAX_ENTRIES = 4096
 
 
 class TextCleaner:
@@ -60,6 +62,7 @@ class TextCleaner:
         self._indexes: dict[tuple[str, ...], SearchIndex] = {}
         self._jis: dict[tuple[str, ...], list[bytes]] = {}
         self._cache: dict[tuple[tuple[str, ...], bytes], bytes] = {}
+        self._small: dict[tuple[tuple[str, ...], bytes], bytes] = {}
 
     def _index_for(self, encodings: tuple[str, ...]) -> SearchIndex:
         """The byte search strings: every text search string encoded in UTF-8, Latin-1 and the data set's own
@@ -114,10 +117,9 @@ class TextCleaner:
         if not data:
             return data
         key = tuple(encodings)
-        if len(data) >= _CACHE_MIN_BYTES:
-            cached = self._cache.get((key, data))
-            if cached is not None:
-                return cached
+        cached = self._cache.get((key, data)) if len(data) >= _CACHE_MIN_BYTES else self._small.get((key, data))
+        if cached is not None:
+            return cached
         lowered = data.lower()  # ASCII letters only, one byte each: positions stay aligned
         hits = [(start, end) for start, end, _ in self._index_for(key).spans(lowered)
                 if not self._protected or lowered[start:end] not in self._protected]
@@ -138,6 +140,10 @@ class TextCleaner:
             if len(self._cache) >= _CACHE_MAX_ENTRIES:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[(key, data)] = result
+        else:
+            if len(self._small) >= _SMALL_CACHE_MAX_ENTRIES:
+                self._small.pop(next(iter(self._small)))
+            self._small[(key, data)] = result
         return result
 
     def clean_private_value(self, data: bytes, encodings: Sequence[str] = ()) -> bytes:
