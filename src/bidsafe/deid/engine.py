@@ -1337,10 +1337,8 @@ def deidentify_dataset(
     `ds` is changed in place on the way (do not reuse it). `values` are the study's personal values;
     `vocabulary` the descriptor vocabulary (default: the shipped one).
     """
-    vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
+    data = deidentify_bytes(ds, rules=rules, key=key, shift_days=shift_days, values=values, vocabulary=vocabulary)
     with quiet_pydicom():
-        prepared = _prepare(Deidentifier(rules, key, vocabulary), ds, shift_days)
-        data = finish_bytes(prepared.encoded, TextCleaner(values, vocabulary))
         return pydicom.dcmread(DicomBytesIO(data))
 
 
