@@ -272,6 +272,8 @@ def _keyword(tag: int) -> str:
 
 # Single-valued text VRs: a backslash in them is text, not a value separator.
 _SINGLE_VALUED_TEXT = frozenset({"LT", "ST", "UT", "UR"})
+# Explicit private text VRs whose ASCII bytes are taken without decoding (OB, UN and PN go the general way).
+_PRIVATE_PLAIN_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "CS", "DA", "DT"})
 
 
 def _category_of(tag: int, vr: str) -> str | None:
@@ -309,6 +311,26 @@ def _near_identity(ds: Dataset, tag: int, blocks: dict[int, bool]) -> bool:
     return near
 
 
+# What `_harvest_into` does with an undecoded element, by (tag, VR as read): None (nothing personal: skipped),
+# _DECODE (decode it first: sequences, unknown VRs), or (category, field name, single-valued) for plain bytes.
+# A header holds ~500 elements per item and thousands of items; deciding once per kind keeps the walk cheap.
+_DECODE = ("", "", False)
+_UNPLANNED = object()
+_RAW_PLANS: dict[tuple[int, str | None], tuple[str, str, bool] | None] = {}
+
+
+def _raw_plan(tag: int, vr_read: str | None) -> tuple[str, str, bool] | None:
+    if not _may_be_personal(tag, vr_read):
+        return None
+    vr = vr_read if vr_read not in (None, "UN") else _resolved_vr(tag, vr_read)
+    if vr in (None, "UN", "SQ"):
+        return _DECODE
+    category = _category_of(tag, vr)
+    if category is None or category == "time":
+        return None
+    return category, _keyword(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})", vr in _SINGLE_VALUED_TEXT
+
+
 def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue], private_identity: bool = False) -> None:
     blocks: dict[int, bool] = {}
     for tag, raw in list(ds._dict.items()):
@@ -319,6 +341,17 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue], private_i
             and blocks.get((tag & 0xFFFF0000) | (tag & 0xFFFF) >> 8) is not False  # known-far blocks: no call
             and _near_identity(ds, int(tag), blocks)
         ):
+            if getattr(raw, "is_raw", False) and raw.VR in _PRIVATE_PLAIN_VRS and (raw.value or b"").isascii():
+                # An explicit text VR with plain ASCII bytes reads the same in every character set: split as
+                # pydicom would, without decoding the element in place (a near-identity block holds dozens).
+                data = raw.value or b""
+                if b"\x1b" not in data:
+                    field = f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                    text = data.decode("ascii")
+                    for item in [text] if raw.VR in _SINGLE_VALUED_TEXT else text.split("\\"):
+                        for value in _private_text(item):
+                            found.add(PersonalValue(_private_category(value), field, value))
+                    continue
             elem = ds[tag]  # decoding resolves implicit VRs (private dictionary) and sequences
             if elem.VR not in ("PN", "SQ"):
                 if elem.VR in _PRIVATE_TEXT_VRS:
@@ -329,26 +362,26 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue], private_i
             raw = elem  # PN and sequences: the general path below
         if getattr(raw, "is_raw", False):
             tag = int(tag)  # plain int: dictionary lookups with pydicom's BaseTag run Python-level __eq__
-            if not _may_be_personal(tag, raw.VR):
+            plan = _RAW_PLANS.get((tag, raw.VR), _UNPLANNED)
+            if plan is _UNPLANNED:
+                plan = _RAW_PLANS[(tag, raw.VR)] = _raw_plan(tag, raw.VR)
+            if plan is None:
                 continue
-            vr = raw.VR if raw.VR not in (None, "UN") else _resolved_vr(tag, raw.VR)
             data = raw.value or b""
-            if vr not in (None, "UN", "SQ") and data.isascii() and b"\x1b" not in data:
+            if plan is not _DECODE and data.isascii() and b"\x1b" not in data:
                 # Plain ASCII (no ISO 2022 escapes) reads the same in every character set: split and strip
                 # the bytes as pydicom would, without decoding the element in place (a header holds dozens,
                 # and undecoded elements are written back faster).
-                category = _category_of(tag, vr)
-                if category is None or category == "time":
-                    continue
-                name = _keyword(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                category, name, single_valued = plan
                 text = data.decode("ascii").rstrip(" \x00")
-                for item in [text] if vr in _SINGLE_VALUED_TEXT else text.split("\\"):
+                for item in [text] if single_valued else text.split("\\"):
                     item = item.strip()
                     if item and not (category == "uid" and item.startswith(DICOM_ROOT_UID)):
                         found.add(PersonalValue(category, f"{prefix}{name}", item))
                 continue
         elem = ds[tag]
-        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        keyword = _keyword(int(tag))
+        name = keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
         path = f"{prefix}{name}"
         if elem.VR == "SQ":
             for item in elem.value or ():
@@ -356,8 +389,8 @@ def _harvest_into(ds: Dataset, prefix: str, found: set[PersonalValue], private_i
             continue
         if elem.VR == "PN" or _is_pn_tag(int(elem.tag)):
             category = "name"
-        elif elem.keyword in IDENTITY_KEYWORDS:
-            category = IDENTITY_KEYWORDS[elem.keyword]
+        elif keyword in IDENTITY_KEYWORDS:
+            category = IDENTITY_KEYWORDS[keyword]
         elif elem.VR == "UI" and not elem.tag.is_private:
             category = "uid"
         else:
