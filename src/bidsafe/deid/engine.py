@@ -92,6 +92,7 @@ _ASCII_SAFE_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST
 # (SequenceName, coil names, CodeMeaning, ImageType, Modality ...) keeps only vocabulary tokens. Numbers (DS,
 # IS), dates and times are not text; names (PN) are never on the keep-list.
 _KEEP_NEEDS_LOOK = frozenset({"UI", "DA", "DT"})
+_UNKNOWN = object()  # a cache miss, distinct from every VR (None included)
 _VALID_VRS = frozenset(vr.value for vr in pydicom.valuerep.VR if len(vr.value) == 2)
 # Value shapes of the numeric-string VRs (PS3.5 6.2, with their maximum lengths): a value of this shape
 # holds digits, a sign, a point and an exponent only.
@@ -321,6 +322,8 @@ class Deidentifier:
         self._actions: dict[int, str] = dict(getattr(rules, "resolved", {}) or {})
         self._std_vr: dict[int, str] = {}
         self._safe_private: dict[tuple[str, int], frozenset[int]] = {}
+        # standard tag -> the VR (as read) with which its element is kept untouched: K, no value to look at
+        self._untouched: dict[int, str | None] = {}
         self._private_vr: dict[tuple[str, int], str] = {}
         self.shift_mode = rules.date_mode == "shift"
         self._added: dict[_Encoding, dict[BaseTag, RawDataElement]] = {}
@@ -523,8 +526,11 @@ class Deidentifier:
         charset: Any = None
         # `key` is pydicom's BaseTag (dict operations on `elements` by identity); `tag` the plain int for our
         # own tables (a BaseTag lookup would run its Python-level __eq__).
+        untouched = self._untouched
         for key in list(elements):
             tag = int(key)
+            if untouched.get(tag, _UNKNOWN) == elements[key].VR:
+                continue  # kept as it is (decided by tag and VR the first time: most of a header)
             if tag >> 16 & 1:
                 private_tags.append(key)
                 continue
@@ -548,7 +554,10 @@ class Deidentifier:
                 continue
             if action == "K" and vr not in _KEEP_NEEDS_LOOK:
                 if self.vocabulary is not None and vr in _VOCABULARY_VRS and tag not in _VOCABULARY_EXEMPT:
-                    self._vocabulary_keep(ds, key, elem, tag, vr)
+                    if not (elem.is_raw and elem.value in self._keep_clean):  # seen clean in an earlier file
+                        self._vocabulary_keep(ds, key, elem, tag, vr)
+                else:
+                    untouched[tag] = elem.VR
                 continue
             if action == "Z":
                 elements[key] = _raw(tag, vr, b"", enc.implicit, enc.little)
@@ -923,6 +932,11 @@ def withhold_reason(ds: Dataset, allow: Iterable[str] = ()) -> str | None:
 # --- writing ----------------------------------------------------------------------------------------------
 
 
+# tag -> (VR, header bytes before the length, whether the length takes four bytes), per (implicit, little):
+# shared by every writer of the process, since the same tags recur in every file.
+_HEADER_PREFIXES: dict[tuple[bool, bool], dict[int, tuple[str | None, bytes, bool]]] = {}
+
+
 class _Writer:
     """Encodes a dataset straight from its raw element bytes (pydicom only for the few decoded elements),
     noting where pending elements land."""
@@ -940,7 +954,7 @@ class _Writer:
         self._item_start = self._tag(0xFFFE, 0xE000) + self._u32(0xFFFFFFFF)
         self._item_end = self._tag(0xFFFE, 0xE00D) + self._u32(0)
         self._seq_end = self._tag(0xFFFE, 0xE0DD) + self._u32(0)
-        self._prefixes: dict[tuple[int, str | None], tuple[bytes, bool]] = {}
+        self._prefixes = _HEADER_PREFIXES.setdefault((implicit, little), {})
 
     def _add(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -949,10 +963,10 @@ class _Writer:
     def header(self, tag: int, vr: str | None, length: int) -> bytes:
         # The bytes before the length depend on tag and VR only: built once per pair (a header repeats the
         # same elements in thousands of sequence items).
-        cached = self._prefixes.get((int(tag), vr))
-        if cached is None:
-            cached = self._prefixes[(int(tag), vr)] = self._prefix(int(tag), vr)
-        prefix, long_length = cached
+        cached = self._prefixes.get(int(tag))
+        if cached is None or cached[0] != vr:
+            cached = self._prefixes[int(tag)] = (vr, *self._prefix(int(tag), vr))
+        _, prefix, long_length = cached
         if long_length:
             return prefix + self._u32(length)
         if length > 0xFFFF:
