@@ -14,6 +14,11 @@ inbox, a folder, a file, nothing), never read: a link can lead out of the inbox 
 for this release) or into a loop, and a link to a file or folder inside the inbox adds nothing, as that file
 is read where it lies.
 
+Nothing in the inbox stops the walk: FIFOs, sockets and devices (never opened), files without read permission
+and folders that cannot be listed are quarantined with their reason. A file name is only a name: one with a
+newline, a tab, an escape sequence or bytes that are not UTF-8 is indexed like any other, and both reports write
+it escaped (`bidsafe.filelist`), so it stays one cell of one row. No message names a path.
+
 A run that finds no readable DICOM study stops at ingest (`require_studies`), saying how many files were
 looked at and why they were quarantined, instead of failing stages later with an empty dataset.
 
