@@ -274,7 +274,8 @@ def inbox_fingerprint(inbox: Path) -> str:
     """
     digest = hashlib.sha256()
     for entry in sorted(_walk_inbox(Path(inbox)), key=lambda e: e.relpath):
-        line = f"{entry.relpath}\t{entry.size}\t{entry.mtime_ns}\t{entry.skip_reason}\n"
+        # escaped: a name holding a tab or newline cannot pass for another entry (ordinary names unchanged)
+        line = f"{escape_name(entry.relpath)}\t{entry.size}\t{entry.mtime_ns}\t{entry.skip_reason}\n"
         digest.update(line.encode(_ENCODING, _ERRORS))
     return digest.hexdigest()
 
