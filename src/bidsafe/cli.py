@@ -99,8 +99,11 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
         "Symbolic links: INBOX itself may be a link (it is resolved once); links inside it are never followed "
         "(a link can lead out of the inbox or into a loop, and a file linked from inside the inbox is read "
         "where it lies) and each is listed in the quarantine report with the reason. Every other file that is "
-        "not usable image DICOM is listed there too. Prints counts only. Exit 0 when at least one study was "
-        "found, 1 when none was (the reports are still written; the message counts the quarantine reasons). "
+        "not usable image DICOM is listed there too, as are FIFOs, sockets, devices, unreadable files and "
+        "folders that cannot be listed. File names with control characters or bytes that are not UTF-8 are "
+        "written escaped (\\\\, \\xNN, \\uNNNN), one name per row. Prints counts only. Exit 0 when at least "
+        "one study was found, 1 when none was (the reports are still written; the message counts the "
+        "quarantine reasons). "
         "The index and quarantine report are derived files: they are replaced on every run.",
         epilog=exit_codes((0, "at least one DICOM study was indexed"),
                           (1, "no study was found (the reports are still written), or a file could not be written"),

@@ -248,6 +248,30 @@ def _check_study_ids(registry: ConsentRegistry, path: Path) -> None:
             )
 
 
+def require_input_file(key: str, value: str | Path) -> Path:
+    """A configured private input file (the consent registry, demographics) that must be there and readable.
+
+    Checked before any job: a file that disappears (or loses its read permission) after a first release must
+    stop the run, whatever was decided with it before, not leave the old decisions standing while new sessions
+    wait unprocessed. The message names the configuration key, never a participant (nor the path, which the
+    user knows from the key).
+    """
+    path = Path(value)
+    remedy = "restore it" + (f", or set '{key}: {NONE_REQUIRED}' if no consent is needed" if key == "consent" else "")
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(f"config '{key}': the configured file is missing; the run stops here, before any "
+                          f"decision is made or reused: {remedy}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config '{key}': the configured path is a folder, not a file; {remedy}") from None
+    except OSError as exc:
+        raise ConfigError(f"config '{key}': the configured file cannot be read ({exc.strerror}); the run stops "
+                          f"here, before any decision is made or reused: {remedy}") from None
+    return path
+
+
 def load_registry(config: Mapping) -> ConsentRegistry | None:
     """The registry named by `config["consent"]`; None when none is configured; `none-required` honoured."""
     setting = config.get("consent")

@@ -14,6 +14,11 @@ inbox, a folder, a file, nothing), never read: a link can lead out of the inbox 
 for this release) or into a loop, and a link to a file or folder inside the inbox adds nothing, as that file
 is read where it lies.
 
+Nothing in the inbox stops the walk: FIFOs, sockets and devices (never opened), files without read permission
+and folders that cannot be listed are quarantined with their reason. A file name is only a name: one with a
+newline, a tab, an escape sequence or bytes that are not UTF-8 is indexed like any other, and both reports write
+it escaped (`bidsafe.filelist`), so it stays one cell of one row. No message names a path.
+
 A run that finds no readable DICOM study stops at ingest (`require_studies`), saying how many files were
 looked at and why they were quarantined, instead of failing stages later with an empty dataset.
 
@@ -31,6 +36,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,6 +49,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.filelist import escape_name, unescape_name
 from bidsafe.phi import quiet_pydicom
 from bidsafe.private import private_write_bytes
 from bidsafe.progress import Progress
@@ -79,7 +86,9 @@ REASON_SYMLINK_OUT = "symbolic link out of the inbox (not followed)"
 REASON_SYMLINK_DIR = "symbolic link to a folder (not followed)"
 REASON_SYMLINK_FILE = "symbolic link to a file in the inbox (not followed; the file is read where it lies)"
 REASON_SYMLINK_BROKEN = "broken or looping symbolic link"
-REASON_SPECIAL = "not a regular file"
+REASON_SPECIAL = "not a regular file"  # followed by its kind: FIFO, socket, device
+REASON_UNREADABLE = "unreadable file (no read permission)"
+REASON_UNREADABLE_FOLDER = "unreadable folder (its files cannot be listed)"
 
 # Pixel data elements that end a header-only read, and value representations with a 4-byte length.
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -166,19 +175,19 @@ def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
 
     The inbox path is resolved once (it may be a link). Below it, every link is reported, never entered nor
     read (see the module docstring for why). Special files (FIFOs, sockets, devices) are reported, never
-    opened: reading a FIFO would block forever.
+    opened: reading a FIFO would block forever. A file without read permission and a folder that cannot be
+    listed are reported too. Nothing here raises for an odd entry (a link loop, a name with a newline or bytes
+    that are not UTF-8): each becomes an entry with its reason, and no message names it.
     """
-    root = inbox.resolve()
-    if not root.is_dir():
-        raise BidsafeError("inbox is not a folder", inbox)
+    root = resolve_inbox(inbox)
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            yield _Entry(_relpath(folder, root), str(folder), skip_reason=f"unreadable folder: {exc.strerror}")
+        except OSError:
+            yield _Entry(_relpath(folder, root), str(folder), skip_reason=REASON_UNREADABLE_FOLDER)
             continue
         subfolders = []
         for entry in entries:
@@ -190,12 +199,56 @@ def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
                     subfolders.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    yield _Entry(relpath, entry.path, st.st_size, st.st_mtime_ns)
+                    # checked here, not only on open: a cached row would otherwise be reused for a file that
+                    # can no longer be read (chmod changes no mtime)
+                    readable = os.access(entry.path, os.R_OK)
+                    yield _Entry(relpath, entry.path, st.st_size, st.st_mtime_ns,
+                                 skip_reason="" if readable else REASON_UNREADABLE)
                 else:
-                    yield _Entry(relpath, entry.path, skip_reason=REASON_SPECIAL)
+                    yield _Entry(relpath, entry.path, skip_reason=_special_reason(entry))
             except OSError as exc:  # vanished or unreadable between listing and stat
                 yield _Entry(relpath, entry.path, skip_reason=f"{REASON_TRUNCATED}: {exc.strerror}")
         stack.extend(reversed(subfolders))
+
+
+_INBOX_KEY = "inbox (config key 'inbox', or INBOX; its path is not shown: it may name a patient)"
+
+
+def resolve_inbox(inbox: str | Path) -> Path:
+    """The configured inbox as a real folder (it may be a link, resolved once); the error never names it.
+
+    The inbox path can itself name a patient (an export folder): a loop or a missing folder is reported by
+    the configuration key only.
+    """
+    try:
+        root = Path(inbox).resolve(strict=True)
+    except RuntimeError:  # a symbolic link loop before Python 3.13
+        raise ConfigError(f"{_INBOX_KEY}: cannot be resolved (a symbolic link loop)") from None
+    except OSError as exc:
+        raise ConfigError(f"{_INBOX_KEY}: cannot be opened ({exc.strerror})") from None
+    if not root.is_dir():
+        raise ConfigError(f"{_INBOX_KEY}: is not a folder")
+    return root
+
+
+def regular_files(folder: Path) -> list[str]:
+    """The '/'-separated relative paths of the readable regular files under `folder`, by ingest's walk (no link
+    followed, no special file, any file name), for every other reader of the inbox (the leak scan's harvest).
+    """
+    return [entry.relpath for entry in _walk_inbox(Path(folder)) if not entry.skip_reason]
+
+
+def _special_reason(entry: os.DirEntry[str]) -> str:
+    mode = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISFIFO(mode):
+        kind = "FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "device"
+    else:
+        kind = "unknown kind"
+    return f"{REASON_SPECIAL}: {kind}"
 
 
 def _symlink_reason(link: Path, root: Path) -> str:
@@ -221,7 +274,8 @@ def inbox_fingerprint(inbox: Path) -> str:
     """
     digest = hashlib.sha256()
     for entry in sorted(_walk_inbox(Path(inbox)), key=lambda e: e.relpath):
-        line = f"{entry.relpath}\t{entry.size}\t{entry.mtime_ns}\t{entry.skip_reason}\n"
+        # escaped: a name holding a tab or newline cannot pass for another entry (ordinary names unchanged)
+        line = f"{escape_name(entry.relpath)}\t{entry.size}\t{entry.mtime_ns}\t{entry.skip_reason}\n"
         digest.update(line.encode(_ENCODING, _ERRORS))
     return digest.hexdigest()
 
@@ -470,7 +524,7 @@ def index_inbox(
 
 def check_outside_inbox(inbox: Path, outputs: Mapping[str, Path | None]) -> None:
     """Refuse an output inside the inbox: the inbox is read, never written."""
-    root = Path(inbox).resolve()
+    root = resolve_inbox(inbox)
     for label, out in outputs.items():
         if out is not None and Path(out).resolve().is_relative_to(root):
             raise ConfigError(f"{label} must not be inside the inbox (the inbox is never written)", out)
@@ -562,10 +616,12 @@ def _ancestors(relpath: str) -> Iterator[str]:
 
 
 def _tsv_bytes(columns: tuple[str, ...], rows: Iterable[tuple]) -> bytes:
+    """The relpath (first column) escaped: a name with a newline, a tab or bytes that are not UTF-8 stays one
+    cell of one row (bidsafe.filelist), and the report prints no escape sequence to a terminal."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(columns)
-    writer.writerows(rows)
+    writer.writerows((escape_name(row[0]), *row[1:]) for row in rows)
     return buffer.getvalue().encode(_ENCODING, _ERRORS)
 
 
@@ -585,6 +641,7 @@ def _read_tsv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
     for line, record in enumerate(body, start=2):
         if len(record) != len(columns):
             raise BidsafeError(f"line {line}: {len(record)} fields, expected {len(columns)}", path)
+        record[0] = unescape_name(record[0])
     return body
 
 

@@ -42,6 +42,7 @@ from bidsafe import consent as consent_mod
 from bidsafe import participants as meta
 from bidsafe.config import schema_defaults
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.filelist import file_list_text
 from bidsafe.fsutil import write_if_changed
 from bidsafe.keys import keyed_digest, load_or_create_key, resolve_key_path
 from bidsafe.phi import MIN_NEEDLE_LENGTH, harvest_dataset
@@ -530,7 +531,8 @@ def _write_private_session_lists(private_dir: Path, studies: Sequence[_Study],
         subject, session = labels[study.uid]
         decision = by_label[(subject, session)]
         folder = ensure_private_dir(ensure_private_dir(sessions_root / f"sub-{subject}") / f"ses-{session}")
-        write_if_changed(folder / "files.txt", "".join(f"{rel}\n" for rel in study.relpaths), mode=FILE_MODE)
+        # escaped (bidsafe.filelist): a name with a newline or bytes that are not UTF-8 must come back whole
+        write_if_changed(folder / "files.txt", file_list_text(study.relpaths), mode=FILE_MODE)
         rows.append((subject, session, study.uid, "yes" if decision.included else "no", decision.reason,
                      str(len(study.relpaths))))
     buffer = io.StringIO()

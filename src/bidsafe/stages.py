@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bidsafe import filelist
 from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
@@ -23,8 +24,8 @@ log = logging.getLogger("bidsafe")
 
 
 def read_file_list(files_txt: Path) -> list[str]:
-    """The inbox-relative paths of one session, as written by the pseudonymise stage."""
-    return [line for line in Path(files_txt).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The inbox-relative paths of one session, as written by the pseudonymise stage (escaped names decoded)."""
+    return filelist.read_file_list(files_txt)
 
 
 def deid_session(

@@ -4,6 +4,7 @@ from pathlib import Path
 from bidsafe.config import check_config
 from bidsafe.deid.rules import require_checked_rules
 from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
+from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, ensure_private_dir
 
@@ -13,7 +14,8 @@ check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.s
 
 # The configured inbox may be a symbolic link: resolved once here, so every stage reads the same real folder
 # (links inside the inbox are never followed; see bidsafe.ingest).
-INBOX = Path(config["inbox"]).resolve()
+# A loop or a missing inbox stops the run here, naming the key but never the path (it may name a patient).
+INBOX = resolve_inbox(config["inbox"])
 WORK = Path(config["work_dir"])
 PRIVATE = Path(config["private_dir"])
 RELEASE = Path(config["release_dir"])
@@ -79,11 +81,15 @@ def inbox_fingerprint():
 
 def optional_input(key):
     """A configured private input file (consent registry, demographics) or nothing."""
-    from bidsafe.consent import NONE_REQUIRED
+    from bidsafe.consent import NONE_REQUIRED, require_input_file
 
     value = config.get(key)
     # `consent: none-required` is a documented setting, not a file name.
-    return [value] if value and not (key == "consent" and value.strip().lower() == NONE_REQUIRED) else []
+    if not value or (key == "consent" and value.strip().lower() == NONE_REQUIRED):
+        return []
+    # Missing or unreadable: stop here, before any job; as a missing input of a finished job, Snakemake said
+    # "Nothing to be done" and kept the old decisions.
+    return [str(require_input_file(key, value))]
 
 
 def session_table():

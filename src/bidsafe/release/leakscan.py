@@ -76,7 +76,9 @@ from typing import Any
 import ahocorasick_rs
 
 from bidsafe.errors import ConfigError
+from bidsafe.filelist import read_file_list
 from bidsafe.fsutil import atomic_write_json
+from bidsafe.ingest import regular_files
 from bidsafe.phi import harvest_files  # collection only: the raw rows; matching is this package's own
 from bidsafe.private import private_write_text
 from bidsafe.progress import Progress, info
@@ -920,8 +922,8 @@ def harvest_source(raw_dir: Path, skip: Collection[str] = (), progress: bool = F
     if not raw_dir.is_dir():
         raise ConfigError("leak scan: --source is not a folder", raw_dir)
     skipped = {Path(rel).as_posix() for rel in skip}
-    paths = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink()
-                   and p.relative_to(raw_dir).as_posix() not in skipped)
+    # ingest's walk: no link followed, no FIFO opened, unreadable entries passed over, any file name
+    paths = [raw_dir / rel for rel in regular_files(raw_dir) if rel not in skipped]
     if not progress:
         return harvest_files(paths, private_text=True)
     with Progress("bidsafe leak-scan: reading source headers", len(paths)) as meter:
@@ -943,13 +945,13 @@ def harvest_sessions(
     if not raw_dir.is_dir():
         raise ConfigError("leak scan: --source is not a folder", raw_dir)
     skipped = {raw_dir / rel for rel in skip}
-    everything = sorted(p for p in raw_dir.rglob("*") if p.is_file() and not p.is_symlink() and p not in skipped)
+    everything = [p for p in (raw_dir / rel for rel in regular_files(raw_dir)) if p not in skipped]
     groups: dict[str, list[Path]] = {}
     listed: set[Path] = set()
     if sessions_dir is not None and Path(sessions_dir).is_dir():
         for files_txt in sorted(Path(sessions_dir).glob("sub-*/ses-*/files.txt")):
             label = f"{files_txt.parent.parent.name}_{files_txt.parent.name}"
-            paths = [raw_dir / line for line in files_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+            paths = [raw_dir / rel for rel in read_file_list(files_txt)]
             groups[label] = [p for p in paths if p.is_file() and not p.is_symlink() and p not in skipped]
             listed.update(groups[label])
     rest = [p for p in everything if p not in listed]
