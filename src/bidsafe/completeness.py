@@ -175,7 +175,7 @@ def _frame(orientation: Any, position: Any, rows: int, columns: int) -> Frame | 
     if length < 1e-6:
         return None
     normal /= length
-    return Frame(tuple(float(v) for v in normal), float(np.dot(ipp, normal)), rows, columns)  # type: ignore[arg-type]
+    return Frame((float(normal[0]), float(normal[1]), float(normal[2])), float(np.dot(ipp, normal)), rows, columns)
 
 
 # --- checking ---------------------------------------------------------------------------------------------
