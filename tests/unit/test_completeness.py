@@ -252,3 +252,15 @@ def test_no_demo_series_is_flagged(tmp_path):
 
     (session,) = generate(tmp_path / "demo", subjects=1, sessions=1, seed=4)
     assert check_dicom_dir(session.folder) == {}
+
+
+def test_withholding_removes_every_output_of_the_series_and_nothing_else(tmp_path):
+    from bidsafe.convert import withhold_outputs
+
+    names = {"002.json": 2, "002.nii.gz": None, "002_Eq_1.nii.gz": None, "002_e2.json": 2, "002_e2.nii.gz": None,
+             "020.json": 20, "020.nii.gz": None, "020.bval": None, "020.bvec": None}
+    for name, number in names.items():
+        (tmp_path / name).write_text(json.dumps({"SeriesNumber": number}) if number else "x")
+    removed = withhold_outputs(tmp_path, {"2"})
+    assert removed == ["002.json", "002.nii.gz", "002_Eq_1.nii.gz", "002_e2.json", "002_e2.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["020.bval", "020.bvec", "020.json", "020.nii.gz"]
