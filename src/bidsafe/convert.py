@@ -24,6 +24,13 @@ Nothing lost silently: every series the session received is accounted for in a p
 mapping, not converted by dcm2niix, withheld or failed in de-identification), from dcm2bids' and
 dcm2niix's own outcome and the private de-identification report, parsed here; the summary holds only
 counts, series numbers, de-identified series descriptions and reasons.
+
+Incomplete series are withheld (`bidsafe.completeness`): the de-identified headers of each series are
+checked for missing images before dcm2niix's output is paired, and the images of a series with a gap are
+removed from dcm2niix's output, so dcm2bids never places a volume with its gap closed; the summary names the
+series and how many images are missing. dcm2niix's console messages that mean lost data (missing images,
+uneven slice spacing, volumes that do not sort) are counted in the summary as fixed phrases (the messages
+themselves quote paths and values and stay in the private log).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe import resources
+from bidsafe.completeness import check_dicom_dir, lost_data_warnings
 from bidsafe.errors import BidsafeError, ConfigError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json
 
@@ -134,6 +142,8 @@ def convert_session(
         converted = subprocess.run([str(dcm2niix), *shlex.split(options), "-o", str(niix), str(dicom_dir.resolve())],
                                    env=env, capture_output=True, text=True, errors="replace", cwd=scratch, check=False)
         series = dicom_series(dicom_dir)
+        incomplete = check_dicom_dir(dicom_dir)
+        withhold_outputs(niix, set(incomplete))
         repaired = repair_sidecars(niix, {number: info.charset for number, info in series.items()})
         sidecars = read_sidecars(niix)
         command = [
@@ -151,7 +161,9 @@ def convert_session(
         completed = subprocess.run(command, env=env, capture_output=True, text=True, errors="replace",
                                    cwd=scratch, check=False)
         produced = scratch / "bids" / rel
-        summary = summarise(series, sidecars, completed.stdout, produced, _deid_files(deid_report))
+        summary = summarise(series, sidecars, completed.stdout, produced, _deid_files(deid_report),
+                            incomplete={number: finding.reason for number, finding in incomplete.items()},
+                            warnings=lost_data_warnings(converted.stdout + "\n" + converted.stderr))
         summary["sidecars_repaired"] = len(repaired)  # invalid JSON from dcm2niix, decoded (see above)
         if log_dir is not None:
             _save_logs(scratch / "bids", converted, completed, Path(log_dir), subject, session, repaired, summary)
@@ -381,6 +393,26 @@ def _decoded(value: Any, charset: list[str]) -> Any:
     return "".join(c for c in text if c >= " " or c in "\t\n\r")
 
 
+# what dcm2niix writes next to an image of the same stem without a sidecar of its own (the equalised or
+# de-tilted copy of a volume); echoes, phases and the like get their own sidecar
+_SAME_IMAGE_SUFFIX = re.compile(r"^(_(Eq|Tilt|Tilt_Eq)_\d+)?\.(nii|nii\.gz|json|bval|bvec)$")
+
+
+def withhold_outputs(folder: Path, series: set[str]) -> list[str]:
+    """Remove from dcm2niix's output `folder` every image of the given series (by their sidecars'
+    SeriesNumber), so dcm2bids cannot place them; returns the names removed."""
+    if not series:
+        return []
+    stems = [stem for stem, sidecar in read_sidecars(folder).items()
+             if series_key(sidecar.get("SeriesNumber", "")) in series]
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if any(path.name.startswith(stem) and _SAME_IMAGE_SUFFIX.match(path.name[len(stem):]) for stem in stems):
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def read_sidecars(folder: Path) -> dict[str, dict[str, Any]]:
     """dcm2niix's sidecars by file stem (a sidecar still unreadable counts as an image with no series)."""
     sidecars: dict[str, dict[str, Any]] = {}
@@ -399,6 +431,7 @@ NO_MAPPING = "no mapping matched (dcm2bids: no pairing)"
 AMBIGUOUS = "ambiguous mapping (dcm2bids: several pairing)"
 NOT_PLACED = "converted but not placed by dcm2bids"
 NOT_CONVERTED = "not converted: dcm2niix wrote no image"
+# the reasons `bidsafe.completeness` gives start with "incomplete series: "
 _SAFE_REASON = re.compile(r"[^A-Za-z0-9 ,()/.?_=-]")
 
 
@@ -425,12 +458,16 @@ def summarise(
     dcm2bids_log: str,
     produced: Path,
     deid_files: list[dict[str, str]],
+    incomplete: Mapping[str, str] | None = None,
+    warnings: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Per series: received, converted into which images, or left out and why.
 
     `series`: the de-identified DICOM by series number; `sidecars`: dcm2niix's output by stem; `dcm2bids_log`:
     dcm2bids' console output (its pairing verdicts); `produced`: the session folder dcm2bids built;
-    `deid_files`: the de-identification report's entries (status, reason, series).
+    `deid_files`: the de-identification report's entries (status, reason, series); `incomplete`: the series
+    withheld as incomplete, with the reason (their dcm2niix output already removed); `warnings`: dcm2niix's
+    messages that mean lost data, as fixed phrases with counts.
     """
     rows: dict[str, dict[str, Any]] = {}
 
@@ -471,8 +508,11 @@ def summarise(
             row(number)["left_out"][(NOT_PLACED, "images")] += 1
     for number, images in placed.items():
         row(number)["images"] = sorted(images)
+    for number, reason in (incomplete or {}).items():
+        target = row(number)
+        target["left_out"][(reason, "files")] += target["files"]
     for number in series:
-        if number not in with_sidecar and not rows[number]["images"]:
+        if number not in with_sidecar and not rows[number]["images"] and number not in (incomplete or {}):
             rows[number]["left_out"][(NOT_CONVERTED, "images")] += 1
     listed = []
     for number in sorted(rows, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)):
@@ -495,6 +535,9 @@ def summarise(
         "left_out": len(listed) - converted,
         "partly_left_out": sum(1 for r in listed if r["status"] == "converted" and r["left_out"]),
         "not_dicom_files": sum(1 for f in deid_files if f["status"] == "not_dicom"),
+        "incomplete": len(incomplete or {}),
+        # dcm2niix messages meaning lost data, fixed phrases: the series withheld as incomplete cause them too
+        "converter_warnings": dict(sorted((warnings or {}).items())),
         "series": listed,
     }
 
@@ -510,3 +553,5 @@ def log_conversion_summary(log: Any, summary_json: Path) -> None:
             log.warning("series %s %s: %s (%d %s)", series["series"],
                         "left out" if series["status"] != "converted" else "converted in part",
                         item["reason"], item["count"], item["unit"])
+    for phrase, count in summary.get("converter_warnings", {}).items():
+        log.warning("%s (%d messages; the private convert log has them)", phrase, count)

@@ -73,3 +73,21 @@ def test_left_out_series_are_visible_with_their_reasons(tmp_path):
 def test_a_session_without_its_summary_is_flagged(tmp_path):
     text = _run(tmp_path, {("a1", "01"): CONVERSION})
     assert "1 session(s) without a conversion summary." in text
+
+
+def test_an_incomplete_series_and_dcm2niix_lost_data_messages_are_shown(tmp_path):
+    incomplete = {**CONVERSION, "received": 1, "converted": 0, "left_out": 1, "partly_left_out": 0, "incomplete": 1,
+                  "converter_warnings": {"dcm2niix: missing images": 1, "dcm2niix: slice spacing varies": 2},
+                  "series": [{"series": "2", "description": "t1_mprage", "files": 175, "status": "left out",
+                              "images": [], "left_out": [{"reason": "incomplete series: 1 of 176 slices missing "
+                                                                    "(instance 88)", "count": 175, "unit": "files"}]}]}
+    text = _run(tmp_path, {("a1", "01"): incomplete})
+    series_section = text.split("<h2>Series</h2>")[1].split("<h2>")[0]
+    assert ('<td class="num">2</td><td>t1_mprage</td><td class="num">175</td>'
+            '<td><span class="withheld">left out</span></td>'
+            "<td>incomplete series: 1 of 176 slices missing (instance 88) (175 files)</td>") in series_section
+    assert ("<td>sub-a1</td><td>ses-01</td>"
+            "<td>dcm2niix: missing images (1); dcm2niix: slice spacing varies (2)</td>") in series_section
+    per_session = text.split("<h2>Per session</h2>")[1]
+    assert "dcm2niix reported lost data: dcm2niix: missing images (1); dcm2niix: slice spacing varies (2)" \
+        in per_session

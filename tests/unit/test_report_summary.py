@@ -98,7 +98,7 @@ def test_summary_block_has_release_sessions_quarantine_series_k_anonymity_and_ga
     assert "(at deface: deface guard: deface refused (builtin): shear 0.41 above 0.2)" in summary
     assert ("Quarantined at ingest</b>: 4 file(s) (1 DICOMDIR (index file, no images); 1 not DICOM; "
             "1 other reason; 1 truncated/unreadable)") in summary
-    assert "by de-identification): 1 whole, 0 in part" in summary
+    assert "by de-identification or as incomplete): 1 whole, 0 in part" in summary
     assert ("k=5 over sex, age: age generalised to bins of 10 years; sex suppressed (column removed for all 2 "
             "released participants)") in summary
     for name, line in (("validator", "0 errors, 3 warnings"), ("leak_scan", "0 hits"), ("consent", "1 sessions")):

@@ -125,6 +125,7 @@ def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
     gave (de-identified series numbers and descriptions only)."""
     totals = {"received": 0, "converted": 0, "left_out": 0}
     rows = []
+    warned = []
     missing = 0
     for r in _ordered(summary):
         conversion = r.get("conversion")
@@ -133,6 +134,8 @@ def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
             continue
         for key in totals:
             totals[key] += int(conversion.get(key, 0))
+        if conversion.get("converter_warnings"):
+            warned.append(f"<tr>{_labels(r)}<td>{_e(_warnings_text(conversion))}</td></tr>")
         for series in conversion.get("series", []):
             if not series.get("left_out"):
                 continue
@@ -153,6 +156,11 @@ def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
     )
     if missing:
         head += f'<p class="banner fail">{missing} session(s) without a conversion summary.</p>'
+    if warned:
+        # dcm2niix's own word that images were lost: series withheld as incomplete cause these too
+        head += ("<p>dcm2niix reported lost data (series withheld as incomplete below cause these too; in the "
+                 "private convert log with details):</p><table><thead><tr><th>subject</th><th>session</th>"
+                 f"<th>dcm2niix messages</th></tr></thead><tbody>{''.join(warned)}</tbody></table>")
     if not rows:
         return head + "<p>No series left out.</p>"
     return (
@@ -481,8 +489,8 @@ def _summary_block(*, sessions: Sequence[Mapping[str, Any]], gates: Sequence[Gat
                                                                                           Mapping))
     partly = sum(int(r["conversion"].get("partly_left_out", 0)) for r in sessions
                  if isinstance(r.get("conversion"), Mapping))
-    items.append(f"<li><b>Series left out</b> (by the mapping or by de-identification): {left_out} whole, "
-                 f"{partly} in part (listed under Series, with the reason)</li>")
+    items.append(f"<li><b>Series left out</b> (by the mapping, by de-identification or as incomplete): "
+                 f"{left_out} whole, {partly} in part (listed under Series, with the reason)</li>")
     items.append(f"<li><b>k-anonymity</b>: {_e(k_anonymity)}</li>")
     if gates:
         gate_items = "".join(
@@ -505,6 +513,11 @@ def _session_key(value: Any) -> tuple[str, str]:
     return tuple(str(v or "").removeprefix(p) for v, p in zip(value, ("sub-", "ses-"), strict=True))  # type: ignore[return-value]
 
 
+def _warnings_text(conversion: Mapping[str, Any]) -> str:
+    warnings = conversion.get("converter_warnings") or {}
+    return "; ".join(f"{phrase} ({int(count)})" for phrase, count in sorted(warnings.items()))
+
+
 def _series_rows(conversion: Mapping[str, Any]) -> str:
     rows = []
     for series in conversion.get("series", []):
@@ -516,8 +529,10 @@ def _series_rows(conversion: Mapping[str, Any]) -> str:
                     f"<td>{_e(series.get('status', ''))}</td><td>{_e(images)}</td><td>{_e(reasons)}</td></tr>")
     if not rows:
         return "<p>No series.</p>"
+    warned = (f"<p>dcm2niix reported lost data: {_e(_warnings_text(conversion))}</p>"
+              if conversion.get("converter_warnings") else "")
     return ("<table><thead><tr><th>series</th><th>description</th><th>files</th><th>outcome</th><th>images</th>"
-            f"<th>left out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<th>left out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>" + warned)
 
 
 def _drilldown(sessions: Sequence[Mapping[str, Any]], qc_rows: Sequence[Mapping[str, Any]],
