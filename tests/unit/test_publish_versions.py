@@ -226,3 +226,21 @@ def test_publish_stage_records_no_change_in_published_json(project: Project, tmp
     assert record["release"] == str(project.release_dir / "v1")
     assert (record["version"], record["new_version"]) == (1, False)
     assert record["note"] == "v1 holds this release (published by an earlier, interrupted attempt)"
+
+
+# ------------------------------------------------------------------------ release_dir checked before any job
+def test_an_unwritable_release_dir_is_refused_naming_the_key(tmp_path: Path) -> None:
+    from bidsafe.errors import ConfigError
+    from bidsafe.private import check_writable_area
+
+    # /proc takes no new files, whoever runs the test (root included, whom mode bits do not stop)
+    with pytest.raises(ConfigError, match=r"^config: 'release_dir' \(/proc/bidsafe-release\) is not writable"):
+        check_writable_area("/proc/bidsafe-release", "release_dir")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="'release_dir' .* cannot be created: .* is not a folder"):
+        check_writable_area(blocker / "release", "release_dir")
+    # a writable one passes, missing or not, and the probe leaves nothing behind
+    check_writable_area(tmp_path / "new" / "release", "release_dir")
+    check_writable_area(tmp_path, "release_dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
