@@ -20,7 +20,7 @@ from test_release import PROFILE, Project, _snapshot
 from bidsafe.release import publish as publish_mod
 from bidsafe.release.assemble import changes_version, split_changes
 from bidsafe.release.manifest import verify_release
-from bidsafe.release.publish import publish_release, reseal_version
+from bidsafe.release.publish import add_changes_entry, publish_release, reseal_version
 from bidsafe.stages import publish_stage
 
 TODAY = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -204,9 +204,15 @@ def test_reseal_version_after_a_file_was_removed_on_purpose(project: Project) ->
     target = next(v1.glob("sub-b2/ses-01/anat/*_T1w.json"))
     target.unlink()
     assert verify_release(v1).missing == [target.relative_to(v1).as_posix()]
+    staged_changes = (project.staging / "CHANGES").read_text()
     with publish_mod.publish_lock(project.release_dir):
+        add_changes_entry(v1, 1, ["Withdrawn: one sidecar of sub-b2."], date="2026-12-02")
         record = reseal_version(v1, withdrawn=["sub-b2"])
     assert record["withdrawn"] == ["sub-b2"] and record["version"] == 1
+    text = (v1 / "CHANGES").read_text()
+    assert text == "1.0.0 2026-12-02\n  - Withdrawn: one sidecar of sub-b2.\n\n" + staged_changes
+    assert (project.staging / "CHANGES").read_text() == staged_changes  # the hard-linked staging copy untouched
+    assert not os.stat(v1 / "CHANGES").st_mode & 0o222
     assert verify_release(v1).ok
 
 

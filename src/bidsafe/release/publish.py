@@ -54,6 +54,7 @@ from bidsafe.fsutil import atomic_write_json, atomic_write_text
 from bidsafe.profile import refuse_weaker, summarise_profiles
 from bidsafe.release.assemble import (
     LATEST,
+    changes_text,
     changes_version,
     continue_changes,
     copy_tree,
@@ -89,8 +90,8 @@ _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _READ_BITS = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _TMP_VERSION = re.compile(r"^\.v\d+\.tmp$")
 __all__ = [
-    "PublishOutcome", "check_gates", "publish", "publish_lock", "publish_release", "reseal_version", "same_release",
-    "verify_release", "write_shareable",
+    "PublishOutcome", "add_changes_entry", "check_gates", "publish", "publish_lock", "publish_release",
+    "reseal_version", "same_release", "verify_release", "write_shareable",
 ]
 
 
@@ -436,6 +437,18 @@ def write_shareable(root: Path, record: Mapping[str, Any]) -> Path:
     """Write `root/SHAREABLE.json` atomically, sealed with the hash of its own content (`record_sha256`), so
     `bidsafe verify` notices any later edit. Every writer of SHAREABLE.json goes through here."""
     return atomic_write_json(Path(root) / SHAREABLE_NAME, seal_shareable(record))
+
+
+def add_changes_entry(version_dir: Path, version: int, notes: Sequence[str], date: str | None = None) -> Path:
+    """Put a new entry (`<version>.0.0 DATE` and `notes`) on top of `version_dir/CHANGES`, earlier entries kept.
+    Written as a new file (temporary sibling, rename), never through the published file, which may be a hard
+    link into the work area. Then call `reseal_version`, which covers the new CHANGES."""
+    path = Path(version_dir) / CHANGES_NAME
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    when = date or datetime.now(UTC).strftime("%Y-%m-%d")
+    atomic_write_text(path, changes_text(version, when, notes, previous))
+    os.chmod(path, 0o444)
+    return path
 
 
 def reseal_version(version_dir: Path, **updates: Any) -> dict[str, Any]:
