@@ -124,7 +124,7 @@ def test_a_crash_after_the_rename_is_recovered_by_a_plain_rerun(project: Project
     # the same run again: the same staging, the same gates, no --forcerun
     outcome = _publish(project)
     assert (outcome.version, outcome.new) == (2, False)
-    assert "v2 holds this release" in outcome.note
+    assert outcome.note == "no change since v2: nothing new published"
     assert os.readlink(project.release_dir / "latest") == "v2"
     assert _versions(project.release_dir) == ["latest", "v1", "v2"]
     assert _snapshot(project.release_dir / "v2") == published_v2  # never overwritten
@@ -231,7 +231,7 @@ def test_publish_stage_records_no_change_in_published_json(project: Project, tmp
     record = json.loads(published_json.read_text())
     assert record["release"] == str(project.release_dir / "v1")
     assert (record["version"], record["new_version"]) == (1, False)
-    assert record["note"] == "v1 holds this release (published by an earlier, interrupted attempt)"
+    assert record["note"] == "no change since v1: nothing new published"
 
 
 # ------------------------------------------------------------------------ release_dir checked before any job

@@ -389,10 +389,9 @@ def publish_release(
         staged, identity = _hash_staging(staging)
         latest_dir = release_dir / f"v{highest}" if highest else None
         if latest_dir is not None and same_release(staged, latest_dir):
-            if staged_for == highest:
-                note = f"v{highest} holds this release (published by an earlier, interrupted attempt)"
-            else:
-                note = f"no change since v{highest}: nothing new published"
+            # also the state a crash right after publishing leaves (the staging tree then numbered v<highest>):
+            # v<highest> is its release, complete, and recorded as such now
+            note = f"no change since v{highest}: nothing new published"
             log.info("%s", note)
             return PublishOutcome(latest_dir, highest, False, note)
         number = _version_to_publish(staged_for, release_dir, version)
