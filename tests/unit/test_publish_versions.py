@@ -93,6 +93,9 @@ def test_only_changes_and_markers_are_ignored(project: Project) -> None:
     sidecar.write_bytes(data.replace(b"2.3", b"2.4"))
     outcome = _publish(project)
     assert (outcome.version, outcome.new) == (2, True)
+    assert (outcome.path / "CHANGES").read_text().startswith(
+        f"2.0.0 {TODAY}\n  - Release contents: 2 participants, 2 sessions.\n"
+        "  - Same sessions as the previous release; some of their files or the dataset files changed.\n\n1.0.0 ")
     (project.staging / "sub-a1" / "sub-a1_sessions.json").write_text("{}\n")
     assert _publish(project).version == 3
 

@@ -248,7 +248,8 @@ def automatic_notes(current: set[tuple[str, str]], previous: set[tuple[str, str]
     if removed:
         notes.append(f"Removed {len(removed)} sessions (delete any copies you hold): {_session_list(removed)}.")
     if not added and not removed:
-        notes.append("Same sessions as the previous release; files regenerated.")
+        # publish makes a version only when released bytes changed (bidsafe.release.publish): say so
+        notes.append("Same sessions as the previous release; some of their files or the dataset files changed.")
     return notes
 
 
