@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from bidsafe.errors import ConfigError
@@ -51,3 +52,26 @@ def check_areas(
                 raise ConfigError(
                     f"config: '{a}' ({pa}) and '{b}' ({pb}) overlap; the data areas must be separate folders"
                 )
+
+
+def check_writable_area(path: str | Path, key: str) -> None:
+    """Refuse a data area this user cannot create files in, before any job runs (publish is the last job:
+    an unwritable `release_dir` found there costs a whole run). A missing folder is judged by its nearest
+    existing parent, which the stage would create it in. The probe is an unnamed temporary file (O_TMPFILE
+    where the filesystem has it), so nothing is left behind, and it answers as the real write would: ACLs,
+    read-only mounts and root's privileges included."""
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"config: '{key}' ({target}) cannot be created: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        where = "" if existing == target else f" (its parent {existing}, where it would be created)"
+        raise ConfigError(
+            f"config: '{key}' ({target}) is not writable{where}: {exc.strerror}; make it writable for the user "
+            f"running the pipeline, or set '{key}' to a folder that is"
+        ) from None

@@ -469,10 +469,11 @@ def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
 def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], profiles_json: Path,
                   published_json: Path) -> Path:
     """Publish when every gate passed and no session was de-identified with a rule set check-rules rejects;
-    otherwise raise naming why (release left untouched)."""
+    otherwise raise naming why (release left untouched). A staged release equal to the highest published
+    version publishes nothing new; `published_json` then names that version and says so in `note`."""
     from bidsafe.profile import read_profiles, refuse_weaker, rules_label
     from bidsafe.release.gates import read_gate_report
-    from bidsafe.release.publish import publish
+    from bidsafe.release.publish import publish_release
 
     profiles = read_profiles(profiles_json)
     refuse_weaker(profiles, staging)
@@ -482,10 +483,12 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
         raise BidsafeError(
             "not published: gate(s) failed: " + "; ".join(f"{r.name}: {r.summary}" for r in failed), staging
         )
-    version_dir = publish(Path(staging), Path(release_dir), results, profile=rules_label(profiles), profiles=profiles)
-    atomic_write_json(published_json, {"release": str(version_dir), "gates": [r.name for r in results]})
-    log.info("published %s", version_dir.name)
-    return version_dir
+    outcome = publish_release(Path(staging), Path(release_dir), results, profile=rules_label(profiles),
+                              profiles=profiles)
+    # `note` says whether a new version was made ("published v3") or not ("no change since v3: ...")
+    atomic_write_json(published_json, {**outcome.record(), "gates": [r.name for r in results]})
+    log.info("%s", outcome.note)
+    return outcome.path
 
 
 def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_reports: Sequence[Path],

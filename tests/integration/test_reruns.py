@@ -118,6 +118,35 @@ def test_finished_run_has_nothing_to_do(run):
     assert planned_jobs(run) == {}
 
 
+def test_a_junk_file_in_the_inbox_publishes_nothing_new_and_the_report_says_so(run):
+    """Issue 10, defect 8: the rerun ingests the inbox again and reassembles, but the release is byte for byte
+    v1's (CHANGES aside): no v2, and published.json, the summary and the HTML report say why."""
+    release = run / "release"
+    v1 = {p.relative_to(release).as_posix(): sha256(p) for p in (release / "v1").rglob("*") if p.is_file()}
+    (run / "inbox" / "scanner-notes.txt").write_text("not a DICOM file\n", encoding="utf-8")
+    result = snakemake(run)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert sorted(p.name for p in release.iterdir()) == [".publish.lock", "latest", "v1"]
+    assert os.readlink(release / "latest") == "v1"
+    assert {p.relative_to(release).as_posix(): sha256(p) for p in (release / "v1").rglob("*") if p.is_file()} == v1
+    published = json.loads((run / "work" / "publish" / "published.json").read_text(encoding="utf-8"))
+    assert (published["release"], published["version"], published["new_version"]) == ("release/v1", 1, False)
+    assert published["note"] == "no change since v1: nothing new published"
+    assert "release:  published release/v1 (no change since v1: nothing new published)" in result.stderr
+    assert "no change since v1" in (run / "work" / "report" / "bidsafe-report.html").read_text(encoding="utf-8")
+    assert planned_jobs(run) == {}
+
+
+def test_an_unwritable_release_dir_stops_the_run_before_any_job(run):
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["release_dir"] = "/proc/bidsafe-release"  # takes no new files, even for root
+    (run / "unwritable.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = snakemake(run, "-n", configfile="unwritable.yaml")
+    assert result.returncode != 0
+    assert "config: 'release_dir' (/proc/bidsafe-release) is not writable" in result.stdout + result.stderr
+    assert "Job stats" not in result.stdout + result.stderr
+
+
 def test_rule_edit_reruns_deid_for_every_session_and_all_after_it(run):
     rules = run / "site" / "basic-mr.yaml"
     with edited(rules, rules.read_text(encoding="utf-8") + "\n# reviewed again\n"):

@@ -143,10 +143,11 @@ def test_returned_codes_are_documented(tmp_path: Path, capsys: pytest.CaptureFix
     release = tmp_path / "release"
     release.mkdir()
     (release / "a.txt").write_text("a\n")
-    from bidsafe.release.manifest import SHAREABLE_NAME, write_manifest
+    from bidsafe.release.manifest import SHAREABLE_NAME, seal_shareable, write_manifest
 
     _, digest, _ = write_manifest(release)
-    (release / SHAREABLE_NAME).write_text(json.dumps({"shareable": True, "manifest": {"sha256": digest}}))
+    record = seal_shareable({"shareable": True, "manifest": {"sha256": digest}})
+    (release / SHAREABLE_NAME).write_text(json.dumps(record))
     assert run("intact", ["verify", str(release)]) == 0
     (release / "a.txt").write_text("b\n")
     assert run("changed", ["verify", str(release)]) == 1

@@ -20,6 +20,7 @@ from bidsafe.release.manifest import (
     format_manifest,
     iter_release_files,
     parse_manifest,
+    seal_shareable,
     verify_release,
     write_manifest,
 )
@@ -40,7 +41,9 @@ def _release(root: Path) -> Path:
         (root / rel).write_bytes(data)
     _, digest, listed = write_manifest(root)
     assert sorted(listed) == sorted(files)
-    (root / SHAREABLE_NAME).write_text(json.dumps({"shareable": True, "manifest": {"sha256": digest}}))
+    record = {"shareable": True, "manifest": {"sha256": digest},
+              "gates": [{"name": "leak_scan", "passed": True, "summary": "0 hits in 6 files"}]}
+    (root / SHAREABLE_NAME).write_text(json.dumps(seal_shareable(record), indent=2))
     return root
 
 
@@ -144,3 +147,33 @@ def test_release_files_refuse_symlinks(tmp_path: Path) -> None:
     result = verify_release(root)
     assert not result.ok and result.problems == ["not regular files (symbolic links?): sub-01/link.txt"]
     assert result.missing == [] and result.changed == []
+
+
+@pytest.mark.parametrize("edit", ["gate_summary", "gate_passed", "version_added", "hash_removed"])
+def test_verify_fails_when_shareable_json_is_edited(tmp_path: Path, edit: str) -> None:
+    """SHAREABLE.json is not in the manifest (it records the manifest's hash); its own record hash covers it."""
+    root = _release(tmp_path / "v1")
+    assert verify_release(root).ok
+    record = json.loads((root / SHAREABLE_NAME).read_text())
+    if edit == "gate_summary":
+        record["gates"][0]["summary"] = "0 hits in 7 files"
+    elif edit == "gate_passed":
+        record["gates"][0]["passed"] = False
+    elif edit == "version_added":
+        record["version"] = 2
+    else:
+        del record["record_sha256"]
+    # re-indenting alone is no edit: the hash is over canonical JSON
+    (root / SHAREABLE_NAME).write_text(json.dumps(record, indent=4))
+    result = verify_release(root)
+    assert not result.ok
+    assert result.changed == [] and result.missing == [] and result.extra == []
+    assert len(result.problems) == 1 and result.problems[0].startswith(SHAREABLE_NAME), result.problems
+    assert main(["verify", str(root)]) == 1
+
+
+def test_verify_accepts_a_reindented_shareable_json(tmp_path: Path) -> None:
+    root = _release(tmp_path / "v1")
+    record = json.loads((root / SHAREABLE_NAME).read_text())
+    (root / SHAREABLE_NAME).write_text(json.dumps(record, indent=None, sort_keys=True))
+    assert verify_release(root).ok

@@ -761,12 +761,13 @@ def test_publish_accepts_gate_report_files(project: Project, tmp_path: Path) -> 
     assert publish(project.staging, project.release_dir, paths, profile=PROFILE).name == "v1"
 
 
-def test_publish_refuses_a_staging_numbered_for_another_version(project: Project) -> None:
+def test_publishing_a_staging_numbered_for_a_published_version_publishes_nothing_new(project: Project) -> None:
     publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
-    # staging still says 1.0.0 (not reassembled); the next version would be 2
-    with pytest.raises(BidsafeError, match="assembled as version 1 but this would publish version 2"):
-        publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
-    assert sorted(p.name for p in project.release_dir.iterdir()) == [".publish.lock", "latest", "v1"]
+    before = _snapshot(project.release_dir)
+    # staging still says 1.0.0 (not reassembled) and holds v1's content: v1 is its release, nothing new
+    again = publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    assert again == project.release_dir / "v1"
+    assert _snapshot(project.release_dir) == before
 
 
 def test_publish_copies_across_filesystems(project: Project) -> None:
@@ -797,6 +798,7 @@ def test_configured_version_is_published(project: Project) -> None:
 @pytest.mark.parametrize("fail_on", ["MANIFEST.sha256", "SHAREABLE.json", "latest"])
 def test_publish_is_atomic_when_a_write_fails(project: Project, monkeypatch: pytest.MonkeyPatch, fail_on: str) -> None:
     publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
+    project.add("d4", "01", seed=5)  # a changed release: an unchanged one would publish nothing
     project.write_tables()
     project.assemble()
     results = project.gate_results(fast=True)

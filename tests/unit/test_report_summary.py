@@ -245,3 +245,16 @@ def test_deface_numbers_and_readable_figures(tmp_path: Path) -> None:
 @pytest.mark.parametrize("code", sorted(REASON_WORDS))
 def test_reason_words_keep_the_stage_detail(code: str) -> None:
     assert reason_in_words(code, "the detail", "convert").endswith("(at convert: the detail)")
+
+
+def test_summary_says_when_nothing_new_was_published(tmp_path: Path) -> None:
+    """Issue 10: a rerun whose release equals the highest published version names it and says so."""
+    work, private = _work_area(tmp_path)
+    _write(work / "publish" / "published.json", json.dumps(
+        {"release": "/data/release/v3", "version": 3, "new_version": False,
+         "note": "no change since v3: nothing new published", "gates": []}))
+    lines = finish_run(work, private, failed=False, stream=io.StringIO())
+    text = (work / "report" / "bidsafe-report.html").read_text(encoding="utf-8")
+    summary = text.split("<h2>Summary</h2>")[1].split("<h2>")[0]
+    assert "Published: /data/release/v3 (no change since v3: nothing new published)" in summary
+    assert lines[1] == "  release:  published /data/release/v3 (no change since v3: nothing new published)"

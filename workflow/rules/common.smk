@@ -6,7 +6,7 @@ from bidsafe.deid.rules import require_checked_rules
 from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
-from bidsafe.private import check_areas, ensure_private_dir
+from bidsafe.private import check_areas, check_writable_area, ensure_private_dir
 
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
@@ -24,6 +24,8 @@ LOGS = WORK / "logs"
 KEY = resolve_key_path(private_dir=PRIVATE)
 
 check_areas(INBOX, PRIVATE, WORK, RELEASE)
+# publish is the last job: an unwritable release folder must stop the run before the first one
+check_writable_area(RELEASE, "release_dir")
 ensure_private_dir(PRIVATE)
 
 SESSION = "sub-{subject}/ses-{session}"

@@ -134,6 +134,13 @@ def published_versions(release_dir: str | Path | None) -> list[int]:
     return sorted(found)
 
 
+def latest_version_dir(release_dir: str | Path | None) -> Path | None:
+    """`release_dir/v<N>` of the highest published N, or None. Read this, not the `latest` link: a crash
+    between publishing `v<N>` and moving `latest` leaves the link one version behind (publish repairs it)."""
+    published = published_versions(release_dir)
+    return Path(release_dir) / f"v{published[-1]}" if published and release_dir is not None else None
+
+
 def next_version(release_dir: str | Path | None, requested: int | str | None = "auto") -> int:
     """1 + the highest published version, or `requested` when it is higher than every published one."""
     published = published_versions(release_dir)
@@ -171,6 +178,48 @@ def changes_text(version: int, date: str, notes: Sequence[str], previous: str = 
     return entry + ("\n" + previous + "\n" if previous else "")
 
 
+_AUTOMATIC_FIRST_NOTE = re.compile(r"^(Initial release|Release contents): \d+ participants, \d+ sessions\.$")
+
+
+def split_changes(text: str) -> tuple[str, list[str], str]:
+    """(header line, notes, earlier entries) of a CHANGES text as `changes_text` writes it: the newest entry
+    runs to the first blank line; each note starts with `  - ` and continues on lines indented by 4."""
+    lines = text.strip("\n").splitlines()
+    if not lines:
+        return "", [], ""
+    end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    notes: list[str] = []
+    for line in lines[1:end]:
+        if line.startswith("  - "):
+            notes.append(line[4:])
+        elif notes:
+            notes[-1] += "\n" + line.strip()
+    history = "\n".join(lines[end:]).strip("\n")
+    return lines[0].strip(), notes, (history + "\n" if history else "")
+
+
+def site_notes(notes: Sequence[str]) -> list[str]:
+    """The notes of an entry the site wrote (`release.changes`), without the automatic ones that follow them
+    (`automatic_notes`: they start with the counts line)."""
+    for i, note in enumerate(notes):
+        if _AUTOMATIC_FIRST_NOTE.match(note):
+            return list(notes[:i])
+    return list(notes)
+
+
+def continue_changes(
+    staged: str, version: int, date: str, current: set[tuple[str, str]], previous_changes: str | None,
+    previous_sessions: set[tuple[str, str]] | None,
+) -> str:
+    """The CHANGES of version `version` when the staged text was written for another version or against
+    another previous release (a crash after publishing, two runs sharing release_dir): the site's notes of the
+    staged entry kept, the automatic notes recomputed against the previous release, and the previous release's
+    CHANGES carried forward whole, so CHANGES is continued and "Initial release" only ever heads version 1."""
+    _, notes, _ = split_changes(staged)
+    automatic = automatic_notes(current, previous_sessions)
+    return changes_text(version, date, [*site_notes(notes), *automatic], previous_changes or "")
+
+
 def released_sessions(dataset: str | Path) -> set[tuple[str, str]]:
     """(subject, session) of every `sub-S/ses-T` folder in a dataset."""
     dataset = Path(dataset)
@@ -199,7 +248,8 @@ def automatic_notes(current: set[tuple[str, str]], previous: set[tuple[str, str]
     if removed:
         notes.append(f"Removed {len(removed)} sessions (delete any copies you hold): {_session_list(removed)}.")
     if not added and not removed:
-        notes.append("Same sessions as the previous release; files regenerated.")
+        # publish makes a version only when released bytes changed (bidsafe.release.publish): say so
+        notes.append("Same sessions as the previous release; some of their files or the dataset files changed.")
     return notes
 
 
@@ -382,7 +432,7 @@ def assemble_release(
     wanted = _check_sessions(sessions)
     subjects = sorted({s.subject for s in wanted})
     version = next_version(release_dir, rc["version"])
-    latest = Path(release_dir) / LATEST if release_dir is not None else None
+    latest = latest_version_dir(release_dir)
     previous_changes = ""
     previous_sessions: set[tuple[str, str]] | None = None
     if latest is not None and latest.is_dir():

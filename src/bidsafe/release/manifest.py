@@ -3,7 +3,9 @@
 The manifest lists every regular file of a release by its path relative to the release root, sorted, in the
 exact format `sha256sum` writes (`<64 hex>  <path>`), so a recipient can check a download with either
 `sha256sum -c MANIFEST.sha256` or `bidsafe verify`. `SHAREABLE.json` is written after the manifest and records
-the manifest's own hash, so the pair cannot be swapped for another release's.
+the manifest's own hash, so the pair cannot be swapped for another release's. It also records the hash of its
+own content (`record_sha256`, see `shareable_digest`), so an edited gate summary, version or profile in it is
+noticed by `bidsafe verify` like an edited data file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ RELEASE_MARKERS = frozenset({MANIFEST_NAME, SHAREABLE_NAME})
 # Written by tools into folders they manage; never part of a dataset (Snakemake marks directory outputs so).
 TOOL_DROPPINGS = frozenset({".snakemake_timestamp"})
 
+# The key of SHAREABLE.json that holds the hash of the rest of the record.
+RECORD_HASH_KEY = "record_sha256"
+
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
@@ -39,6 +44,20 @@ def sha256_file(path: str | Path) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def shareable_digest(record: Mapping[str, object]) -> str:
+    """SHA-256 of a SHAREABLE.json record without its `record_sha256`, over canonical JSON (sorted keys, no
+    spaces, UTF-8), so the hash does not depend on how the file was indented."""
+    body = {key: value for key, value in record.items() if key != RECORD_HASH_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def seal_shareable(record: Mapping[str, object]) -> dict[str, object]:
+    """The record with its `record_sha256` (re)computed: call it on every write of SHAREABLE.json."""
+    body = {key: value for key, value in record.items() if key != RECORD_HASH_KEY}
+    return {**body, RECORD_HASH_KEY: shareable_digest(body)}
 
 
 def scan_tree(root: str | Path, *, skip: Iterable[str] = TOOL_DROPPINGS) -> tuple[list[str], list[str]]:
@@ -117,9 +136,15 @@ def write_manifest(root: str | Path, *, threads: int = 2) -> tuple[Path, str, di
     root = Path(root)
     rels = [rel for rel in iter_release_files(root) if rel not in RELEASE_MARKERS]
     digests = hash_tree(root, rels, threads=threads)
+    path, manifest_sha256 = save_manifest(root, digests)
+    return path, manifest_sha256, digests
+
+
+def save_manifest(root: str | Path, digests: Mapping[str, str]) -> tuple[Path, str]:
+    """Write `root/MANIFEST.sha256` atomically from digests already computed; (its path, sha256 of its text)."""
     text = format_manifest(digests)
-    path = atomic_write_text(root / MANIFEST_NAME, text)
-    return path, sha256_bytes(text.encode("utf-8")), digests
+    path = atomic_write_text(Path(root) / MANIFEST_NAME, text)
+    return path, sha256_bytes(text.encode("utf-8"))
 
 
 @dataclass
@@ -194,11 +219,24 @@ def verify_release(release: str | Path, *, threads: int = 2) -> VerifyResult:
         except (ValueError, KeyError, TypeError):
             result.problems.append(f"{SHAREABLE_NAME} is unreadable or lacks manifest.sha256")
         else:
+            result.problems.extend(_shareable_record_problems(shareable))
             if recorded != sha256_bytes(manifest_bytes):
                 result.problems.append(f"{MANIFEST_NAME} does not match the hash recorded in {SHAREABLE_NAME}")
             if shareable.get("shareable") is not True:
                 result.problems.append(f"{SHAREABLE_NAME} does not mark the release shareable")
     return result
+
+
+def _shareable_record_problems(shareable: Mapping[str, object]) -> list[str]:
+    """SHAREABLE.json's own content against its `record_sha256`. A missing hash fails too: deleting the key
+    must not be a way round the check (releases published before bidsafe wrote it fail with this message)."""
+    recorded = shareable.get(RECORD_HASH_KEY)
+    if not isinstance(recorded, str):
+        return [f"{SHAREABLE_NAME} carries no {RECORD_HASH_KEY}: its gate summaries and version cannot be checked"]
+    if recorded != shareable_digest(shareable):
+        return [f"{SHAREABLE_NAME} was edited after publishing: its content (gate summaries, version, profile) "
+                f"does not match its {RECORD_HASH_KEY}"]
+    return []
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -141,6 +141,9 @@ def collect(*, summary_json: Path | None, included_tsv: Path | None, gate_report
         missing.append("ingest quarantine report")
     published = _json(published_json)
     release = str(published["release"]) if isinstance(published, dict) and published.get("release") else None
+    if release is not None and published.get("new_version") is False and published.get("note"):
+        # nothing new was published: the report names the version that holds this release, and why
+        release = f"{release} ({published['note']})"
     if release is None:
         missing.append("publish record")
     return {"sessions_tsv_summary": sessions, "gate_results": gates, "qc_rows": qc_rows, "deface_pngs": pictures,
