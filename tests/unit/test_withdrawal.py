@@ -148,6 +148,9 @@ def test_other_subjects_folders_are_not_entered(areas: tuple[Path, Path]):
 # ------------------------------------------------------------------------------------------ through the stage
 
 
+BOTH_PUBLIC = [{"patient_id": "MRN-1", "consent": "public"}, {"patient_id": "MRN-2", "consent": "public"}]
+
+
 def _site(tmp_path: Path):
     inbox, index, private = tmp_path / "inbox", tmp_path / "index.tsv", tmp_path / "private"
     work = tmp_path / "work"
@@ -165,7 +168,7 @@ def _run(inbox: Path, index: Path, private: Path, work: Path, registry: Path):
 
 def test_stage_marks_withdrawal_in_the_linkage_removes_data_and_never_readds(tmp_path: Path):
     inbox, index, private, work, registry, _ = _site(tmp_path)
-    write_registry(registry, [{"patient_id": "MRN-1", "consent": "public"}, {"patient_id": "MRN-2", "consent": "public"}])
+    write_registry(registry, BOTH_PUBLIC)
     _run(inbox, index, private, work, registry)
     subject_of = {r.patient_id: r.subject for r in read_linkage(private / LINKAGE_FILENAME)}
     gone, stays = subject_of["MRN-1"], subject_of["MRN-2"]
@@ -192,8 +195,7 @@ def test_stage_marks_withdrawal_in_the_linkage_removes_data_and_never_readds(tmp
     marked = next(r.withdrawn for r in rows if r.subject == gone)
 
     # the registry forgets the withdrawal (row edited back, or removed): the participant is never re-added
-    for rows_now in ([{"patient_id": "MRN-1", "consent": "public"}, {"patient_id": "MRN-2", "consent": "public"}],
-                     [{"patient_id": "MRN-2", "consent": "public"}]):
+    for rows_now in (BOTH_PUBLIC, BOTH_PUBLIC[1:]):
         write_registry(registry, rows_now)
         result = _run(inbox, index, private, work, registry)
         assert [(d.subject, d.reason) for d in result.decisions if not d.included] == [(gone, "consent:withdrawn")]
@@ -210,7 +212,7 @@ def test_stage_marks_withdrawal_in_the_linkage_removes_data_and_never_readds(tmp
 
 def test_a_linkage_table_without_the_withdrawn_column_still_reads(tmp_path: Path):
     inbox, index, private, work, registry, _ = _site(tmp_path)
-    write_registry(registry, [{"patient_id": "MRN-1", "consent": "public"}, {"patient_id": "MRN-2", "consent": "public"}])
+    write_registry(registry, BOTH_PUBLIC)
     _run(inbox, index, private, work, registry)
     linkage = private / LINKAGE_FILENAME
     with open(linkage, encoding="utf-8", newline="") as handle:
