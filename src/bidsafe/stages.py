@@ -435,7 +435,7 @@ def _leak_gate(inputs: Mapping[str, object]):
     # "dicom") are no needles. Every released file is still scanned.
     skip = qa_session_files(inputs.get("sessions_tsv"), sessions_dir)
     # a withdrawn participant's files neither: their values must not be collected into private_dir again
-    skip |= withdrawn_session_files(inputs.get("sessions_tsv"), inputs.get("index"))
+    skip |= withdrawn_session_files(inputs.get("sessions_tsv"), inputs.get("index"), inputs.get("inbox"))
     rows, origins = harvest_sessions(
         Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None, skip=skip
     )

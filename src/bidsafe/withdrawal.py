@@ -152,10 +152,15 @@ def remove_withdrawn(work_dir: Path, private_dir: Path, subjects: Collection[str
     return Removal(len(subjects), files, entries)
 
 
-def withdrawn_session_files(sessions_tsv: object, index_tsv: object) -> frozenset[str]:
+def withdrawn_session_files(sessions_tsv: object, index_tsv: object, inbox: object = None) -> frozenset[str]:
     """Inbox-relative paths of every session the pseudonymise stage withheld as withdrawn (its private
     sessions.tsv and the ingest index): the leak gate does not harvest them, so no value of a withdrawn
-    participant is collected into private_dir again. Nothing when either file is not given."""
+    participant is collected into private_dir again. Nothing when either file is not given.
+
+    With `inbox`, also every file in a folder that holds files of withdrawn sessions and of no other session
+    (the export's DICOMDIR, screenshots and notes carry the same identity but belong to no indexed session);
+    a folder shared with anyone else's files is left to the harvest (the safe side).
+    """
     from bidsafe.consent import REASON_WITHDRAWN
     from bidsafe.ingest import read_index
     from bidsafe.stages import read_included
@@ -166,4 +171,18 @@ def withdrawn_session_files(sessions_tsv: object, index_tsv: object) -> frozense
             if row.get("included") != "yes" and row.get("reason") == REASON_WITHDRAWN}
     if not uids:
         return frozenset()
-    return frozenset(row.relpath for row in read_index(Path(str(index_tsv))) if row.study_uid in uids)
+    rows = read_index(Path(str(index_tsv)))
+    files = {row.relpath for row in rows if row.study_uid in uids}
+    if inbox is None or not files:
+        return frozenset(files)
+
+    def folders(relpaths: Iterable[str]) -> set[str]:
+        return {parent.as_posix() for rel in relpaths for parent in Path(rel).parents if parent != Path(".")}
+
+    theirs = folders(files) - folders(row.relpath for row in rows if row.study_uid not in uids)
+    top = {d for d in theirs if Path(d).parent.as_posix() not in theirs}
+    root = Path(str(inbox))
+    for folder in sorted(top):
+        for dirpath, _dirnames, filenames in os.walk(root / folder):
+            files.update((Path(dirpath) / name).relative_to(root).as_posix() for name in filenames)
+    return frozenset(files)

@@ -234,3 +234,15 @@ def test_leak_gate_skips_the_files_of_withdrawn_sessions(tmp_path: Path):
     expected = {p.relative_to(inbox).as_posix() for p in inbox.rglob("*.dcm") if "MRN-1" in p.parent.parent.name}
     assert skipped == expected and len(expected) == 2
     assert withdrawn_session_files(None, index) == frozenset()
+    # with the inbox: the rest of their export (a DICOMDIR naming them, a screenshot folder) is skipped too;
+    # a file at the inbox root or in a folder shared with anyone else is still harvested
+    (theirs,) = {p.parent.parent for p in inbox.rglob("*.dcm") if "MRN-1" in p.parent.parent.name}
+    (theirs / "DICOMDIR").write_bytes(b"x")
+    (theirs / "SCREENSHOTS").mkdir()
+    (theirs / "SCREENSHOTS" / "IM1.dcm").write_bytes(b"x")
+    (inbox / "export_note.txt").write_text("x")
+    (other,) = {p.parent for p in inbox.rglob("*.dcm") if "MRN-2" in p.parent.parent.name}
+    (other / "junk.txt").write_text("x")
+    root = theirs.relative_to(inbox).as_posix()
+    assert withdrawn_session_files(sessions_tsv, index, inbox) == expected | {
+        f"{root}/DICOMDIR", f"{root}/SCREENSHOTS/IM1.dcm"}
