@@ -182,3 +182,26 @@ def test_a_crash_between_the_renames_is_finished_by_the_next_call(released: Proj
     assert not (release / "v1" / "sub-a1").exists() and verify_release(release / "v1").ok
     assert (release / "v1" / "CHANGES").read_text().count("Participant withdrawn: sub-a1") == 1
     assert verify_release(release / "v2").ok and not (release / "v2" / "sub-a1").exists()
+
+
+def test_without_an_atomic_exchange_the_version_is_moved_aside_then_replaced(
+    released: Project, monkeypatch: pytest.MonkeyPatch
+):
+    release = released.release_dir
+    monkeypatch.setattr(withdraw_mod, "_exchange", lambda a, b: False)
+    withdraw_from_releases(release, "a1", now=NOW)
+    assert sorted(p.name for p in release.iterdir()) == [".publish.lock", "latest", "v1", "v2"]
+    assert all(verify_release(release / v).ok and not (release / v / "sub-a1").exists() for v in ("v1", "v2"))
+
+
+def test_shareable_record_drops_the_participant_from_the_processing_profile():
+    mixed = {"uniform": False, "sessions": 3, "profiles": [
+        {"sessions": ["sub-a1/ses-01", "sub-b2/ses-01"], "profile": {"deid": 1}},
+        {"sessions": ["sub-a1/ses-02"], "profile": {"deid": 2}}]}
+    record = withdraw_mod._shareable({"shareable": True, "processing_profile": mixed}, "a1", 2, "T")
+    assert record["processing_profile"] == {"uniform": False, "sessions": 1, "profiles": [
+        {"sessions": ["sub-b2/ses-01"], "profile": {"deid": 1}}]}
+    assert record["withdrawals"] == [{"participant": "sub-a1", "sessions": 2, "removed_utc": "T"}]
+    uniform = withdraw_mod._shareable({"processing_profile": {"uniform": True, "sessions": 5, "profile": {}}},
+                                      "a1", 2, "T")
+    assert uniform["processing_profile"]["sessions"] == 3
