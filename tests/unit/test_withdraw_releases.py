@@ -205,3 +205,27 @@ def test_shareable_record_drops_the_participant_from_the_processing_profile():
     uniform = withdraw_mod._shareable({"processing_profile": {"uniform": True, "sessions": 5, "profile": {}}},
                                       "a1", 2, "T")
     assert uniform["processing_profile"]["sessions"] == 3
+
+
+def test_configfile_names_the_release_and_warns_while_the_linkage_does_not_mark_them(
+    released: Project, capsys: pytest.CaptureFixture[str]
+):
+    import yaml
+
+    from bidsafe.pseudonym import LINKAGE_FILENAME, LinkageRow, render_linkage
+
+    root = released.root
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())
+    config.update(inbox=str(root / "inbox"), work_dir=str(released.work), private_dir=str(released.private),
+                  release_dir=str(released.release_dir))
+    site = root / "site.yaml"
+    site.write_text(yaml.safe_dump(config))
+    rows = [LinkageRow("a1", "01", "1.1"), LinkageRow("b2", "01", "1.2")]
+    (released.private / LINKAGE_FILENAME).write_text(render_linkage(rows))
+    assert main(["withdraw-from-releases", "sub-a1", "--configfile", str(site), "--dry-run"]) == 0
+    assert "sub-a1 is not marked withdrawn yet" in capsys.readouterr().err
+    (released.private / LINKAGE_FILENAME).write_text(render_linkage([
+        LinkageRow("a1", "01", "1.1", withdrawn="2026-03-01"), rows[1]]))
+    assert main(["withdraw-from-releases", "a1", "--configfile", str(site)]) == 0
+    captured = capsys.readouterr()
+    assert "not marked" not in captured.err and "sub-a1 removed from v1, v2" in captured.out

@@ -324,22 +324,36 @@ def withdraw_from_releases(release_dir: Path, participant: str, *, dry_run: bool
     return plans
 
 
-def _release_dir(args: argparse.Namespace) -> Path:
+def _areas(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(release_dir, private_dir or None) from --release-dir or the site config."""
     if args.release_dir:
-        return Path(args.release_dir)
+        return Path(args.release_dir), None
     from bidsafe.config import read_config_file
 
     config = read_config_file(args.configfile)
     if not config.get("release_dir"):
         raise ConfigError("the config names no release_dir", args.configfile)
-    return Path(str(config["release_dir"]))
+    private = config.get("private_dir")
+    return Path(str(config["release_dir"])), Path(str(private)) if private else None
+
+
+def _warn_unless_marked(private_dir: Path | None, subject: str) -> None:
+    """The next run would publish the participant again unless the linkage table marks them withdrawn."""
+    from bidsafe.pseudonym import LINKAGE_FILENAME, linkage_withdrawn
+
+    if private_dir is None or not (private_dir / LINKAGE_FILENAME).is_file():
+        return
+    if subject not in linkage_withdrawn(private_dir):
+        log.warning("sub-%s is not marked withdrawn yet: set their `withdrawn` date in the consent registry, or "
+                    "the next run publishes them again", subject)
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """`bidsafe withdraw-from-releases PARTICIPANT (--release-dir DIR | --configfile SITE.yaml) [--dry-run]`."""
-    release_dir = _release_dir(args)
+    release_dir, private_dir = _areas(args)
     subject = participant_label(args.participant)
     plans = withdraw_from_releases(release_dir, args.participant, dry_run=args.dry_run)
+    _warn_unless_marked(private_dir, subject)
     if not plans:
         print(f"withdraw-from-releases: sub-{subject} was already removed from every published version")
         return 0
