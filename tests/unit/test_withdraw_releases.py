@@ -229,3 +229,18 @@ def test_configfile_names_the_release_and_warns_while_the_linkage_does_not_mark_
     assert main(["withdraw-from-releases", "a1", "--configfile", str(site)]) == 0
     captured = capsys.readouterr()
     assert "not marked" not in captured.err and "sub-a1 removed from v1, v2" in captured.out
+
+
+def test_a_file_that_would_still_name_the_participant_stops_with_exit_1(
+    released: Project, capsys: pytest.CaptureFixture[str]
+):
+    """A file bidsafe does not know how to clean (here: a group table in JSON) is never shipped still naming
+    the participant: that version is left as it was, the message names the file."""
+    release = released.release_dir
+    group = release / "v1" / "derivatives" / "bidsafe-qc" / "group.json"
+    group.write_text(json.dumps({"subjects": ["sub-a1", "sub-b2"]}))
+    before = _state(release / "v1")
+    assert main(["withdraw-from-releases", "a1", "--release-dir", str(release)]) == 1
+    err = capsys.readouterr().err
+    assert "v1: these files would still name sub-a1" in err and "derivatives/bidsafe-qc/group.json" in err
+    assert _state(release / "v1") == before and not list(release.glob(f".*{TMP_SUFFIX}"))
