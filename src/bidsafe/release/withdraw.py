@@ -42,13 +42,11 @@ from bidsafe.fsutil import atomic_write_json, atomic_write_text
 from bidsafe.progress import Progress
 from bidsafe.release.assemble import LATEST, link_or_copy, published_versions, released_sessions
 from bidsafe.release.manifest import RELEASE_MARKERS, SHAREABLE_NAME, iter_release_files, write_manifest
+from bidsafe.release.publish import LOCK_NAME  # one publisher or rewriter at a time per release folder
 from bidsafe.withdrawal import label_pattern
 
 log = logging.getLogger("bidsafe")
 
-# The same lock file publish takes (bidsafe.release.publish.LOCK_NAME): a version is never rewritten while
-# another is being published (publish reads `latest` for CHANGES and numbering).
-LOCK_NAME = ".publish.lock"
 TMP_SUFFIX = ".withdraw.tmp"
 OLD_SUFFIX = ".withdraw.old"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
