@@ -61,8 +61,9 @@ def participant_label(text: str) -> str:
     """`sub-S` or `S` -> `S`; anything but letters and digits is refused (exit 2)."""
     label = text.strip().removeprefix("sub-")
     if not _LABEL.match(label):
-        raise ConfigError(f"participant must be a released pseudonym such as sub-ab12cd34, letters and digits only "
-                          f"(got {len(text)} characters)")
+        # not echoed: a mistyped argument may be a real name or ID
+        raise ConfigError("PARTICIPANT must be a released pseudonym such as sub-ab12cd34 (letters and digits "
+                          "after `sub-`)")
     return label
 
 
