@@ -321,6 +321,31 @@ def _verify(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.manifest:cli_main")
 
 
+def _withdraw_from_releases(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "withdraw-from-releases",
+        help="remove a withdrawn participant from every published version (new CHANGES entry and manifest each)",
+        description="Rewrite every published version (release_dir/v<N>) that holds PARTICIPANT: their sub- "
+        "folder and files go, their rows leave participants.tsv and every other table, and each version gets a "
+        "CHANGES entry, a new MANIFEST.sha256 and an updated SHAREABLE.json, so `bidsafe verify` passes on it. "
+        "Each version is rebuilt beside itself and swapped in at once (never half rewritten). The next pipeline "
+        "run already leaves a participant out whom the consent registry marks withdrawn; this command is for the "
+        "versions published before. Copies already downloaded cannot be recalled.",
+        epilog=exit_codes((0, "every version holding the participant was rewritten (or, with --dry-run, listed); "
+                              "also when an earlier call already removed them"),
+                          (1, "a version could not be rewritten (the message says which; it is left as it was)"),
+                          (2, "bad arguments, no published version, or the participant is in none of them")),
+    )
+    p.add_argument("participant", metavar="PARTICIPANT",
+                   help="the participant's released pseudonym, with or without `sub-` (e.g. sub-ab12cd34)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--release-dir", metavar="DIR", help="the release folder holding v1, v2, ... and latest")
+    where.add_argument("--configfile", metavar="SITE.yaml", help="take release_dir from this site config")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the versions and files that would change, and change nothing")
+    p.set_defaults(handler="bidsafe.release.withdraw:cli_main")
+
+
 def _run(sub: argparse._SubParsersAction) -> None:
     p = _add(
         sub, "run",
@@ -358,6 +383,7 @@ COMMANDS: tuple[Register, ...] = (
     _validate,
     _leak_scan,
     _verify,
+    _withdraw_from_releases,
 )
 
 

@@ -56,7 +56,10 @@ LINKAGE_FILENAME = "linkage.tsv"
 LOCK_FILENAME = ".linkage.lock"
 LINKAGE_COLUMNS = (
     "subject", "session", "study_uid", "patient_id", "study_id", "consent_form_id", "scheme", "first_seen",
+    "withdrawn",
 )
+# Tables written before withdrawal was recorded lack the last column; they read as "nobody withdrawn".
+OPTIONAL_LINKAGE_COLUMNS = ("withdrawn",)
 SESSIONS_COLUMNS = ("subject", "session", "study_uid", "included", "reason", "n_files")
 HMAC_LABEL_LENGTH = 8
 SEQUENTIAL_WIDTH = 3
@@ -125,6 +128,9 @@ class LinkageRow:
     consent_form_id: str = ""
     scheme: str = "hmac"
     first_seen: str = ""
+    # the UTC date a run first saw the participant's withdrawal; once set, every session of the subject is
+    # withheld and its data removed, whatever the consent registry says later (clear it by hand to re-admit)
+    withdrawn: str = ""
 
     def as_row(self) -> list[str]:
         return [getattr(self, name) for name in LINKAGE_COLUMNS]
@@ -141,7 +147,7 @@ def read_linkage(path: Path) -> list[LinkageRow]:
     if not rows:
         return []
     header = rows[0]
-    missing = [c for c in LINKAGE_COLUMNS if c not in header]
+    missing = [c for c in LINKAGE_COLUMNS if c not in header and c not in OPTIONAL_LINKAGE_COLUMNS]
     if missing:
         raise BidsafeError(f"linkage table: column(s) {', '.join(missing)} missing from the header", path)
     out = []
@@ -152,7 +158,7 @@ def read_linkage(path: Path) -> list[LinkageRow]:
         if len(cells) != len(header):
             raise BidsafeError(f"linkage table: line {number} has {len(cells)} cells, expected {len(header)}", path)
         record = dict(zip(header, cells, strict=True))
-        row = LinkageRow(**{c: record[c] for c in LINKAGE_COLUMNS})
+        row = LinkageRow(**{c: record.get(c, "") for c in LINKAGE_COLUMNS})
         if not (_LABEL.match(row.subject) and _LABEL.match(row.session) and row.study_uid):
             raise BidsafeError(f"linkage table: line {number} has an empty or non-alphanumeric label or study", path)
         if row.study_uid in seen:
@@ -295,10 +301,24 @@ def assign_labels(
     return rows, result
 
 
+def mark_withdrawn(rows: Sequence[LinkageRow], subjects: set[str] | frozenset[str], today: str) -> list[LinkageRow]:
+    """Every row of `subjects` marked withdrawn on `today` (a date already recorded is kept). Pure."""
+    return [replace(row, withdrawn=today) if row.subject in subjects and not row.withdrawn else row for row in rows]
+
+
+def withdrawn_subjects(rows: Sequence[LinkageRow]) -> set[str]:
+    """Subjects with any row marked withdrawn: all their sessions are withheld for good."""
+    return {row.subject for row in rows if row.withdrawn}
+
+
 def update_linkage(
-    private_dir: Path, studies: Sequence[StudyIdentity], scheme: str
+    private_dir: Path, studies: Sequence[StudyIdentity], scheme: str, withdrawn: Sequence[str] = (),
 ) -> tuple[bytes, dict[str, tuple[str, str]]]:
-    """Load (or first create) the key and assign labels, all under the linkage lock; returns (key, labels)."""
+    """Load (or first create) the key and assign labels, all under the linkage lock; returns (key, labels).
+
+    `withdrawn` holds the study UIDs whose participant the consent registry says withdrew: every row of their
+    subject is marked withdrawn in the same locked update (`linkage_withdrawn` reads the marks back).
+    """
     private_dir = Path(private_dir)
     linkage = private_dir / LINKAGE_FILENAME
     with linkage_lock(private_dir):
@@ -306,10 +326,16 @@ def update_linkage(
         rows = read_linkage(linkage)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         updated, labels = assign_labels(studies, rows, key, scheme, now)
+        updated = mark_withdrawn(updated, {labels[uid][0] for uid in withdrawn if uid in labels}, now[:10])
         if updated != rows or not linkage.exists():
             write_if_changed(linkage, render_linkage(updated), mode=FILE_MODE)
         os.chmod(linkage, FILE_MODE)
     return key, labels
+
+
+def linkage_withdrawn(private_dir: Path) -> set[str]:
+    """The withdrawn subjects recorded in private_dir's linkage table."""
+    return withdrawn_subjects(read_linkage(Path(private_dir) / LINKAGE_FILENAME))
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -427,7 +453,7 @@ def _first(values: Sequence[str]) -> str:
 
 
 def run_pseudonymise(
-    index_tsv: Path, inbox: Path, private_dir: Path, out_dir: Path, config: Mapping
+    index_tsv: Path, inbox: Path, private_dir: Path, out_dir: Path, config: Mapping, work_dir: Path | None = None,
 ) -> PseudonymiseResult:
     """The `pseudonymise` stage: labels, consent gate, private session lists, released participant metadata.
 
@@ -437,6 +463,10 @@ def run_pseudonymise(
     - private_dir/sessions/sub-<S>/ses-<T>/files.txt: the session's inbox-relative paths, sorted;
     - out_dir/participants.tsv/json, out_dir/sub-<S>/sub-<S>_sessions.tsv/json (included only, allow-listed);
     - out_dir/summary.json: per session pseudonym, included, reason, and the k-anonymity outcome (no real IDs).
+
+    A participant the registry says withdrew is marked so in the linkage table; every session of a marked
+    subject is withheld (consent:withdrawn) for good, and their data in `work_dir` and `private_dir` are
+    removed (bidsafe.withdrawal), right after the mark, so that a later failure cannot skip it.
     """
     index_tsv, inbox, private_dir, out_dir = Path(index_tsv), Path(inbox), Path(private_dir), Path(out_dir)
     _check_apart(private_dir, out_dir)
@@ -457,6 +487,7 @@ def run_pseudonymise(
 
     identities: list[StudyIdentity] = []
     problems: dict[str, str] = {}
+    withdrawn_uids: list[str] = []
     for study in studies:
         patient_id = study.patient_ids[0] if len(study.patient_ids) == 1 else ""
         if not study.patient_ids:
@@ -464,6 +495,8 @@ def run_pseudonymise(
         elif len(study.patient_ids) > 1:
             problems[study.uid] = REASON_CONFLICTING_IDS
         record = registry.lookup(patient_id) if (registry is not None and patient_id) else None
+        if record is not None and record.withdrawn:
+            withdrawn_uids.append(study.uid)
         if record is not None and record.study_id:
             identity = f"study:{record.study_id}"
         elif patient_id:
@@ -477,7 +510,13 @@ def run_pseudonymise(
             identifiers=_identifiers(study.header, study.patient_ids, record),
         ))
 
-    _key, labels = update_linkage(private_dir, identities, settings.scheme)
+    _key, labels = update_linkage(private_dir, identities, settings.scheme, withdrawn_uids)
+    withdrawn = linkage_withdrawn(private_dir)
+    if withdrawn:
+        from bidsafe.withdrawal import remove_withdrawn
+
+        # without a work_dir (a direct call) only this stage's own folder is cleaned besides private_dir
+        remove_withdrawn(Path(work_dir) if work_dir is not None else out_dir, private_dir, withdrawn)
 
     decisions: list[SessionDecision] = []
     metadata_inputs: list[meta.SessionMetadataInput] = []
@@ -486,7 +525,10 @@ def run_pseudonymise(
         site_reason = site_decision(
             site, subject=subject, session=session, patient_ids=study.patient_ids, study_uid=study.uid,
             patient_name=str(study.header.get("PatientName", "") or "") if study.header is not None else "")
-        if site_reason is not None:
+        if subject in withdrawn:
+            # before the site's exclusions: withdrawal decides what is removed, whatever else applies
+            included, reason = False, consent_mod.REASON_WITHDRAWN
+        elif site_reason is not None:
             included, reason = False, site_reason
         elif study.uid in problems:
             included, reason = False, problems[study.uid]
@@ -508,7 +550,7 @@ def run_pseudonymise(
                                        quasi_identifiers=settings.quasi_identifiers, bins=settings.bins)
     rendered = meta.render_metadata(tables, outcome)
 
-    _write_private_session_lists(private_dir, studies, labels, decisions)
+    _write_private_session_lists(private_dir, studies, labels, decisions, withdrawn)
     meta.write_metadata(out_dir, rendered)
     summary = _summary(settings, registry, decisions, outcome, tables)
     write_if_changed(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -523,18 +565,21 @@ def _check_apart(private_dir: Path, out_dir: Path) -> None:
 
 
 def _write_private_session_lists(private_dir: Path, studies: Sequence[_Study],
-                                 labels: Mapping[str, tuple[str, str]], decisions: Sequence[SessionDecision]) -> None:
+                                 labels: Mapping[str, tuple[str, str]], decisions: Sequence[SessionDecision],
+                                 withdrawn: set[str] | frozenset[str] = frozenset()) -> None:
     by_label = {(d.subject, d.session): d for d in decisions}
     sessions_root = ensure_private_dir(private_dir / "sessions")
     rows = []
     for study in studies:
         subject, session = labels[study.uid]
         decision = by_label[(subject, session)]
+        rows.append((subject, session, study.uid, "yes" if decision.included else "no", decision.reason,
+                     str(len(study.relpaths))))
+        if subject in withdrawn:
+            continue  # a withdrawn participant's inbox paths are not kept (nothing reads them again)
         folder = ensure_private_dir(ensure_private_dir(sessions_root / f"sub-{subject}") / f"ses-{session}")
         # escaped (bidsafe.filelist): a name with a newline or bytes that are not UTF-8 must come back whole
         write_if_changed(folder / "files.txt", file_list_text(study.relpaths), mode=FILE_MODE)
-        rows.append((subject, session, study.uid, "yes" if decision.included else "no", decision.reason,
-                     str(len(study.relpaths))))
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(SESSIONS_COLUMNS)

@@ -429,11 +429,14 @@ def _leak_gate(inputs: Mapping[str, object]):
     session so that each value names its sessions; the harvest and the findings (values) stay private."""
     from bidsafe.release import gates
     from bidsafe.release.leakscan import harvest_sessions, save_harvest
+    from bidsafe.withdrawal import withdrawn_session_files
 
     sessions_dir = inputs.get("sessions_dir")
     # QA/phantom sessions (config `qa_sessions`; never released): their placeholder identities ("phantom",
     # "dicom") are no needles. Every released file is still scanned.
     skip = qa_session_files(inputs.get("sessions_tsv"), sessions_dir)
+    # a withdrawn participant's files neither: their values must not be collected into private_dir again
+    skip |= withdrawn_session_files(inputs.get("sessions_tsv"), inputs.get("index"), inputs.get("inbox"))
     rows, origins = harvest_sessions(
         Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None, skip=skip
     )

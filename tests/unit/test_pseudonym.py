@@ -278,7 +278,8 @@ def test_withdrawn_participant_disappears_from_the_next_run(site: Site):
     assert included_sessions(site.private / "pseudonymise" / "sessions.tsv") == []
     assert (site.out / "participants.tsv").read_text() == "participant_id\tsex\tage\n"
     assert not (site.out / f"sub-{subject}").exists()
-    assert {r.subject for r in site.linkage()} >= {subject}  # the linkage keeps the label for re-consent
+    # the linkage keeps the label, marked withdrawn (never reused, never re-added: see test_withdrawal.py)
+    assert {r.subject: r.withdrawn != "" for r in site.linkage() if r.subject == subject} == {subject: True}
 
 
 def test_missing_key_with_existing_table_fails_clearly_and_makes_no_new_key(site: Site):

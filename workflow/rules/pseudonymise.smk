@@ -9,6 +9,8 @@ checkpoint pseudonymise:
     params:
         inbox=INBOX,
         private_dir=PRIVATE,
+        # a withdrawn participant's intermediates are removed from here (bidsafe.withdrawal)
+        work_dir=WORK,
         settings={k: config.get(k) for k in ("consent", "demographics", "pseudonyms", "release", "participants", "sessions", "qa_sessions")},
     log:
         LOGS / "pseudonymise" / "pseudonymise.log",

@@ -10,6 +10,7 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         Path(snakemake.params.private_dir),  # noqa: F821
         Path(snakemake.output.participants),  # noqa: F821
         snakemake.params.settings,  # noqa: F821
+        work_dir=Path(snakemake.params.work_dir),  # noqa: F821 (a withdrawn participant's data are removed)
     )
     for decision in result.decisions:
         log.info("sub-%s ses-%s: %s", decision.subject, decision.session, decision.reason or "included")
