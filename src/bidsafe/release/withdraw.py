@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.fsutil import atomic_write_json, atomic_write_text
+from bidsafe.fsutil import atomic_write_text
 from bidsafe.progress import Progress
 from bidsafe.release.assemble import LATEST, link_or_copy, published_versions, released_sessions
 from bidsafe.release.manifest import RELEASE_MARKERS, SHAREABLE_NAME, iter_release_files, write_manifest
-from bidsafe.release.publish import LOCK_NAME  # one publisher or rewriter at a time per release folder
+from bidsafe.release.publish import LOCK_NAME, write_shareable  # one publisher or rewriter at a time per release folder
 from bidsafe.withdrawal import label_pattern
 
 log = logging.getLogger("bidsafe")
@@ -211,7 +211,7 @@ def build_version(plan: VersionPlan, subject: str, tmp: Path, now: datetime) -> 
     record = _shareable(old, subject, len(plan.sessions), now.strftime("%Y-%m-%dT%H:%M:%SZ"))
     record["manifest"] = {**record.get("manifest", {}), "sha256": manifest_sha256, "files": len(digests),
                           "bytes": sum((tmp / rel).stat().st_size for rel in digests)}
-    atomic_write_json(tmp / SHAREABLE_NAME, record)  # last, as publish does
+    write_shareable(tmp, record)  # last, as publish does; sealed, so `bidsafe verify` notices an edit
     _fsync_dir(tmp)
 
 
