@@ -229,6 +229,8 @@ def deface_stage(
     failing the run."""
     from bidsafe.deface.engine import deface_session
 
+    kept: list[dict[str, Any]] = []  # a refused session's records: what each guard measured, kept for the report
+
     def work() -> dict[str, Any]:
         Path(pictures_dir).mkdir(parents=True, exist_ok=True)
         try:
@@ -237,6 +239,7 @@ def deface_stage(
                 exempt=list(exempt or {}), also=list(suffixes),
             )
         except GuardError as exc:
+            kept.extend(getattr(exc, "records", []))
             raise SessionWithheld("deface:refused", f"deface guard: {exc.message}") from exc
         return {"images": len(records)}
 
@@ -245,7 +248,7 @@ def deface_stage(
             pass
         # the pictures of a refused session are kept: they show why the guard tripped (QC area, not released)
         Path(pictures_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(records_json, [])
+        atomic_write_json(records_json, kept)
 
     return run_session_stage("deface", status_json, upstream_status, work, write_empty, "deface:refused")
 

@@ -397,7 +397,8 @@ def test_pipeline_stage_withholds_the_session_and_says_why(tmp_path, giant_head)
                           records_json=stage_dir / "records.json", pictures_dir=stage_dir / "qc",
                           engine="builtin")
     assert status["status"] == WITHHELD and "deface guard" in str(status["reason"])
-    assert json.loads((stage_dir / "records.json").read_text()) == []
+    (kept,) = json.loads((stage_dir / "records.json").read_text())  # the refused image: its guard values
+    assert kept["refused"] is True and kept["guards"]["failures"] and "sha256" not in kept
     assert not any((stage_dir / "bids").rglob("*.nii.gz"))  # nothing of the session goes on
     included, withheld = sessions_passing_deface([stage_dir / "status.json"])
     assert included == [] and [(w.subject, w.session) for w, _ in withheld] == [("01", "1")]

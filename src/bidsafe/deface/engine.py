@@ -56,9 +56,52 @@ class DefaceRecord:
     matrix: list[list[float]] = field(default_factory=list)  # subject world -> template world (RAS mm)
     template_sha256: str = tpl.EXPECTED_TEMPLATE_SHA256
     notes: list[str] = field(default_factory=list)
+    guards: dict = field(default_factory=dict)  # every guard's value, threshold and failures (GuardReport.as_dict)
+    refused: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class DefaceRefused(GuardError):
+    """A guard tripped: nothing was written. `records` holds, for each image concerned, what the guards measured
+    (for the pipeline's records.json); the message names the guard values too (exit 3 output)."""
+
+    def __init__(self, message: str, path: str | Path | None, records: list[dict]) -> None:
+        super().__init__(message, path)
+        self.records = records
+
+
+def guard_values_text(values: dict) -> str:
+    """One line with every guard's value and its threshold, from GuardReport.as_dict()."""
+    limits = values.get("limits") or {}
+
+    def num(value: object, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{float(value):.{digits}f}"  # type: ignore[arg-type]
+
+    svs = ", ".join(num(v) for v in values.get("singular_values") or [])
+    low, high = limits.get("singular_range") or (None, None)
+    return (
+        f"guard values: singular values {svs} (allowed [{low}, {high}]); shear {num(values.get('shear'))} "
+        f"(max {limits.get('max_shear')}); two-initialisation face-mask Dice {num(values.get('agreement_dice'))} "
+        f"(min {limits.get('min_agreement_dice')}); eroded template brain removed "
+        f"{values.get('brain_voxels_removed')} voxels (max {limits.get('max_brain_voxels_removed')}); "
+        f"metric {num(values.get('metric'), 4)} (max {limits.get('max_metric')})"
+    )
+
+
+def refused_record(label: str, estimate: RemovalEstimate) -> dict:
+    """The record of an image a guard refused: the same guard fields as a DefaceRecord, no output."""
+    values = estimate.guard_values
+    return {
+        "path": label, "input": label, "refused": True, "engine": estimate.engine,
+        "singular_values": values["singular_values"], "shear": values["shear"],
+        "agreement_dice": values["agreement_dice"], "brain_voxels_removed": values["brain_voxels_removed"],
+        "brain_cm3_removed": values["brain_cm3_removed"], "metric": values["metric"],
+        "volumes": estimate.volumes, "seconds": round(estimate.seconds, 2),
+        "matrix": [[round(float(v), 6) for v in row] for row in estimate.matrix],
+        "notes": list(estimate.notes), "guards": values,
+    }
 
 
 @dataclass
@@ -355,7 +398,10 @@ def deface_image(
     if progress is not None:
         progress.advance()
     if estimate.failures:
-        raise GuardError(f"deface refused ({estimate.engine}): " + "; ".join(estimate.failures), label)
+        raise DefaceRefused(
+            f"deface refused ({estimate.engine}): " + "; ".join(estimate.failures) + " | "
+            + guard_values_text(estimate.guard_values), label, [refused_record(label, estimate)],
+        )
     img = load_nifti(in_path)
     data = defaced_bytes(in_path, img, estimate.removal, gzipped=out_path.name.endswith(".gz"))
     if qc_png is not None:
@@ -385,6 +431,7 @@ def deface_image(
         seconds=round(time.monotonic() - started, 2),
         matrix=[[round(float(v), 6) for v in row] for row in estimate.matrix],
         notes=estimate.notes,
+        guards=estimate.guard_values,
     )
 
 
@@ -432,7 +479,8 @@ def deface_session(
     """Copy a session's BIDS tree to `out_dir` with every target image (`deface_targets`) defaced, atomically.
 
     Every image is tried so the error names all that failed; if any guard trips nothing is written
-    (`out_dir` and `records_json` stay as they were) and GuardError names the images.
+    (`out_dir` and `records_json` stay as they were) and DefaceRefused names the images and carries every
+    image's record (the refused ones with `refused: true`) for the caller to keep.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
@@ -440,6 +488,7 @@ def deface_session(
     targets = set(deface_targets(in_dir, exempt, also))
     records: list[DefaceRecord] = []
     refused: list[str] = []
+    refused_records: list[dict] = []
     with atomic_dir(out_dir) as staging:
         for path in sorted(in_dir.rglob("*")):
             relative = path.relative_to(in_dir)
@@ -457,12 +506,19 @@ def deface_session(
                                       name=relative.as_posix())
             except GuardError as exc:
                 refused.append(f"{relative.as_posix()}: {exc.message}")  # its path once, not twice
+                refused_records.extend(getattr(exc, "records", []))
                 continue
             records.append(record)
         if refused:
-            raise GuardError("session withheld, defacing refused for " + " | ".join(refused), in_dir.name)
-    atomic_write_json(records_json, [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records])
+            raise DefaceRefused("session withheld, defacing refused for " + " || ".join(refused), in_dir.name,
+                                [*session_records(records), *refused_records])
+    atomic_write_json(records_json, session_records(records))
     return records
+
+
+def session_records(records: list[DefaceRecord]) -> list[dict]:
+    """records.json entries: each record with its released path and the output's SHA-256 up front."""
+    return [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records]
 
 
 def _stem(relative: Path) -> str:

@@ -34,6 +34,7 @@ class GuardReport:
     brain_cm3_removed: float = 0.0
     metric: float | None = None
     failures: list[str] = field(default_factory=list)
+    limits: dict[str, object] = field(default_factory=dict)  # each guard's threshold as applied (for the record)
 
     def as_dict(self) -> dict:
         return {
@@ -44,6 +45,7 @@ class GuardReport:
             "brain_cm3_removed": round(self.brain_cm3_removed, 3),
             "metric": None if self.metric is None else round(self.metric, 4),
             "failures": list(self.failures),
+            "limits": dict(self.limits),
         }
 
 
@@ -63,6 +65,7 @@ def check_linear(matrix: np.ndarray, report: GuardReport) -> None:
     values = singular_values(matrix)
     report.singular_values = [float(v) for v in values]
     low, high = SINGULAR_RANGE
+    report.limits.update(singular_range=[low, high], max_shear=MAX_SHEAR)
     if values.min() < low or values.max() > high or np.linalg.det(matrix[:3, :3]) <= 0:
         report.failures.append(
             f"implausible scale: singular values {', '.join(f'{v:.3f}' for v in values)} outside [{low}, {high}]"
@@ -75,6 +78,7 @@ def check_linear(matrix: np.ndarray, report: GuardReport) -> None:
 
 def check_agreement(dice: float | None, report: GuardReport) -> None:
     report.agreement_dice = dice
+    report.limits["min_agreement_dice"] = MIN_AGREEMENT_DICE
     if dice is not None and dice < MIN_AGREEMENT_DICE:
         report.failures.append(
             f"registrations from two initialisations disagree (face-mask Dice {dice:.3f} < {MIN_AGREEMENT_DICE})"
@@ -83,6 +87,7 @@ def check_agreement(dice: float | None, report: GuardReport) -> None:
 
 def check_metric(metric: float | None, report: GuardReport) -> None:
     report.metric = metric
+    report.limits["max_metric"] = MAX_METRIC
     if metric is not None and (not np.isfinite(metric) or metric > MAX_METRIC):
         report.failures.append(f"poor image match after registration (metric {metric:.3f} > {MAX_METRIC})")
 
@@ -126,6 +131,7 @@ def check_brain(
     voxel_cm3 = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     report.brain_voxels_removed = int(removed_brain.sum())
     report.brain_cm3_removed = report.brain_voxels_removed * voxel_cm3
+    report.limits["max_brain_voxels_removed"] = MAX_BRAIN_VOXELS_REMOVED
     if report.brain_voxels_removed > MAX_BRAIN_VOXELS_REMOVED:
         report.failures.append(
             f"face mask reaches the brain ({report.brain_voxels_removed} voxels, "
