@@ -315,7 +315,7 @@ def line(row: dict) -> str:
             f"{extra:12} {rot:11}")
     if "error" in row:
         return f"{head} ERROR {row['error']}"
-    verdict = "accepted" if row["verdict"] == "pass" else "REFUSED"
+    verdict = "accepted" if row["verdict"] == "pass" else f"REFUSED ({guard_summary(row['guards'])})"
     return (f"{head} {row['dice']:5.3f} {row['brain_removed_cm3']:6.2f} {row['colin_brain_removed_cm3']:6.2f} "
             f"{row['face_left_cm3']:5.1f} {row['matrix_error_mm']:5.1f} {row['seconds']:5.1f} {row['rss_mb']:5.0f}"
             f"  {verdict}")
