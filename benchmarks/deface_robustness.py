@@ -338,6 +338,7 @@ def summary(rows: list[dict]) -> list[str]:
     accepted = [r for r in done if r["verdict"] == "pass"]
     refused = [r for r in done if r["verdict"] != "pass"]
     speed = [r["seconds"] for r in done if is_1mm_t1(r["spec"])]
+    cpu = [r["cpu"] for r in done if is_1mm_t1(r["spec"])]  # one thread: CPU seconds = seconds on an idle core
     lines.append(
         f"summary: {len(done)} cases, refused {len(refused)} ({len(refused) / len(done):.0%}), errors {len(errors)}; "
         f"accepted with brain removed (> 0 cm3 of the reference template brain) "
@@ -350,8 +351,10 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append(f"accepted: median Dice {np.median(dice):.3f}, worst Dice {min(dice):.3f} "
                      f"({min(accepted, key=lambda r: r['dice'])['name']})")
     rss = [r["rss_mb"] for r in done]
-    lines.append(f"median s per 1 mm T1 (3D, {len(speed)} cases): {np.median(speed) if speed else float('nan'):.1f} s; "
-                 f"median s all cases {np.median([r['seconds'] for r in done]):.1f}; "
+    lines.append(f"median per 1 mm T1 (3D, {len(speed)} cases): {np.median(speed) if speed else float('nan'):.1f} s "
+                 f"wall, {np.median(cpu) if cpu else float('nan'):.1f} s CPU (whole process); "
+                 f"median all cases {np.median([r['seconds'] for r in done]):.1f} s wall, "
+                 f"{np.median([r['cpu'] for r in done]):.1f} s CPU; "
                  f"peak memory {max(rss):.0f} MB (median {np.median(rss):.0f})")
     for source in SOURCES:
         mine = [r for r in done if r["spec"]["source"] == source]
