@@ -89,13 +89,15 @@ class Spec:
     noise: float  # Rician sigma as a fraction of the head's 99th percentile
     bias: float  # peak-to-peak amplitude (log) of a smooth multiplicative field
     dtype: str
+    size: float = 1.0  # head size factor (1 = the source as distributed; rigid poses by default)
 
 
-def make_specs(count: int, seed: int) -> list[Spec]:
+def make_specs(count: int, seed: int, size_range: tuple[float, float] = (1.0, 1.0)) -> list[Spec]:
     """Deterministic cases for a seed; case rNN is the same whatever `count` is. Orientation codes run through
     a seeded permutation of all 48; each block of 8 cases holds every (source, field of view) pair once; voxel
     grids cycle through isotropic fine (0.7-1.2), exactly 1 mm (the speed reference), isotropic coarse (1.2-3)
-    and anisotropic (thick slices 1.5-3 mm along a random axis)."""
+    and anisotropic (thick slices 1.5-3 mm along a random axis). `size_range` (opt-in) also scales each head by a
+    factor drawn from its own stream, so every other property of a case stays the same."""
     codes = [str(c) for c in np.random.default_rng([seed, 48]).permutation(orientation_codes())]
     pairs = list(itertools.product(SOURCES, FOVS))
     specs = []
@@ -131,6 +133,8 @@ def make_specs(count: int, seed: int) -> list[Spec]:
             noise=round(float(rng.uniform(0.01, 0.05)), 3),
             bias=round(float(rng.uniform(0.0, 0.4)), 3),
             dtype="float32" if index % 5 == 4 else "int16",
+            size=round(float(np.random.default_rng([seed, index, 2]).uniform(*size_range)), 3)
+            if size_range[0] != size_range[1] else float(size_range[0]),
         ))
     return specs
 
@@ -174,9 +178,10 @@ def _head_points(image: np.ndarray, affine: np.ndarray, level: float, step: int 
 
 
 def pose_matrix(rotation: tuple[float, float, float], shift: tuple[float, float, float],
-                centre: np.ndarray) -> np.ndarray:
-    """A: source world -> case world; a rotation about the head centre, then a shift."""
+                centre: np.ndarray, size: float = 1.0) -> np.ndarray:
+    """A: source world -> case world; a rotation (and size factor) about the head centre, then a shift."""
     linear = rotation_matrix("x", rotation[0]) @ rotation_matrix("y", rotation[1]) @ rotation_matrix("z", rotation[2])
+    linear = linear @ np.diag([size, size, size, 1.0])
     back = np.eye(4)
     back[:3, 3] = centre + np.asarray(shift)
     to_centre = np.eye(4)
@@ -234,7 +239,7 @@ def t2_like(image: np.ndarray, tissue: np.ndarray) -> np.ndarray:
 def build_case(spec: Spec, head: Head, out_dir: Path, seed: int) -> dict:
     """Write the case image and its reference masks (npz, the keys deface_accuracy.run_case reads)."""
     rng = np.random.default_rng(seed)
-    pose = pose_matrix(spec.rotation, spec.shift, head_centre(head))
+    pose = pose_matrix(spec.rotation, spec.shift, head_centre(head), spec.size)
     grid, shape = case_grid(spec, head, pose)
     voxel = np.asarray(spec.voxel)
     source = np.linalg.inv(pose) @ grid  # case voxel -> source world
@@ -311,6 +316,8 @@ def line(row: dict) -> str:
     voxel = "x".join(f"{v:.2g}" for v in spec["voxel"])
     extra = f"{spec['contrast']}{'/4D' if spec['volumes'] > 1 else ''}/{spec['dtype'][:3]}"
     rot = "/".join(f"{v:+.0f}" for v in spec["rotation"])
+    if spec.get("size", 1.0) != 1.0:
+        extra += f"/x{spec['size']:.2f}"
     head = (f"{spec['name']:4} {spec['source']:8} {spec['orientation']:3} {spec['fov']:8} {voxel:13} "
             f"{extra:12} {rot:11}")
     if "error" in row:
@@ -375,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=60)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--only", nargs="*", metavar="ID", help="case names to run (e.g. r07)")
+    parser.add_argument("--size-range", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="opt-in: scale each head by a factor from this range (default: rigid poses only)")
     parser.add_argument("--jobs", type=int, default=1, help="cases run at the same time (each defacing: 1 thread)")
     parser.add_argument("--keep", type=Path, help="keep work files in this folder")
     parser.add_argument("--cache", type=Path,
@@ -383,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(f"machine: {machine()}")
-    specs = make_specs(args.cases, args.seed)
+    specs = make_specs(args.cases, args.seed, tuple(args.size_range))
     if args.only:
         specs = [s for s in specs if s.name in set(args.only)]
     work = args.keep or Path(tempfile.mkdtemp(prefix="deface-robust-"))
