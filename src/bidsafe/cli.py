@@ -356,11 +356,15 @@ def _run(sub: argparse._SubParsersAction) -> None:
         "`bidsafe run --configfile site.yaml --cores 8 converted -- --forcerun convert`.",
         epilog=exit_codes((0, "every job finished (Snakemake's exit code)"),
                           (1, "a job failed (Snakemake's exit code; the report and the terminal summary say which)"),
-                          (2, "the config has problems (one line each; nothing was run)")),
+                          (2, "the config has problems (one line each; nothing was run)"),
+                          (75, "another bidsafe run on this site (same private_dir) is in progress; nothing was "
+                           "done (EX_TEMPFAIL: a timer or cron line simply tries again later)")),
     )
     p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
     p.add_argument("--cores", default="all", metavar="N", help="cores Snakemake may use (default: all)")
     p.add_argument("-n", "--dry-run", action="store_true", help="list the jobs that would run, run none")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run on this site is in progress, wait for it to finish instead of exiting 75")
     p.add_argument(
         "snakemake",
         nargs=argparse.REMAINDER,
