@@ -74,6 +74,9 @@ class DropFile:
     size: int
     mtime_ns: int
     ctime_ns: int
+    # from the header, to name the copy in the inbox by keyed hashes (not part of the listing)
+    series_uid: str = field(default="", compare=False)
+    sop_uid: str = field(default="", compare=False)
 
     @property
     def newest_s(self) -> float:
@@ -184,12 +187,12 @@ def listing_signature(key: bytes, files: Iterable[DropFile]) -> str:
     return keyed_digest(key, "drop-listing", "\n".join(lines)).hex()[:32]
 
 
-def _stat(folder: Path, relpath: str) -> DropFile | None:
+def _stat(folder: Path, relpath: str, series_uid: str = "", sop_uid: str = "") -> DropFile | None:
     try:
         st = os.lstat(folder / relpath)
     except OSError:  # vanished since the walk: the next poll sees the change
         return None
-    return DropFile(relpath, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return DropFile(relpath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, series_uid, sop_uid)
 
 
 def scan_drop(folder: Path) -> tuple[dict[str, list[DropFile]], list[tuple[DropFile, str]]]:
@@ -202,7 +205,7 @@ def scan_drop(folder: Path) -> tuple[dict[str, list[DropFile]], list[tuple[DropF
     rows, quarantine, _summary = scan_inbox(folder)
     studies: dict[str, list[DropFile]] = {}
     for row in rows:
-        item = _stat(folder, row.relpath)
+        item = _stat(folder, row.relpath, row.series_uid, row.sop_uid)
         if item is not None:
             studies.setdefault(row.study_uid, []).append(item)
     others = []
@@ -293,10 +296,10 @@ def poll_drop(
                  "first_receipt": _iso(entry["first_seen"]), "last_receipt": _iso(entry["changed_at"])}
         try:
             part, kept = _hand_over_one(settings, key, skey, files, info_, hand_over, state)
-        except (OSError, BidsafeError) as exc:
+        except (OSError, ValueError, BidsafeError) as exc:
             # the originals stay; the study is tried again at the next poll
             log.error("drop: study %s could not be handed over (%s); its files stay in the drop",
-                      skey, exc.strerror if isinstance(exc, OSError) else exc.message)
+                      skey, _reason(exc))
             result.failed.append(skey)
             continue
         result.handed.append((skey, part, len(files)))
@@ -313,7 +316,7 @@ def _hand_over_one(settings: DropSettings, key: bytes, skey: str, files: list[Dr
     """Copy, hand over, remember, then remove the originals that are unchanged. Returns (part, originals kept)."""
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=state_dir(settings.private_dir)))
     try:
-        copies = _copy_to_staging(settings.folder, files, staging)
+        copies = _copy_to_staging(settings.folder, files, staging, key)
         part = hand_over(copies, settings.inbox, skey, info_)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -338,12 +341,15 @@ def _hand_over_one(settings: DropSettings, key: bytes, skey: str, files: list[Dr
     return part, kept
 
 
-def _copy_to_staging(folder: Path, files: Sequence[DropFile], staging: Path) -> list[Path]:
-    """Copy each file under a neutral name (drop names may be a patient's; basenames repeat across series
-    folders), refusing one that changed while it was read."""
+def _copy_to_staging(folder: Path, files: Sequence[DropFile], staging: Path, key: bytes) -> list[Path]:
+    """Copy each file as `<series hash>/<instance hash>.dcm` (the handoff keeps the last two parts of a name, and
+    drop names may be a patient's), refusing one that changed while it was read."""
+    from bidsafe.handoff import instance_filename, series_dirname
+
     copies = []
-    for number, item in enumerate(sorted(files, key=lambda f: f.relpath), start=1):
-        target = staging / f"{number:06d}.dcm"
+    for item in sorted(files, key=lambda f: f.relpath):
+        target = staging / series_dirname(key, item.series_uid) / instance_filename(key, item.sop_uid)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
         source = folder / item.relpath
         with open(source, "rb") as src, open(target, "xb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -377,6 +383,15 @@ def _write_report(private_dir: Path, others: Sequence[tuple[DropFile, str]]) -> 
     lines = ["relpath\treason\n"] + [f"{escape_name(item.relpath)}\t{reason}\n"
                                      for item, reason in sorted(others, key=lambda o: o[0].relpath)]
     private_write_text(state_dir(private_dir) / REPORT_NAME, "".join(lines))
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, without a path (an OSError's message names the file)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, BidsafeError):
+        return exc.message
+    return str(exc)
 
 
 def _iso(seconds: float) -> str:

@@ -21,7 +21,7 @@ from deid_testing import mr_dataset, write
 from bidsafe.cli import main
 from bidsafe.drop import REPORT_NAME, DropSettings, PollResult, drop_settings, poll_drop, summary_line
 from bidsafe.errors import ConfigError
-from bidsafe.handoff import hand_over_study, study_key
+from bidsafe.handoff import hand_over_study, series_dirname, study_key
 
 KEY = bytes(range(32))
 UID_A = "1.2.826.0.1.3680043.9.7777.41"
@@ -75,9 +75,12 @@ def test_ready_after_the_quiet_period_and_handed_over_once(site: DropSettings, c
     assert [(k, p.name, n) for k, p, n in ready.handed] == [(key_a, "part-001", 3)]
     part = site.inbox / key_a / "part-001"
     record = manifest(part)
-    assert record["instances"] == 3 and record["source"] == "drop"
+    assert record["instances"] == 3 and record["info"]["source"] == "drop"
+    assert record["info"]["calling_ae"] is None and record["info"]["first_receipt"] <= record["info"]["last_receipt"]
     assert sorted(f["sha256"] for f in record["files"]) == digests
-    assert sorted(sha(p) for p in part.iterdir() if p.name != "manifest.json") == digests
+    copies = [p for p in part.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    assert sorted(sha(p) for p in copies) == digests
+    assert all(p.relative_to(part).parts[0] == series_dirname(KEY, UID_A + ".2") for p in copies)
     # the originals are gone, with the folders they left empty; the drop folder itself stays
     assert list(site.folder.iterdir()) == []
     assert ready.removed == 3 and ready.kept == 0
