@@ -385,8 +385,8 @@ def _watch_drop(sub: argparse._SubParsersAction) -> None:
         "private report private_dir/drop/left-in-drop.tsv. Prints counts and keyed study keys only. Without "
         "--once it looks every `drop.poll_seconds` until stopped.",
         epilog=exit_codes((0, "the look(s) finished (studies still waiting for their quiet period included)"),
-                          (1, "a study could not be handed over (its files stay in the drop; the next look "
-                           "tries again)"),
+                          (1, "a study could not be handed over, or the drop folder could not be read (its "
+                           "files stay in the drop; the next look tries again)"),
                           (2, "the config has problems, or drop.folder is missing or overlaps a data area"),
                           (75, "another bidsafe watch-drop on this site is running; nothing was done")),
     )

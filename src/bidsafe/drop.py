@@ -26,9 +26,11 @@ must leave nothing ingest could read) and handed over. Only then, and only for f
 ctime are still what was copied, are the drop's originals removed (unless `drop.keep_originals`). Files handed
 over are remembered by a keyed fingerprint (path, size, mtime), so a kept original is never handed over twice,
 and a file added later for the same study is handed over as its next part. Files that are not usable image
-DICOM (notes, DICOMDIR, non-image objects, truncated or unreadable files, links, duplicates of an instance in
-another file) are never handed over and never removed: they are listed with the reason in a private report
-(`private_dir/drop/left-in-drop.tsv`), by count on the console.
+DICOM (notes, DICOMDIR, non-image objects, truncated or unreadable files, links) and duplicates (an instance
+in another file of the drop, or in the inbox already: the same SOP Instance UID, as the receiver counts them)
+are never handed over and never removed: they are listed with the reason in a private report
+(`private_dir/drop/left-in-drop.tsv`), by count on the console. Folders whose name starts with '.' are not
+looked into (ingest's walk skips them: that is where a hand-over is built).
 
 Nothing identifying is printed or logged: studies are named by their keyed study key, never by UID, name
 or path.
@@ -61,6 +63,7 @@ STATE_NAME = "state.json"
 REPORT_NAME = "left-in-drop.tsv"
 STAGING_PREFIX = "staging-"
 UNSORTED = "unsorted"
+REASON_IN_INBOX = "duplicate: this SOP instance is in the inbox already (handed over before)"
 _STATE_VERSION = 1
 
 HandOver = Callable[[Sequence[Path], Path, str, Mapping[str, object]], Path]
@@ -187,6 +190,15 @@ def listing_signature(key: bytes, files: Iterable[DropFile]) -> str:
     return keyed_digest(key, "drop-listing", "\n".join(lines)).hex()[:32]
 
 
+def in_inbox(inbox: Path, key: bytes, skey: str, item: DropFile) -> bool:
+    """Whether this SOP instance of the study is in one of its parts already (handed over from the drop or by
+    the receiver: both name an instance by its keyed hash, `bidsafe.handoff`)."""
+    from bidsafe.handoff import instance_filename, series_dirname
+
+    name = Path(series_dirname(key, item.series_uid), instance_filename(key, item.sop_uid))
+    return any((part / name).exists() for part in (Path(inbox) / skey).glob("part-*"))
+
+
 def _stat(folder: Path, relpath: str, series_uid: str = "", sop_uid: str = "") -> DropFile | None:
     try:
         st = os.lstat(folder / relpath)
@@ -256,6 +268,9 @@ def poll_drop(
 
     hand_over = hand_over or hand_over_study
     now = time.time() if now is None else now
+    if not settings.folder.is_dir():
+        # an unmounted share looks like this: nothing is forgotten or handed over, the next look tries again
+        raise BidsafeError("drop.folder cannot be reached (an unmounted share?); nothing was done")
     private = ensure_private_dir(state_dir(settings.private_dir))
     _remove_stale_staging(private)
     state = load_state(settings.private_dir)
@@ -266,9 +281,17 @@ def poll_drop(
     result = PollResult()
     pending: dict[str, tuple[str, list[DropFile]]] = {}
     for uid, files in studies.items():
-        new = [f for f in files if file_fingerprint(key, f) not in handed]
+        skey = study_key(key, uid)
+        new = []
+        for item in files:
+            if file_fingerprint(key, item) in handed:
+                continue  # a kept original (keep_originals, or a removal that failed): handed over already
+            if in_inbox(settings.inbox, key, skey, item):
+                others.append((item, REASON_IN_INBOX))  # the same instance again: never a part of its own
+                continue
+            new.append(item)
         if new:
-            pending[study_key(key, uid)] = (uid, new)
+            pending[skey] = (uid, new)
 
     listings: dict[str, Any] = {}
     previous = state["listings"]
@@ -443,11 +466,19 @@ def cli_main(args: argparse.Namespace) -> int:
     lock = ensure_private_dir(state_dir(settings.private_dir)) / DROP_WATCH_LOCK
     with exclusive_lock(lock, what="another bidsafe watch-drop on this site"):
         while True:
-            result = poll_drop(settings, key)
-            if args.once or result.handed or result.failed:
-                info(summary_line(result))
-            if args.once:
-                return 1 if result.failed else 0
+            try:
+                result = poll_drop(settings, key)
+            except (BidsafeError, OSError) as exc:
+                if args.once:
+                    raise BidsafeError(f"the look at the drop failed: {_reason(exc)}") from None
+                # the loop outlives a share that is briefly away; the next look tries again
+                log.error("watch-drop: this look failed (%s); trying again in %d s", _reason(exc),
+                          settings.poll_seconds)
+            else:
+                if args.once or result.handed or result.failed:
+                    info(summary_line(result))
+                if args.once:
+                    return 1 if result.failed else 0
             time.sleep(settings.poll_seconds)
 
 

@@ -20,7 +20,7 @@ from deid_testing import mr_dataset, write
 
 from bidsafe.cli import main
 from bidsafe.drop import REPORT_NAME, DropSettings, PollResult, drop_settings, poll_drop, summary_line
-from bidsafe.errors import ConfigError
+from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.handoff import hand_over_study, series_dirname, study_key
 
 KEY = bytes(range(32))
@@ -211,7 +211,8 @@ def test_a_failed_hand_over_keeps_everything_and_is_retried(site: DropSettings) 
 
 
 def test_an_original_changed_during_the_hand_over_is_not_removed(site: DropSettings) -> None:
-    """Only what was handed over may be removed: a file rewritten meanwhile stays and goes as the next part."""
+    """Only what was handed over may be removed: a file rewritten meanwhile stays in the drop. Being the same SOP
+    instance (same UID) as the copy handed over, it is a duplicate, as for the receiver: reported, not a part."""
     t0 = time.time()
     one = put(site.folder, "a/1", UID_A, 1)
     two = put(site.folder, "a/2", UID_A, 2)
@@ -227,8 +228,10 @@ def test_an_original_changed_during_the_hand_over_is_not_removed(site: DropSetti
     rewritten = sha(two)
     poll_drop(site, KEY, now=t0 + 330)
     again = poll_drop(site, KEY, now=t0 + 640)
-    assert [(p.name, n) for _k, p, n in again.handed] == [("part-002", 1)]
-    assert [f["sha256"] for f in manifest(again.handed[0][1])["files"]] == [rewritten]
+    assert again.handed == [] and again.left == 1 and sha(two) == rewritten
+    assert parts(site.inbox) == [f"{study_key(KEY, UID_A)}/part-001"]
+    assert "a/2\tduplicate: this SOP instance is in the inbox already" in (
+        site.private_dir / "drop" / REPORT_NAME).read_text()
 
 
 def test_drop_folder_config(tmp_path: Path) -> None:
@@ -283,3 +286,37 @@ def test_poll_result_summary_names_keys_only() -> None:
     assert summary_line(result) == (
         "bidsafe watch-drop: 0 studies handed over; 1 waiting for the quiet period (the first in 42 s); "
         "2 files left in the drop (not image DICOM; see the private report drop/left-in-drop.tsv in private_dir)")
+
+
+def test_a_study_copied_twice_is_handed_over_once(site: DropSettings) -> None:
+    """The same instances again (a second copy of the export) are never a part of their own: left in the drop and
+    reported, not removed (they were not handed over)."""
+    t0 = time.time()
+    key_a = study_key(KEY, UID_A)
+    for n in (1, 2):
+        put(site.folder, f"first/{n}", UID_A, n)
+        put(site.folder, f"second/{n}", UID_A, n)
+    poll_drop(site, KEY, now=t0 + 10)
+    done = poll_drop(site, KEY, now=t0 + 320)
+    assert [(p.name, n) for _k, p, n in done.handed] == [("part-001", 2)]
+    assert sorted(p.relative_to(site.folder).as_posix() for p in site.folder.rglob("*") if p.is_file()) == [
+        "second/1", "second/2"]
+    for now in (t0 + 330, t0 + 640, t0 + 950):
+        assert poll_drop(site, KEY, now=now).handed == []
+    assert parts(site.inbox) == [f"{key_a}/part-001"]
+    report = (site.private_dir / "drop" / REPORT_NAME).read_text()
+    assert "second/1\tduplicate: this SOP instance is in the inbox already" in report
+    assert (site.folder / "second" / "1").is_file()
+
+
+def test_an_unreachable_drop_changes_nothing(site: DropSettings) -> None:
+    t0 = time.time()
+    put(site.folder, "a/1", UID_A, 1)
+    poll_drop(site, KEY, now=t0 + 10)
+    state = (site.private_dir / "drop" / "state.json").read_text()
+    gone = site.folder.rename(site.folder.with_name("unmounted"))
+    with pytest.raises(BidsafeError, match="cannot be reached"):
+        poll_drop(site, KEY, now=t0 + 320)
+    assert (site.private_dir / "drop" / "state.json").read_text() == state
+    gone.rename(site.folder)
+    assert len(poll_drop(site, KEY, now=t0 + 330).handed) == 1  # its quiet period was not lost
