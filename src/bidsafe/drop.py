@@ -113,17 +113,19 @@ class PollResult:
 
 def drop_settings(config: Mapping[str, Any]) -> DropSettings:
     """The `drop:` section of a checked site config, with the folder checked against the data areas."""
-    drop = config.get("drop") or {}
-    if not drop.get("folder"):
+    from bidsafe.config import schema_defaults
+
+    drop = {**schema_defaults("drop"), **(config.get("drop") or {})}  # the schema holds the defaults
+    if not drop["folder"]:
         raise ConfigError("config: drop.folder is not set: name the folder to watch in the site config's `drop:` "
                           "section (see config/README.md)")
     settings = DropSettings(
         folder=Path(drop["folder"]),
         inbox=Path(config["inbox"]),
         private_dir=Path(config["private_dir"]),
-        quiet_seconds=float(drop.get("quiet_seconds", 300)),
-        keep_originals=bool(drop.get("keep_originals", False)),
-        poll_seconds=float(drop.get("poll_seconds", 60)),
+        quiet_seconds=float(drop["quiet_seconds"]),
+        keep_originals=bool(drop["keep_originals"]),
+        poll_seconds=float(drop["poll_seconds"]),
     )
     check_drop_folder(settings.folder, {key: config[key] for key in ("inbox", "private_dir", "work_dir",
                                                                      "release_dir")})
