@@ -320,3 +320,21 @@ def test_an_unreachable_drop_changes_nothing(site: DropSettings) -> None:
     assert (site.private_dir / "drop" / "state.json").read_text() == state
     gone.rename(site.folder)
     assert len(poll_drop(site, KEY, now=t0 + 330).handed) == 1  # its quiet period was not lost
+
+
+def test_ingest_reads_the_handed_over_parts_as_one_study(site: DropSettings) -> None:
+    """What the drop hands over is what the pipeline's ingest indexes: one study, every instance of both parts,
+    nothing quarantined (the manifests are the handoff's records, not input)."""
+    from bidsafe.ingest import scan_inbox
+
+    t0 = time.time()
+    for n in (1, 2):
+        put(site.folder, f"a/{n}", UID_A, n)
+    poll_drop(site, KEY, now=t0 + 10)
+    poll_drop(site, KEY, now=t0 + 320)
+    put(site.folder, "a/3", UID_A, 3)
+    poll_drop(site, KEY, now=t0 + 330)
+    assert len(poll_drop(site, KEY, now=t0 + 640).handed) == 1
+    rows, quarantine, summary = scan_inbox(site.inbox)
+    assert quarantine == [] and summary.studies == 1
+    assert sorted(r.sop_uid for r in rows) == [f"{UID_A}.2.{n}" for n in (1, 2, 3)]
