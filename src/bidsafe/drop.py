@@ -209,14 +209,22 @@ def _stat(folder: Path, relpath: str, series_uid: str = "", sop_uid: str = "") -
     return DropFile(relpath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, series_uid, sop_uid)
 
 
-def scan_drop(folder: Path) -> tuple[dict[str, list[DropFile]], list[tuple[DropFile, str]]]:
+def scan_drop(folder: Path, private: Path | None = None
+              ) -> tuple[dict[str, list[DropFile]], list[tuple[DropFile, str]]]:
     """The drop's image DICOM files by StudyInstanceUID, and every other entry with why it is not handed over.
 
-    Ingest's own header read decides (one rule for both): what ingest would quarantine stays in the drop.
+    Ingest's own header read decides (one rule for both): what ingest would quarantine stays in the drop. With
+    `private` (the watcher's private folder) ingest's index of the drop is kept there and is the next look's
+    cache: a file whose (path, size, mtime) did not change is not opened again.
     """
-    from bidsafe.ingest import scan_inbox
+    from bidsafe.ingest import index_inbox, read_index, read_quarantine, scan_inbox
 
-    rows, quarantine, _summary = scan_inbox(folder)
+    if private is None:
+        rows, quarantine, _summary = scan_inbox(folder)
+    else:
+        index, quarantined = private / "index.tsv", private / "quarantine.tsv"
+        index_inbox(folder, index, quarantined, cache=index if index.exists() else None)
+        rows, quarantine = read_index(index), read_quarantine(quarantined)
     studies: dict[str, list[DropFile]] = {}
     for row in rows:
         item = _stat(folder, row.relpath, row.series_uid, row.sop_uid)
@@ -276,7 +284,7 @@ def poll_drop(
     private = ensure_private_dir(state_dir(settings.private_dir))
     _remove_stale_staging(private)
     state = load_state(settings.private_dir)
-    studies, others = scan_drop(settings.folder)
+    studies, others = scan_drop(settings.folder, private)
 
     present = {file_fingerprint(key, f) for files in studies.values() for f in files}
     handed = set(state["handed"]) & present  # forget files no longer in the drop
@@ -349,7 +357,7 @@ def _hand_over_one(settings: DropSettings, key: bytes, skey: str, files: list[Dr
     state["handed"] = sorted(set(state["handed"]) | {file_fingerprint(key, f) for f in files})
     state["listings"].pop(skey, None)  # a later file of this study starts a new listing (its next part)
     save_state(settings.private_dir, state)
-    log.info("drop: study %s handed over as %s (%d files)", skey, part.name, len(files))
+    log.debug("drop: study %s handed over as %s (%d files)", skey, part.name, len(files))
     if settings.keep_originals:
         return part, len(files)
     kept = 0

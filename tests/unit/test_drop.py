@@ -70,7 +70,7 @@ def test_ready_after_the_quiet_period_and_handed_over_once(site: DropSettings, c
     assert poll_drop(site, KEY, now=t0 + 200).waiting == {key_a: pytest.approx(110)}
     assert parts(site.inbox) == []
 
-    caplog.set_level(logging.INFO, logger="bidsafe")
+    caplog.set_level(logging.DEBUG, logger="bidsafe")
     ready = poll_drop(site, KEY, now=t0 + 310)
     assert [(k, p.name, n) for k, p, n in ready.handed] == [(key_a, "part-001", 3)]
     part = site.inbox / key_a / "part-001"
