@@ -78,6 +78,7 @@ class DropFile:
     mtime_ns: int
     ctime_ns: int
     # from the header, to name the copy in the inbox by keyed hashes (not part of the listing)
+    study_uid: str = field(default="", compare=False)
     series_uid: str = field(default="", compare=False)
     sop_uid: str = field(default="", compare=False)
 
@@ -201,12 +202,13 @@ def in_inbox(inbox: Path, key: bytes, skey: str, item: DropFile) -> bool:
     return any((part / name).exists() for part in (Path(inbox) / skey).glob("part-*"))
 
 
-def _stat(folder: Path, relpath: str, series_uid: str = "", sop_uid: str = "") -> DropFile | None:
+def _stat(folder: Path, relpath: str, study_uid: str = "", series_uid: str = "",
+          sop_uid: str = "") -> DropFile | None:
     try:
         st = os.lstat(folder / relpath)
     except OSError:  # vanished since the walk: the next poll sees the change
         return None
-    return DropFile(relpath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, series_uid, sop_uid)
+    return DropFile(relpath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, study_uid, series_uid, sop_uid)
 
 
 def scan_drop(folder: Path, private: Path | None = None
@@ -227,7 +229,7 @@ def scan_drop(folder: Path, private: Path | None = None
         rows, quarantine = read_index(index), read_quarantine(quarantined)
     studies: dict[str, list[DropFile]] = {}
     for row in rows:
-        item = _stat(folder, row.relpath, row.series_uid, row.sop_uid)
+        item = _stat(folder, row.relpath, row.study_uid, row.series_uid, row.sop_uid)
         if item is not None:
             studies.setdefault(row.study_uid, []).append(item)
     others = []
@@ -333,6 +335,7 @@ def poll_drop(
             # the originals stay; the study is tried again at the next poll
             log.error("drop: study %s could not be handed over (%s); its files stay in the drop",
                       skey, _reason(exc))
+            (private / "index.tsv").unlink(missing_ok=True)  # the next look reads every header afresh
             result.failed.append(skey)
             continue
         result.handed.append((skey, part, len(files)))
@@ -390,8 +393,27 @@ def _copy_to_staging(folder: Path, files: Sequence[DropFile], staging: Path, key
             os.fsync(dst.fileno())
         if _stat(folder, item.relpath) != item or target.stat().st_size != item.size:
             raise BidsafeError("a file changed while it was copied; the study waits for the next poll")
+        if _uids(target) != (item.study_uid, item.series_uid, item.sop_uid):
+            # the index (a cache keyed on path, size and mtime) was stale: what goes is what was read now
+            raise BidsafeError("a file is not the instance indexed; the study waits for the next poll")
         copies.append(target)
     return copies
+
+
+def _uids(path: Path) -> tuple[str, str, str]:
+    """The copy's own Study, Series and SOP Instance UIDs (header only)."""
+    import pydicom
+
+    from bidsafe.phi import quiet_pydicom
+
+    try:
+        with quiet_pydicom():
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+    except Exception:  # noqa: BLE001 - whatever it now is, it is not the instance indexed (message may quote it)
+        return ("", "", "")
+    return (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
+            str(ds.get("SOPInstanceUID", "")))
 
 
 def _remove_empty_parents(folder: Path, relpath: str) -> None:

@@ -338,3 +338,20 @@ def test_ingest_reads_the_handed_over_parts_as_one_study(site: DropSettings) -> 
     rows, quarantine, summary = scan_inbox(site.inbox)
     assert quarantine == [] and summary.studies == 1
     assert sorted(r.sop_uid for r in rows) == [f"{UID_A}.2.{n}" for n in (1, 2, 3)]
+
+
+def test_a_stale_index_entry_never_names_what_is_handed_over(site: DropSettings) -> None:
+    """The index cache is keyed on path, size and mtime: a file replaced by another instance of the same size with
+    the same (coarse) mtime keeps its old row. The copy's own header is checked before the hand-over."""
+    t0 = time.time()
+    path = put(site.folder, "x/1", UID_A, 1, mtime=t0 - 100)
+    poll_drop(site, KEY, now=t0 + 10)
+    put(site.folder, "x/1", UID_B, 1, mtime=t0 - 100)  # same size (UIDs of equal length), same mtime
+    assert path.stat().st_mtime == t0 - 100
+    poll_drop(site, KEY, now=t0 + 20)
+    refused = poll_drop(site, KEY, now=t0 + 330)
+    assert refused.failed == [study_key(KEY, UID_A)] and refused.handed == [] and path.is_file()
+    poll_drop(site, KEY, now=t0 + 340)  # read afresh: it is B's, a new listing
+    done = poll_drop(site, KEY, now=t0 + 650)
+    assert [k for k, _p, _n in done.handed] == [study_key(KEY, UID_B)]
+    assert parts(site.inbox) == [f"{study_key(KEY, UID_B)}/part-001"]
