@@ -7,9 +7,11 @@ A drop folder (a USB export copied over, a share a scanner console writes to) ge
 When is a study complete? Nothing says so: it is *ready* when its files have been quiet for
 `drop.quiet_seconds`. Quiet is judged by polling, with no inotify (it does not work on network shares):
 
-- Each poll lists the drop (ingest's walk: no link followed, no special file opened) and reads every file's
-  header (never its pixels) to group the files by StudyInstanceUID. A study's *listing* is its files' names,
-  sizes, mtimes and ctimes; the files that are not readable DICOM (yet) form one more listing, "unsorted".
+- Each poll lists the drop (ingest's walk: no link followed, no special file opened) and reads the files'
+  headers (never pixels) to group them by StudyInstanceUID; ingest's index of the drop, kept privately, spares
+  re-reading a file whose path, size and mtime did not change (each copy handed over is checked against its
+  own header, so a stale entry never names what goes). A study's *listing* is its files' names, sizes, mtimes
+  and ctimes; the files that are not readable DICOM (yet) form one more listing, "unsorted".
 - A listing that differs from the previous poll's has *changed now*, by this machine's clock (persisted in the
   private state, so `--once` from cron works like the loop). The file times themselves are compared only for
   change: on a share they may be coarse (2 s on FAT, 1 s elsewhere) or come from a server clock that is ahead
