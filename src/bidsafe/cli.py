@@ -356,11 +356,15 @@ def _run(sub: argparse._SubParsersAction) -> None:
         "`bidsafe run --configfile site.yaml --cores 8 converted -- --forcerun convert`.",
         epilog=exit_codes((0, "every job finished (Snakemake's exit code)"),
                           (1, "a job failed (Snakemake's exit code; the report and the terminal summary say which)"),
-                          (2, "the config has problems (one line each; nothing was run)")),
+                          (2, "the config has problems (one line each; nothing was run)"),
+                          (75, "another bidsafe run on this site (same private_dir) is in progress; nothing was "
+                           "done (EX_TEMPFAIL: a timer or cron line simply tries again later)")),
     )
     p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
     p.add_argument("--cores", default="all", metavar="N", help="cores Snakemake may use (default: all)")
     p.add_argument("-n", "--dry-run", action="store_true", help="list the jobs that would run, run none")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run on this site is in progress, wait for it to finish instead of exiting 75")
     p.add_argument(
         "snakemake",
         nargs=argparse.REMAINDER,
@@ -368,6 +372,27 @@ def _run(sub: argparse._SubParsersAction) -> None:
         help="targets of the workflow (default: the whole release), then options passed to Snakemake as given",
     )
     p.set_defaults(handler="bidsafe.runner:cli_main")
+
+
+def _watch_drop(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "watch-drop",
+        help="hand studies copied into the site's drop folder to the inbox once they are complete (quiet)",
+        description="Watch the folder `drop.folder` of the site config. A study (files grouped by "
+        "StudyInstanceUID, header-only reads) is handed to the inbox as a new part with a manifest once its "
+        "files have not changed for `drop.quiet_seconds`; its originals are then removed from the drop unless "
+        "`drop.keep_originals` is true. Files that are not image DICOM stay in the drop and are listed in the "
+        "private report private_dir/drop/left-in-drop.tsv. Prints counts and keyed study keys only. Without "
+        "--once it looks every `drop.poll_seconds` until stopped.",
+        epilog=exit_codes((0, "the look(s) finished (studies still waiting for their quiet period included)"),
+                          (1, "a study could not be handed over, or the drop folder could not be read (its "
+                           "files stay in the drop; the next look tries again)"),
+                          (2, "the config has problems, or drop.folder is missing or overlaps a data area"),
+                          (75, "another bidsafe watch-drop on this site is running; nothing was done")),
+    )
+    p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
+    p.add_argument("--once", action="store_true", help="look once and exit (for cron or a systemd timer)")
+    p.set_defaults(handler="bidsafe.drop:cli_main")
 
 
 COMMANDS: tuple[Register, ...] = (
@@ -384,6 +409,7 @@ COMMANDS: tuple[Register, ...] = (
     _leak_scan,
     _verify,
     _withdraw_from_releases,
+    _watch_drop,
 )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from bidsafe import resources
 from bidsafe.config import read_config_file
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.runlock import scheduled_run_lock
 
 
 def snakemake_command(
@@ -62,7 +63,7 @@ def split_extra(rest: Sequence[str]) -> list[str]:
 def cli_main(args: argparse.Namespace) -> int:
     configfile = Path(args.configfile)
     try:
-        read_config_file(configfile)
+        config = read_config_file(configfile)
     except ConfigError as exc:
         # Problems of the config's content come without the file's name: say which file they are in.
         raise ConfigError(exc.message, configfile) from None
@@ -73,7 +74,12 @@ def cli_main(args: argparse.Namespace) -> int:
         raise BidsafeError("the packaged workflow is missing (a broken install? reinstall bidsafe)", snakefile)
     command = snakemake_command(configfile, args.cores, dry_run=args.dry_run, extra=split_extra(args.snakemake))
     print(f"bidsafe run: workflow {snakefile}, config {configfile}, in {Path.cwd()}", file=sys.stderr)
-    return subprocess.run(command, env=tool_environment(), check=False).returncode
+    if args.dry_run:  # lists jobs, changes nothing: no lock
+        return subprocess.run(command, env=tool_environment(), check=False).returncode
+    # One run per site: a second one (a timer firing while a long run works) waits or exits 75 (bidsafe.runlock).
+    # Snakemake inherits the lock, so it stays held while Snakemake works even if this process is killed first.
+    with scheduled_run_lock(config["private_dir"], wait=args.wait) as lock_fd:
+        return subprocess.run(command, env=tool_environment(), check=False, pass_fds=(lock_fd,)).returncode
 
 
 __all__ = ["cli_main", "snakemake_command", "split_extra", "tool_environment"]
