@@ -5,6 +5,11 @@ or the checkout's in an editable install) with the site's config, in the current
 in the config are relative to where the command is run, as with `snakemake --configfile` in a checkout. The
 config is checked first (one line per problem, nothing started), then Snakemake runs in a child process with
 this interpreter, and its exit code is the command's.
+
+Recovery after a crash needs nothing but the same command: Snakemake reruns the jobs a killed run left
+incomplete (`--rerun-incomplete`), and a Snakemake lock the killed run left is removed once this command holds
+its own lock on the data areas and no Snakemake process works in this folder (`bidsafe.recovery`). A second
+`bidsafe run` on the same data areas while one runs stops at once with a message, changing nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from bidsafe import resources
 from bidsafe.config import read_config_file
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.recovery import clear_stale_snakemake_lock, run_lock
 
 
 def snakemake_command(
@@ -39,6 +45,8 @@ def snakemake_command(
     ]
     if dry_run:
         command.append("--dry-run")
+    # a job killed mid-way (kill -9, power loss) is redone, not reported as an error needing a manual flag
+    command.append("--rerun-incomplete")
     return command + list(extra)
 
 
@@ -62,7 +70,7 @@ def split_extra(rest: Sequence[str]) -> list[str]:
 def cli_main(args: argparse.Namespace) -> int:
     configfile = Path(args.configfile)
     try:
-        read_config_file(configfile)
+        config = read_config_file(configfile)
     except ConfigError as exc:
         # Problems of the config's content come without the file's name: say which file they are in.
         raise ConfigError(exc.message, configfile) from None
@@ -73,7 +81,12 @@ def cli_main(args: argparse.Namespace) -> int:
         raise BidsafeError("the packaged workflow is missing (a broken install? reinstall bidsafe)", snakefile)
     command = snakemake_command(configfile, args.cores, dry_run=args.dry_run, extra=split_extra(args.snakemake))
     print(f"bidsafe run: workflow {snakefile}, config {configfile}, in {Path.cwd()}", file=sys.stderr)
-    return subprocess.run(command, env=tool_environment(), check=False).returncode
+    if args.dry_run:
+        return subprocess.run(command, env=tool_environment(), check=False).returncode
+    with run_lock(Path(config["work_dir"]), Path(config["private_dir"])):
+        if clear_stale_snakemake_lock(Path.cwd()):
+            print("bidsafe run: removed the lock a stopped run left (no other run is working here)", file=sys.stderr)
+        return subprocess.run(command, env=tool_environment(), check=False).returncode
 
 
 __all__ = ["cli_main", "snakemake_command", "split_extra", "tool_environment"]

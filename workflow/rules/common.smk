@@ -6,6 +6,7 @@ from bidsafe.deid.rules import require_checked_rules
 from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, ensure_private_dir
+from bidsafe.recovery import scratch_dir
 
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
@@ -23,6 +24,12 @@ KEY = resolve_key_path(private_dir=PRIVATE)
 
 check_areas(INBOX, PRIVATE, WORK, RELEASE)
 ensure_private_dir(PRIVATE)
+# Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
+# here first. PRIVATE_SCRATCH: where stages reading identifying input build their files (swept at the start
+# of each run, with what killed jobs left: bidsafe.recovery).
+PRIVATE_SCRATCH = scratch_dir(PRIVATE)
+for _folder in ("ingest", "pseudonymise", "sessions", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch"):
+    ensure_private_dir(PRIVATE / _folder)
 
 SESSION = "sub-{subject}/ses-{session}"
 
