@@ -1,0 +1,139 @@
+"""Every crash recoverable by the same command (issue 10, items 1, 2 and 7): `bidsafe run` is killed with SIGKILL
+(its whole process group: bidsafe, Snakemake and the running job) when a chosen job is at work, then the same
+command is run once. It must reach the reference release (same files, same bytes but the dates in CHANGES and
+SHAREABLE.json) and leave no harvested value anywhere under work_dir, neither at the moment of the kill nor
+after. 1 subject x 1 session; the reference is built once (same inbox, same secret key, so same pseudonyms).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_reruns import make_run_folder
+
+from bidsafe.demo import DemoSession
+from bidsafe.fsutil import leftover_temps
+
+pytestmark = pytest.mark.slow
+
+SEED = 11
+RUN = [sys.executable, "-c", "import sys; from bidsafe.cli import main; sys.exit(main())",
+       "run", "--configfile", "config.yaml", "--cores", "2"]
+
+
+def bidsafe_run(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(RUN, cwd=root, capture_output=True, text=True, env=env, timeout=1800, check=False)
+
+
+def run_folder(root: Path, key: Path | None = None) -> tuple[Path, DemoSession]:
+    root, sessions = make_run_folder(root, seed=SEED)
+    if key is not None:  # the reference's key: same pseudonyms, date shift and UIDs, so the same release bytes
+        (root / "private").mkdir(mode=0o700)
+        shutil.copy(key, root / "private" / "secret.key")
+        os.chmod(root / "private" / "secret.key", 0o600)
+    return root, sessions[0]
+
+
+def release_files(root: Path) -> dict[str, bytes]:
+    """Every file of every published version, by path; dates (CHANGES, SHAREABLE.json) masked."""
+    files = {}
+    for path in sorted((root / "release").rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name != ".publish.lock":
+            data = path.read_bytes()
+            if path.name in ("CHANGES", "SHAREABLE.json"):
+                data = re.sub(rb"\d{4}-\d\d-\d\d([T ][0-9:.+Z-]+)?", b"<date>", data)
+            files[path.relative_to(root / "release").as_posix()] = data
+    return files
+
+
+def needles(session: DemoSession) -> list[bytes]:
+    """The patient's identity as written in the raw headers: what must never sit in work_dir."""
+    values = [session.family_name, session.given_name, session.patient_id, session.birth_date, session.accession]
+    return sorted({form for v in values if len(v) >= 4 for form in (v.encode(), v.upper().encode())})
+
+
+def identifying_files(work: Path, session: DemoSession) -> list[str]:
+    found = []
+    wanted = needles(session)
+    for path in work.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            found += [f"{path.relative_to(work)}: {n!r}" for n in wanted if n in data]
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root, _ = run_folder(tmp_path_factory.mktemp("crash-reference"))
+    result = bidsafe_run(root)
+    assert result.returncode == 0, result.stderr[-6000:]
+    return root
+
+
+def _files_under(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def _log(stage: str) -> Callable[[Path], bool]:
+    return lambda root: any((root / "work" / "logs" / stage).glob("*.log"))
+
+
+# When to kill, per stage: while the job is at work (deid: once its first pass-A files exist, wherever they are
+# written; publish: once its log exists, i.e. the job started).
+KILL_POINTS: dict[str, Callable[[Path], bool]] = {
+    "deid": lambda root: _files_under(root / "private" / "scratch")
+    or any(p.is_file() for p in (root / "work" / "deid").glob("*/.*/**/*")),
+    "convert": _log("convert"),
+    "deface": _log("deface"),
+    "publish": lambda root: (root / "work" / "logs" / "release" / "publish.log").exists(),
+}
+
+
+def run_and_kill(root: Path, when: Callable[[Path], bool], timeout: float = 900) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    process = subprocess.Popen(RUN, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not when(root):
+            assert process.poll() is None, "the run ended before the kill point"
+            assert time.monotonic() < deadline, "the kill point was never reached"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+        # the group's other processes die (and are reaped by init) a moment later
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, check=False).stdout:
+            assert time.monotonic() < deadline, "a process of the killed run survived"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("stage", list(KILL_POINTS))
+def test_a_run_killed_at_a_stage_is_recovered_by_the_same_command(
+    reference: Path, tmp_path: Path, stage: str
+) -> None:
+    root, session = run_folder(tmp_path / "run", key=reference / "private" / "secret.key")
+    run_and_kill(root, KILL_POINTS[stage])
+    # at the moment of the kill: nothing identifying in work_dir (pass-A files live in the private scratch)
+    assert identifying_files(root / "work", session) == []
+
+    result = bidsafe_run(root)  # the plain command, once: no --unlock, no --rerun-incomplete, nothing deleted
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert release_files(root) == release_files(reference)
+    assert (root / "release" / "latest").resolve().name == "v1"
+    assert identifying_files(root / "work", session) == []
+    assert leftover_temps(root / "work") == [] and leftover_temps(root / "private") == []
+    assert not _files_under(root / "private" / "scratch")
+    for folder in [p for p in (root / "private").rglob("*") if p.is_dir()]:
+        assert folder.stat().st_mode & 0o777 == 0o700, folder.relative_to(root)
