@@ -110,6 +110,21 @@ def run_lock(work_dir: str | Path, private_dir: str | Path) -> Iterator[None]:
             os.close(fd)
 
 
+# Set by `bidsafe run` for the Snakemake it starts: the run lock is held (by the parent) already.
+LOCK_HELD_ENV = "BIDSAFE_RUN_LOCK_HELD"
+_held: list[contextlib.ExitStack] = []
+
+
+def hold_run_lock(work_dir: str | Path, private_dir: str | Path) -> None:
+    """Take `run_lock` for the rest of this process (the Snakefile's onstart hook: a plain `snakemake` run
+    started from another folder on the same data areas is refused too), unless `bidsafe run` holds it."""
+    if os.environ.get(LOCK_HELD_ENV) == "1" or _held:
+        return
+    stack = contextlib.ExitStack()
+    stack.enter_context(run_lock(work_dir, private_dir))
+    _held.append(stack)
+
+
 def other_snakemake_processes(folder: str | Path) -> list[int]:
     """Process ids of Snakemake runs (other than this process and its parents) whose working folder is
     `folder` (Linux /proc); an empty list where /proc cannot be read, so callers must not take it as proof
@@ -156,6 +171,7 @@ def clear_stale_snakemake_lock(folder: str | Path) -> bool:
 
 __all__ = [
     "clear_stale_snakemake_lock",
+    "hold_run_lock",
     "other_snakemake_processes",
     "run_lock",
     "scratch_dir",

@@ -25,7 +25,7 @@ from pathlib import Path
 from bidsafe import resources
 from bidsafe.config import read_config_file
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.recovery import clear_stale_snakemake_lock, run_lock
+from bidsafe.recovery import LOCK_HELD_ENV, clear_stale_snakemake_lock, run_lock
 
 
 def snakemake_command(
@@ -86,7 +86,8 @@ def cli_main(args: argparse.Namespace) -> int:
     with run_lock(Path(config["work_dir"]), Path(config["private_dir"])):
         if clear_stale_snakemake_lock(Path.cwd()):
             print("bidsafe run: removed the lock a stopped run left (no other run is working here)", file=sys.stderr)
-        return subprocess.run(command, env=tool_environment(), check=False).returncode
+        # this process holds the run lock for Snakemake (its onstart hook would otherwise take it)
+        return subprocess.run(command, env={**tool_environment(), LOCK_HELD_ENV: "1"}, check=False).returncode
 
 
 __all__ = ["cli_main", "snakemake_command", "split_extra", "tool_environment"]

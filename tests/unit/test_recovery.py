@@ -187,3 +187,24 @@ def test_atomic_write_leaves_only_a_name_the_sweep_knows(tmp_path: Path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         atomic_write_text(tmp_path / "values.json", "secret")
     assert [p.parent for p in leftover_temps(tmp_path)] == [tmp_path]
+
+
+def test_a_plain_snakemake_run_takes_the_run_lock_unless_bidsafe_run_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bidsafe.recovery as recovery
+
+    work, private = tmp_path / "work", tmp_path / "private"
+    monkeypatch.setenv(recovery.LOCK_HELD_ENV, "1")  # started by `bidsafe run`, which holds the lock
+    recovery.hold_run_lock(work, private)
+    with run_lock(work, private):
+        pass
+    monkeypatch.delenv(recovery.LOCK_HELD_ENV)
+    recovery.hold_run_lock(work, private)  # the onstart hook of a plain `snakemake` run
+    try:
+        with pytest.raises(BidsafeError, match="another bidsafe run"), run_lock(work, private):
+            pass
+    finally:
+        recovery._held.pop().close()
+    with run_lock(work, private):
+        pass
