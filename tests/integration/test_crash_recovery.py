@@ -7,6 +7,7 @@ after. 1 subject x 1 session; the reference is built once (same inbox, same secr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -56,15 +57,22 @@ def release_files(root: Path) -> dict[str, bytes]:
     return files
 
 
-def needles(session: DemoSession) -> list[bytes]:
-    """The patient's identity as written in the raw headers: what must never sit in work_dir."""
-    values = [session.family_name, session.given_name, session.patient_id, session.birth_date, session.accession]
-    return sorted({form for v in values if len(v) >= 4 for form in (v.encode(), v.upper().encode())})
+def needles(session: DemoSession, private: Path) -> list[bytes]:
+    """The patient's identity as planted in the raw headers, and every value the pipeline harvested from them
+    (private_dir/phi/raw; 6 bytes or more, so that no short number matches by chance): what must never sit in
+    work_dir."""
+    planted = [session.family_name, session.given_name, session.patient_id, session.birth_date, session.accession,
+               *session.planted.values()]
+    harvested = [row["value"] for path in sorted((private / "phi" / "raw").glob("*.json"))
+                 for row in json.loads(path.read_text(encoding="utf-8"))]
+    values = [v for v in planted if len(v) >= 4] + [v for v in harvested if len(v) >= 6]
+    return sorted({form for v in values for form in (v.encode(), v.upper().encode())})
 
 
 def identifying_files(work: Path, session: DemoSession) -> list[str]:
     found = []
-    wanted = needles(session)
+    wanted = needles(session, work.parent / "private")
+    assert len(wanted) > 10
     for path in work.rglob("*"):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
@@ -88,11 +96,21 @@ def _log(stage: str) -> Callable[[Path], bool]:
     return lambda root: any((root / "work" / "logs" / stage).glob("*.log"))
 
 
-# When to kill, per stage: while the job is at work (deid: once its first pass-A files exist, wherever they are
-# written; publish: once its log exists, i.e. the job started).
+def _deid_half_done(root: Path) -> bool:
+    """Pass A has staged at least half the session's files (their free text not yet cleaned of the harvested
+    values), wherever de-identification stages them (private scratch, or a temporary sibling in work_dir)."""
+    lists = list((root / "private" / "sessions").glob("sub-*/ses-*/files.txt"))
+    if not lists:
+        return False
+    wanted = len(lists[0].read_text(encoding="utf-8").splitlines()) // 2
+    staged = [*(root / "private" / "scratch").glob("*/.bidsafe-staging/*"),
+              *(root / "work" / "deid").glob("*/.*/.bidsafe-staging/*")]
+    return len(staged) >= wanted
+
+
+# When to kill, per stage: while the job is at work (publish: once its log exists, i.e. the job started).
 KILL_POINTS: dict[str, Callable[[Path], bool]] = {
-    "deid": lambda root: _files_under(root / "private" / "scratch")
-    or any(p.is_file() for p in (root / "work" / "deid").glob("*/.*/**/*")),
+    "deid": _deid_half_done,
     "convert": _log("convert"),
     "deface": _log("deface"),
     "publish": lambda root: (root / "work" / "logs" / "release" / "publish.log").exists(),
@@ -125,8 +143,13 @@ def test_a_run_killed_at_a_stage_is_recovered_by_the_same_command(
 ) -> None:
     root, session = run_folder(tmp_path / "run", key=reference / "private" / "secret.key")
     run_and_kill(root, KILL_POINTS[stage])
-    # at the moment of the kill: nothing identifying in work_dir (pass-A files live in the private scratch)
+    # at the moment of the kill: nothing identifying in work_dir. De-identification's half-made files (pass A:
+    # text not yet cleaned of the values of the patient's other files and visits) are in the private scratch;
+    # on this small inbox pass A already cleans every value, so their place is checked as well as their bytes.
     assert identifying_files(root / "work", session) == []
+    assert list((root / "work").rglob(".bidsafe-staging")) == []
+    if stage == "deid":
+        assert list((root / "private" / "scratch").glob("*/.bidsafe-staging/*"))
 
     result = bidsafe_run(root)  # the plain command, once: no --unlock, no --rerun-incomplete, nothing deleted
     assert result.returncode == 0, result.stderr[-6000:]
