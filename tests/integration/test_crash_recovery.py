@@ -31,9 +31,12 @@ RUN = [sys.executable, "-c", "import sys; from bidsafe.cli import main; sys.exit
        "run", "--configfile", "config.yaml", "--cores", "2"]
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def bidsafe_run(root: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(RUN, cwd=root, capture_output=True, text=True, env=env, timeout=1800, check=False)
+    return subprocess.run(RUN, cwd=root, capture_output=True, text=True, env=_env(), timeout=1800, check=False)
 
 
 def run_folder(root: Path, key: Path | None = None) -> tuple[Path, DemoSession]:
@@ -82,9 +85,21 @@ def identifying_files(work: Path, session: DemoSession) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference release; while it is built, a second `bidsafe run` on the same folder is started once
+    de-identification works, and must stop at once, changing nothing (two runs never both proceed)."""
     root, _ = run_folder(tmp_path_factory.mktemp("crash-reference"))
-    result = bidsafe_run(root)
-    assert result.returncode == 0, result.stderr[-6000:]
+    err = root.parent / "first-run.err"
+    with open(err, "wb") as handle:  # a file, not a pipe: a full pipe would stall the run
+        first = subprocess.Popen(RUN, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=handle)
+    deadline = time.monotonic() + 600
+    while not _log("deid")(root):
+        assert first.poll() is None and time.monotonic() < deadline, "the reference run never reached deid"
+        time.sleep(0.05)
+    second = bidsafe_run(root)
+    assert second.returncode == 1
+    assert "another bidsafe run is using the same data areas" in second.stderr
+    assert "Building DAG" not in second.stderr  # stopped before Snakemake started
+    assert first.wait(timeout=1800) == 0, err.read_text(encoding="utf-8", errors="replace")[-6000:]
     return root
 
 
@@ -118,8 +133,7 @@ KILL_POINTS: dict[str, Callable[[Path], bool]] = {
 
 
 def run_and_kill(root: Path, when: Callable[[Path], bool], timeout: float = 900) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    process = subprocess.Popen(RUN, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(RUN, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
