@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,10 @@ def test_a_stale_snakemake_lock_is_cleared_a_live_one_refused(tmp_path: Path) ->
     # a Snakemake process working in the folder (argv[0] names it, as `python -m snakemake`'s argv does)
     live = subprocess.Popen(["snakemake-run", "30"], executable="/bin/sleep", cwd=tmp_path)
     try:
+        for _ in range(100):  # until the child has exec'd (its command line is the one given)
+            if Path(f"/proc/{live.pid}/cmdline").read_bytes().startswith(b"snakemake-run"):
+                break
+            time.sleep(0.05)
         with pytest.raises(BidsafeError, match="another Snakemake run"):
             clear_stale_snakemake_lock(tmp_path)
         assert (locks / "0.input.lock").exists()
