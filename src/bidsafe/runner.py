@@ -5,6 +5,11 @@ or the checkout's in an editable install) with the site's config, in the current
 in the config are relative to where the command is run, as with `snakemake --configfile` in a checkout. The
 config is checked first (one line per problem, nothing started), then Snakemake runs in a child process with
 this interpreter, and its exit code is the command's.
+
+Recovery after a crash needs nothing but the same command: Snakemake reruns the jobs a killed run left
+incomplete (`--rerun-incomplete`), and a Snakemake lock the killed run left is removed once this command holds
+its own lock on the data areas and no Snakemake process works in this folder (`bidsafe.recovery`). A second
+`bidsafe run` on the same data areas while one runs stops at once with a message, changing nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from bidsafe import resources
 from bidsafe.config import read_config_file
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.recovery import LOCK_HELD_ENV, clear_stale_snakemake_lock, run_lock
 from bidsafe.runlock import scheduled_run_lock
 
 
@@ -40,6 +46,8 @@ def snakemake_command(
     ]
     if dry_run:
         command.append("--dry-run")
+    # a job killed mid-way (kill -9, power loss) is redone, not reported as an error needing a manual flag
+    command.append("--rerun-incomplete")
     return command + list(extra)
 
 
@@ -77,9 +85,17 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.dry_run:  # lists jobs, changes nothing: no lock
         return subprocess.run(command, env=tool_environment(), check=False).returncode
     # One run per site: a second one (a timer firing while a long run works) waits or exits 75 (bidsafe.runlock).
-    # Snakemake inherits the lock, so it stays held while Snakemake works even if this process is killed first.
-    with scheduled_run_lock(config["private_dir"], wait=args.wait) as lock_fd:
-        return subprocess.run(command, env=tool_environment(), check=False, pass_fds=(lock_fd,)).returncode
+    # Snakemake inherits that lock, so it stays held while Snakemake works even if this process is killed first.
+    # Then the data areas' run lock (bidsafe.recovery: the one a plain `snakemake` run's onstart hook takes, so
+    # a plain run from another folder on the same areas is refused too), always in this order.
+    with scheduled_run_lock(config["private_dir"], wait=args.wait) as lock_fd, run_lock(
+        Path(config["work_dir"]), Path(config["private_dir"])
+    ):
+        if clear_stale_snakemake_lock(Path.cwd()):
+            print("bidsafe run: removed the lock a stopped run left (no other run is working here)", file=sys.stderr)
+        # this process holds the run lock for Snakemake (its onstart hook would otherwise take it)
+        environment = {**tool_environment(), LOCK_HELD_ENV: "1"}
+        return subprocess.run(command, env=environment, check=False, pass_fds=(lock_fd,)).returncode
 
 
 __all__ = ["cli_main", "snakemake_command", "split_extra", "tool_environment"]
