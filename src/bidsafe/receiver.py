@@ -612,7 +612,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, check_every: 
     except OSError as exc:
         receiver.journal.close()
         raise BidsafeError(f"cannot listen on {settings.bind}:{settings.port}: {exc.strerror}") from None
-    period = check_every or min(max(settings.quiet_seconds / 4, 0.2), 10.0)
+    # at least once a second: the expected-series rule can make a study ready long before its quiet period
+    period = check_every or min(max(settings.quiet_seconds / 4, 0.2), 1.0)
     log.info("receiving as %s on %s:%d (quiet period %g s)", settings.ae_title, settings.bind, settings.port,
              settings.quiet_seconds)
     try:
