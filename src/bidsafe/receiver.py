@@ -131,6 +131,7 @@ class Settings:
     private_dir: Path
     inbox: Path
     key: bytes
+    fsync: bool = True
 
     @property
     def area(self) -> Path:
@@ -161,6 +162,7 @@ def settings_from_config(config: Mapping[str, Any], key: bytes) -> Settings:
         private_dir=Path(config["private_dir"]),
         inbox=Path(config["inbox"]),
         key=key,
+        fsync=bool(section["fsync"]),
     )
 
 
@@ -299,8 +301,9 @@ class Journal:
 
 
 # ---------------------------------------------------------------------------------------------- the store
-def write_instance(data: bytes, dest: Path) -> None:
-    """Write `data` at `dest` atomically and durably (temp name in the same folder, fsync, rename)."""
+def write_instance(data: bytes, dest: Path, durable: bool = True) -> None:
+    """Write `data` at `dest` atomically (temp name in the same folder, rename); `durable`: fsync first, so the
+    Success that follows holds even after a power cut (the cost is one disk flush per instance)."""
     for folder in (dest.parent.parent, dest.parent):
         if not folder.is_dir():
             with contextlib.suppress(FileExistsError):
@@ -310,8 +313,9 @@ def write_instance(data: bytes, dest: Path) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with open(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -452,7 +456,7 @@ class Receiver:
             rel = f"{skey}/{series_dirname(self.s.key, series_uid)}/{sop_file}"
             data = event.encoded_dataset()
             try:
-                write_instance(data, self.spool / rel)
+                write_instance(data, self.spool / rel, self.s.fsync)
             except OSError as exc:
                 log.error("study %s: an instance could not be stored (%s); answered 'out of resources' so the "
                           "sender retries", skey, exc.strerror or type(exc).__name__)
