@@ -454,14 +454,19 @@ class Receiver:
             return STATUS_SUCCESS
         try:
             rel = f"{skey}/{series_dirname(self.s.key, series_uid)}/{sop_file}"
-            data = event.encoded_dataset()
+            dest = self.spool / rel
             try:
-                write_instance(data, self.spool / rel, self.s.fsync)
-            except OSError as exc:
+                if dest.exists():  # stored before a journal write failed: record it, do not write it again
+                    size = dest.stat().st_size
+                else:
+                    data = event.encoded_dataset()
+                    write_instance(data, dest, self.s.fsync)
+                    size = len(data)
+                self.journal.add_instance(skey, sop_key, rel, size, description, calling_ae, now)
+            except (OSError, sqlite3.Error) as exc:
                 log.error("study %s: an instance could not be stored (%s); answered 'out of resources' so the "
-                          "sender retries", skey, exc.strerror or type(exc).__name__)
+                          "sender retries", skey, getattr(exc, "strerror", None) or type(exc).__name__)
                 return STATUS_OUT_OF_RESOURCES
-            self.journal.add_instance(skey, sop_key, rel, len(data), description, calling_ae, now)
         finally:
             with self._lock:
                 self._inflight.discard(sop_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -76,7 +77,7 @@ def test_a_write_error_answers_out_of_resources_and_records_nothing(tmp_path: Pa
     receiver = rx.Receiver(_settings(tmp_path), clock=Clock())
     ds = _mr(generate_uid(), generate_uid(), 1)
 
-    def disk_full(data: bytes, dest: Path) -> None:
+    def disk_full(data: bytes, dest: Path, durable: bool = True) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(rx, "write_instance", disk_full)
@@ -90,6 +91,24 @@ def test_a_write_error_answers_out_of_resources_and_records_nothing(tmp_path: Pa
     assert (study["instances"], study["duplicates"]) == (1, 0)
     (stored,) = [p for p in receiver.spool.rglob("*") if p.is_file()]
     assert stored.read_bytes() == event.data and stored.name == instance_filename(KEY, ds.SOPInstanceUID)
+
+
+def test_a_journal_error_answers_out_of_resources_and_the_retry_does_not_rewrite(tmp_path: Path, monkeypatch):
+    receiver = rx.Receiver(_settings(tmp_path), clock=Clock())
+    ds = _mr(generate_uid(), generate_uid(), 1)
+
+    def full(*args: object) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(receiver.journal, "add_instance", full)
+    assert receiver.on_store(_event(tmp_path, ds)) == rx.STATUS_OUT_OF_RESOURCES
+    (stored,) = [p for p in receiver.spool.rglob("*.dcm")]
+    inode = stored.stat().st_ino
+    monkeypatch.undo()
+    assert receiver.on_store(_event(tmp_path, ds)) == rx.STATUS_SUCCESS
+    assert stored.stat().st_ino == inode  # recorded, not written a second time
+    (study,) = receiver.journal.studies()
+    assert (study["instances"], study["duplicates"]) == (1, 0)
 
 
 def test_a_mismatched_sop_uid_is_refused_and_quarantined(tmp_path: Path):
