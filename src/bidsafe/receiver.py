@@ -590,7 +590,9 @@ def build_ae(receiver: Receiver) -> Any:
     for uid in STORAGE_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(_VERIFICATION)
-    ae.maximum_pdu_size = 0  # no limit: the sender's PDU size decides, fewer PDUs per instance
+    # large PDUs: fewer trips through pynetdicom's polling loops per instance (dcmtk sends 128 KiB PDUs when
+    # offered this, but only 16 KiB ones when offered "unlimited" (0): 135 vs 82 instances/s measured)
+    ae.maximum_pdu_size = 1 << 20
     ae.maximum_associations = 32
     handlers = [
         (evt.EVT_REQUESTED, receiver.on_requested),
