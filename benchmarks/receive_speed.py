@@ -9,7 +9,9 @@ makes it explicit) and prints:
 - instances/s and MB/s from storescu's start to its exit (every instance stored, fsynced and journalled before
   its Success),
 - the seconds until the study was handed over to the inbox after the quiet period (and the handoff alone),
-- the receiver's peak RSS (VmHWM) when idle and after the study, which must not grow with the study size.
+- the receiver's peak RSS (VmHWM) when idle and after the study, which must not grow with the study size,
+- the receiver's CPU time per instance while receiving (user + system): on a shared, busy host wall-clock rates
+  mostly measure the other processes; 1000 / (CPU ms per instance) is the rate one free core allows.
 
 It asserts that every instance arrived (journal count and manifest); it does not assert a speed (target: at
 least 200 instances/s).
@@ -89,6 +91,12 @@ def _hwm_kb(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (contention-independent, unlike wall time on a busy host)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait(predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,10 +134,12 @@ def run(size: int, root: Path, fsync: bool = True) -> dict[str, float]:
         idle_kb = _hwm_kb(receiver.pid)
         files = sorted(map(str, send.iterdir()))
         env = {**os.environ, "TCP_NODELAY": "1"}
+        cpu_before = _cpu_s(receiver.pid)
         start = time.monotonic()
         subprocess.run([STORESCU, "-aet", "BENCH", "-aec", "BIDSAFE", "127.0.0.1", str(port), *files],
                        check=True, env=env, capture_output=True)
         sent = time.monotonic() - start
+        cpu = _cpu_s(receiver.pid) - cpu_before
         peak_kb = _hwm_kb(receiver.pid)
         inbox = site / "inbox"
         _wait(lambda: any(inbox.glob("*/part-001/manifest.json")), 60 + size / 10)
@@ -152,6 +162,7 @@ def run(size: int, root: Path, fsync: bool = True) -> dict[str, float]:
         "instances_per_s": size / sent,
         "MB_per_s": total_bytes / 1e6 / sent,
         "ready_after_s": ready,
+        "cpu_ms_per_instance": cpu * 1000 / size,
         "handoff_s": ready - sent - QUIET,
         "idle_rss_MB": idle_kb / 1024,
         "peak_rss_MB": peak_kb / 1024,
@@ -171,14 +182,15 @@ def main() -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="bidsafe-receive-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"{'fsync':>5} {'instances':>9} {'MB':>7} {'send s':>7} {'inst/s':>7} {'MB/s':>6} {'ready s':>8} "
-          f"{'handoff s':>9} {'idle RSS MB':>11} {'peak RSS MB':>11}")
+          f"{'handoff s':>9} {'idle RSS MB':>11} {'peak RSS MB':>11} {'CPU ms/inst':>11}")
     try:
         modes = {"on": [True], "off": [False], "both": [True, False]}[args.fsync]
         for fsync, size in [(f, n) for f in modes for n in args.sizes]:
             r = run(size, root, fsync)
             print(f"{'on' if fsync else 'off':>5} {r['instances']:>9} {r['MB']:>7.1f} {r['send_s']:>7.2f} "
                   f"{r['instances_per_s']:>7.0f} {r['MB_per_s']:>6.1f} {r['ready_after_s']:>8.2f} "
-                  f"{r['handoff_s']:>9.2f} {r['idle_rss_MB']:>11.1f} {r['peak_rss_MB']:>11.1f}", flush=True)
+                  f"{r['handoff_s']:>9.2f} {r['idle_rss_MB']:>11.1f} {r['peak_rss_MB']:>11.1f} "
+                  f"{r['cpu_ms_per_instance']:>11.2f}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
