@@ -435,3 +435,22 @@ def test_sigterm_stops_the_receiver_cleanly(make_site, tmp_path: Path):
     site.kill(signal.SIGTERM)
     assert site.proc is not None and site.proc.returncode == 0
     assert os.path.isdir(site.private / "receiver")
+
+
+def test_a_compressed_instance_is_stored_as_received(make_site, tmp_path: Path):
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    site = make_site()
+    study = make_study(tmp_path / "send", series=("T1w",), per_series=2, rows=16)
+    site.sent_identifiers += study.identifiers()
+    for path in study.files():
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.save_as(path, enforce_file_format=True)
+    site.send(study.files(), "SCANNER1", "-xr")  # -xr: propose RLE, so storescu sends the files unconverted
+    site.wait_parts(study, 1, 15)
+    (part,) = site.parts(study)
+    assert_part_holds(site, part, study, study.files())  # the RLE data set bytes, not decoded pixels
+    for stored in part.rglob("*.dcm"):
+        assert pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
