@@ -261,6 +261,13 @@ class Journal:
             names = [c[0] for c in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    def open_studies(self) -> list[dict[str, Any]]:
+        """The studies not (wholly) handed over: what each readiness check looks at."""
+        with self.lock:
+            cur = self.db.execute("SELECT * FROM studies WHERE state != ? ORDER BY first_receipt", (HANDED_OVER,))
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
     def pending(self, skey: str) -> list[tuple[str, str, float]]:
         """(sop_key, relpath, received) of the instances not handed over yet."""
         with self.lock:
@@ -490,9 +497,9 @@ class Receiver:
         """Decide each receiving study's state now; hand over the ready ones. Returns the new part folders."""
         now = self.clock()
         parts = []
-        for study in self.journal.studies():
+        for study in self.journal.open_studies():
             skey, state = study["study_key"], study["state"]
-            if state in (HANDED_OVER, HANDING_OVER):
+            if state == HANDING_OVER:
                 continue
             pending, first = self.journal.pending_span(skey)
             if not pending:
