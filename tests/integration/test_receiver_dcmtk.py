@@ -253,14 +253,14 @@ def test_one_association_per_study_becomes_one_part_after_the_quiet_period(make_
 
 
 def test_one_association_per_series_is_still_one_study(make_site, tmp_path: Path):
-    site = make_site()
+    site = make_site(quiet_seconds=3)  # margin for storescu's start between the series on a busy host
     study = make_study(tmp_path / "send")
     site.sent_identifiers += study.identifiers()
     for files in study.series.values():
         site.send(files)
         time.sleep(0.3)
     site.wait_parts(study, 1, 15)
-    time.sleep(QUIET + 0.5)
+    time.sleep(3.5)
     (part,) = site.parts(study)
     assert_part_holds(site, part, study, study.files())
 
@@ -354,7 +354,7 @@ def test_expected_series_make_a_released_study_ready_before_the_quiet_period(mak
 
 
 def test_the_receiver_killed_mid_study_resumes_from_its_journal(make_site, tmp_path: Path):
-    site = make_site(quiet_seconds=3)
+    site = make_site(quiet_seconds=6)  # longer than a restart takes on a busy host
     study = make_study(tmp_path / "send")
     site.sent_identifiers += study.identifiers()
     first, second = list(study.series.values())
@@ -364,8 +364,8 @@ def test_the_receiver_killed_mid_study_resumes_from_its_journal(make_site, tmp_p
     site.start()
     site.send(second)
     site.send(first[:1])  # a resend after the restart is still recognised
-    site.wait_parts(study, 1, 15)
-    time.sleep(3.5)  # and it is handed over once
+    site.wait_parts(study, 1, 20)
+    time.sleep(6.5)  # and it is handed over once
     (part,) = site.parts(study)
     assert_part_holds(site, part, study, study.files())
     journal = site.journal(study)
