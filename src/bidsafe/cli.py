@@ -395,6 +395,26 @@ def _watch_drop(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.drop:cli_main")
 
 
+def _receive(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "receive",
+        help="run the DICOM receiver (Storage SCP): complete studies are handed over to the inbox",
+        description="Receive DICOM instances (C-STORE) from the callers in the config's `receiver:` section and "
+        "hand each study over to the inbox once it is complete: no instance for receiver.quiet_seconds, or the "
+        "expected series complete. Instances are spooled and journalled in PRIVATE_DIR/receiver/; a study "
+        "still receiving after receiver.max_wait_seconds is held for review. Runs until stopped (Ctrl-C or "
+        "SIGTERM). Log lines name studies by a keyed short hash, never a UID or a name.",
+        epilog=exit_codes((0, "stopped, or --status/--release-held done"),
+                          (1, "the port cannot be opened, or no held study has that key"),
+                          (2, "bad arguments or configuration (e.g. no receiver: section)")),
+    )
+    p.add_argument("--configfile", required=True, metavar="SITE.yaml", help="the site config (same as for runs)")
+    p.add_argument("--status", action="store_true", help="print each study's state and counts, then exit")
+    p.add_argument("--release-held", metavar="STUDY_KEY",
+                   help="let a held study be handed over (by the running receiver), then exit")
+    p.set_defaults(handler="bidsafe.receiver:cli_main")
+
+
 COMMANDS: tuple[Register, ...] = (
     _run,
     _demo_data,
@@ -410,6 +430,7 @@ COMMANDS: tuple[Register, ...] = (
     _verify,
     _withdraw_from_releases,
     _watch_drop,
+    _receive,
 )
 
 
