@@ -190,3 +190,114 @@ def test_small_head_defaced_with_a_matching_pair(child_head, child_pair, tmp_pat
     assert found["face_left_cm3"] <= 0.05 * found["face_cm3"] and found["dice"] >= 0.9, found
     defaced, original = raw_data(out), raw_data(child_head["src"])
     assert np.all(defaced[removal] == 0) and np.array_equal(defaced[~removal], original[~removal])
+
+
+# --- --applyto: the T1w's face mask on the session's other images ----------------------------------------------
+
+
+def t2_like(path: Path) -> None:
+    """Rewrite a head made by make_head with a crude T2-like contrast (bright fluid, dark white matter), in place."""
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    tissue = data > 60
+    scaled = data / np.percentile(data[tissue], 99)
+    t2 = np.where(tissue, np.clip(1.2 - scaled, 0, None) * 0.7 + 0.5 * (scaled > 0.9), 0) * 600
+    out = nib.Nifti1Image(np.round(t2).astype(np.int16), img.affine, img.header)
+    out.to_filename(path)
+
+
+@pytest.fixture(scope="module")
+def session_heads(tmp_path_factory):
+    """A T1w, a T2-like image on the same grid, one on another grid (sagittal, 2 mm) and one of the head moved
+    between the scans; each with the truth (subject -> template) of its own head."""
+    folder = tmp_path_factory.mktemp("applyto")
+    pose = head_pose()
+    moved = rotation_matrix("x", 12.0) @ np.array([[1, 0, 0, 0], [0, 1, 0, 15.0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    heads = {}
+    for name, head_pose_, axes, voxel, seed in (
+        ("sub-01_ses-1_T1w.nii.gz", pose, LPS, (2.5, 2.5, 2.5), 21),
+        ("sub-01_ses-1_T2w.nii.gz", pose, LPS, (2.5, 2.5, 2.5), 22),
+        ("sub-01_ses-1_FLAIR.nii.gz", pose, PIR, (2.0, 2.0, 3.0), 23),
+        ("sub-01_ses-1_PD.nii.gz", moved @ pose, LPS, (2.5, 2.5, 2.5), 24),
+    ):
+        path = folder / name
+        _, truth = make_head(path, head_pose_, axes, voxel, fov_mm=(200.0, 240.0, 230.0), seed=seed)
+        if "T1w" not in name:
+            t2_like(path)
+        heads[name] = {"path": path, "truth": truth}
+    return heads
+
+
+def assert_defaced(out: Path, src: Path, truth: np.ndarray) -> None:
+    """No brain voxel changed; the face zeroed (a T2-like image has zeros of its own on the head: a face voxel
+    left is one not zero in the output)."""
+    defaced, original, affine = raw_data(out), raw_data(src), nib.load(src).affine
+    assert outcome(defaced != original, affine, truth)["brain_removed_cm3"] == 0.0
+    found = outcome(defaced == 0, affine, truth)
+    assert found["face_left_cm3"] <= 0.05 * found["face_cm3"] and found["dice"] >= 0.9, found
+
+
+@slow
+def test_applyto_same_and_other_grid(session_heads, tmp_path, capsys):
+    t1, t2, flair = (session_heads[n] for n in ("sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_T2w.nii.gz",
+                                                "sub-01_ses-1_FLAIR.nii.gz"))
+    out = tmp_path / "T1w_defaced.nii.gz"
+    code = cli(["deface", str(t1["path"]), str(out), "--engine", "builtin", "--applyto", str(t2["path"]),
+                str(flair["path"])])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("mask of sub-01_ses-1_T1w.nii.gz") == 2  # neither other image was registered
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "T1w_defaced.nii.gz", "sub-01_ses-1_FLAIR_defaced.nii.gz", "sub-01_ses-1_T2w_defaced.nii.gz"]
+    for head, written in ((t1, out), (t2, tmp_path / "sub-01_ses-1_T2w_defaced.nii.gz"),
+                          (flair, tmp_path / "sub-01_ses-1_FLAIR_defaced.nii.gz")):
+        assert_defaced(written, head["path"], head["truth"])
+    # a second run refuses to overwrite any of them without --force
+    assert cli(["deface", str(t1["path"]), str(tmp_path / "new.nii.gz"), "--applyto", str(t2["path"])]) == 2
+
+
+@slow
+def test_applyto_head_moved_between_scans_is_registered_on_its_own(session_heads, tmp_path):
+    t1, pd = session_heads["sub-01_ses-1_T1w.nii.gz"], session_heads["sub-01_ses-1_PD.nii.gz"]
+    reference = engine.estimate_removal(t1["path"], engine="builtin")
+    applied = engine.estimate_applied(reference, nib.load(t1["path"]), pd["path"], "T1w")
+    assert applied is not None and any("poor image match" in f for f in applied.failures)
+    chosen = engine.applied_or_registered(reference, t1["path"], "T1w", pd["path"], engine="builtin")
+    assert chosen.applied_from is None and not chosen.failures
+    assert any("does not fit" in note and "registered on its own" in note for note in chosen.notes)
+    record = engine.deface_image(pd["path"], tmp_path / "pd.nii.gz", estimate=chosen)
+    assert_defaced(tmp_path / "pd.nii.gz", pd["path"], pd["truth"])
+    assert record.applied_from is None
+    # an image not in scanner coordinates never gets another image's mask
+    unknown = nib.load(session_heads["sub-01_ses-1_T2w.nii.gz"]["path"])
+    unknown.set_sform(unknown.affine, code=2)
+    unknown.set_qform(unknown.affine, code=2)
+    unknown.to_filename(tmp_path / "aligned.nii.gz")
+    assert engine.estimate_applied(reference, nib.load(t1["path"]), tmp_path / "aligned.nii.gz", "T1w") is None
+
+
+@slow
+def test_session_applies_the_t1w_mask_and_the_gate_checks_each_output(session_heads, tmp_path):
+    from bidsafe.release.gates import gate_deface
+
+    session = tmp_path / "in" / "sub-01" / "ses-1"
+    (session / "anat").mkdir(parents=True)
+    for name in ("sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_T2w.nii.gz"):
+        (session / "anat" / name).write_bytes(session_heads[name]["path"].read_bytes())
+    out, records_json = tmp_path / "out" / "sub-01" / "ses-1", tmp_path / "records.json"
+    records = engine.deface_session(session, out, records_json, None, engine="builtin")
+    by_name = {r.input: r for r in records}
+    assert by_name["anat/sub-01_ses-1_T1w.nii.gz"].applied_from is None
+    assert by_name["anat/sub-01_ses-1_T2w.nii.gz"].applied_from == "anat/sub-01_ses-1_T1w.nii.gz"
+    assert by_name["anat/sub-01_ses-1_T2w.nii.gz"].brain_voxels_removed == 0
+    listed = json.loads(records_json.read_text())
+    assert {e["path"]: e["applied_from"] for e in listed}["anat/sub-01_ses-1_T2w.nii.gz"].endswith("T1w.nii.gz")
+    assert_defaced(out / "anat" / "sub-01_ses-1_T2w.nii.gz", session_heads["sub-01_ses-1_T2w.nii.gz"]["path"],
+                   session_heads["sub-01_ses-1_T2w.nii.gz"]["truth"])
+    release = tmp_path / "out"
+    assert gate_deface(release, [records_json]).passed
+    # the gate decides for itself: a T2w changed after defacing no longer matches its record
+    t2 = out / "anat" / "sub-01_ses-1_T2w.nii.gz"
+    t2.write_bytes(session_heads["sub-01_ses-1_T2w.nii.gz"]["path"].read_bytes())
+    refused = gate_deface(release, [records_json])
+    assert not refused.passed and refused.details["hash_mismatch"] == ["sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"]
