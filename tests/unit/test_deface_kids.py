@@ -301,3 +301,32 @@ def test_session_applies_the_t1w_mask_and_the_gate_checks_each_output(session_he
     t2.write_bytes(session_heads["sub-01_ses-1_T2w.nii.gz"]["path"].read_bytes())
     refused = gate_deface(release, [records_json])
     assert not refused.passed and refused.details["hash_mismatch"] == ["sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"]
+
+
+@slow
+def test_stage_uses_the_sites_pair_for_the_sessions_it_names(child_head, child_pair, tmp_path):
+    """The deface job: a child's session is withheld with the adult pair, saying what to do, and defaced with
+    the pair `deface.templates` names for it."""
+    from bidsafe.stages import INCLUDED, WITHHELD, deface_stage
+
+    session = tmp_path / "scrub" / "sub-01" / "ses-1"
+    (session / "anat").mkdir(parents=True)
+    (session / "anat" / "sub-01_ses-1_T1w.nii.gz").write_bytes(child_head["src"].read_bytes())
+    entry = {"name": "child065", "template": str(child_pair.template), "facemask": str(child_pair.facemask),
+             "brainmask": str(child_pair.brainmask)}
+
+    def run(templates: list[dict], name: str) -> tuple[dict, Path]:
+        stage_dir = tmp_path / name
+        status = deface_stage(in_dir=tmp_path / "scrub", out_bids=stage_dir / "bids",
+                              status_json=stage_dir / "status.json", records_json=stage_dir / "records.json",
+                              pictures_dir=stage_dir / "qc", engine="builtin", templates=templates,
+                              subject="01", session="1")
+        return status, stage_dir
+
+    status, _ = run([{**entry, "sessions": ["sub-02"]}], "adult")
+    assert status["status"] == WITHHELD and guards.HEAD_SMALLER_THAN_ADULT in status["reason"]
+    status, stage_dir = run([{**entry, "sessions": ["sub-01/ses-1"]}], "child")
+    assert status["status"] == INCLUDED
+    (record,) = json.loads((stage_dir / "records.json").read_text())
+    assert record["template"] == "child065" and record["brain_voxels_removed"] == 0
+    assert record["template_sha256"] == hashlib.sha256(Path(child_pair.template).read_bytes()).hexdigest()
