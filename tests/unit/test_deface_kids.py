@@ -330,3 +330,16 @@ def test_stage_uses_the_sites_pair_for_the_sessions_it_names(child_head, child_p
     (record,) = json.loads((stage_dir / "records.json").read_text())
     assert record["template"] == "child065" and record["brain_voxels_removed"] == 0
     assert record["template_sha256"] == hashlib.sha256(Path(child_pair.template).read_bytes()).hexdigest()
+
+
+def test_report_names_the_pair_and_the_mask_source():
+    from bidsafe.release.report import _deface_table
+
+    table = _deface_table([
+        {"input": "anat/sub-01_ses-1_T1w.nii.gz", "engine": "builtin", "template": "adult", "applied_from": None},
+        {"input": "anat/sub-01_ses-1_T2w.nii.gz", "engine": "builtin", "template": "child065",
+         "applied_from": "anat/sub-01_ses-1_T1w.nii.gz"},
+    ])
+    rows = table.split("<tr>")[2:]
+    assert "<td>builtin</td>" in rows[0]
+    assert "<td>builtin, template child065, mask of anat/sub-01_ses-1_T1w.nii.gz</td>" in rows[1]
