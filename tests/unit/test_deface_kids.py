@@ -213,12 +213,15 @@ def session_heads(tmp_path_factory):
     folder = tmp_path_factory.mktemp("applyto")
     pose = head_pose()
     moved = rotation_matrix("x", 12.0) @ np.array([[1, 0, 0, 0], [0, 1, 0, 15.0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    nudged = np.eye(4)
+    nudged[1, 3] = 4.5  # 4.5 mm forward: the metric guard alone would not notice
     heads = {}
     for name, head_pose_, axes, voxel, seed in (
         ("sub-01_ses-1_T1w.nii.gz", pose, LPS, (2.5, 2.5, 2.5), 21),
         ("sub-01_ses-1_T2w.nii.gz", pose, LPS, (2.5, 2.5, 2.5), 22),
         ("sub-01_ses-1_FLAIR.nii.gz", pose, PIR, (2.0, 2.0, 3.0), 23),
         ("sub-01_ses-1_PD.nii.gz", moved @ pose, LPS, (2.5, 2.5, 2.5), 24),
+        ("sub-01_ses-1_acq-nudged_T2w.nii.gz", nudged @ pose, PIR, (2.0, 2.0, 2.0), 25),
     ):
         path = folder / name
         _, truth = make_head(path, head_pose_, axes, voxel, fov_mm=(200.0, 240.0, 230.0), seed=seed)
@@ -268,6 +271,13 @@ def test_applyto_head_moved_between_scans_is_registered_on_its_own(session_heads
     record = engine.deface_image(pd["path"], tmp_path / "pd.nii.gz", estimate=chosen)
     assert_defaced(tmp_path / "pd.nii.gz", pd["path"], pd["truth"])
     assert record.applied_from is None
+    # a small movement between the scans: the metric still passes, the refit notices
+    nudged = engine.estimate_applied(reference, nib.load(t1["path"]), session_heads[
+        "sub-01_ses-1_acq-nudged_T2w.nii.gz"]["path"], "T1w")
+    assert [f for f in nudged.failures if "moved between the scans" in f] == nudged.failures != []
+    same = engine.estimate_applied(reference, nib.load(t1["path"]), session_heads[
+        "sub-01_ses-1_T2w.nii.gz"]["path"], "T1w")
+    assert same.failures == [] and same.applied_from == "T1w"
     # an image not in scanner coordinates never gets another image's mask
     unknown = nib.load(session_heads["sub-01_ses-1_T2w.nii.gz"]["path"])
     unknown.set_sform(unknown.affine, code=2)

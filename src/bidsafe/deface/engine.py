@@ -264,6 +264,10 @@ def _estimate_removal(
 # --- applying one image's transform to another (--applyto) ---------------------------------------------------
 
 SCANNER_CODE = 1  # NIfTI xform code "scanner anatomical": the coordinates dcm2niix writes
+# Largest distance (template mm) over the face mask's extent between the reference's transform and the one the
+# template settles on when refitted on the other image from it. Registration noise at 4 mm is ~1-2 mm; a head
+# that moved between the scans shows more, and the metric guard alone only notices about 10 mm.
+MAX_APPLY_DRIFT_MM = 3.0
 
 
 def scanner_frame(img: nib.Nifti1Image) -> bool:
@@ -293,15 +297,31 @@ def estimate_applied(reference: RemovalEstimate, reference_img: nib.Nifti1Image,
     if not np.any(volume > 0):
         raise GuardError("image is empty (no positive voxel): cannot place the face mask", Path(in_path).name)
     with tpl.using(reference.pair):
-        metric = evaluate_metric(volume, img.affine, reference.matrix)
+        levels = register.prepare_subject(volume, img.affine, (register.CHECK_SPACING_MM,))
+        metric = register.check_metric(levels, reference.matrix)
         removal, report = apply_guards(reference.matrix, img.affine, img.shape[:3],
                                        alternative=reference.alternative, metric=metric)
+        drift = face_drift_mm(reference.matrix, register.refit(levels, reference.matrix), removal, img.affine)
+    if drift > MAX_APPLY_DRIFT_MM:
+        report.failures.append(f"the head moved between the scans (the template refits {drift:.1f} mm away "
+                               f"> {MAX_APPLY_DRIFT_MM})")
     return RemovalEstimate(
         removal=removal, affine=img.affine.copy(), matrix=reference.matrix, engine=reference.engine,
         report=report, volumes=1 if img.ndim == 3 else img.shape[3], seconds=time.monotonic() - started,
         notes=[f"face mask of {reference_label} applied (same scanner frame)"], alternative=reference.alternative,
         pair=reference.pair, applied_from=reference_label,
     )
+
+
+def face_drift_mm(matrix: np.ndarray, other: np.ndarray, removal: np.ndarray, affine: np.ndarray) -> float:
+    """Largest distance (template mm) between where two transforms send the corners of the removal mask's
+    bounding box (the whole grid when nothing is removed)."""
+    hits = np.argwhere(removal) if removal.any() else np.array([[0, 0, 0], np.array(removal.shape) - 1])
+    low, high = hits.min(axis=0), hits.max(axis=0)
+    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1])
+                        for z in (low[2], high[2])])
+    world = affine @ corners.T
+    return float(np.max(np.linalg.norm((matrix @ world - other @ world)[:3], axis=0)))
 
 
 def applied_or_registered(reference: RemovalEstimate, reference_path: Path, reference_label: str, in_path: Path,
