@@ -245,11 +245,14 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p = _add(
         sub, "deface",
         help="remove the face from a structural NIfTI image (fails closed)",
-        description="Register pydeface's head template to the image, carry its face mask through the "
-        "same transform and zero the face. Exit 3 with no OUT written when a safety guard trips.",
-        epilog=exit_codes((0, "OUT was written"), (1, "IN cannot be read as a NIfTI image"),
-                          (2, "bad arguments, or OUT (or --qc/--mask) exists without --force"),
-                          (3, "a safety guard refused (registration implausible, empty image): nothing written")),
+        description="Register pydeface's head template (or --template) to the image, carry its face mask "
+        "through the same transform and zero the face. Exit 3 with no OUT written when a safety guard trips; "
+        "a head clearly smaller than pydeface's adult template is refused: give an age-appropriate --template.",
+        epilog=exit_codes((0, "OUT (and every --applyto output) was written"),
+                          (1, "IN cannot be read as a NIfTI image"),
+                          (2, "bad arguments, or OUT (or --qc/--mask/an --applyto output) exists without --force"),
+                          (3, "a safety guard refused (registration implausible, head smaller than the template's, "
+                              "empty image): nothing written")),
     )
     p.add_argument("input", metavar="IN.nii.gz", help="structural image to deface (read only)")
     p.add_argument("output", metavar="OUT.nii.gz", help="defaced image to write")
