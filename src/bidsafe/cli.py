@@ -245,11 +245,14 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p = _add(
         sub, "deface",
         help="remove the face from a structural NIfTI image (fails closed)",
-        description="Register pydeface's head template to the image, carry its face mask through the "
-        "same transform and zero the face. Exit 3 with no OUT written when a safety guard trips.",
-        epilog=exit_codes((0, "OUT was written"), (1, "IN cannot be read as a NIfTI image"),
-                          (2, "bad arguments, or OUT (or --qc/--mask) exists without --force"),
-                          (3, "a safety guard refused (registration implausible, empty image): nothing written")),
+        description="Register pydeface's head template (or --template) to the image, carry its face mask "
+        "through the same transform and zero the face. Exit 3 with no OUT written when a safety guard trips; "
+        "a head clearly smaller than pydeface's adult template is refused: give an age-appropriate --template.",
+        epilog=exit_codes((0, "OUT (and every --applyto output) was written"),
+                          (1, "IN cannot be read as a NIfTI image"),
+                          (2, "bad arguments, or OUT (or --qc/--mask/an --applyto output) exists without --force"),
+                          (3, "a safety guard refused (registration implausible, head smaller than the template's, "
+                              "empty image): nothing written")),
     )
     p.add_argument("input", metavar="IN.nii.gz", help="structural image to deface (read only)")
     p.add_argument("output", metavar="OUT.nii.gz", help="defaced image to write")
@@ -260,6 +263,20 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", metavar="MASK.nii.gz", help="write the removal mask")
     p.add_argument("--threads", type=int, metavar="N",
                    help="registration threads (default: $BIDSAFE_DEFACE_THREADS or 1)")
+    p.add_argument("--applyto", nargs="+", metavar="OTHER",
+                   help="also deface these images of the same session with IN's face mask (IN's transform carried "
+                   "onto each one's grid; both must be in scanner coordinates, as dcm2niix writes them), each "
+                   "judged by every guard on its own and registered on its own when the mask does not fit; "
+                   "each is written next to OUT as OTHER's file name with _defaced before .nii/.nii.gz. "
+                   "Nothing is written unless IN and every OTHER pass")
+    p.add_argument("--template", metavar="FILE",
+                   help="a head template to register instead of pydeface's adult one (e.g. age-appropriate); "
+                   "needs --facemask and --brainmask on the same grid")
+    p.add_argument("--facemask", metavar="FILE", help="the template's face mask (0 = face, 1 = keep; as pydeface's)")
+    p.add_argument("--brainmask", metavar="FILE",
+                   help="the template's brain mask (1 = brain): the guard that no brain is removed needs it")
+    p.add_argument("--scale-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="plausible template-mm-per-subject-mm range for --template's heads (default 0.8 1.25)")
     p.set_defaults(handler="bidsafe.deface.engine:cli_main")
 
 

@@ -243,11 +243,19 @@ def deface_stage(
     suffixes: Sequence[str] = (),
     engine: str = "auto",
     upstream_status: Path | None = None,
+    templates: Sequence[Mapping[str, Any]] = (),
+    applyto: bool = True,
+    subject: str = "",
+    session: str = "",
 ) -> dict[str, Any]:
     """Deface every anat image of a session (but `exempt` suffixes) and every image whose suffix is in
     `suffixes`; a tripped guard (or an image the engine cannot read) withholds the session instead of
-    failing the run."""
+    failing the run. `templates` (config `deface.templates`) may name a site's template pair for this
+    session (`subject`, `session`: released labels); `applyto` carries the T1w's face mask onto the others."""
     from bidsafe.deface.engine import deface_session
+    from bidsafe.deface.template import select_pair
+
+    template = select_pair(templates, subject, session)
 
     def work() -> dict[str, Any]:
         refused: GuardError | None = None
@@ -257,7 +265,7 @@ def deface_stage(
             try:
                 records = deface_session(
                     Path(in_dir), Path(out_bids), Path(records_json), pictures, engine=engine,
-                    exempt=list(exempt or {}), also=list(suffixes),
+                    exempt=list(exempt or {}), also=list(suffixes), template=template, applyto=applyto,
                 )
             except GuardError as exc:
                 refused = exc
