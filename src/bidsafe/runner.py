@@ -68,6 +68,14 @@ def split_extra(rest: Sequence[str]) -> list[str]:
     return rest
 
 
+def inbox_is_empty(inbox: Path) -> bool:
+    """True for an existing inbox folder with no entry but hidden ones (a hand-over in progress is hidden)."""
+    try:
+        return inbox.is_dir() and not any(not name.startswith(".") for name in os.listdir(inbox))
+    except OSError:
+        return False  # unreadable: the workflow's own check names the problem
+
+
 def cli_main(args: argparse.Namespace) -> int:
     configfile = Path(args.configfile)
     try:
@@ -84,6 +92,11 @@ def cli_main(args: argparse.Namespace) -> int:
     print(f"bidsafe run: workflow {snakefile}, config {configfile}, in {Path.cwd()}", file=sys.stderr)
     if args.dry_run:  # lists jobs, changes nothing: no lock
         return subprocess.run(command, env=tool_environment(), check=False).returncode
+    if inbox_is_empty(Path(config["inbox"])):
+        # A receiver- or drop-fed inbox stays empty until the first study is complete: a scheduled run then has
+        # nothing to do (ingest would stop the run with "no DICOM study found", a failure every timer tick).
+        print("bidsafe run: the inbox holds nothing yet; nothing to do", file=sys.stderr)
+        return 0
     # One run per site: a second one (a timer firing while a long run works) waits or exits 75 (bidsafe.runlock).
     # Snakemake inherits that lock, so it stays held while Snakemake works even if this process is killed first.
     # Then the data areas' run lock (bidsafe.recovery: the one a plain `snakemake` run's onstart hook takes, so

@@ -42,6 +42,7 @@ def _site(tmp_path: Path) -> Path:
     site.write_text("".join(f"{key}: {tmp_path / key}\n" for key in ("inbox", "private_dir", "work_dir",
                                                                      "release_dir")))
     (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "exported.dcm").write_bytes(b"a study arrived")  # an empty inbox runs nothing
     return site
 
 
@@ -112,3 +113,19 @@ def test_snakemake_inherits_the_lock_and_dry_run_takes_none(tmp_path: Path, monk
         args.dry_run = True
         assert runner.cli_main(args) == 0  # a dry run needs no lock, so it works during a run
         assert seen[0][0] == ()
+
+
+def test_an_empty_inbox_runs_nothing_and_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A receiver- or drop-fed inbox is empty until the first study is complete: a timer's run then exits 0
+    without starting Snakemake (whose ingest would fail with "no DICOM study found" at every tick); a hand-over
+    in progress (a hidden folder) does not count."""
+    site = _site(tmp_path)
+    (tmp_path / "inbox" / "exported.dcm").unlink()
+    (tmp_path / "inbox" / ".incoming-x1").mkdir()
+    calls: list[list[str]] = []
+    monkeypatch.setattr(runner.subprocess, "run", lambda command, **kw: calls.append(command))
+    args = argparse.Namespace(configfile=str(site), cores="1", dry_run=False, snakemake=[], wait=False)
+    assert runner.cli_main(args) == 0
+    assert calls == []
+    assert "the inbox holds nothing yet; nothing to do" in capsys.readouterr().err
