@@ -29,6 +29,22 @@ rule all:
     default_target: True
 
 
+# The start of every run that has jobs to do (after Snakemake took its lock, before any job): the run lock on
+# work_dir and private_dir, then what killed jobs left is removed and the private area's modes are tightened
+# (bidsafe.recovery); counts only, never names.
+onstart:
+    import sys
+
+    from bidsafe.recovery import hold_run_lock, sweep_leftovers, tighten_private_tree
+
+    # one run at a time on these data areas, however started (a second one stops here, before any job)
+    hold_run_lock(WORK, PRIVATE)
+    swept = sweep_leftovers(WORK, PRIVATE, Path(".snakemake"))
+    tighten_private_tree(PRIVATE)
+    if swept:
+        print(f"bidsafe: removed {swept} leftover(s) of a stopped run", file=sys.stderr)
+
+
 # The end of every run: five lines (published or not, sessions, gates, where the report is). After a failure the
 # report is written from whatever the run left (the report job did not run), saying what is missing.
 onsuccess:

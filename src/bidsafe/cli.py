@@ -245,11 +245,14 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p = _add(
         sub, "deface",
         help="remove the face from a structural NIfTI image (fails closed)",
-        description="Register pydeface's head template to the image, carry its face mask through the "
-        "same transform and zero the face. Exit 3 with no OUT written when a safety guard trips.",
-        epilog=exit_codes((0, "OUT was written"), (1, "IN cannot be read as a NIfTI image"),
-                          (2, "bad arguments, or OUT (or --qc/--mask) exists without --force"),
-                          (3, "a safety guard refused (registration implausible, empty image): nothing written")),
+        description="Register pydeface's head template (or --template) to the image, carry its face mask "
+        "through the same transform and zero the face. Exit 3 with no OUT written when a safety guard trips; "
+        "a head clearly smaller than pydeface's adult template is refused: give an age-appropriate --template.",
+        epilog=exit_codes((0, "OUT (and every --applyto output) was written"),
+                          (1, "IN cannot be read as a NIfTI image"),
+                          (2, "bad arguments, or OUT (or --qc/--mask/an --applyto output) exists without --force"),
+                          (3, "a safety guard refused (registration implausible, head smaller than the template's, "
+                              "empty image): nothing written")),
     )
     p.add_argument("input", metavar="IN.nii.gz", help="structural image to deface (read only)")
     p.add_argument("output", metavar="OUT.nii.gz", help="defaced image to write")
@@ -260,6 +263,20 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", metavar="MASK.nii.gz", help="write the removal mask")
     p.add_argument("--threads", type=int, metavar="N",
                    help="registration threads (default: $BIDSAFE_DEFACE_THREADS or 1)")
+    p.add_argument("--applyto", nargs="+", metavar="OTHER",
+                   help="also deface these images of the same session with IN's face mask (IN's transform carried "
+                   "onto each one's grid; both must be in scanner coordinates, as dcm2niix writes them), each "
+                   "judged by every guard on its own and registered on its own when the mask does not fit; "
+                   "each is written next to OUT as OTHER's file name with _defaced before .nii/.nii.gz. "
+                   "Nothing is written unless IN and every OTHER pass")
+    p.add_argument("--template", metavar="FILE",
+                   help="a head template to register instead of pydeface's adult one (e.g. age-appropriate); "
+                   "needs --facemask and --brainmask on the same grid")
+    p.add_argument("--facemask", metavar="FILE", help="the template's face mask (0 = face, 1 = keep; as pydeface's)")
+    p.add_argument("--brainmask", metavar="FILE",
+                   help="the template's brain mask (1 = brain): the guard that no brain is removed needs it")
+    p.add_argument("--scale-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="plausible template-mm-per-subject-mm range for --template's heads (default 0.8 1.25)")
     p.set_defaults(handler="bidsafe.deface.engine:cli_main")
 
 
@@ -356,11 +373,15 @@ def _run(sub: argparse._SubParsersAction) -> None:
         "`bidsafe run --configfile site.yaml --cores 8 converted -- --forcerun convert`.",
         epilog=exit_codes((0, "every job finished (Snakemake's exit code)"),
                           (1, "a job failed (Snakemake's exit code; the report and the terminal summary say which)"),
-                          (2, "the config has problems (one line each; nothing was run)")),
+                          (2, "the config has problems (one line each; nothing was run)"),
+                          (75, "another bidsafe run on this site (same private_dir) is in progress; nothing was "
+                           "done (EX_TEMPFAIL: a timer or cron line simply tries again later)")),
     )
     p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
     p.add_argument("--cores", default="all", metavar="N", help="cores Snakemake may use (default: all)")
     p.add_argument("-n", "--dry-run", action="store_true", help="list the jobs that would run, run none")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run on this site is in progress, wait for it to finish instead of exiting 75")
     p.add_argument(
         "snakemake",
         nargs=argparse.REMAINDER,
@@ -368,6 +389,47 @@ def _run(sub: argparse._SubParsersAction) -> None:
         help="targets of the workflow (default: the whole release), then options passed to Snakemake as given",
     )
     p.set_defaults(handler="bidsafe.runner:cli_main")
+
+
+def _watch_drop(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "watch-drop",
+        help="hand studies copied into the site's drop folder to the inbox once they are complete (quiet)",
+        description="Watch the folder `drop.folder` of the site config. A study (files grouped by "
+        "StudyInstanceUID, header-only reads) is handed to the inbox as a new part with a manifest once its "
+        "files have not changed for `drop.quiet_seconds`; its originals are then removed from the drop unless "
+        "`drop.keep_originals` is true. Files that are not image DICOM stay in the drop and are listed in the "
+        "private report private_dir/drop/left-in-drop.tsv. Prints counts and keyed study keys only. Without "
+        "--once it looks every `drop.poll_seconds` until stopped.",
+        epilog=exit_codes((0, "the look(s) finished (studies still waiting for their quiet period included)"),
+                          (1, "a study could not be handed over, or the drop folder could not be read (its "
+                           "files stay in the drop; the next look tries again)"),
+                          (2, "the config has problems, or drop.folder is missing or overlaps a data area"),
+                          (75, "another bidsafe watch-drop on this site is running; nothing was done")),
+    )
+    p.add_argument("--configfile", required=True, metavar="CONFIG.yaml", help="the site config (see config/README.md)")
+    p.add_argument("--once", action="store_true", help="look once and exit (for cron or a systemd timer)")
+    p.set_defaults(handler="bidsafe.drop:cli_main")
+
+
+def _receive(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "receive",
+        help="run the DICOM receiver (Storage SCP): complete studies are handed over to the inbox",
+        description="Receive DICOM instances (C-STORE) from the callers in the config's `receiver:` section and "
+        "hand each study over to the inbox once it is complete: no instance for receiver.quiet_seconds, or the "
+        "expected series complete. Instances are spooled and journalled in PRIVATE_DIR/receiver/; a study "
+        "still receiving after receiver.max_wait_seconds is held for review. Runs until stopped (Ctrl-C or "
+        "SIGTERM). Log lines name studies by a keyed short hash, never a UID or a name.",
+        epilog=exit_codes((0, "stopped, or --status/--release-held done"),
+                          (1, "the port cannot be opened, or no held study has that key"),
+                          (2, "bad arguments or configuration (e.g. no receiver: section)")),
+    )
+    p.add_argument("--configfile", required=True, metavar="SITE.yaml", help="the site config (same as for runs)")
+    p.add_argument("--status", action="store_true", help="print each study's state and counts, then exit")
+    p.add_argument("--release-held", metavar="STUDY_KEY",
+                   help="let a held study be handed over (by the running receiver), then exit")
+    p.set_defaults(handler="bidsafe.receiver:cli_main")
 
 
 COMMANDS: tuple[Register, ...] = (
@@ -384,6 +446,8 @@ COMMANDS: tuple[Register, ...] = (
     _leak_scan,
     _verify,
     _withdraw_from_releases,
+    _watch_drop,
+    _receive,
 )
 
 

@@ -106,6 +106,7 @@ def convert_session(
     log_dir: Path | None = None,
     summary_json: Path | None = None,
     deid_report: Path | None = None,
+    scratch_root: Path | None = None,
 ) -> list[Path]:
     """Convert the DICOM files under `dicom_dir` into `out_dir/sub-<subject>/ses-<session>/`.
 
@@ -114,6 +115,8 @@ def convert_session(
     input paths) receives dcm2niix's and dcm2bids' logs and console output; without it they are discarded.
     `summary_json` receives the session's conversion summary (`summarise`); `deid_report` (the private
     de-identification report of the session) adds the series de-identification withheld or failed.
+    `scratch_root`: where dcm2niix and dcm2bids work (default: beside `out_dir`); the pipeline passes a private
+    folder (their logs name input paths; the sidecars are not yet scrubbed).
     """
     dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
     for kind, label in (("subject", subject), ("session", session)):
@@ -135,7 +138,7 @@ def convert_session(
     rel = Path(f"sub-{subject}") / f"ses-{session}"
     # absolute: dcm2bids runs with the scratch folder as its working directory
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.convert-sub-{subject}-ses-{session}-",
-                                    dir=out_dir.parent)).resolve()
+                                    dir=scratch_root or out_dir.parent)).resolve()
     try:
         niix = scratch / "dcm2niix"
         niix.mkdir()
@@ -181,7 +184,7 @@ def convert_session(
         final = out_dir / rel
         with atomic_dir(final) as staging:
             for child in sorted(produced.iterdir()):
-                os.replace(child, staging / child.name)
+                shutil.move(child, staging / child.name)  # a rename, or a copy from another file system
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _niftis(final)

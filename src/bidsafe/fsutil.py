@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -75,6 +77,51 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink()
+
+
+def move_dir_into_place(src: str | Path, dst: str | Path) -> Path:
+    """Move the finished folder `src` to `dst` whole (replacing an existing `dst`), across file systems too.
+
+    On one file system this is a rename. Otherwise `src` is copied into a temporary sibling of `dst` (same
+    file system as `dst`), renamed into place and only then removed, so `dst` never appears half-copied.
+    """
+    src, dst = Path(src), Path(dst)
+    with atomic_dir(dst) as tmp:
+        tmp.rmdir()  # the rename below takes its (still unique) name
+        try:
+            os.rename(src, tmp)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copytree(src, tmp, symlinks=True)
+            shutil.rmtree(src, ignore_errors=True)
+    return dst
+
+
+# What the helpers above leave when a process is killed between creating and renaming: `.name.XXXX.tmp` files
+# and folders (atomic_write_*, atomic_dir) and `.name.old-PID` folders (atomic_dir's replaced original).
+_LEFTOVER = re.compile(r"^\..+\.(?:[A-Za-z0-9_]+\.tmp|old-\d+)$")
+
+
+def leftover_temps(root: str | Path) -> list[Path]:
+    """The temporary siblings under `root` that a killed process left (see `_LEFTOVER`); outermost only."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if _LEFTOVER.match(name):
+                found.append(Path(folder) / name)
+        dirs[:] = [d for d in dirs if not _LEFTOVER.match(d)]
+    return sorted(found)
+
+
+def remove_path(path: str | Path) -> None:
+    """Remove a file, link or folder tree; nothing when it is already gone."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _umask() -> int:

@@ -8,6 +8,10 @@ reports (both may name patients through folder names and PatientID, so both live
 - the **quarantine** report (one row per file that is not usable image DICOM, with a reason that never
   contains a value read from the file, attributed to a session when its folder makes that unambiguous).
 
+Folders whose name starts with '.' are not walked: a study handed over to a receiver-fed inbox is built in
+`inbox/.incoming-*` and renamed into place whole (`bidsafe.handoff`), so a half-moved study is never seen; the
+handoff's `part-NNN/manifest.json` is its record, not input, and is not listed either.
+
 Symbolic links are never followed. The configured inbox path itself may be a link (it is resolved once, at the
 start); a link found inside the inbox is listed in the quarantine report with what it points to (out of the
 inbox, a folder, a file, nothing), never read: a link can lead out of the inbox (whose files were never meant
@@ -50,6 +54,8 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.filelist import escape_name, unescape_name
+from bidsafe.handoff import MANIFEST_NAME as HANDOFF_MANIFEST
+from bidsafe.handoff import PART_RE as HANDOFF_PART_RE
 from bidsafe.phi import quiet_pydicom
 from bidsafe.private import private_write_bytes
 from bidsafe.progress import Progress
@@ -196,7 +202,12 @@ def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
                 if entry.is_symlink():
                     yield _Entry(relpath, entry.path, skip_reason=_symlink_reason(Path(entry.path), root))
                 elif entry.is_dir(follow_symlinks=False):
-                    subfolders.append(Path(entry.path))
+                    # a folder named '.xxx' is being built (a study handed over by the receiver or a drop
+                    # is renamed into place whole), so a half-moved study is never indexed
+                    if not entry.name.startswith("."):
+                        subfolders.append(Path(entry.path))
+                elif _is_handoff_manifest(entry.name, folder):
+                    continue  # the handoff's own record (bidsafe.handoff), not raw input
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
                     # checked here, not only on open: a cached row would otherwise be reused for a file that
@@ -209,6 +220,11 @@ def _walk_inbox(inbox: Path) -> Iterator[_Entry]:
             except OSError as exc:  # vanished or unreadable between listing and stat
                 yield _Entry(relpath, entry.path, skip_reason=f"{REASON_TRUNCATED}: {exc.strerror}")
         stack.extend(reversed(subfolders))
+
+
+def _is_handoff_manifest(name: str, folder: Path) -> bool:
+    """`manifest.json` directly inside a `part-NNN` folder is written by `bidsafe.handoff`, not received."""
+    return name == HANDOFF_MANIFEST and HANDOFF_PART_RE.match(folder.name) is not None
 
 
 _INBOX_KEY = "inbox (config key 'inbox', or INBOX; its path is not shown: it may name a patient)"

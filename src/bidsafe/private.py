@@ -14,9 +14,13 @@ FILE_MODE = 0o600
 
 
 def ensure_private_dir(path: str | Path) -> Path:
-    """Create `path` (and parents) with mode 0700 and tighten it if it already exists."""
+    """Create `path` (and missing parents, each 0700: `mkdir(parents=True)` gives parents the umask's mode) with
+    mode 0700 and tighten it if it already exists."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(folder, DIR_MODE)
     os.chmod(path, DIR_MODE)
     return path
 

@@ -6,6 +6,7 @@ without Snakemake. Each function takes paths and plain values and returns what i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Any
 
 from bidsafe import filelist
 from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
-from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text, remove_path
 from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
 
 log = logging.getLogger("bidsafe")
@@ -43,8 +44,12 @@ def deid_session(
     allow_weaker_rules: bool = False,
     profile_json: Path | None = None,
     subject_values: Sequence[Path] = (),
+    scratch: Path | None = None,
 ) -> dict[str, int]:
     """De-identify one session's files into `out_dir` (whole or not at all); keep the harvest and report private.
+
+    `scratch`: a private folder to build the tree in (files there hold text not yet cleaned of the harvested
+    values: never a temporary sibling in work_dir); default: a temporary sibling of `out_dir`.
 
     The rule set is checked as `bidsafe check-rules` does first: a rejected one raises, unless
     `allow_weaker_rules`, which applies it but records the gaps in `profile_json` (publish then refuses).
@@ -57,6 +62,7 @@ def deid_session(
     from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
     from bidsafe.keys import load_key
     from bidsafe.phi import load_values, save_values
+    from bidsafe.private import ensure_private_dir
     from bidsafe.profile import WEAKER_RULES, write_stage_profile
 
     gaps = require_checked_rules(Path(rules_path), allow_weaker=allow_weaker_rules)
@@ -72,11 +78,17 @@ def deid_session(
         log.warning("rule set %s: %d check-rules gap(s), applied because deid.allow_weaker_rules is set: this "
                     "session is NOT shareable and will not be published", Path(rules_path).name, len(gaps))
     files = [Path(rel) for rel in read_file_list(files_txt)]  # relative to the inbox, as deidentify_tree takes them
-    with atomic_dir(out_dir) as tmp:
+    with contextlib.ExitStack() as stack:
+        if scratch is None:
+            dst = stack.enter_context(atomic_dir(out_dir))
+        else:  # the finished tree is moved to out_dir (deidentify_tree requires a new folder there)
+            remove_path(out_dir)
+            dst = Path(out_dir)
         report = deidentify_tree(
-            Path(inbox), tmp, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject,
+            Path(inbox), dst, rules=rules, key=key, jobs=jobs, files=files, subject_key=subject,
             vocabulary=vocabulary_for(vocabulary),
             pooled=[value for path in subject_values for value in load_values(path)],
+            scratch=None if scratch is None else ensure_private_dir(scratch),
         )
         report.weaker_rules = tuple(gaps)
         write_report(report, report_json)
@@ -170,15 +182,23 @@ def convert_stage(
     config: Path,
     log_dir: Path | None = None,
     deid_report: Path | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     """The convert job: `convert_session`, withholding the session when nothing converts, the mapping is
     ambiguous or dcm2bids fails; the series summary is written in every case (what was received and why
-    it was left out)."""
+    it was left out). `out_bids` appears whole or not at all (a killed job leaves no folder that could pass
+    for a finished one); `scratch`: a private folder for dcm2niix's and dcm2bids' work."""
     from bidsafe.convert import convert_session, empty_summary
 
     def work() -> dict[str, Any]:
-        images = convert_session(Path(dicom_dir), Path(out_bids), subject, session, config=Path(config),
-                                 log_dir=log_dir, summary_json=Path(summary_json), deid_report=deid_report)
+        if scratch is not None:
+            from bidsafe.private import ensure_private_dir
+
+            ensure_private_dir(scratch)
+        with atomic_dir(out_bids) as tmp:
+            images = convert_session(Path(dicom_dir), tmp, subject, session, config=Path(config),
+                                     log_dir=log_dir, summary_json=Path(summary_json), deid_report=deid_report,
+                                     scratch_root=scratch)
         return {"images": len(images)}
 
     def write_empty() -> None:
@@ -223,31 +243,45 @@ def deface_stage(
     suffixes: Sequence[str] = (),
     engine: str = "auto",
     upstream_status: Path | None = None,
+    templates: Sequence[Mapping[str, Any]] = (),
+    applyto: bool = True,
+    subject: str = "",
+    session: str = "",
 ) -> dict[str, Any]:
     """Deface every anat image of a session (but `exempt` suffixes) and every image whose suffix is in
     `suffixes`; a tripped guard (or an image the engine cannot read) withholds the session instead of
-    failing the run."""
+    failing the run. `templates` (config `deface.templates`) may name a site's template pair for this
+    session (`subject`, `session`: released labels); `applyto` carries the T1w's face mask onto the others."""
     from bidsafe.deface.engine import deface_session
+    from bidsafe.deface.template import select_pair
+
+    template = select_pair(templates, subject, session)
 
     kept: list[dict[str, Any]] = []  # a refused session's records: what each guard measured, kept for the report
 
     def work() -> dict[str, Any]:
-        Path(pictures_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            records = deface_session(
-                Path(in_dir), Path(out_bids), Path(records_json), Path(pictures_dir), engine=engine,
-                exempt=list(exempt or {}), also=list(suffixes),
-            )
-        except GuardError as exc:
-            kept.extend(getattr(exc, "records", []))
-            raise SessionWithheld("deface:refused", f"deface guard: {exc.message}") from exc
+        refused: GuardError | None = None
+        # both folders appear whole (a killed job leaves neither half-made); the pictures of a refused session
+        # are kept: they show why the guard tripped (QC area, not released)
+        with atomic_dir(pictures_dir) as pictures:
+            try:
+                records = deface_session(
+                    Path(in_dir), Path(out_bids), Path(records_json), pictures, engine=engine,
+                    exempt=list(exempt or {}), also=list(suffixes), template=template, applyto=applyto,
+                )
+            except GuardError as exc:
+                refused = exc
+        if refused is not None:
+            kept.extend(getattr(refused, "records", []))
+            raise SessionWithheld("deface:refused", f"deface guard: {refused.message}") from refused
         return {"images": len(records)}
 
     def write_empty() -> None:
         with atomic_dir(out_bids):
             pass
-        # the pictures of a refused session are kept: they show why the guard tripped (QC area, not released)
-        Path(pictures_dir).mkdir(parents=True, exist_ok=True)
+        if not Path(pictures_dir).is_dir():
+            with atomic_dir(pictures_dir):
+                pass
         atomic_write_json(records_json, kept)
 
     return run_session_stage("deface", status_json, upstream_status, work, write_empty, "deface:refused")
@@ -445,10 +479,31 @@ def _leak_gate(inputs: Mapping[str, object]):
     )
     save_harvest(rows, origins, Path(str(inputs["values_json"])))
     findings = inputs.get("findings_json")
+    also = [Path(str(p)) for p in inputs.get("also", ())]  # type: ignore[attr-defined]
+    if inputs.get("work_dir"):
+        also += work_folders(Path(str(inputs["work_dir"])), Path(str(inputs["staging"])), also)
     return gates.gate_leak_scan(
-        inputs["staging"], rows, inputs.get("also", ()), inputs.get("vocabulary") or None,
+        inputs["staging"], rows, also, inputs.get("vocabulary") or None,
         allow=inputs.get("allow") or None, origins=origins, findings=Path(str(findings)) if findings else None,
     )
+
+
+# Written by the other gates while this one runs (atomic writes: temporary names come and go); gate reports
+# hold counts and file names only.
+_NOT_SCANNED_IN_WORK = frozenset({"gates"})
+
+
+def work_folders(work_dir: Path, staging: Path, also: Sequence[Path] = ()) -> list[Path]:
+    """Every folder of work_dir the leak gate scans besides the staging release and `also`: the intermediates
+    of every stage and any leftover of a killed job (hidden temporary names included), so an identifying value
+    in work_dir fails the gate like one in the release."""
+    skip = {Path(p).resolve() for p in also}
+    staging = Path(staging).resolve()
+    return [
+        folder for folder in sorted(Path(work_dir).iterdir())
+        if folder.is_dir() and not folder.is_symlink() and folder.name not in _NOT_SCANNED_IN_WORK
+        and folder.resolve() not in skip and not staging.is_relative_to(folder.resolve())
+    ]
 
 
 def qa_session_files(sessions_tsv: object, session_files: object) -> frozenset[str]:

@@ -52,7 +52,8 @@ def documented_codes(command: str, capsys: pytest.CaptureFixture[str]) -> set[in
 def test_every_command_documents_its_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     codes = documented_codes(command, capsys)
     assert {0, 2, 130} <= codes, (command, codes)
-    assert codes <= {0, 1, 2, 3, 130}, (command, codes)
+    # 75 (EX_TEMPFAIL): a scheduled command found another run of it in progress (bidsafe.runlock)
+    assert codes <= {0, 1, 2, 3, 75, 130}, (command, codes)
 
 
 def test_every_argument_has_help_positionals_included() -> None:

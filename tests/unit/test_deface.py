@@ -200,7 +200,8 @@ def test_guards_pass_the_true_transform(known_grid):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (np.diag([1.45, 1.45, 1.45, 1.0]), "implausible scale"),
+        (np.diag([1.45, 1.45, 1.45, 1.0]), "head smaller than the adult template"),
+        (np.diag([1.0, 1.45, 1.0, 1.0]), "implausible scale"),
         (np.diag([-1.0, 1.0, 1.0, 1.0]), "reflection"),
         (np.array([[1, 0.35, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), "implausible shear"),
     ],

@@ -87,7 +87,8 @@ def test_snakemake_command_runs_the_shipped_snakefile_with_this_python(tmp_path:
     assert command[command.index("--snakefile") + 1] == str(resources.snakefile())
     assert Path(command[command.index("--configfile") + 1]).is_absolute()
     assert command[command.index("--cores") + 1] == "8"
-    assert command[-4:] == ["--dry-run", "converted", "--forcerun", "convert"]
+    # a job a killed run left half-done is redone by the same command (no flag to remember)
+    assert command[-5:] == ["--dry-run", "--rerun-incomplete", "converted", "--forcerun", "convert"]
 
 
 def test_split_extra_drops_only_the_first_separator() -> None:

@@ -7,6 +7,7 @@ from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area, ensure_private_dir
+from bidsafe.recovery import scratch_dir
 
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
@@ -27,6 +28,12 @@ check_areas(INBOX, PRIVATE, WORK, RELEASE)
 # publish is the last job: an unwritable release folder must stop the run before the first one
 check_writable_area(RELEASE, "release_dir")
 ensure_private_dir(PRIVATE)
+# Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
+# here first. PRIVATE_SCRATCH: where stages reading identifying input build their files (swept at the start
+# of each run, with what killed jobs left: bidsafe.recovery).
+PRIVATE_SCRATCH = scratch_dir(PRIVATE)
+for _folder in ("ingest", "pseudonymise", "sessions", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch"):
+    ensure_private_dir(PRIVATE / _folder)
 
 SESSION = "sub-{subject}/ses-{session}"
 

@@ -15,7 +15,9 @@ rule convert:
         profile=WORK / "profile" / SESSION / "convert.json",
     params:
         content=content_digest(DCM2BIDS_CONFIG),
-        private_logs=PRIVATE / "dcm2bids" / SESSION,
+        # a string, not a Path: Snakemake fills the wildcards of string params only
+        private_logs=str(PRIVATE / "dcm2bids" / SESSION),
+        scratch=PRIVATE_SCRATCH,
     log:
         LOGS / "convert" / "sub-{subject}_ses-{session}.log",
     resources:

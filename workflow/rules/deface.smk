@@ -11,6 +11,8 @@ rule deface:
         engine=config["deface"]["engine"],
         exempt=config["deface"]["exempt"],
         suffixes=config["deface"]["suffixes"],
+        templates=config["deface"]["templates"],
+        applyto=config["deface"]["applyto"],
     log:
         LOGS / "deface" / "sub-{subject}_ses-{session}.log",
     resources:

@@ -39,6 +39,9 @@ rule deid:
         key=KEY,
         allow_weaker_rules=ALLOW_WEAKER_RULES,
         content=content_digest(DEID_RULES, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
+        # private: files are built here (their text is cleaned of harvested values last); only the finished
+        # tree is moved into work_dir
+        scratch=PRIVATE_SCRATCH,
     log:
         LOGS / "deid" / "sub-{subject}_ses-{session}.log",
     resources:

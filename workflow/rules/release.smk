@@ -63,6 +63,9 @@ rule gate_leak_scan:
         gate="leak_scan",
         inbox=INBOX,
         also=[LOGS],
+        # and every other folder of work_dir (intermediates, leftovers of killed jobs): nothing identifying
+        # may sit there either (bidsafe.stages.work_folders)
+        work_dir=WORK,
         values_json=PRIVATE / "leakscan" / "values.json",
         # private (0600): each finding's values, the sessions they came from, the allow-list entry that allowed
         # an accepted hit; the public report (output) names files and fields only

@@ -17,6 +17,7 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         config=Path(snakemake.input.config),  # noqa: F821
         log_dir=Path(snakemake.params.private_logs),  # noqa: F821
         deid_report=Path(snakemake.input.deid_report),  # noqa: F821
+        scratch=Path(snakemake.params.scratch),  # noqa: F821
     )
     log.info("convert: %s", status)
     log_conversion_summary(log, Path(snakemake.output.summary))  # noqa: F821

@@ -14,5 +14,9 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         suffixes=snakemake.params.suffixes,  # noqa: F821
         engine=snakemake.params.engine,  # noqa: F821
         upstream_status=Path(snakemake.input.upstream_status),  # noqa: F821
+        templates=snakemake.params.templates,  # noqa: F821
+        applyto=snakemake.params.applyto,  # noqa: F821
+        subject=snakemake.wildcards.subject,  # noqa: F821
+        session=snakemake.wildcards.session,  # noqa: F821
     )
     log.info("deface: %s", status)

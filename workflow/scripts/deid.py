@@ -19,4 +19,5 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         allow_weaker_rules=bool(snakemake.params.allow_weaker_rules),  # noqa: F821
         profile_json=Path(snakemake.output.profile),  # noqa: F821
         subject_values=[Path(p) for p in snakemake.input.subject_values],  # noqa: F821
+        scratch=Path(snakemake.params.scratch),  # noqa: F821
     )

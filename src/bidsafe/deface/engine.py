@@ -58,6 +58,8 @@ class DefaceRecord:
     notes: list[str] = field(default_factory=list)
     guards: dict = field(default_factory=dict)  # every guard's value, threshold and failures (GuardReport.as_dict)
     refused: bool = False
+    template: str = tpl.SHIPPED_NAME  # the template pair's name (config `deface.templates`)
+    applied_from: str | None = None  # the image whose transform placed this face mask (`--applyto`)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +118,9 @@ class RemovalEstimate:
     volumes: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    alternative: np.ndarray | None = None  # the transform from the other initialisation (builtin engine)
+    pair: tpl.TemplatePair | None = None  # the template pair it was found with
+    applied_from: str | None = None  # set when the transform was found on another image of the session
 
     @property
     def failures(self) -> list[str]:
@@ -205,14 +210,15 @@ def _sample_face(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...])
     assets = tpl.load_assets()
     vox = np.linalg.solve(assets.affine, matrix @ affine)
     sampled = ndimage.affine_transform(
-        _keep_mask_float(), vox[:3, :3], vox[:3, 3], output_shape=shape, order=1, mode="nearest", prefilter=False
+        _keep_mask_float(tpl.active_pair()), vox[:3, :3], vox[:3, 3], output_shape=shape, order=1, mode="nearest",
+        prefilter=False,
     )
     return sampled < 0.5
 
 
-@functools.lru_cache(maxsize=1)
-def _keep_mask_float() -> np.ndarray:
-    return (~tpl.load_assets().face).astype(np.float32)
+@functools.lru_cache(maxsize=2)
+def _keep_mask_float(pair: tpl.TemplatePair) -> np.ndarray:
+    return (~tpl.pair_assets(pair).face).astype(np.float32)
 
 
 def apply_guards(
@@ -250,9 +256,21 @@ def apply_guards(
 
 
 def estimate_removal(
-    in_path: Path, engine: str = "builtin", threads: int | None = None, work_dir: Path | None = None
+    in_path: Path, engine: str = "builtin", threads: int | None = None, work_dir: Path | None = None,
+    template: tpl.TemplatePair | None = None,
 ) -> RemovalEstimate:
-    """Register, build the removal mask and run every guard; raises only for unusable input, never for a guard."""
+    """Register, build the removal mask and run every guard; raises only for unusable input, never for a guard.
+
+    `template`: the pair to register (default: the one in use, normally pydeface's adult pair)."""
+    with tpl.using(template) as pair:
+        estimate = _estimate_removal(in_path, engine, threads, work_dir)
+    estimate.pair = pair
+    return estimate
+
+
+def _estimate_removal(
+    in_path: Path, engine: str, threads: int | None, work_dir: Path | None
+) -> RemovalEstimate:
     started = time.monotonic()
     img = load_nifti(Path(in_path))
     chosen = choose_engine(engine)
@@ -277,10 +295,90 @@ def estimate_removal(
             agreement_region=(head.head, head.grid.affine),
         )
         matrix = reg.primary.matrix
-    return RemovalEstimate(
+    estimate = RemovalEstimate(
         removal=removal, affine=img.affine.copy(), matrix=matrix, engine=chosen, report=report,
         volumes=1 if img.ndim == 3 else img.shape[3], seconds=time.monotonic() - started, notes=notes,
     )
+    if chosen != "fsl":
+        estimate.alternative = reg.alternative.matrix
+    return estimate
+
+
+# --- applying one image's transform to another (--applyto) ---------------------------------------------------
+
+SCANNER_CODE = 1  # NIfTI xform code "scanner anatomical": the coordinates dcm2niix writes
+# Largest distance (template mm) over the face mask's extent between the reference's transform and the one the
+# template settles on when refitted on the other image from it. Registration noise at 4 mm is ~1-2 mm; a head
+# that moved between the scans shows more, and the metric guard alone only notices about 10 mm.
+MAX_APPLY_DRIFT_MM = 3.0
+
+
+def scanner_frame(img: nib.Nifti1Image) -> bool:
+    """The affine nibabel uses (sform when coded, else qform) maps voxels to the scanner's coordinates.
+
+    Images of one session in scanner coordinates share a frame (DICOM's FrameOfReferenceUID is gone after
+    conversion): the same world point is the same place in the bore, whatever the grids."""
+    sform_code = int(img.header["sform_code"])
+    code = sform_code if sform_code > 0 else int(img.header["qform_code"])
+    return code == SCANNER_CODE
+
+
+def estimate_applied(reference: RemovalEstimate, reference_img: nib.Nifti1Image, in_path: Path,
+                     reference_label: str) -> RemovalEstimate | None:
+    """The reference image's transform carried onto another image of the session, every guard run again.
+
+    The face mask is carried from the template through the reference's transform straight onto this image's
+    grid (no second interpolation of the reference's mask), whatever its grid. The guards judge it on this
+    image: the brain guard on its grid, the metric on its intensities (a head that moved between the two
+    scans no longer matches the template there). None when the two are not both in scanner coordinates.
+    """
+    started = time.monotonic()
+    img = load_nifti(Path(in_path))
+    if not (scanner_frame(reference_img) and scanner_frame(img)):
+        return None
+    volume = registration_volume(img)
+    if not np.any(volume > 0):
+        raise GuardError("image is empty (no positive voxel): cannot place the face mask", Path(in_path).name)
+    with tpl.using(reference.pair):
+        levels = register.prepare_subject(volume, img.affine, (register.CHECK_SPACING_MM,))
+        metric = register.check_metric(levels, reference.matrix)
+        removal, report = apply_guards(reference.matrix, img.affine, img.shape[:3],
+                                       alternative=reference.alternative, metric=metric)
+        drift = face_drift_mm(reference.matrix, register.refit(levels, reference.matrix), removal, img.affine)
+    if drift > MAX_APPLY_DRIFT_MM:
+        report.failures.append(f"the head moved between the scans (the template refits {drift:.1f} mm away "
+                               f"> {MAX_APPLY_DRIFT_MM})")
+    return RemovalEstimate(
+        removal=removal, affine=img.affine.copy(), matrix=reference.matrix, engine=reference.engine,
+        report=report, volumes=1 if img.ndim == 3 else img.shape[3], seconds=time.monotonic() - started,
+        notes=[f"face mask of {reference_label} applied (same scanner frame)"], alternative=reference.alternative,
+        pair=reference.pair, applied_from=reference_label,
+    )
+
+
+def face_drift_mm(matrix: np.ndarray, other: np.ndarray, removal: np.ndarray, affine: np.ndarray) -> float:
+    """Largest distance (template mm) between where two transforms send the corners of the removal mask's
+    bounding box (the whole grid when nothing is removed)."""
+    hits = np.argwhere(removal) if removal.any() else np.array([[0, 0, 0], np.array(removal.shape) - 1])
+    low, high = hits.min(axis=0), hits.max(axis=0)
+    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1])
+                        for z in (low[2], high[2])])
+    world = affine @ corners.T
+    return float(np.max(np.linalg.norm((matrix @ world - other @ world)[:3], axis=0)))
+
+
+def applied_or_registered(reference: RemovalEstimate, reference_path: Path, reference_label: str, in_path: Path,
+                          engine: str = "builtin", threads: int | None = None) -> RemovalEstimate:
+    """The reference's face mask on `in_path` when it fits there (every guard passes), else the image
+    registered on its own (with the same template pair) and a note saying why."""
+    applied = estimate_applied(reference, load_nifti(reference_path), in_path, reference_label)
+    if applied is not None and not applied.failures:
+        return applied
+    why = ("not in scanner coordinates with " + reference_label if applied is None else
+           f"the face mask of {reference_label} does not fit ({'; '.join(applied.failures)})")
+    own = estimate_removal(in_path, engine=engine, threads=threads, template=reference.pair)
+    own.notes.append(f"{why}: registered on its own")
+    return own
 
 
 def evaluate_metric(volume: np.ndarray, affine: np.ndarray, matrix: np.ndarray) -> float:
@@ -379,11 +477,14 @@ def deface_image(
     threads: int | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    template: tpl.TemplatePair | None = None,
+    estimate: RemovalEstimate | None = None,
 ) -> DefaceRecord:
     """Deface one image. Raises GuardError (and writes nothing) when a guard trips.
 
     `name` is how the record and messages call the image (default: the file name). `progress` counts the
-    steps done (registration and guards, then writing).
+    steps done (registration and guards, then writing). `template`: the pair to register (default: the shipped
+    adult pair). `estimate`: one already made for this image (e.g. `applied_or_registered`), used as is.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     label = name or in_path.name
@@ -394,7 +495,8 @@ def deface_image(
     if mask_path is not None and not Path(mask_path).name.endswith(NIFTI_SUFFIXES):
         raise ConfigError("mask must end in .nii or .nii.gz", mask_path)
     started = time.monotonic()
-    estimate = estimate_removal(in_path, engine=engine, threads=threads)
+    if estimate is None:
+        estimate = estimate_removal(in_path, engine=engine, threads=threads, template=template)
     if progress is not None:
         progress.advance()
     if estimate.failures:
@@ -432,6 +534,9 @@ def deface_image(
         matrix=[[round(float(v), 6) for v in row] for row in estimate.matrix],
         notes=estimate.notes,
         guards=estimate.guard_values,
+        template_sha256=tpl.pair_assets(estimate.pair or tpl.active_pair()).sha256,
+        template=(estimate.pair or tpl.active_pair()).name,
+        applied_from=estimate.applied_from,
     )
 
 
@@ -475,9 +580,14 @@ def deface_session(
     *,
     exempt: Iterable[str] = (),
     also: Iterable[str] = (),
+    template: tpl.TemplatePair | None = None,
+    applyto: bool = True,
 ) -> list[DefaceRecord]:
     """Copy a session's BIDS tree to `out_dir` with every target image (`deface_targets`) defaced, atomically.
 
+    With `applyto`, the session's T1w (`reference_image`) is registered and its face mask carried onto every
+    other target in the same scanner frame (`applied_or_registered`: each judged by every guard on its own
+    grid, registered on its own when the mask does not fit); without a T1w each image is registered.
     Every image is tried so the error names all that failed; if any guard trips nothing is written
     (`out_dir` and `records_json` stay as they were) and DefaceRefused names the images and carries every
     image's record (the refused ones with `refused: true`) for the caller to keep.
@@ -486,6 +596,14 @@ def deface_session(
     if not in_dir.is_dir():
         raise ConfigError("session folder not found", in_dir)
     targets = set(deface_targets(in_dir, exempt, also))
+    reference = reference_image(targets) if applyto else None
+    reference_estimate = None
+    if reference is not None:
+        try:
+            reference_estimate = estimate_removal(in_dir / reference, engine=engine, threads=threads,
+                                                  template=template)
+        except GuardError:
+            reference = None  # an empty T1w: refused below with its reason, the others registered on their own
     records: list[DefaceRecord] = []
     refused: list[str] = []
     refused_records: list[dict] = []
@@ -502,8 +620,14 @@ def deface_session(
                 continue
             qc_png = None if qc_dir is None else Path(qc_dir) / (_stem(relative) + "_deface.png")
             try:
+                estimate = None
+                if relative == reference:
+                    estimate = reference_estimate
+                elif reference_estimate is not None and not reference_estimate.failures:
+                    estimate = applied_or_registered(reference_estimate, in_dir / reference,
+                                                     reference.as_posix(), path, engine=engine, threads=threads)
                 record = deface_image(path, destination, engine=engine, qc_png=qc_png, threads=threads,
-                                      name=relative.as_posix())
+                                      name=relative.as_posix(), template=template, estimate=estimate)
             except GuardError as exc:
                 refused.append(f"{relative.as_posix()}: {exc.message}")  # its path once, not twice
                 refused_records.extend(getattr(exc, "records", []))
@@ -521,6 +645,16 @@ def session_records(records: list[DefaceRecord]) -> list[dict]:
     return [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records]
 
 
+REFERENCE_SUFFIX = "T1w"
+
+
+def reference_image(targets: Iterable[Path]) -> Path | None:
+    """The image whose face mask the session's other images get: its first T1w (the first run in name
+    order) in an `anat` folder; None without one."""
+    found = sorted(p for p in targets if image_suffix(p) == REFERENCE_SUFFIX and "anat" in p.parts[:-1])
+    return found[0] if found else None
+
+
 def _stem(relative: Path) -> str:
     name = relative.name
     for ext in NIFTI_SUFFIXES:
@@ -532,24 +666,77 @@ def _stem(relative: Path) -> str:
 # --- command line ---------------------------------------------------------------------------------------------
 
 
+def applyto_output(out_path: Path, other: Path) -> Path:
+    """Where `--applyto` writes OTHER's defaced copy: next to OUT, OTHER's name with `_defaced` before .nii."""
+    name = Path(other).name
+    for ext in NIFTI_SUFFIXES:
+        if name.endswith(ext):
+            return Path(out_path).parent / f"{name[: -len(ext)]}_defaced{ext}"
+    raise ConfigError("--applyto images must be single-file NIfTI (.nii or .nii.gz)", other)
+
+
+def cli_template(args: argparse.Namespace) -> tpl.TemplatePair | None:
+    given = {k: getattr(args, k, None) for k in ("template", "facemask", "brainmask")}
+    if not any(given.values()):
+        if getattr(args, "scale_range", None):
+            raise ConfigError("--scale-range applies to a --template of your own")
+        return None
+    missing = [f"--{k}" for k, v in given.items() if not v]
+    if missing:
+        raise ConfigError(f"--template, --facemask and --brainmask go together: {', '.join(missing)} missing")
+    return tpl.site_pair(Path(given["template"]).name, given["template"], given["facemask"], given["brainmask"],
+                         getattr(args, "scale_range", None))
+
+
 def cli_main(args: argparse.Namespace) -> int:
-    for option, target in (("OUT", args.output), ("--qc", args.qc), ("--mask", args.mask)):
+    in_path, out_path = Path(args.input), Path(args.output)
+    others = [Path(o) for o in (getattr(args, "applyto", None) or [])]
+    outputs = {other: applyto_output(out_path, other) for other in others}
+    written = [out_path, *outputs.values()]
+    if len({p.resolve() for p in written}) != len(written):
+        raise ConfigError("--applyto: two images would be written to the same file (same names?)", out_path.parent)
+    sources = {p.resolve() for p in (in_path, *others)}
+    for target in outputs.values():
+        if target.resolve() in sources:
+            raise ConfigError("--applyto: an output would overwrite an input", target)
+    for option, target in (("OUT", args.output), ("--qc", args.qc), ("--mask", args.mask),
+                           *(("--applyto", str(t)) for t in outputs.values())):
         if target and Path(target).exists() and not getattr(args, "force", False):
             raise ConfigError(f"{option}: the file exists; give --force to replace it", target)
-    with Progress("bidsafe deface", 2, "steps", every_s=0) as meter:
-        record = deface_image(
-            Path(args.input),
-            Path(args.output),
-            engine=args.engine,
-            qc_png=Path(args.qc) if args.qc else None,
-            mask_path=Path(args.mask) if args.mask else None,
-            threads=getattr(args, "threads", None),
-            progress=meter,
+    template = cli_template(args)
+    threads = getattr(args, "threads", None)
+    with Progress("bidsafe deface", 2 * (1 + len(others)), "steps", every_s=0) as meter:
+        estimates: dict[Path, RemovalEstimate | None] = {in_path: None}
+        if others:
+            # every estimate before any write: a refused OTHER leaves OUT unwritten too
+            _check_output(in_path, out_path)
+            reference = estimate_removal(in_path, engine=args.engine, threads=threads, template=template)
+            if reference.failures:
+                raise GuardError(f"deface refused ({reference.engine}): " + "; ".join(reference.failures), in_path.name)
+            estimates[in_path] = reference
+            refused = []
+            for other in others:
+                _check_output(other, outputs[other])
+                estimates[other] = applied_or_registered(reference, in_path, in_path.name, other,
+                                                         engine=args.engine, threads=threads)
+                if estimates[other].failures:
+                    refused.append(f"{other.name}: " + "; ".join(estimates[other].failures))
+            if refused:
+                raise GuardError("deface refused for " + " | ".join(refused), in_path.name)
+        records = [deface_image(
+            in_path, out_path, engine=args.engine, qc_png=Path(args.qc) if args.qc else None,
+            mask_path=Path(args.mask) if args.mask else None, threads=threads, progress=meter,
+            template=template, estimate=estimates[in_path],
+        )]
+        for other in others:
+            records.append(deface_image(other, outputs[other], engine=args.engine, threads=threads, progress=meter,
+                                        template=template, estimate=estimates[other]))
+    for record in records:
+        how = f"mask of {record.applied_from}" if record.applied_from else record.engine
+        print(
+            f"{record.input}: defaced with {how} in {record.seconds:.1f} s, "
+            f"{record.removed_cm3:.0f} cm3 of the field of view zeroed, agreement Dice "
+            f"{'n/a' if record.agreement_dice is None else f'{record.agreement_dice:.3f}'}, "
+            f"metric {record.metric if record.metric is not None else 'n/a'}"
         )
-    print(
-        f"{record.input}: defaced with {record.engine} in {record.seconds:.1f} s, "
-        f"{record.removed_cm3:.0f} cm3 of the field of view zeroed, agreement Dice "
-        f"{'n/a' if record.agreement_dice is None else f'{record.agreement_dice:.3f}'}, "
-        f"metric {record.metric if record.metric is not None else 'n/a'}"
-    )
     return 0

@@ -48,7 +48,8 @@ def pydeface_program() -> list[str]:
 
 
 def fsl_command(in_path: Path, out_path: Path) -> list[str]:
-    """pydeface's command line: bidsafe's pinned template and mask, mutual information, keep mask and matrix."""
+    """pydeface's command line: the template pair in use (by default bidsafe's pinned one), mutual information,
+    keep mask and matrix."""
     return [
         *pydeface_program(),
         str(in_path),
@@ -59,9 +60,9 @@ def fsl_command(in_path: Path, out_path: Path) -> list[str]:
         "--cost",
         "mutualinfo",
         "--template",
-        str(tpl.data_path("mean_reg2mean.nii.gz")),
+        str(tpl.active_pair().template),
         "--facemask",
-        str(tpl.data_path("facemask.nii.gz")),
+        str(tpl.active_pair().facemask),
     ]
 
 
@@ -119,7 +120,7 @@ def run_pydeface(volume: np.ndarray, img: nib.Nifti1Image, work_dir: Path | None
         mat = np.loadtxt(mat_path)
     if mask.shape[:3] != volume.shape:
         raise BidsafeError(f"pydeface's mask has shape {mask.shape}, expected {volume.shape}")
-    template = nib.load(tpl.data_path("mean_reg2mean.nii.gz"))
+    template = nib.load(tpl.active_pair().template)
     template_to_subject = flirt_to_world(
         mat,
         (template.affine, template.shape, template.header.get_zooms()),

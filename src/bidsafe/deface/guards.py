@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from bidsafe.deface import template as tpl
 
-SINGULAR_RANGE = (0.8, 1.25)  # template mm per subject mm: head sizes differ, but not by 25 %
+SINGULAR_RANGE = tpl.ADULT_SCALE_RANGE  # the shipped pair's; a site's pair brings its own (TemplatePair.scale_range)
+HEAD_SMALLER_THAN_ADULT = "head smaller than the adult template: configure an age-appropriate template"
 MAX_SHEAR = 0.12  # off-diagonal of the normalised upper-triangular factor (QR) of the linear part
 MIN_AGREEMENT_DICE = 0.9  # face masks from two different initialisations
 # The template brain is eroded by one 2 mm voxel before the overlap test (partial-volume margin).
@@ -61,12 +62,29 @@ def shear_of(matrix: np.ndarray) -> float:
     return float(np.max(np.abs(normalised[np.triu_indices(3, 1)])))
 
 
+def scale_failure(values: np.ndarray, pair: tpl.TemplatePair) -> str | None:
+    """Why the head's size does not fit the template in use: smaller or larger overall (the geometric mean of
+    the singular values, template mm per subject mm, beyond the pair's range), else None."""
+    low, high = pair.scale_range
+    size = float(np.exp(np.mean(np.log(values))))
+    if size > high:
+        return HEAD_SMALLER_THAN_ADULT if pair.shipped else (
+            f"head smaller than template {pair.name!r} allows (scale {size:.3f} > {high})")
+    if size < low:
+        return f"head larger than template {pair.name!r} allows (scale {size:.3f} < {low})"
+    return None
+
+
 def check_linear(matrix: np.ndarray, report: GuardReport) -> None:
     values = singular_values(matrix)
     report.singular_values = [float(v) for v in values]
-    low, high = SINGULAR_RANGE
+    pair = tpl.active_pair()
+    low, high = pair.scale_range
     report.limits.update(singular_range=[low, high], max_shear=MAX_SHEAR)
-    if values.min() < low or values.max() > high or np.linalg.det(matrix[:3, :3]) <= 0:
+    size_failure = scale_failure(values, pair) if np.linalg.det(matrix[:3, :3]) > 0 else None
+    if size_failure is not None:
+        report.failures.append(size_failure)
+    elif values.min() < low or values.max() > high or np.linalg.det(matrix[:3, :3]) <= 0:
         report.failures.append(
             f"implausible scale: singular values {', '.join(f'{v:.3f}' for v in values)} outside [{low}, {high}]"
             " or a reflection"

@@ -348,3 +348,14 @@ def check_metric(levels: dict[float, SubjectLevel], matrix: np.ndarray) -> float
     stage = _stage(subject, tpl.template_level(CHECK_SPACING_MM), "face")
     centre = subject.grid.affine[:3, :3] @ (np.array(subject.grid.shape) / 2) + np.array(subject.grid.origin)
     return evaluate(stage, matrix, centre)
+
+
+def refit(levels: dict[float, SubjectLevel], matrix: np.ndarray, spacing: float = CHECK_SPACING_MM) -> np.ndarray:
+    """The affine stage at `spacing` (head above the chin) started from `matrix`: where the template settles on
+    this image when it starts where another image of the session put it (`--applyto`'s co-registration check)."""
+    subject = levels[spacing]
+    stage = _stage(subject, tpl.template_level(spacing), "face")
+    centre = subject.grid.affine[:3, :3] @ (np.array(subject.grid.shape) / 2) + np.array(subject.grid.origin)
+    refitted, _ = _optimise(stage, affine_transform_of(matrix, centre), 1.0, REFINE_ITERATIONS,
+                            AFFINE_LEARNING_RATE, 0.005)
+    return refitted

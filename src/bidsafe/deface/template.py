@@ -11,21 +11,31 @@ nasal cavity out), opened with a 6 mm ball to cut the bridges to the temporal mu
 seed in the corpus callosum. Against Colin27's own brain (ch2bet) carried into the template through the
 reference registration it has Dice 0.92, covers all but 17 cm3 of it, and stays >= 10 mm from the face mask.
 The envelope was placed on this exact template, so its SHA-256 is pinned.
+
+A site may use its own template + face mask pair instead (e.g. an age-appropriate one for children and
+infants, `TemplatePair`): it must bring a brain mask on the same grid (the brain guard needs one and no
+envelope is known for it), and its landmarks (chin, skull base) are placed at the adult proportions of its
+brain's height. The pair in use is a context (`using`), so the registration, the face mask and the guards all
+read the same one without threading it through every call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bidsafe.errors import BidsafeError
+from bidsafe.errors import BidsafeError, ConfigError
 
 EXPECTED_TEMPLATE_SHA256 = "fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6"
 
@@ -39,6 +49,76 @@ BRAIN_ENVELOPE_Z_MM = (-62.0, -46.0, -40.0, -30.0, -18.0, -8.0)
 BRAIN_ENVELOPE_Y_MM = (10.0, 10.0, 42.0, 56.0, 82.0, 92.0)
 BRAIN_SEED_MM = (0.0, 10.0, 30.0)  # body of the corpus callosum
 HEAD_MARGIN_MM = 10.0  # air kept around the head in the metric regions: the outline is what aligns best
+# Landmarks of a site's template, as fractions of its brain's height above the brain's lowest point: the
+# pinned template's (skull base 20 mm and chin -33 mm from the lowest brain point, brain 129.5 mm high).
+SKULL_BASE_BRAIN_FRACTION = 0.156
+CHIN_BRAIN_FRACTION = -0.255
+SHIPPED_NAME = "adult"  # pydeface's template and face mask, the default pair
+ADULT_SCALE_RANGE = (0.8, 1.25)  # template mm per subject mm: head sizes differ, but not by 25 %
+
+
+@dataclass(frozen=True)
+class TemplatePair:
+    """A head template, its face mask (pydeface's convention: 0 = face) and a brain mask on the same grid.
+
+    `brainmask` is None only for the shipped pair, whose brain is derived (module note). `scale_range` is
+    the plausible range of the registration's singular values (template mm per subject mm) for the heads
+    this template is meant for.
+    """
+
+    name: str
+    template: Path
+    facemask: Path
+    brainmask: Path | None = None
+    scale_range: tuple[float, float] = ADULT_SCALE_RANGE
+
+    @property
+    def shipped(self) -> bool:
+        return self.brainmask is None
+
+
+def shipped_pair() -> TemplatePair:
+    return TemplatePair(SHIPPED_NAME, data_path("mean_reg2mean.nii.gz"), data_path("facemask.nii.gz"))
+
+
+def site_pair(name: str, template: str | Path, facemask: str | Path, brainmask: str | Path,
+              scale_range: tuple[float, float] | list[float] | None = None) -> TemplatePair:
+    """A site's pair, its files checked to exist (they are read when first used)."""
+    for label, path in (("template", template), ("facemask", facemask), ("brainmask", brainmask)):
+        if not Path(path).is_file():
+            raise ConfigError(f"deface template {name!r}: {label} file not found", path)
+    low, high = (float(v) for v in (scale_range or ADULT_SCALE_RANGE))
+    if not 0 < low < 1 < high:
+        raise ConfigError(f"deface template {name!r}: scale_range must be [low < 1 < high], got [{low}, {high}]")
+    return TemplatePair(name, Path(template), Path(facemask), Path(brainmask), (low, high))
+
+
+def select_pair(entries: Iterable[Mapping[str, Any]], subject: str, session: str) -> TemplatePair | None:
+    """The site's pair for a session: the first `deface.templates` entry whose `sessions` name it
+    (`sub-S/ses-T`) or its participant (`sub-S`), in released labels; None: the shipped adult pair."""
+    wanted = {f"sub-{subject}", f"sub-{subject}/ses-{session}"}
+    for entry in entries:
+        if wanted & {str(s) for s in entry.get("sessions") or ()}:
+            return site_pair(str(entry["name"]), entry["template"], entry["facemask"], entry["brainmask"],
+                             entry.get("scale_range"))
+    return None
+
+
+_ACTIVE: ContextVar[TemplatePair | None] = ContextVar("bidsafe_deface_template", default=None)
+
+
+def active_pair() -> TemplatePair:
+    return _ACTIVE.get() or shipped_pair()
+
+
+@contextlib.contextmanager
+def using(pair: TemplatePair | None) -> Iterator[TemplatePair]:
+    """Make `pair` the template in use inside the block (None: keep the one in use, by default the shipped)."""
+    token = _ACTIVE.set(pair or _ACTIVE.get())
+    try:
+        yield active_pair()
+    finally:
+        _ACTIVE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -65,6 +145,9 @@ class TemplateAssets:
     face: np.ndarray
     brain: np.ndarray
     brain_eroded: np.ndarray  # the brain less one 2 mm voxel: the guard's margin for partial volumes
+    sha256: str = EXPECTED_TEMPLATE_SHA256  # of the template file
+    chin_z: float = CHIN_Z_MM
+    skull_base_z: float = SKULL_BASE_Z_MM
 
 
 @dataclass(frozen=True)
@@ -84,10 +167,16 @@ def data_path(name: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=1)
 def load_assets() -> TemplateAssets:
-    template_path = data_path("mean_reg2mean.nii.gz")
-    mask_path = data_path("facemask.nii.gz")
+    """The assets of the template pair in use (`using`)."""
+    return pair_assets(active_pair())
+
+
+@functools.lru_cache(maxsize=4)
+def pair_assets(pair: TemplatePair) -> TemplateAssets:
+    if not pair.shipped:
+        return _site_assets(pair)
+    template_path, mask_path = pair.template, pair.facemask
     digest = hashlib.sha256(template_path.read_bytes()).hexdigest()
     if digest != EXPECTED_TEMPLATE_SHA256:
         raise BidsafeError(
@@ -104,6 +193,41 @@ def load_assets() -> TemplateAssets:
     brain, brain_eroded = derive_brain_mask(image, template.affine)
     return TemplateAssets(
         affine=template.affine.copy(), image=image, face=face, brain=brain, brain_eroded=brain_eroded
+    )
+
+
+def _site_assets(pair: TemplatePair) -> TemplateAssets:
+    """A site's pair: the three images on one grid, a non-empty face and brain that do not overlap."""
+    images = {}
+    for label in ("template", "facemask", "brainmask"):
+        path = getattr(pair, label)
+        try:
+            images[label] = nib.load(path)
+        except Exception as exc:  # nibabel raises several types for a damaged file
+            raise ConfigError(f"deface template {pair.name!r}: {label} is not a readable NIfTI", path) from exc
+        if len(images[label].shape) != 3:
+            raise ConfigError(f"deface template {pair.name!r}: {label} must be a 3D image", path)
+    template = images["template"]
+    for label in ("facemask", "brainmask"):
+        other = images[label]
+        if other.shape != template.shape or not np.allclose(other.affine, template.affine, atol=1e-3):
+            raise ConfigError(f"deface template {pair.name!r}: {label} and template do not share a grid",
+                              getattr(pair, label))
+    image = np.asarray(template.dataobj, dtype=np.float32)
+    face = np.asarray(images["facemask"].dataobj) < 0.5
+    brain = np.asarray(images["brainmask"].dataobj) > 0.5
+    if not face.any() or face.all() or not brain.any() or (face & brain).any():
+        raise ConfigError(f"deface template {pair.name!r}: the face mask must mark a face (0) that misses the "
+                          "brain mask, and the brain mask must not be empty", pair.facemask)
+    zooms = np.sqrt((template.affine[:3, :3] ** 2).sum(axis=0))
+    eroded = ndimage.distance_transform_edt(brain, sampling=zooms) > 2.0
+    _, z = world_yz(template.affine, image.shape)
+    brain_z = np.broadcast_to(z, image.shape)[brain]
+    low, height = float(brain_z.min()), float(brain_z.max() - brain_z.min())
+    return TemplateAssets(
+        affine=template.affine.copy(), image=image, face=face, brain=brain, brain_eroded=eroded,
+        sha256=hashlib.sha256(Path(pair.template).read_bytes()).hexdigest(),
+        chin_z=low + CHIN_BRAIN_FRACTION * height, skull_base_z=low + SKULL_BASE_BRAIN_FRACTION * height,
     )
 
 
@@ -206,35 +330,40 @@ def normalise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(image / max(scale, 1e-6), 0.0, 1.5).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=8)
 def template_level(spacing: float) -> TemplateLevel:
-    """The template on an axis-aligned grid of `spacing` mm, cropped to the head above the chin."""
-    grid, image = _template_image(spacing)
+    """The template in use on an axis-aligned grid of `spacing` mm, cropped to the head above the chin."""
+    return _template_level(active_pair(), spacing)
+
+
+@functools.lru_cache(maxsize=16)
+def _template_level(pair: TemplatePair, spacing: float) -> TemplateLevel:
+    assets = pair_assets(pair)
+    grid, image = _template_image(pair, spacing)
     head = head_mask(image, spacing, fraction=0.1)
     image = normalise(image, head)
     margin = max(1, round(HEAD_MARGIN_MM / spacing))
     around = ndimage.binary_dilation(head, ball(margin))
     _, z = world_yz(grid.affine, grid.shape)
-    face_region = around & (z >= CHIN_Z_MM)
+    face_region = around & (z >= assets.chin_z)
     box, cropped = crop_grid(grid, face_region, pad=2)
     return TemplateLevel(
         grid=cropped,
         image=image[box],
-        cranium_region=(around & (z >= SKULL_BASE_Z_MM))[box],
+        cranium_region=(around & (z >= assets.skull_base_z))[box],
         face_region=face_region[box],
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _template_image(spacing: float) -> tuple[Grid, np.ndarray]:
+@functools.lru_cache(maxsize=16)
+def _template_image(pair: TemplatePair, spacing: float) -> tuple[Grid, np.ndarray]:
     """The template resampled at `spacing`: from the 1 mm original at 2 mm, from the 2 mm copy above."""
-    assets = load_assets()
+    assets = pair_assets(pair)
     corners = corners_world(assets.affine, assets.image.shape)
     low, high = corners.min(axis=0), corners.max(axis=0)
     shape = tuple(int(n) for n in np.ceil((high - low) / spacing) + 1)
     grid = Grid(origin=tuple(float(v) for v in low), spacing=spacing, shape=shape)
     if spacing > 2.0:
-        source_grid, source = _template_image(2.0)
+        source_grid, source = _template_image(pair, 2.0)
         source_affine, zooms = source_grid.affine, np.full(3, 2.0)
     else:
         source, source_affine = assets.image, assets.affine

@@ -55,7 +55,7 @@ from bidsafe.deid.private import TextCleaner, _pack_length_prefixed_gzip, _unpac
 from bidsafe.deid.uids import UidMapper
 from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.fsutil import atomic_dir
+from bidsafe.fsutil import atomic_dir, move_dir_into_place
 from bidsafe.phi import (
     PersonalValue,
     PersonalValues,
@@ -1726,6 +1726,7 @@ def deidentify_tree(
     progress: bool = False,
     vocabulary: Vocabulary | None = None,
     pooled: Iterable[PersonalValue] = (),
+    scratch: Path | None = None,
 ) -> DeidReport:
     """De-identify every file under `src` (or `files`) into the new folder `dst` (which appears whole).
 
@@ -1735,6 +1736,9 @@ def deidentify_tree(
     it (private, 0600) to `report` when given. `vocabulary`: the descriptor vocabulary (default: shipped).
     `pooled`: values of the same patient harvested elsewhere (the pipeline passes those of the subject's other
     sessions), removed from this tree's text too: another visit's spelling of a name must not survive here.
+    `scratch`: the folder to build the tree in (default: a temporary sibling of `dst`). Files there still hold
+    text not yet cleaned of the harvested values, so the pipeline passes a private folder; only the finished
+    tree is moved to `dst` (a rename, or a copy into a sibling of `dst` then a rename across file systems).
     """
     src = Path(src)
     dst = Path(dst)
@@ -1750,7 +1754,7 @@ def deidentify_tree(
     studies: dict[str, set[PersonalValue]] = {}
     replaced: dict[str, dict[str, int]] = {}  # de-identified study UID -> vocabulary token -> count
     patients: dict[str, set[str]] = {}
-    with atomic_dir(dst) as staging, _fewer_collections():
+    with _staging_dir(dst, scratch) as staging, _fewer_collections():
         temp_root = staging / ".bidsafe-staging"
         # Pass A: read each file once; harvest; de-identify; stage.
         staged: list[_Staged] = []
@@ -1831,6 +1835,26 @@ def _fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+@contextlib.contextmanager
+def _staging_dir(dst: Path, scratch: Path | None) -> Iterator[Path]:
+    """Where `deidentify_tree` builds `dst`: a temporary sibling (`atomic_dir`), or a new folder under `scratch`
+    moved to `dst` once finished; removed on error either way."""
+    if scratch is None:
+        with atomic_dir(dst) as staging:
+            yield staging
+        return
+    import tempfile
+
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"deid-{dst.name}-", dir=scratch))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_dir_into_place(staging, dst)
 
 
 def _check_tree_arguments(src: Path, dst: Path, jobs: int) -> None:

@@ -63,6 +63,7 @@ class TextCleaner:
         self._jis: dict[tuple[str, ...], list[bytes]] = {}
         self._cache: dict[tuple[tuple[str, ...], bytes], bytes] = {}
         self._small: dict[tuple[tuple[str, ...], bytes], bytes] = {}
+        self._ascii: dict[bytes, bytes] = {}  # small plain-ASCII private values, cleaned
 
     def _index_for(self, encodings: tuple[str, ...]) -> SearchIndex:
         """The byte search strings: every text search string encoded in UTF-8, Latin-1 and the data set's own
@@ -148,6 +149,17 @@ class TextCleaner:
 
     def clean_private_value(self, data: bytes, encodings: Sequence[str] = ()) -> bytes:
         """A kept private value cleaned in place; a GE protocol block (length + gzip) is cleaned inside."""
+        if len(data) < _CACHE_MIN_BYTES and data.isascii() and b"\x1b" not in data:
+            # Plain ASCII reads the same in every character set (a needle in another set holds a byte above
+            # 0x7F or an escape): one answer per value, whatever the file's encodings (kept values repeat in
+            # every file of a series).
+            cleaned = self._ascii.get(data)
+            if cleaned is None:
+                cleaned = self.clean_bytes(data, encodings)
+                if len(self._ascii) >= _SMALL_CACHE_MAX_ENTRIES:
+                    self._ascii.pop(next(iter(self._ascii)))
+                self._ascii[data] = cleaned
+            return cleaned
         unpacked = _unpack_length_prefixed_gzip(data)
         if unpacked is not None:
             cleaned = self.clean_bytes(unpacked, encodings)

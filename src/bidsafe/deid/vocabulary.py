@@ -195,7 +195,9 @@ class Vocabulary:
 
 def _read(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader when built in: the same documents, read several times faster (every deid start)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
     except OSError as exc:
         raise ConfigError(f"cannot read the vocabulary ({exc.strerror})", path) from exc
     except yaml.YAMLError as exc:

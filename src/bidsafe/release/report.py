@@ -419,9 +419,15 @@ def _deface_table(records: Sequence[Mapping[str, Any]]) -> str:
         values = [float(v) for v in r.get("singular_values") or [] if _number(v) is not None]
         scale = f"{min(values):.3f}–{max(values):.3f}" if values else ""
         dice = r.get("agreement_dice")
-        engine = f"{r.get('engine', '')}{' (refused)' if r.get('refused') is True else ''}"  # a withheld session's
+        how = str(r.get("engine", ""))
+        if r.get("template") and r.get("template") != "adult":  # a site's pair (deface.templates)
+            how += f", template {r['template']}"
+        if r.get("applied_from"):  # the face mask found on the session's T1w (deface.applyto)
+            how += f", mask of {r['applied_from']}"
+        if r.get("refused") is True:  # a withheld session's records keep what each guard measured
+            how += " (refused)"
         rows.append(
-            f"<tr><td>{_e(r.get('input', ''))}</td><td>{_e(engine)}</td><td>{_e(scale)}</td>"
+            f"<tr><td>{_e(r.get('input', ''))}</td><td>{_e(how)}</td><td>{_e(scale)}</td>"
             f"<td class=\"num\">{_e(r.get('shear', ''))}</td>"
             f"<td class=\"num\">{_e('n/a' if dice is None else dice)}</td>"
             f"<td class=\"num\">{_e(r.get('brain_cm3_removed', ''))}</td>"
