@@ -209,7 +209,11 @@ def test_no_planted_personal_value_in_release_work_or_logs(run):
             data = path.read_bytes()
             if path.name.endswith(".gz"):
                 data = gzip.decompress(data)[:4096]  # NIfTI header + extensions; voxels are checked by leak scan
-            text = data.decode("latin-1").lower()
+            text = data.decode("latin-1")
+            if path.suffix == ".html":
+                # pictures embedded as base64: a 4-letter value (an age such as 033Y) turns up there by chance
+                text = re.sub(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", "data:image", text)
+            text = text.lower()
             assert not any(v in text for v in planted), f"personal value in {path.relative_to(root)}"
     assert not any(v in run["log"].lower() for v in planted)
 
