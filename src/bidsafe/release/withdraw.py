@@ -42,7 +42,12 @@ from bidsafe.fsutil import atomic_write_text
 from bidsafe.progress import Progress
 from bidsafe.release.assemble import LATEST, link_or_copy, published_versions, released_sessions
 from bidsafe.release.manifest import RELEASE_MARKERS, SHAREABLE_NAME, iter_release_files, write_manifest
-from bidsafe.release.publish import LOCK_NAME, write_shareable  # one publisher or rewriter at a time per release folder
+from bidsafe.release.publish import (  # one publisher or rewriter at a time per release folder
+    LOCK_NAME,
+    _fsync_dir,
+    _make_read_only,
+    write_shareable,
+)
 from bidsafe.withdrawal import label_pattern
 
 log = logging.getLogger("bidsafe")
@@ -150,21 +155,6 @@ def _shareable(old: dict[str, Any], subject: str, sessions: int, when: str) -> d
     record["withdrawals"] = [*record.get("withdrawals", []),
                              {"participant": f"sub-{subject}", "sessions": sessions, "removed_utc": when}]
     return record
-
-
-def _make_read_only(root: Path) -> None:
-    for rel in iter_release_files(root, skip=()):
-        path = root / rel
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        os.chmod(path, (mode & ~_WRITE_BITS) | _READ_BITS)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _leftover_mentions(root: Path, pattern: re.Pattern[str]) -> list[str]:
