@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,8 +55,6 @@ TMP_SUFFIX = ".withdraw.tmp"
 OLD_SUFFIX = ".withdraw.old"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _README_COUNTS = re.compile(r"MRI data of \d+ participants \(\d+ sessions\)")
-_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
-_READ_BITS = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 # Images: binary and large; a label can only be in their names, never looked for inside.
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".gz")
 
