@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import sqlite3
 import time
 from pathlib import Path
@@ -61,16 +62,34 @@ class Clock:
 
 
 def _event(tmp_path: Path, ds: pydicom.Dataset) -> SimpleNamespace:
+    """What pynetdicom hands the C-STORE handler: the request (data set bytes as sent) and its context."""
     path = tmp_path / f"{generate_uid()}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    data = path.read_bytes()
+    body = pydicom.dcmread(path).file_meta  # the group 0002 length says where the data set starts
+    raw = path.read_bytes()
+    body_bytes = raw[132 + 12 + body.FileMetaInformationGroupLength:]
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    data = rx.part10_header(ds.SOPClassUID, ds.SOPInstanceUID, syntax) + body_bytes
     return SimpleNamespace(
         dataset=pydicom.dcmread(path),
         encoded_dataset=lambda: data,
         assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER1")),
-        request=SimpleNamespace(AffectedSOPInstanceUID=ds.SOPInstanceUID),
+        request=SimpleNamespace(AffectedSOPInstanceUID=ds.SOPInstanceUID, AffectedSOPClassUID=ds.SOPClassUID,
+                                DataSet=io.BytesIO(body_bytes)),
+        context=SimpleNamespace(transfer_syntax=syntax),
         data=data,
     )
+
+
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45", "2.25." + "9" * 58])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"])
+def test_the_file_meta_written_for_a_received_instance_is_pynetdicoms(instance: str, syntax: str):
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    meta = create_file_meta(sop_class_uid=pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.4"),
+                            sop_instance_uid=pydicom.uid.UID(instance), transfer_syntax=pydicom.uid.UID(syntax))
+    expected = b"\0" * 128 + b"DICM" + encode_file_meta(meta)
+    assert rx.part10_header("1.2.840.10008.5.1.4.1.1.4", instance, syntax) == expected
 
 
 def test_a_write_error_answers_out_of_resources_and_records_nothing(tmp_path: Path, monkeypatch):
