@@ -35,10 +35,13 @@ rule all:
 onstart:
     import sys
 
+    from bidsafe.private import ensure_private_dir
     from bidsafe.recovery import hold_run_lock, sweep_leftovers, tighten_private_tree
 
     # one run at a time on these data areas, however started (a second one stops here, before any job)
     hold_run_lock(WORK, PRIVATE)
+    for folder in PRIVATE_FOLDERS:
+        ensure_private_dir(folder)
     swept = sweep_leftovers(WORK, PRIVATE, Path(".snakemake"))
     tighten_private_tree(PRIVATE)
     if swept:

@@ -6,7 +6,7 @@ from bidsafe.deid.rules import require_checked_rules
 from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
-from bidsafe.private import check_areas, check_writable_area, ensure_private_dir
+from bidsafe.private import check_areas, check_writable_area
 from bidsafe.recovery import scratch_dir
 
 
@@ -27,13 +27,12 @@ KEY = resolve_key_path(private_dir=PRIVATE)
 check_areas(INBOX, PRIVATE, WORK, RELEASE)
 # publish is the last job: an unwritable release folder must stop the run before the first one
 check_writable_area(RELEASE, "release_dir")
-ensure_private_dir(PRIVATE)
-# Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
-# here first. PRIVATE_SCRATCH: where stages reading identifying input build their files (swept at the start
-# of each run, with what killed jobs left: bidsafe.recovery).
+# PRIVATE_SCRATCH: where stages reading identifying input build their files (swept at the start of each run,
+# with what killed jobs left: bidsafe.recovery).
 PRIVATE_SCRATCH = scratch_dir(PRIVATE)
-for _folder in ("ingest", "pseudonymise", "sessions", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch"):
-    ensure_private_dir(PRIVATE / _folder)
+# Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
+# first, by the Snakefile's onstart hook (parsing has no side effects: every cluster job parses this file).
+PRIVATE_FOLDERS = [PRIVATE / name for name in ("ingest", "pseudonymise", "sessions", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")]
 
 SESSION = "sub-{subject}/ses-{session}"
 
@@ -81,8 +80,10 @@ wildcard_constraints:
     session="[A-Za-z0-9]+",
 
 
-def inbox_fingerprint():
-    """Changes whenever a file is added to, removed from or changed in the inbox (stat only)."""
+def inbox_fingerprint(wildcards):
+    """Changes whenever a file is added to, removed from or changed in the inbox (stat only). A callable
+    param: computed when the ingest job is planned (once per run, in the main process), never at parse time,
+    so a cluster job of another rule does not stat the whole inbox again."""
     from bidsafe.ingest import inbox_fingerprint as fingerprint
 
     return fingerprint(INBOX) if INBOX.is_dir() else "missing"

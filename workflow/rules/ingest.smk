@@ -8,7 +8,7 @@ rule ingest:
         cache=PRIVATE / "ingest" / "cache.tsv",
         # A copy of the quarantine report kept when no study is found (the failed job's outputs are deleted).
         failed_quarantine=PRIVATE / "ingest" / "quarantine-no-study.tsv",
-        fingerprint=inbox_fingerprint(),
+        fingerprint=inbox_fingerprint,
     log:
         LOGS / "ingest" / "ingest.log",
     resources:

@@ -56,7 +56,7 @@ rule gate_leak_scan:
         vocabulary=[shipped("config/deid/vocabulary.yaml")]
         + [shipped(p) for p in config.get("deid", {}).get("vocabulary", [])],
         # which sessions are QA/phantom sessions (config `qa_sessions`): their placeholder values are no needles
-        sessions_tsv=PRIVATE / "pseudonymise" / "sessions.tsv",
+        sessions_tsv=rules.pseudonymise.output.sessions,
     output:
         report=WORK / "gates" / "leak_scan.json",
     params:
@@ -107,7 +107,7 @@ rule gate_deface:
 rule gate_consent:
     input:
         staging=rules.assemble.output.staging,
-        sessions_tsv=PRIVATE / "pseudonymise" / "sessions.tsv",
+        sessions_tsv=rules.pseudonymise.output.sessions,
     output:
         report=WORK / "gates" / "consent.json",
     params:
