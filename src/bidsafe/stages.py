@@ -456,9 +456,23 @@ def gate_stage(name: str, report: Path, **inputs: object) -> bool:
         result = runners[name]()
     except BidsafeError as exc:
         result = gates.GateResult(name=name, passed=False, summary=f"gate could not run: {exc}", details={})
+    if name == "leak_scan":
+        _complete_private_outputs(inputs, result.summary)
     gates.write_gate_report(result, report)
     (log.info if result.passed else log.error)("gate %s: %s", name, result.summary)
     return result.passed
+
+
+def _complete_private_outputs(inputs: Mapping[str, object], summary: str) -> None:
+    """The leak gate's private files are declared outputs: a scan that stopped early (nothing harvested, an
+    unreadable input) still leaves both, saying so, and never a previous run's values or findings."""
+    from bidsafe.private import private_write_text
+
+    for key in ("values_json", "findings_json"):
+        path = inputs.get(key)
+        if path and not Path(str(path)).exists():
+            empty: Any = [] if key == "values_json" else {"findings": [], "allowed": [], "scan": summary}
+            private_write_text(Path(str(path)), json.dumps(empty, indent=1) + "\n")
 
 
 def _leak_gate(inputs: Mapping[str, object]):
@@ -522,9 +536,13 @@ def qa_session_files(sessions_tsv: object, session_files: object) -> frozenset[s
 
 
 def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
-    included = [r for r in read_included(Path(str(inputs["included_tsv"]))) if r["status"] == INCLUDED]
-    deface_dir = Path(str(inputs["deface_dir"]))
-    return [deface_dir / f"sub-{r['subject']}" / f"ses-{r['session']}" / "records.json" for r in included]
+    """The deface records (declared inputs: every session pseudonymise included) of the sessions the staged
+    release holds (`included_tsv`); a staged session without a record is missing from the result, and the
+    gate then fails it for itself."""
+    included = {SessionRef(r["subject"], r["session"])
+                for r in read_included(Path(str(inputs["included_tsv"]))) if r["status"] == INCLUDED}
+    records = [Path(str(p)) for p in inputs["records"]]  # type: ignore[attr-defined]
+    return sorted(p for p in records if session_from_path(p) in included)
 
 
 def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], profiles_json: Path,

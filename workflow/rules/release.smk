@@ -59,6 +59,11 @@ rule gate_leak_scan:
         sessions_tsv=rules.pseudonymise.output.sessions,
     output:
         report=WORK / "gates" / "leak_scan.json",
+        # private (0600): the gate's own harvest of the raw inbox, and each finding's values, the sessions they
+        # came from, the allow-list entry that allowed an accepted hit; the public report names files and
+        # fields only
+        values_json=PRIVATE / "leakscan" / "values.json",
+        findings_json=PRIVATE / "leakscan" / "findings.json",
     params:
         gate="leak_scan",
         inbox=INBOX,
@@ -66,10 +71,6 @@ rule gate_leak_scan:
         # and every other folder of work_dir (intermediates, leftovers of killed jobs): nothing identifying
         # may sit there either (bidsafe.stages.work_folders)
         work_dir=WORK,
-        values_json=PRIVATE / "leakscan" / "values.json",
-        # private (0600): each finding's values, the sessions they came from, the allow-list entry that allowed
-        # an accepted hit; the public report (output) names files and fields only
-        findings_json=PRIVATE / "leakscan" / "findings.json",
         sessions_dir=PRIVATE / "sessions",
         allow=config.get("release", {}).get("leak_scan", {}).get("allow", []),
     log:
@@ -87,11 +88,12 @@ rule gate_deface:
     input:
         staging=rules.assemble.output.staging,
         included_tsv=rules.assemble.output.included,
+        # each session's record of what the deface stage did (the gate reads those of the staged sessions)
+        records=per_included_session(str(WORK / "deface" / SESSION / "records.json")),
     output:
         report=WORK / "gates" / "deface.json",
     params:
         gate="deface",
-        deface_dir=WORK / "deface",
         exempt=config["deface"]["exempt"],
     log:
         LOGS / "gates" / "deface.log",
