@@ -117,7 +117,7 @@ def s3_client(endpoint: str | None = None, *, threads: int = DEFAULT_THREADS) ->
 
 
 @contextlib.contextmanager
-def s3_errors(what: str, endpoint: str | None = None) -> Iterator[None]:
+def s3_errors(what: str, client: Any = None) -> Iterator[None]:
     """botocore's exceptions as BidsafeError naming the operation and the S3 error code; never the request
     (whose headers hold the access key id) nor the response body."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
@@ -131,6 +131,7 @@ def s3_errors(what: str, endpoint: str | None = None) -> Iterator[None]:
     except ClientError as exc:
         raise BidsafeError(f"{what}: S3 answered {_error_code(exc)} (HTTP {_http_status(exc)})") from None
     except BotoCoreError as exc:
+        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
         raise BidsafeError(f"{what}: {type(exc).__name__} talking to {redact_url(endpoint)}") from None
 
 
@@ -157,7 +158,7 @@ def list_objects(client: Any, where: S3Location) -> dict[str, int]:
     """{path relative to `where`: size} of every object under `where/`."""
     found: dict[str, int] = {}
     start = where.key("") if where.prefix else ""
-    with s3_errors(f"listing {where}"):
+    with s3_errors(f"listing {where}", client):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=start):
             for item in page.get("Contents", []):
                 found[item["Key"][len(start):]] = int(item["Size"])
@@ -168,7 +169,7 @@ def _head(client: Any, where: S3Location, rel: str) -> RemoteObject | None:
     """Size and recorded sha256 of `where/rel`; None when there is no such object."""
     from botocore.exceptions import ClientError
 
-    with s3_errors(f"reading the metadata of {where.key(rel)}"):
+    with s3_errors(f"reading the metadata of {where.key(rel)}", client):
         try:
             head = client.head_object(Bucket=where.bucket, Key=where.key(rel))
         except ClientError as exc:
@@ -329,7 +330,7 @@ def upload_file(client: Any, target: S3Location, root: Path, f: LocalFile, part_
     path = root / f.rel
     key = target.key(f.rel)
     try:
-        with s3_errors(f"uploading {key}"):
+        with s3_errors(f"uploading {key}", client):
             try:
                 if f.size <= part_size:
                     _put_whole(client, target.bucket, key, path, f)
@@ -393,13 +394,13 @@ def _put_parts(client: Any, bucket: str, key: str, path: Path, f: LocalFile, par
 
 # --------------------------------------------------------------------------------------------- verify
 def read_object(client: Any, where: S3Location, rel: str) -> bytes:
-    with s3_errors(f"reading {where.key(rel)}"):
+    with s3_errors(f"reading {where.key(rel)}", client):
         return client.get_object(Bucket=where.bucket, Key=where.key(rel))["Body"].read()
 
 
 def hash_object(client: Any, where: S3Location, rel: str) -> tuple[str, str | None]:
     """(sha256 of the object's bytes, streamed; the sha256 its metadata records or None)."""
-    with s3_errors(f"reading {where.key(rel)}"):
+    with s3_errors(f"reading {where.key(rel)}", client):
         answer = client.get_object(Bucket=where.bucket, Key=where.key(rel))
         digest = hashlib.sha256()
         for chunk in answer["Body"].iter_chunks(MiB):
