@@ -115,6 +115,8 @@ def test_the_whole_version_torrent_lists_every_file_and_every_piece_verifies(rel
     assert meta[b"info"][b"piece length"] == 256 * KiB
     assert bad_pieces(meta, release) == []
     assert sorted(os.listdir(out.parent)) == ["study.torrent"]  # no temporary left beside it
+    # names only the release's own relative paths: no local folder (it may name the site or a person)
+    assert str(release.parent.parent).encode() not in out.read_bytes()
 
 
 def test_the_piece_check_is_not_vacuous(release: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe.errors import BidsafeError, ConfigError, GuardError
+from bidsafe.progress import Progress
 from bidsafe.release.manifest import (
     MANIFEST_NAME,
     RELEASE_MARKERS,
@@ -59,6 +61,7 @@ MiB = 1 << 20
 # parts of this size (S3 allows 5 MiB to 5 GiB a part and 10,000 parts: 16 MiB parts cover 156 GiB files).
 DEFAULT_PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB
+MAX_PARTS = 10_000
 DEFAULT_THREADS = 4  # network-bound: a few uploads in flight; memory use is at most threads x part size
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _VERSION = re.compile(r"^v\d+$")
@@ -108,10 +111,12 @@ def s3_client(endpoint: str | None = None, *, threads: int = DEFAULT_THREADS) ->
     import boto3
     from botocore.config import Config
 
+    # botocore itself reads AWS_ENDPOINT_URL(_S3); such an endpoint wants path-style addressing as well
+    custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
         max_pool_connections=max(10, threads + 2),
         retries={"max_attempts": 5, "mode": "standard"},
-        s3={"addressing_style": "path"} if endpoint else None,
+        s3={"addressing_style": "path"} if custom else None,
     )
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
@@ -304,14 +309,16 @@ def _run_all(files: list[LocalFile], upload: Callable[[LocalFile], None], thread
     """Upload `files`, largest first (keeps every thread busy to the end); the first failure cancels the
     uploads not yet started and is raised once those running have finished."""
     lock = threading.Lock()
+    meter = Progress("bidsafe mirror: uploading", len(files))
 
     def one(f: LocalFile) -> None:
         upload(f)
         with lock:
             _record(outcome, f)
+            meter.advance()
 
     ordered = sorted(files, key=lambda f: (-f.size, f.rel))
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with meter, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         futures = [pool.submit(one, f) for f in ordered]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [fut for fut in done if fut.exception() is not None]
@@ -367,6 +374,7 @@ _PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "Chec
 def _put_parts(client: Any, bucket: str, key: str, path: Path, f: LocalFile, part_size: int) -> None:
     """A multipart upload, completed only when the bytes sent hash to the manifest's digest; aborted on any
     failure (a crash leaves an incomplete upload that is no object: a lifecycle rule clears those)."""
+    part_size = max(part_size, -(-f.size // MAX_PARTS // MiB) * MiB)  # S3 takes at most 10,000 parts
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata={SHA256_METADATA: f.sha256})[
         "UploadId"]
     try:
@@ -435,8 +443,10 @@ def verify_mirror(url: str, *, endpoint: str | None = None, client: Any = None, 
     result.missing = sorted(set(listed) - present)
     result.extra = sorted(present - set(listed))
     common = sorted(set(listed) & present)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        hashed = dict(zip(common, pool.map(lambda rel: hash_object(client, where, rel), common), strict=True))
+    with Progress("bidsafe verify: reading objects back", len(common)) as meter, \
+            ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        hashed = dict(zip(common, meter.iterate(pool.map(lambda rel: hash_object(client, where, rel), common)),
+                          strict=True))
     result.changed = [rel for rel in common if hashed[rel][0] != listed[rel]]
     result.files_checked = len(common)
     result.problems += [f"{rel}: its metadata sha256 disagrees with {MANIFEST_NAME}" for rel in common
