@@ -178,6 +178,8 @@ def test_the_command_line_mirrors_and_verifies_without_printing_credentials(
     assert "EndpointConnectionError talking to http://***@127.0.0.1" in err2
     for text in (out, err, out2, err2):
         assert SECRET_KEY not in text and ACCESS_KEY not in text and "pw-in-url" not in text
+    assert main(["verify", str(release), "--endpoint", endpoint]) == 2  # --endpoint is for s3:// only
+    assert main(["mirror", str(release), "https://not-s3/p", "--endpoint", endpoint]) == 2
 
 
 @pytest.mark.parametrize("crash", ["after-four-files", "inside-a-multipart-upload"])

@@ -209,6 +209,7 @@ def torrent_release(
 
     Raises GuardError, writing nothing, when the release fails its own verification, and ConfigError when a
     subset selects no data file or two subsets share a name."""
+    webseeds = [normalise_webseed(url) for url in webseeds]  # a bad URL is refused before any reading
     root = resolve_release(release)
     check = verify_release(root, threads=min(threads, 2))
     if not check.ok:
