@@ -193,5 +193,6 @@ def test_nothing_is_written_for_an_unverified_release_or_an_empty_subset(tmp_pat
         torrent_release(version, out)
     assert main(["torrent", str(version), str(out)]) == 3
     assert main(["torrent", str(version), str(out), "--piece-size", "3MiB"]) == 2
+    assert main(["torrent", str(version), str(version / "v1.torrent")]) == 2  # never inside the version
     assert main(["torrent", str(version), str(out), "--webseed", "ftp://mirror.example/"]) == 2
     assert os.listdir(tmp_path) == ["r"]

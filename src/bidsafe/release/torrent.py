@@ -211,13 +211,16 @@ def torrent_release(
     subset selects no data file or two subsets share a name."""
     webseeds = [normalise_webseed(url) for url in webseeds]  # a bad URL is refused before any reading
     root = resolve_release(release)
+    out = Path(out)
+    if out.resolve().is_relative_to(root):
+        raise ConfigError("write torrents outside the version folder (a file added there fails its verification)",
+                          out)
     check = verify_release(root, threads=min(threads, 2))
     if not check.ok:
         raise GuardError("no torrent written: the release fails its own verification\n" + check.summary(), release)
     label = version_label(root)
     listed = parse_manifest((root / MANIFEST_NAME).read_text(encoding="utf-8"))
     every = sorted({*listed} | RELEASE_MARKERS)  # verified: exactly the files present
-    out = Path(out)
     names = [s.name for s in subsets]
     if len(set(names)) != len(names):
         raise ConfigError("release.torrent.subsets: two subsets share a name")
