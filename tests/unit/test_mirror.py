@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from published import BIG_FILE, published_version, tree_files
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
-
-from published import BIG_FILE, published_version, tree_files  # noqa: E402
-
-from bidsafe.cli import main  # noqa: E402
-from bidsafe.errors import GuardError  # noqa: E402
-from bidsafe.release import mirror as mirror_mod  # noqa: E402
-from bidsafe.release.manifest import MANIFEST_NAME, SHAREABLE_NAME, parse_manifest  # noqa: E402
-from bidsafe.release.mirror import (  # noqa: E402
+from bidsafe.cli import main
+from bidsafe.errors import GuardError
+from bidsafe.release import mirror as mirror_mod
+from bidsafe.release.manifest import MANIFEST_NAME, SHAREABLE_NAME, parse_manifest
+from bidsafe.release.mirror import (
     MIN_PART_SIZE,
     S3Location,
     mirror_release,

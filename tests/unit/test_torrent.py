@@ -11,15 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
+from published import BIG_FILE, published_version
 
-pytest.importorskip("torf")
-
-from published import BIG_FILE, published_version  # noqa: E402
-
-from bidsafe.cli import main  # noqa: E402
-from bidsafe.errors import ConfigError, GuardError  # noqa: E402
-from bidsafe.release.manifest import MANIFEST_NAME, RELEASE_MARKERS, parse_manifest  # noqa: E402
-from bidsafe.release.torrent import (  # noqa: E402
+from bidsafe.cli import main
+from bidsafe.errors import ConfigError, GuardError
+from bidsafe.release.manifest import MANIFEST_NAME, RELEASE_MARKERS, parse_manifest
+from bidsafe.release.torrent import (
     Subset,
     auto_piece_size,
     parse_piece_size,
