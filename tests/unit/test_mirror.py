@@ -176,6 +176,7 @@ def test_the_command_line_mirrors_and_verifies_without_printing_credentials(
         assert SECRET_KEY not in text and ACCESS_KEY not in text and "pw-in-url" not in text
     assert main(["verify", str(release), "--endpoint", endpoint]) == 2  # --endpoint is for s3:// only
     assert main(["mirror", str(release), "https://not-s3/p", "--endpoint", endpoint]) == 2
+    assert main(["mirror", str(release), f"s3://{bucket}/p/v1", "--endpoint", endpoint]) == 2  # no p/v1/v1
 
 
 @pytest.mark.parametrize("crash", ["after-four-files", "inside-a-multipart-upload"])

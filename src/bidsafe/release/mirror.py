@@ -276,11 +276,14 @@ def mirror_release(
     """
     if part_size < MIN_PART_SIZE:
         raise ConfigError(f"part size must be at least {MIN_PART_SIZE} bytes (S3's minimum), not {part_size}")
+    base = parse_s3_url(destination)
+    if _VERSION.match(base.prefix.rsplit("/", 1)[-1]):
+        raise ConfigError(f"{destination}: give the prefix that holds the versions; v<N>/ is added to it")
     root = resolve_release(release)
     check = verify_release(root, threads=min(threads, 2))
     if not check.ok:
         raise GuardError("not mirrored: the release fails its own verification\n" + check.summary(), release)
-    target = parse_s3_url(destination).child(version_label(root))
+    target = base.child(version_label(root))
     files = release_files(root)
     client = client if client is not None else s3_client(endpoint, threads=threads)
     todo, skipped, conflicts = plan_mirror(client, target, files, threads)
