@@ -334,8 +334,67 @@ def _verify(sub: argparse._SubParsersAction) -> None:
         epilog=exit_codes((0, "every file matches MANIFEST.sha256 and SHAREABLE.json"),
                           (1, "a file differs, is missing or is not listed, or the manifest is unreadable")),
     )
-    p.add_argument("release", metavar="RELEASE", help="a published release folder (holds MANIFEST.sha256)")
+    p.add_argument("release", metavar="RELEASE",
+                   help="a published release folder (holds MANIFEST.sha256), or a mirrored version "
+                   "s3://bucket/prefix/v<N> (every object is read back)")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="S3-compatible endpoint for an s3:// RELEASE (default: AWS, or $AWS_ENDPOINT_URL)")
     p.set_defaults(handler="bidsafe.release.manifest:cli_main")
+
+
+def _mirror(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "mirror",
+        help="upload a published version to S3 (keys echo the tree, sha256 in each object's metadata)",
+        description="Verify RELEASE (a published release_dir/v<N>, or release_dir/latest), then upload it to "
+        "DEST/v<N>/ with keys that echo the file tree and each file's sha256 in the object metadata "
+        "(x-amz-meta-sha256); SHAREABLE.json and MANIFEST.sha256 go last. Objects already there with the same "
+        "sha256 and size are skipped, so an interrupted mirror is resumed by running it again; any other object "
+        "under DEST/v<N>/ refuses the mirror before anything is uploaded (never overwritten). Credentials come "
+        "from the usual AWS environment variables, AWS_PROFILE or ~/.aws, and are never printed or logged. "
+        "Check a mirror at any time with `bidsafe verify s3://bucket/prefix/v<N>`.",
+        epilog=exit_codes((0, "every file is in the mirror (and, with --verify, was read back intact)"),
+                          (1, "an upload or read failed (run again to resume), or --verify found a difference"),
+                          (2, "bad arguments, no credentials, or RELEASE is not a folder"),
+                          (3, "refused: the release fails its own verification, or DEST/v<N>/ holds an object "
+                           "that is not exactly this release's file (nothing uploaded)")),
+    )
+    p.add_argument("release", metavar="RELEASE", help="a published version folder (release_dir/v<N> or latest)")
+    p.add_argument("destination", metavar="s3://BUCKET/PREFIX",
+                   help="where versions are mirrored; this one goes under PREFIX/v<N>/")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="S3-compatible endpoint (MinIO, Ceph, ...; default: AWS, or $AWS_ENDPOINT_URL)")
+    p.add_argument("--threads", type=int, default=4, metavar="N", help="uploads in flight (default 4)")
+    p.add_argument("--verify", action="store_true", help="afterwards read every object back against the manifest")
+    p.set_defaults(handler="bidsafe.release.mirror:cli_mirror")
+
+
+def _torrent(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "torrent",
+        help="write a .torrent for a published version (and one per configured subset)",
+        description="Verify RELEASE, then write OUT.torrent for it: the torrent's folder is named v<N>, like the "
+        "mirror's prefix, so a web seed given as the mirror's public URL of the folder holding v<N>/ serves every "
+        "file (BEP 19). With --configfile, each subset in release.torrent.subsets (by datatype and/or session "
+        "range; dataset-level files always included) is written beside it as OUT-<name>.torrent, and the "
+        "config's web seeds, trackers and piece size apply. Piece size: auto (16 KiB to 16 MiB by size, at "
+        "least 8 MiB from 4 GiB) unless given. Outputs are replaced atomically.",
+        epilog=exit_codes((0, "every torrent was written"),
+                          (1, "a file could not be read or a torrent not written"),
+                          (2, "bad arguments or configuration (piece size, URL, subset selecting no file)"),
+                          (3, "refused: the release fails its own verification (nothing written)")),
+    )
+    p.add_argument("release", metavar="RELEASE", help="a published version folder (release_dir/v<N> or latest)")
+    p.add_argument("out", metavar="OUT.torrent", help="torrent file to write (subsets: OUT-<name>.torrent)")
+    p.add_argument("--webseed", action="append", default=[], metavar="URL",
+                   help="http(s) URL of the mirror folder holding v<N>/ (repeatable; added to the config's)")
+    p.add_argument("--tracker", action="append", default=[], metavar="URL",
+                   help="announce URL (repeatable; added to the config's; none: DHT and web seeds only)")
+    p.add_argument("--piece-size", metavar="SIZE",
+                   help="auto, or a power of two from 16KiB to 16MiB (e.g. 8MiB, 4M, 262144)")
+    p.add_argument("--configfile", metavar="SITE.yaml", help="take release.torrent (subsets, web seeds...) from it")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="hashing threads (default 2)")
+    p.set_defaults(handler="bidsafe.release.torrent:cli_main")
 
 
 def _withdraw_from_releases(sub: argparse._SubParsersAction) -> None:
@@ -445,6 +504,8 @@ COMMANDS: tuple[Register, ...] = (
     _validate,
     _leak_scan,
     _verify,
+    _mirror,
+    _torrent,
     _withdraw_from_releases,
     _watch_drop,
     _receive,

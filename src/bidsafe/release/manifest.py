@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bidsafe.errors import BidsafeError
+from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_write_text
 
 MANIFEST_NAME = "MANIFEST.sha256"
@@ -151,7 +151,7 @@ def save_manifest(root: str | Path, digests: Mapping[str, str]) -> tuple[Path, s
 class VerifyResult:
     """What `verify_release` found; every list holds release-relative paths."""
 
-    release: Path
+    release: Path | str  # a folder, or an s3:// location (see bidsafe.release.mirror)
     files_checked: int = 0
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
@@ -210,21 +210,27 @@ def verify_release(release: str | Path, *, threads: int = 2) -> VerifyResult:
     result.files_checked = len(common)
 
     shareable_path = root / SHAREABLE_NAME
-    if not shareable_path.is_file():
-        result.problems.append(f"{SHAREABLE_NAME} is missing: this folder was never marked shareable")
-    else:
-        try:
-            shareable = json.loads(shareable_path.read_text(encoding="utf-8"))
-            recorded = shareable["manifest"]["sha256"]
-        except (ValueError, KeyError, TypeError):
-            result.problems.append(f"{SHAREABLE_NAME} is unreadable or lacks manifest.sha256")
-        else:
-            result.problems.extend(_shareable_record_problems(shareable))
-            if recorded != sha256_bytes(manifest_bytes):
-                result.problems.append(f"{MANIFEST_NAME} does not match the hash recorded in {SHAREABLE_NAME}")
-            if shareable.get("shareable") is not True:
-                result.problems.append(f"{SHAREABLE_NAME} does not mark the release shareable")
+    shareable_bytes = shareable_path.read_bytes() if shareable_path.is_file() else None
+    result.problems.extend(shareable_problems(shareable_bytes, manifest_bytes))
     return result
+
+
+def shareable_problems(shareable_bytes: bytes | None, manifest_bytes: bytes) -> list[str]:
+    """What is wrong with a release's SHAREABLE.json (None: absent) given its MANIFEST.sha256's bytes: the
+    manifest hash it records, its own seal, its `shareable` mark. Shared by local and mirror verification."""
+    if shareable_bytes is None:
+        return [f"{SHAREABLE_NAME} is missing: this folder was never marked shareable"]
+    try:
+        shareable = json.loads(shareable_bytes.decode("utf-8"))
+        recorded = shareable["manifest"]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{SHAREABLE_NAME} is unreadable or lacks manifest.sha256"]
+    problems = _shareable_record_problems(shareable)
+    if recorded != sha256_bytes(manifest_bytes):
+        problems.append(f"{MANIFEST_NAME} does not match the hash recorded in {SHAREABLE_NAME}")
+    if shareable.get("shareable") is not True:
+        problems.append(f"{SHAREABLE_NAME} does not mark the release shareable")
+    return problems
 
 
 def _shareable_record_problems(shareable: Mapping[str, object]) -> list[str]:
@@ -240,7 +246,14 @@ def _shareable_record_problems(shareable: Mapping[str, object]) -> list[str]:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    """`bidsafe verify RELEASE`: exit 0 when every file matches the manifest, 1 otherwise."""
+    """`bidsafe verify RELEASE`: exit 0 when every file matches the manifest, 1 otherwise. An `s3://` RELEASE
+    is a mirrored version, read back by bidsafe.release.mirror (imported only then: boto3 is slow to load)."""
+    if str(args.release).startswith("s3://"):
+        from bidsafe.release.mirror import cli_verify
+
+        return cli_verify(args)
+    if getattr(args, "endpoint", None):
+        raise ConfigError("--endpoint applies to an s3:// location only", args.release)
     result = verify_release(args.release)
     print(result.summary())
     return 0 if result.ok else 1
