@@ -488,8 +488,12 @@ def _leak_gate(inputs: Mapping[str, object]):
     skip = qa_session_files(inputs.get("sessions_tsv"), sessions_dir)
     # a withdrawn participant's files neither: their values must not be collected into private_dir again
     skip |= withdrawn_session_files(inputs.get("sessions_tsv"), inputs.get("index"), inputs.get("inbox"))
+    # the gate's own memory between runs (private): unchanged sessions are not harvested again, unchanged
+    # files are searched only for new values (bidsafe.release.leakcache)
+    memory = Path(str(inputs["memory_dir"])) if inputs.get("memory_dir") else None
     rows, origins = harvest_sessions(
-        Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None, skip=skip
+        Path(str(inputs["inbox"])), Path(str(sessions_dir)) if sessions_dir else None, skip=skip,
+        memory=memory / "harvest" if memory else None,
     )
     save_harvest(rows, origins, Path(str(inputs["values_json"])))
     findings = inputs.get("findings_json")
@@ -499,6 +503,7 @@ def _leak_gate(inputs: Mapping[str, object]):
     return gates.gate_leak_scan(
         inputs["staging"], rows, also, inputs.get("vocabulary") or None,
         allow=inputs.get("allow") or None, origins=origins, findings=Path(str(findings)) if findings else None,
+        memory=memory / "scan.json" if memory else None,
     )
 
 

@@ -72,6 +72,8 @@ rule gate_leak_scan:
         # may sit there either (bidsafe.stages.work_folders)
         work_dir=WORK,
         sessions_dir=PRIVATE / "sessions",
+        # not an output (Snakemake deletes outputs before a job): the gate's private memory between runs
+        memory_dir=PRIVATE / "leakscan" / "memory",
         allow=config.get("release", {}).get("leak_scan", {}).get("allow", []),
     log:
         LOGS / "gates" / "leak_scan.log",

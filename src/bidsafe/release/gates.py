@@ -184,6 +184,7 @@ def _issue_brief(issue: Any) -> dict[str, str]:
 def gate_leak_scan(
     staging: str | Path, values: Any, also: Sequence[str | Path] = (), vocabulary: Any = None, *,
     allow: Any = None, origins: Mapping[Any, Iterable[str]] | None = None, findings: str | Path | None = None,
+    memory: str | Path | None = None,
 ) -> GateResult:
     """Pass when no harvested personal value (in any form the gate renders) occurs in the staging tree or in
     `also`, and the released metadata keeps the structural rules (ASCII only; vocabulary tokens only in
@@ -194,7 +195,8 @@ def gate_leak_scan(
     harvest fails: a scan that looks for nothing proves nothing. `allow`: the site allow-list
     (`release.leak_scan.allow`); hits it allows are counted, not failed. `origins`: value -> session labels.
     `findings`: where to write the private findings file (values, sessions; 0600) - a path in the private
-    area, never in work_dir: the report written here names files and fields only.
+    area, never in work_dir: the report written here names files and fields only. `memory`: a private file
+    remembering each scanned file's findings between runs (`leakscan.leak_scan`).
     """
     staging = Path(staging)
     fingerprint = staging_fingerprint(staging)
@@ -210,7 +212,7 @@ def gate_leak_scan(
     vocabulary_paths = [Path(p) for p in ([vocabulary] if isinstance(vocabulary, str | Path) else vocabulary or [])]
     also_paths = [Path(p) for p in also]
     report = leak_scan(staging, rows, also=also_paths, vocabulary=vocabulary_paths or None, allow=allow,
-                       origins=origins)
+                       origins=origins, memory=Path(memory) if memory else None)
     if findings is not None:
         from bidsafe.release.leakscan import write_findings
 

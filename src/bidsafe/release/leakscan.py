@@ -83,6 +83,14 @@ from bidsafe.phi import harvest_files  # collection only: the raw rows; matching
 from bidsafe.private import private_write_text
 from bidsafe.progress import Progress, info
 from bidsafe.release.leakallow import AllowList, load_allow
+from bidsafe.release.leakcache import (
+    FileFindings,
+    HarvestMemory,
+    ScanMemory,
+    file_identity,
+    scan_settings_key,
+    still_wanted,
+)
 from bidsafe.release.leakforms import (
     ID_CATEGORIES,
     MIN_LENGTH,
@@ -781,12 +789,15 @@ def _names_file(root: Path, parts: Sequence[str]) -> Callable[[str], bool]:
 
 def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *, structural: bool = True,
               found: dict[LeakHit, set[RawValue]] | None = None,
-              progress: Progress | None = None) -> tuple[set[LeakHit], int, int]:
+              progress: Progress | None = None, memory: _Memory | None = None,
+              memory_prefix: str = "") -> tuple[set[LeakHit], int, int]:
     """(hits, files scanned, bytes scanned) for every path and file under `root`.
 
     `structural`: `root` is released metadata (the structural rules apply); False for logs (`also`).
     `found`, when given, receives the values behind each hit (for the private findings). `progress` counts
-    the files scanned (a count only, never a name).
+    the files scanned (a count only, never a name). `memory`: the last run's findings per file (see
+    `leakcache`); a file it remembers unchanged is searched only for the values new since (`bytes scanned`
+    counts what was read).
     """
     root = Path(root)
     hits: set[LeakHit] = set()
@@ -826,7 +837,10 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *, structura
         )
         one = _FileScan(scanner, label, structural=structural, descriptors=descriptors,
                         names_file=_names_file(root, parts) if descriptors else None)
-        one.scan_path(path)
+        if memory is None:
+            one.scan_path(path)
+        else:
+            _scan_remembered(one, path, memory_prefix + "/".join(parts), memory)
         hits |= one.hits
         for hit, values in one.values.items():
             found.setdefault(hit, set()).update(values)
@@ -837,9 +851,59 @@ def scan_tree(root: Path, scanner: Scanner, label_prefix: str = "", *, structura
     return hits, files, total
 
 
+@dataclass
+class _Memory:
+    """A `leakcache.ScanMemory` with the scanners of this run: all values, and those new since it was saved."""
+
+    saved: ScanMemory
+    values: frozenset[RawValue]
+    delta: Scanner | None
+
+
+def _scan_remembered(one: _FileScan, path: Path, key: str, memory: _Memory) -> None:
+    """Scan one file, or replay what it held (for the values still searched) and search it only for the new
+    values when the memory knows it unchanged; then remember it for the next run."""
+    identity = file_identity(path)
+    entry = memory.saved.recall(key, identity)
+    if entry is None:
+        one.scan_path(path)
+    else:
+        for where, value in still_wanted(entry.found, memory.values):
+            one.add(where, (value,))
+        for where, rule in entry.flags:
+            one.flag(where, rule)
+        if memory.delta is not None:
+            extra = _FileScan(memory.delta, one.label)  # values only: the structural rules were applied
+            extra.scan_path(path)
+            for hit, values in extra.values.items():
+                one.add(hit.where, values)
+            one.bytes += extra.bytes
+    memory.saved.remember(key, FileFindings(
+        identity=identity,
+        found=sorted((hit.where, value) for hit, values in one.values.items() for value in values),
+        flags=sorted((hit.where, hit.category) for hit in one.hits if hit.field == STRUCTURE),
+    ))
+
+
+def _open_memory(path: Path | None, scanner: Scanner) -> _Memory | None:
+    if path is None:
+        return None
+    vocabulary = scanner.vocabulary
+    settings = scan_settings_key(sorted(vocabulary.words) if vocabulary else [],
+                                 [p.pattern for p in vocabulary.patterns] if vocabulary else [],
+                                 scanner.scan_voxels)
+    saved = ScanMemory.load(path, settings)
+    new = saved.new_values(scanner.values)
+    # a remembered file is searched again for the new values in its text, names and headers; a NIfTI image's
+    # voxel data only when the image itself is new or changed
+    delta = Scanner(new, scan_voxels=False, vocabulary=vocabulary) if new and saved.files else None
+    return _Memory(saved, frozenset(scanner.values), delta)
+
+
 def leak_scan(
     target: Path, values: Any, *, also: Sequence[Path] = (), scan_voxels: bool = True, vocabulary: Any = None,
     allow: Any = None, origins: Mapping[RawValue, Iterable[str]] | None = None, progress: Progress | None = None,
+    memory: Path | None = None,
 ) -> LeakReport:
     """Scan `target` (and each `also` folder) for every raw harvested value; hits never hold values.
 
@@ -848,8 +912,9 @@ def leak_scan(
     `also` folders are labelled `<folder name>/<relative path>` and get the value search only (they are logs,
     not released metadata). `allow`: the site allow-list (`leakallow.load_allow` input); a hit whose every
     value it allows moves to `allowed`. `origins`: value -> session labels it was harvested from (private
-    findings only). Raises ConfigError when there is nothing to look for or a folder is missing: an empty
-    scan must never pass for a clean one.
+    findings only). `memory`: a private file (`leakcache.ScanMemory`) remembering each file's findings
+    between runs, so that unchanged files are searched only for new values. Raises ConfigError when there is
+    nothing to look for or a folder is missing: an empty scan must never pass for a clean one.
     """
     target = Path(target)
     for folder in (target, *also):
@@ -861,14 +926,19 @@ def leak_scan(
     if not scanner.values:
         raise ConfigError("leak scan: no personal values to look for (was the source harvested?)")
     found: dict[LeakHit, set[RawValue]] = {}
-    hits, files, total = scan_tree(target, scanner, found=found, progress=progress)
-    for folder in also:
+    remembered = _open_memory(memory, scanner)
+    hits, files, total = scan_tree(target, scanner, found=found, progress=progress, memory=remembered,
+                                   memory_prefix="0/")
+    for number, folder in enumerate(also, start=1):
         prefix = _safe_component(Path(folder).name, scanner) + "/"
         more_hits, more_files, more_bytes = scan_tree(Path(folder), scanner, label_prefix=prefix, structural=False,
-                                                      found=found, progress=progress)
+                                                      found=found, progress=progress, memory=remembered,
+                                                      memory_prefix=f"{number}:{Path(folder).name}/")
         hits |= more_hits
         files += more_files
         total += more_bytes
+    if remembered is not None:
+        remembered.saved.save(scanner.values)
     rules = ["personal values", NON_ASCII] + ([NON_VOCABULARY] if scanner.vocabulary else [])
     findings, allowed, allowed_by = _triage(hits, found, allow_list)
     wanted = {v for h in hits for v in found.get(h, ())}
@@ -931,7 +1001,7 @@ def harvest_source(raw_dir: Path, skip: Collection[str] = (), progress: bool = F
 
 
 def harvest_sessions(
-    raw_dir: Path, sessions_dir: Path | None, skip: Collection[str] = ()
+    raw_dir: Path, sessions_dir: Path | None, skip: Collection[str] = (), memory: Path | None = None
 ) -> tuple[list[RawValue], dict[RawValue, list[str]]]:
     """`harvest_source`, made per session so that each value can be tied to the sessions it came from:
     (rows, value -> pseudonymous session labels `sub-S_ses-T`).
@@ -939,7 +1009,9 @@ def harvest_sessions(
     `sessions_dir`: the pseudonymise stage's private `sessions/` folder (sub-S/ses-T/files.txt: each session's
     inbox-relative paths). Every other inbox file is harvested too, labelled `inbox (no session)`: a value
     must never go unsearched because ingest set its file aside. `skip`: inbox-relative paths not read (the
-    files of QA/phantom sessions, which are never released).
+    files of QA/phantom sessions, which are never released). `memory`: a private folder keeping each
+    session's rows between runs (`leakcache.HarvestMemory`): a session whose files are unchanged is not read
+    again.
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -958,10 +1030,24 @@ def harvest_sessions(
     if rest:
         groups[UNASSIGNED] = rest
     origins: dict[RawValue, set[str]] = {}
+    kept = HarvestMemory(Path(memory)) if memory is not None else None
     for label, paths in groups.items():
-        for value in raw_values(harvest_files(paths, private_text=True)):
+        for value in _harvest_group(label, paths, kept):
             origins.setdefault(value, set()).add(label)
+    if kept is not None:
+        kept.forget_others()
     return sorted(origins), {value: sorted(labels) for value, labels in origins.items()}
+
+
+def _harvest_group(label: str, paths: list[Path], memory: HarvestMemory | None) -> list[RawValue]:
+    if memory is None:
+        return raw_values(harvest_files(paths, private_text=True))
+    key = memory.key(paths)
+    rows = memory.recall(label, key)
+    if rows is None:
+        rows = raw_values(harvest_files(paths, private_text=True))
+        memory.remember(label, key, rows)
+    return rows
 
 
 UNASSIGNED = "inbox (no session)"
