@@ -7,6 +7,7 @@ from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area, ensure_private_dir
+from bidsafe.release.datalad_release import require_datalad_tools
 from bidsafe.recovery import scratch_dir
 
 
@@ -27,6 +28,9 @@ KEY = resolve_key_path(private_dir=PRIVATE)
 check_areas(INBOX, PRIVATE, WORK, RELEASE)
 # publish is the last job: an unwritable release folder must stop the run before the first one
 check_writable_area(RELEASE, "release_dir")
+# likewise DataLad and git-annex when release.datalad asks for a DataLad dataset beside the versions
+if config["release"].get("datalad"):
+    require_datalad_tools()
 ensure_private_dir(PRIVATE)
 # Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
 # here first. PRIVATE_SCRATCH: where stages reading identifying input build their files (swept at the start
