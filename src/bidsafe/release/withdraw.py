@@ -366,19 +366,18 @@ def cli_main(args: argparse.Namespace) -> int:
     subject = participant_label(args.participant)
     plans = withdraw_from_releases(release_dir, args.participant, dry_run=args.dry_run)
     _warn_unless_marked(private_dir, subject)
-    in_dataset = datalad_release.plan_withdrawal(release_dir, subject)
-    if in_dataset is not None and in_dataset.tags:
-        print(_datalad_line(release_dir, in_dataset, args.dry_run))
     if not plans:
         print(f"withdraw-from-releases: sub-{subject} was already removed from every published version")
-        return 0
-    if args.dry_run:
+    elif args.dry_run:
         for plan in plans:
             print(plan.line(subject, dry_run=True))
         print(f"withdraw-from-releases: dry run, nothing changed ({len(plans)} version(s) would be rewritten)")
-        return 0
-    latest = (release_dir / LATEST).resolve().name if (release_dir / LATEST).exists() else "?"
-    print(f"withdraw-from-releases: sub-{subject} removed from {', '.join(f'v{p.version}' for p in plans)} "
-          f"(latest is {latest}); each has a new CHANGES entry and manifest. Copies already downloaded cannot "
-          "be recalled: tell their holders to delete them.")
+    else:
+        latest = (release_dir / LATEST).resolve().name if (release_dir / LATEST).exists() else "?"
+        print(f"withdraw-from-releases: sub-{subject} removed from {', '.join(f'v{p.version}' for p in plans)} "
+              f"(latest is {latest}); each has a new CHANGES entry and manifest. Copies already downloaded cannot "
+              "be recalled: tell their holders to delete them.")
+    in_dataset = datalad_release.plan_withdrawal(release_dir, subject)
+    if in_dataset is not None and in_dataset.tags:
+        print(_datalad_line(release_dir, in_dataset, args.dry_run))
     return 0
