@@ -273,12 +273,12 @@ def _commit_message(version_dir: Path, number: int, revised: bool) -> str:
     return title + ("\n\n" + body if body else "")
 
 
-def _save(dataset: Path, paths: Sequence[str], message: str) -> None:
+def _save(dataset: Path, message: str) -> None:
+    """Commit the whole working tree: `populate` made it exactly the version (a list of paths could outgrow a
+    command line for a release of many thousand files)."""
     api = _datalad_api()
     try:
-        # called on the Dataset: relative paths are the dataset's, not the current folder's
-        api.Dataset(str(dataset)).save(path=list(paths) or None, message=message, result_renderer="disabled",
-                                       on_failure="stop")
+        api.Dataset(str(dataset)).save(message=message, result_renderer="disabled", on_failure="stop")
     except Exception as exc:  # datalad's IncompleteResultsError and friends: name the step, keep the cause
         raise BidsafeError(f"DataLad could not save the dataset: {exc}", dataset) from exc
 
@@ -314,8 +314,8 @@ def sync_versions(release_dir: Path) -> DataladSync:
                         number, tags[-1])
             continue
         version_dir = release_dir / f"v{number}"
-        changed = populate(dataset, version_dir)
-        _save(dataset, changed, _commit_message(version_dir, number, revised=False))
+        populate(dataset, version_dir)
+        _save(dataset, _commit_message(version_dir, number, revised=False))
         published_utc = (_publication((version_dir / SHAREABLE_NAME).read_bytes()) or (None, "?"))[1]
         _git(dataset, "tag", "-a", f"v{number}", "-m", f"bidsafe release v{number}, published {published_utc}")
         tags.append(number)
@@ -326,7 +326,7 @@ def sync_versions(release_dir: Path) -> DataladSync:
         number = int(latest.name[1:])
         changed = populate(dataset, latest)
         if changed or _show(dataset, "HEAD", SHAREABLE_NAME) != (latest / SHAREABLE_NAME).read_bytes():
-            _save(dataset, changed, _commit_message(latest, number, revised=True))
+            _save(dataset, _commit_message(latest, number, revised=True))
             result.revised = True
     result.tags = version_tags(dataset)
     return result
@@ -361,6 +361,7 @@ def plan_withdrawal(release_dir: Path, subject: str) -> DataladWithdrawal | None
     there is no dataset."""
     if not has_dataset(release_dir):
         return None
+    require_datalad_tools()  # before any version is rewritten, not after
     dataset = dataset_path(release_dir)
     pattern = label_pattern([subject])
     assert pattern is not None
