@@ -174,6 +174,20 @@ def test_a_new_sync_without_a_new_version_changes_nothing(built: Project) -> Non
     assert _git(dataset, "rev-parse", "HEAD") == head
 
 
+def test_turned_on_later_it_adds_every_published_version_in_order(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    project.add("a1", "01", seed=1)
+    _publish(project)
+    project.add("b2", "01", seed=3)
+    _publish(project)
+    synced = dl.release_to_datalad(project.release_dir)
+    assert (synced.tagged, synced.revised) == ([1, 2], False)
+    dataset = project.release_dir / dl.DATASET_NAME
+    for version in ("v1", "v2"):
+        assert set(_tree(dataset, version)) == _release_files(project.release_dir / version)
+    assert _git(dataset, "log", "--format=%s").splitlines()[:2] == ["v2", "v1"]
+
+
 def _remove_version(release: Path, version: str) -> None:
     for dirpath, _dirs, _files in os.walk(release / version):
         os.chmod(dirpath, 0o755)

@@ -7,8 +7,8 @@ from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area, ensure_private_dir
-from bidsafe.release.datalad_release import require_datalad_tools
 from bidsafe.recovery import scratch_dir
+from bidsafe.release.datalad_release import require_datalad_tools
 
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
