@@ -551,10 +551,13 @@ def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
 
 
 def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], profiles_json: Path,
-                  published_json: Path) -> Path:
+                  published_json: Path, datalad: bool = False) -> Path:
     """Publish when every gate passed and no session was de-identified with a rule set check-rules rejects;
     otherwise raise naming why (release left untouched). A staged release equal to the highest published
-    version publishes nothing new; `published_json` then names that version and says so in `note`."""
+    version publishes nothing new; `published_json` then names that version and says so in `note`.
+    `datalad` (release.datalad): then bring `release_dir/datalad` up to the published versions, new or not
+    (bidsafe.release.datalad_release; a failure there fails the step after the version folder is published,
+    and the next run catches up)."""
     from bidsafe.profile import read_profiles, refuse_weaker, rules_label
     from bidsafe.release.gates import read_gate_report
     from bidsafe.release.publish import publish_release
@@ -569,8 +572,13 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
         )
     outcome = publish_release(Path(staging), Path(release_dir), results, profile=rules_label(profiles),
                               profiles=profiles)
+    extra: dict[str, object] = {}
+    if datalad:
+        from bidsafe.release.datalad_release import release_to_datalad
+
+        extra["datalad"] = release_to_datalad(Path(release_dir)).record()
     # `note` says whether a new version was made ("published v3") or not ("no change since v3: ...")
-    atomic_write_json(published_json, {**outcome.record(), "gates": [r.name for r in results]})
+    atomic_write_json(published_json, {**outcome.record(), "gates": [r.name for r in results], **extra})
     log.info("%s", outcome.note)
     return outcome.path
 

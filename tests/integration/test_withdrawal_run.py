@@ -1,7 +1,9 @@
 """Withdrawal end to end (issue 10, item 6): two participants (one small session each: the T1w series only) are
 published; one is then marked withdrawn in the consent registry. The plain rerun removes everything bidsafe made
 of them from work_dir and private_dir and publishes a version without them, redoing nothing for the other;
-`bidsafe withdraw-from-releases` then takes them out of the first version, which still verifies."""
+`bidsafe withdraw-from-releases` then takes them out of the first version, which still verifies.
+With `release.datalad: true` (issue 15, item 2) each run's version is also a tagged commit of the DataLad
+dataset `release/datalad`, and the withdrawal drops the participant's image content from its history."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bidsafe.demo import generate
 from bidsafe.pseudonym import LINKAGE_FILENAME, read_linkage
@@ -51,8 +54,18 @@ def _holding(root: Path, needle: str) -> list[str]:
                   if needle in p.name or (p.is_file() and needle.encode() in p.read_bytes()))
 
 
-def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path):
+def _dataset_git(release: Path, *args: str, check: bool = True) -> str:
+    return subprocess.run(["git", "-C", str(release / "datalad"), *args], capture_output=True, text=True,
+                          check=check).stdout
+
+
+def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     root = tmp_path
+    # the DataLad dataset's commits: a test identity, no system git config
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test Publisher")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "publisher@example.org")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     sessions = generate(root / "inbox", subjects=2, sessions=1, seed=23)
     for session in sessions:  # the T1w series only: enough for every stage, and quick
         for series in session.series:
@@ -66,7 +79,9 @@ def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path):
     shutil.copy(REPO / "config" / "dcm2bids.json", site / "dcm2bids.json")
     shutil.copy(REPO / "config" / "sidecar_allowlist.yaml", site / "sidecar_allowlist.yaml")
     (site / "vocabulary.yaml").write_text(SITE_VOCABULARY, encoding="utf-8")
-    write_config(root)
+    config = yaml.safe_load(write_config(root).read_text(encoding="utf-8"))
+    config["release"]["datalad"] = True
+    (root / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
     first = snakemake(root)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
@@ -100,6 +115,16 @@ def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path):
     assert not (release / "v2" / f"sub-{gone}").exists() and (release / "v2" / f"sub-{stays}").is_dir()
     assert f"sub-{gone}" not in (release / "v2" / "participants.tsv").read_text(encoding="utf-8")
     assert planned_jobs(root) == {}, "Snakemake does not try to rebuild what was removed"
+    # the DataLad dataset: a tag per run's version; the version after the withdrawal no longer has them
+    assert _dataset_git(release, "tag", "--list").split() == ["v1", "v2"]
+    assert json.loads((work / "publish" / "published.json").read_text())["datalad"]["tagged"] == ["v2"]
+    assert f"sub-{gone}/" in _dataset_git(release, "ls-tree", "-r", "--name-only", "v1")
+    assert f"sub-{gone}/" not in _dataset_git(release, "ls-tree", "-r", "--name-only", "v2")
+    image = next(rel for rel in _dataset_git(release, "ls-tree", "-r", "--name-only", "v1").splitlines()
+                 if rel.startswith(f"sub-{gone}/") and rel.endswith(".nii.gz"))
+    key = os.path.basename(_dataset_git(release, "cat-file", "-p", f"v1:{image}"))  # an annexed file: a link
+    assert key.startswith("SHA256E-") and json.loads(_dataset_git(
+        release, "annex", "whereis", "--json", "--key", key).splitlines()[0])["whereis"]
 
     # the earlier version: rewritten without them, and it still verifies
     assert (release / "v1" / f"sub-{gone}").is_dir()
@@ -114,4 +139,12 @@ def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path):
         check = _bidsafe(root, "verify", f"release/{version}")
         assert check.returncode == 0, check.stdout + check.stderr
     assert (release / "v1" / "CHANGES").read_text(encoding="utf-8").startswith("1.0.1 ")
+    # ... and their image content left the DataLad dataset's history; the tags stay
+    assert f"annexed files of sub-{gone} were dropped from its history (0 copies left here); tags v1 stay" in (
+        done.stdout)
+    # (whereis exits 1 for a file with no copy)
+    assert json.loads(_dataset_git(release, "annex", "whereis", "--json", "--key", key, check=False
+                                   ).splitlines()[0])["whereis"] == []
+    assert _dataset_git(release, "tag", "--list").split() == ["v1", "v2"]
+    assert "DataLad dataset: the annexed files of" in (release / "v1" / "CHANGES").read_text(encoding="utf-8")
     assert _bidsafe(root, "withdraw-from-releases", "sub-nobody0", "--release-dir", "release").returncode == 2

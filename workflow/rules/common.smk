@@ -8,6 +8,7 @@ from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area
 from bidsafe.recovery import scratch_dir
+from bidsafe.release.datalad_release import require_datalad_tools
 
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
@@ -27,6 +28,9 @@ KEY = resolve_key_path(private_dir=PRIVATE)
 check_areas(INBOX, PRIVATE, WORK, RELEASE)
 # publish is the last job: an unwritable release folder must stop the run before the first one
 check_writable_area(RELEASE, "release_dir")
+# likewise DataLad and git-annex when release.datalad asks for a DataLad dataset beside the versions
+if config["release"].get("datalad"):
+    require_datalad_tools()
 # PRIVATE_SCRATCH: where stages reading identifying input build their files (swept at the start of each run,
 # with what killed jobs left: bidsafe.recovery).
 PRIVATE_SCRATCH = scratch_dir(PRIVATE)

@@ -11,6 +11,10 @@ rewrites each version `release_dir/v<N>` that names the participant (by pseudony
   copies to delete theirs, a new MANIFEST.sha256, and SHAREABLE.json recording the manifest's new hash and
   the withdrawal, so `bidsafe verify` passes on the rewritten version.
 
+With a DataLad dataset beside the versions (`release.datalad`, `release_dir/datalad/`), the rewritten
+`latest` is committed there too and the participant's annexed content is dropped from the dataset's whole
+history (its tags stay); each rewritten version's CHANGES entry says so (bidsafe.release.datalad_release).
+
 Each version is rebuilt in a temporary sibling (`.v<N>.withdraw.tmp`: unchanged files hard-linked, changed
 ones written new, never in place) and swapped in with one atomic exchange of names, under the publish lock,
 so a reader or a crash sees either the old version or the new one, never a mix. Leftovers of a crash are
@@ -30,7 +34,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +43,7 @@ from typing import Any
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_write_text
 from bidsafe.progress import Progress
+from bidsafe.release import datalad_release
 from bidsafe.release.assemble import LATEST, link_or_copy, published_versions, released_sessions
 from bidsafe.release.manifest import RELEASE_MARKERS, SHAREABLE_NAME, iter_release_files, write_manifest
 from bidsafe.release.publish import (  # one publisher or rewriter at a time per release folder
@@ -118,14 +123,17 @@ def plan_version(version_dir: Path, subject: str) -> VersionPlan | None:
     return plan if (plan.removed or plan.tables or plan.sessions) else None
 
 
-def _changes_entry(version: int, previous: str, date: str, subject: str, sessions: list[str]) -> str:
-    """CHANGES with a new top entry `N.0.k DATE`: k = 1 + the highest revision of N recorded so far."""
+def _changes_entry(version: int, previous: str, date: str, subject: str, sessions: list[str],
+                   notes: Sequence[str] = ()) -> str:
+    """CHANGES with a new top entry `N.0.k DATE`: k = 1 + the highest revision of N recorded so far; `notes`
+    (e.g. what the DataLad dataset dropped) are further items of the entry."""
     revisions = [int(m.group(1)) for m in re.finditer(rf"^{version}\.0\.(\d+)\s", previous, re.MULTILINE)]
     label = f"{version}.0.{max(revisions, default=0) + 1}"
     listed = ", ".join(f"sub-{subject}/ses-{t}" for t in sessions) or f"sub-{subject}"
     entry = (f"{label} {date}\n"
              f"  - Participant withdrawn: sub-{subject} removed from this version ({listed}).\n"
-             "    Delete any copies of these files you hold.\n")
+             "    Delete any copies of these files you hold.\n"
+             + "".join(f"  - {note}\n" for note in notes))
     previous = previous.strip("\n")
     return entry + ("\n" + previous + "\n" if previous else "")
 
@@ -165,8 +173,9 @@ def _leftover_mentions(root: Path, pattern: re.Pattern[str]) -> list[str]:
     return found
 
 
-def build_version(plan: VersionPlan, subject: str, tmp: Path, now: datetime) -> None:
-    """Write the rewritten version into `tmp` (new): unchanged files hard-linked, changed ones written new."""
+def build_version(plan: VersionPlan, subject: str, tmp: Path, now: datetime, notes: Sequence[str] = ()) -> None:
+    """Write the rewritten version into `tmp` (new): unchanged files hard-linked, changed ones written new;
+    `notes` go into the new CHANGES entry after the withdrawal line."""
     pattern = label_pattern([subject])
     assert pattern is not None
     src = plan.path
@@ -187,7 +196,7 @@ def build_version(plan: VersionPlan, subject: str, tmp: Path, now: datetime) -> 
             f"MRI data of {len(subjects)} participants ({len(remaining)} sessions)", readme, count=1))
     previous = (src / "CHANGES").read_text(encoding="utf-8") if (src / "CHANGES").is_file() else ""
     atomic_write_text(tmp / "CHANGES", _changes_entry(plan.version, previous, now.strftime("%Y-%m-%d"), subject,
-                                                      plan.sessions))
+                                                      plan.sessions, notes))
     left = _leftover_mentions(tmp, pattern)
     if left:
         raise BidsafeError(f"v{plan.version}: these files would still name sub-{subject} (not rewritten; remove "
@@ -292,21 +301,28 @@ def withdraw_from_releases(release_dir: Path, participant: str, *, dry_run: bool
         plans = [p for n in versions if (p := plan_version(release_dir / f"v{n}", subject)) is not None]
         if not plans:
             if _already_withdrawn(release_dir, subject):
+                if not dry_run:  # finishes the DataLad step of an earlier call that failed after rewriting
+                    datalad_release.withdraw_participant(release_dir, subject)
                 return []
             raise ConfigError(f"sub-{subject} is in no published version", release_dir)
         if dry_run:
             return plans
+        # a DataLad dataset (release.datalad) also loses the participant's annexed content, from its history too
+        in_dataset = datalad_release.plan_withdrawal(release_dir, subject)
+        notes = [in_dataset.changes_note()] if in_dataset is not None and in_dataset.tags else []
         with Progress("bidsafe withdraw-from-releases: rewriting", len(plans), "versions", every_s=0) as meter:
             for plan in plans:
                 tmp = release_dir / f".v{plan.version}{TMP_SUFFIX}"
                 try:
-                    build_version(plan, subject, tmp, when)
+                    build_version(plan, subject, tmp, when, notes)
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
                 swap_in(plan.path, tmp)
                 log.info("%s", plan.line(subject, dry_run=False))
                 meter.advance()
+        if in_dataset is not None:
+            datalad_release.withdraw_participant(release_dir, subject)
     return plans
 
 
@@ -334,6 +350,16 @@ def _warn_unless_marked(private_dir: Path | None, subject: str) -> None:
                     "the next run publishes them again", subject)
 
 
+def _datalad_line(release_dir: Path, plan: datalad_release.DataladWithdrawal, dry_run: bool) -> str:
+    tags = ", ".join(f"v{n}" for n in plan.tags)
+    if dry_run:
+        return (f"DataLad dataset: would drop the {len(plan.keys)} annexed files of sub-{plan.subject} from its "
+                f"history (tags {tags} stay)")
+    left = sum(datalad_release.copies_left(release_dir, plan.keys).values())
+    return (f"DataLad dataset: the {len(plan.keys)} annexed files of sub-{plan.subject} were dropped from its history "
+            f"({left} copies left here); tags {tags} stay, without that content")
+
+
 def cli_main(args: argparse.Namespace) -> int:
     """`bidsafe withdraw-from-releases PARTICIPANT (--release-dir DIR | --configfile SITE.yaml) [--dry-run]`."""
     release_dir, private_dir = _areas(args)
@@ -342,14 +368,16 @@ def cli_main(args: argparse.Namespace) -> int:
     _warn_unless_marked(private_dir, subject)
     if not plans:
         print(f"withdraw-from-releases: sub-{subject} was already removed from every published version")
-        return 0
-    if args.dry_run:
+    elif args.dry_run:
         for plan in plans:
             print(plan.line(subject, dry_run=True))
         print(f"withdraw-from-releases: dry run, nothing changed ({len(plans)} version(s) would be rewritten)")
-        return 0
-    latest = (release_dir / LATEST).resolve().name if (release_dir / LATEST).exists() else "?"
-    print(f"withdraw-from-releases: sub-{subject} removed from {', '.join(f'v{p.version}' for p in plans)} "
-          f"(latest is {latest}); each has a new CHANGES entry and manifest. Copies already downloaded cannot "
-          "be recalled: tell their holders to delete them.")
+    else:
+        latest = (release_dir / LATEST).resolve().name if (release_dir / LATEST).exists() else "?"
+        print(f"withdraw-from-releases: sub-{subject} removed from {', '.join(f'v{p.version}' for p in plans)} "
+              f"(latest is {latest}); each has a new CHANGES entry and manifest. Copies already downloaded cannot "
+              "be recalled: tell their holders to delete them.")
+    in_dataset = datalad_release.plan_withdrawal(release_dir, subject)
+    if in_dataset is not None and in_dataset.tags:
+        print(_datalad_line(release_dir, in_dataset, args.dry_run))
     return 0
