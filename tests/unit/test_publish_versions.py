@@ -253,3 +253,41 @@ def test_an_unwritable_release_dir_is_refused_naming_the_key(tmp_path: Path) -> 
     check_writable_area(tmp_path / "new" / "release", "release_dir")
     check_writable_area(tmp_path, "release_dir")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_new_version_hashes_only_what_is_not_already_published(project: Project,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the manifest of a release with one more session reads that session's files (and the
+    rewritten dataset-level files), not the unchanged sessions hard-linked from the published version."""
+    _publish(project)
+    project.add("d4", "01", seed=5)
+    project.write_tables()
+    project.assemble()
+    read: list[str] = []
+    real = publish_mod.hash_tree
+
+    def counting(root: Path, rels, **kwargs):  # noqa: ANN001, ANN202
+        rels = list(rels)
+        read.extend(rels)
+        return real(root, rels, **kwargs)
+
+    monkeypatch.setattr(publish_mod, "hash_tree", counting)
+    second = _publish(project)
+    assert second.version == 2 and verify_release(second.path).ok  # every reused digest is right
+    # the sessions' files; each subject's sessions table is written anew by assemble (small text, hashed)
+    unchanged = [rel for rel in read if rel.startswith(("sub-a1/ses-", "sub-b2/ses-"))]
+    assert unchanged == []
+    assert any(rel.startswith("sub-d4/") for rel in read)
+    # a copied (not hard-linked) staging tree is hashed in full: reuse needs the very same file
+    read.clear()
+    project.add("e5", "01", seed=7)
+    project.write_tables()
+    project.assemble()
+    for path in [p for p in project.staging.rglob("*.nii.gz") if "sub-a1" in p.parts]:
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+    third = _publish(project)
+    assert third.version == 3 and verify_release(third.path).ok
+    assert any(rel.startswith("sub-a1/") and rel.endswith(".nii.gz") for rel in read)
+    assert not any(rel.startswith("sub-b2/ses-") for rel in read)

@@ -231,12 +231,39 @@ def _version_to_publish(staged_for: int | None, release_dir: Path, version: int 
     return staged_for if staged_for is not None and staged_for > highest else highest + 1
 
 
-def _hash_staging(staging: Path) -> tuple[dict[str, str], dict[str, tuple[int, int, int, int]]]:
+def _hash_staging(staging: Path, previous: Path | None = None
+                  ) -> tuple[dict[str, str], dict[str, tuple[int, int, int, int]]]:
     """{path: sha256} of every staged file (markers excluded) and the identity (device, inode, size, mtime)
-    each had when hashed, so a hard-linked copy's manifest reuses the digest instead of reading it again."""
+    each had when hashed, so a hard-linked copy's manifest reuses the digest instead of reading it again.
+
+    `previous`: the highest published version. A staged file that is the very file published there (a hard
+    link to the same inode: an unchanged session) takes that version's manifest digest instead of being
+    read again: published files are read-only and never rewritten in place, so an inode holds one content.
+    Adding one session to a large release then hashes that session, not the archive."""
     rels = [rel for rel in iter_release_files(staging) if rel not in RELEASE_MARKERS]
     identity = {rel: _identity(staging / rel) for rel in rels}
-    return hash_tree(staging, rels), identity
+    known = _published_digests(previous, identity) if previous is not None else {}
+    digests = hash_tree(staging, [rel for rel in rels if rel not in known])
+    return {rel: known[rel] if rel in known else digests[rel] for rel in rels}, identity
+
+
+def _published_digests(version_dir: Path, identity: Mapping[str, tuple[int, int, int, int]]) -> dict[str, str]:
+    """The manifest digests of `version_dir`'s files that are the same inode as the staged file of that path."""
+    try:
+        manifest = parse_manifest((version_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, BidsafeError):
+        return {}
+    reused = {}
+    for rel, (device, inode, size, _) in identity.items():
+        if rel not in manifest:
+            continue
+        try:
+            st = os.stat(version_dir / rel)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino, st.st_size) == (device, inode, size):
+            reused[rel] = manifest[rel]
+    return reused
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -386,8 +413,8 @@ def publish_release(
         published = published_versions(release_dir)
         highest = published[-1] if published else 0
         _repair_latest(release_dir, highest)
-        staged, identity = _hash_staging(staging)
         latest_dir = release_dir / f"v{highest}" if highest else None
+        staged, identity = _hash_staging(staging, latest_dir)
         if latest_dir is not None and same_release(staged, latest_dir):
             # also the state a crash right after publishing leaves (the staging tree then numbered v<highest>):
             # v<highest> is its release, complete, and recorded as such now
