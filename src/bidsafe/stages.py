@@ -415,6 +415,7 @@ def assemble_stage(
     from bidsafe.release.assemble import SessionInput, assemble_release
 
     included, withheld = split_sessions(session_status)
+    reasons = {(ref.subject, ref.session): str(status.get("reason", "")) for ref, status in withheld}
     bids_of = {session_from_path(Path(p)): Path(p) for p in defaced}
     missing = [r for r in included if r not in bids_of]
     if missing:
@@ -432,6 +433,7 @@ def assemble_stage(
         versions=tool_versions(),
         release_dir=Path(release_dir),
         profile=rules_label(profiles),
+        withheld=reasons,
     )
     atomic_write_json(profiles_json, profiles)
     write_included(included_tsv, included, withheld)
@@ -528,7 +530,7 @@ def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
 
 
 def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], profiles_json: Path,
-                  published_json: Path) -> Path:
+                  published_json: Path, release_config: Mapping[str, object] | None = None) -> Path:
     """Publish when every gate passed and no session was de-identified with a rule set check-rules rejects;
     otherwise raise naming why (release left untouched). A staged release equal to the highest published
     version publishes nothing new; `published_json` then names that version and says so in `note`."""
@@ -545,7 +547,7 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
             "not published: gate(s) failed: " + "; ".join(f"{r.name}: {r.summary}" for r in failed), staging
         )
     outcome = publish_release(Path(staging), Path(release_dir), results, profile=rules_label(profiles),
-                              profiles=profiles)
+                              profiles=profiles, config=release_config)
     # `note` says whether a new version was made ("published v3") or not ("no change since v3: ...")
     atomic_write_json(published_json, {**outcome.record(), "gates": [r.name for r in results]})
     log.info("%s", outcome.note)

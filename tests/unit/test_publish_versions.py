@@ -43,7 +43,7 @@ def _publish(project: Project, staging: Path | None = None):  # noqa: ANN202 (Pu
         results = project.gate_results(fast=True)
     finally:
         project.staging = saved
-    return publish_release(staging, project.release_dir, results, profile=PROFILE)
+    return publish_release(staging, project.release_dir, results, profile=PROFILE, config=project.config)
 
 
 def _versions(release_dir: Path) -> list[str]:
@@ -88,6 +88,7 @@ def test_only_changes_and_markers_are_ignored(project: Project) -> None:
     """One byte of a sidecar, or one more file, is a change; the release markers never are."""
     _publish(project)
     sidecar = next(project.staging.rglob("*_T1w.json"))
+    session = "/".join(sidecar.relative_to(project.staging).parts[:2])
     data = sidecar.read_bytes()
     sidecar.unlink()
     sidecar.write_bytes(data.replace(b"2.3", b"2.4"))
@@ -95,7 +96,7 @@ def test_only_changes_and_markers_are_ignored(project: Project) -> None:
     assert (outcome.version, outcome.new) == (2, True)
     assert (outcome.path / "CHANGES").read_text().startswith(
         f"2.0.0 {TODAY}\n  - Release contents: 2 participants, 2 sessions.\n"
-        "  - Same sessions as the previous release; some of their files or the dataset files changed.\n\n1.0.0 ")
+        f"  - Reprocessed 1 session (their files changed; fetch them again): {session}.\n\n1.0.0 ")
     (project.staging / "sub-a1" / "sub-a1_sessions.json").write_text("{}\n")
     assert _publish(project).version == 3
 

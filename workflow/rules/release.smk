@@ -137,6 +137,7 @@ rule publish:
         published=WORK / "publish" / "published.json",
     params:
         release_dir=RELEASE,
+        release=config.get("release", {}),
     log:
         LOGS / "release" / "publish.log",
     resources:
