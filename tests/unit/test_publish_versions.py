@@ -174,6 +174,11 @@ def test_two_runs_sharing_release_dir_number_their_versions_apart(project: Proje
     assert history == (project.release_dir / "v2" / "CHANGES").read_text()
     # the staged CHANGES the gates saw is untouched; the release's manifest covers the rewritten one
     assert changes_version((other / "CHANGES").read_text()) == 2
+    # so are the citation files, written anew for v3 after v2 (the staged ones name 2.0.0 after v1)
+    datacite = json.loads((third.path / "datacite.json").read_text())
+    assert datacite["version"] == "3.0.0" and datacite["relatedIdentifiers"][0]["relatedIdentifier"] == "../v2"
+    assert "version: 3.0.0" in (third.path / "CITATION.cff").read_text()
+    assert json.loads((other / "datacite.json").read_text())["version"] == "2.0.0"
     assert verify_release(third.path).ok and verify_release(project.release_dir / "v2").ok
 
 

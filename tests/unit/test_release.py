@@ -166,6 +166,9 @@ class Project:
         return self.private / "sessions.tsv"
 
     def assemble(self, **extra: object) -> Path:
+        # not config keys: the rule profile to record (`profile_override`) and why sessions left (`withheld`)
+        profile = str(extra.pop("profile_override", PROFILE))
+        withheld = extra.pop("withheld", None)
         config = {
             "name": "bidsafe test release",
             "authors": ["A. Author", "B. Author"],
@@ -184,7 +187,8 @@ class Project:
             config=config,
             versions=VERSIONS,
             release_dir=self.release_dir,
-            profile=PROFILE,
+            profile=profile,
+            withheld=withheld,  # type: ignore[arg-type]
         )
 
     def values(self) -> PersonalValues:

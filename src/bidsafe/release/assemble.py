@@ -520,6 +520,13 @@ def assemble_release(
                              int(latest.name[1:]) if latest is not None else None,
                              data_usage_agreement(rc) if not is_open(rc) else None)
         atomic_write_text(tmp / ".bidsignore", BIDSIGNORE)
+        if is_open(rc):
+            from bidsafe.release.openrelease import open_release_problems
+
+            problems = open_release_problems(tmp)
+            if problems:  # names files and keys only
+                raise BidsafeError("not an open (CC0) release a repository such as OpenNeuro accepts: "
+                                   + "; ".join(problems))
     log.info(
         "assembled release %s: %d participants, %d sessions, %d session files",
         version_label(version),
