@@ -383,7 +383,7 @@ def cli_template(args: argparse.Namespace) -> int:
     """`bidsafe consent-template INBOX OUT [--force]`: prints counts, never IDs."""
     summary = write_consent_template(args.inbox, args.out, force=args.force)
     print(f"consent-template: {summary.patients} patient(s), {summary.studies} studies, written to {args.out} "
-          "(private, 0600); fill in the 'consent' column (none, named, members or public) before a run")
+          "(private, 0600); fill in the 'consent' column (none, named, members, public or open) before a run")
     if summary.studies_without_patient_id:
         print(f"consent-template: {summary.studies_without_patient_id} studies have no PatientID: they cannot be "
               "matched to the registry and are withheld")
