@@ -392,6 +392,16 @@ def load_release_config(release: Mapping[str, object] | None) -> dict[str, objec
     return dict(release or {})
 
 
+def _decision_reasons(summary_json: Path) -> dict[tuple[str, str], str]:
+    """{(subject, session): reason code} of every session pseudonymise withheld ({} without its summary)."""
+    try:
+        sessions = json.loads(summary_json.read_text(encoding="utf-8")).get("sessions") or []
+    except (OSError, ValueError):
+        return {}
+    return {(str(d["subject"]), str(d["session"])): str(d.get("reason") or "")
+            for d in sessions if isinstance(d, dict) and not d.get("included") and "subject" in d and "session" in d}
+
+
 def assemble_stage(
     *,
     staging: Path,
@@ -415,7 +425,10 @@ def assemble_stage(
     from bidsafe.release.assemble import SessionInput, assemble_release
 
     included, withheld = split_sessions(session_status)
-    reasons = {(ref.subject, ref.session): str(status.get("reason", "")) for ref, status in withheld}
+    # why each session is not released, for CHANGES (a withdrawal says so): pseudonymise's decisions (pseudonyms
+    # and reason codes only; withdrawn participants never reach a later stage), then the later stages' statuses
+    reasons = _decision_reasons(Path(participants_dir) / "summary.json")
+    reasons.update({(ref.subject, ref.session): str(status.get("reason", "")) for ref, status in withheld})
     bids_of = {session_from_path(Path(p)): Path(p) for p in defaced}
     missing = [r for r in included if r not in bids_of]
     if missing:

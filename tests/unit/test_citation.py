@@ -198,3 +198,17 @@ def test_the_gates_pass_with_the_citation_files(project: Project) -> None:
     project.assemble(citation=CITATION, dataset_doi="doi:10.5555/example")
     results = {r.name: r for r in project.gate_results()}
     assert all(r.passed for r in results.values()), {n: r.summary for n, r in results.items()}
+
+
+def test_assemble_stage_reads_why_sessions_were_withheld(tmp_path: Path) -> None:
+    """A withdrawn participant never reaches a later stage: pseudonymise's summary says why (pseudonyms only)."""
+    from bidsafe.stages import _decision_reasons
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"sessions": [
+        {"subject": "a1", "session": "01", "included": True, "reason": ""},
+        {"subject": "c3", "session": "01", "included": False, "reason": "consent:withdrawn"},
+        {"subject": "d4", "session": "02", "included": False, "reason": "consent:none"},
+    ]}))
+    assert _decision_reasons(summary) == {("c3", "01"): "consent:withdrawn", ("d4", "02"): "consent:none"}
+    assert _decision_reasons(tmp_path / "missing.json") == {}

@@ -6,8 +6,8 @@ files or bytes differ: a rerun with new rules or tools, a fixed conversion), and
 profile. Notes name sessions by their released pseudonyms only, which are already the released folder names.
 
 Reprocessing is found without reading the data twice in the usual case: a staged file that is the very file
-(same device and inode) the previous version links to is unchanged; any other is hashed and compared with the
-previous version's MANIFEST.sha256.
+(same device and inode) the previous version links to is unchanged, one of another size changed; any other is
+hashed and compared with the previous version's MANIFEST.sha256.
 """
 
 from __future__ import annotations
@@ -47,12 +47,15 @@ def _session_files(root: Path, files: Iterable[str]) -> dict[Session, set[str]]:
     return out
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(a: Path, b: Path) -> bool | None:
+    """True: the very same file (one inode); False: sizes differ, so the bytes do; None: hash to know."""
     try:
         sa, sb = os.stat(a), os.stat(b)
     except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+        return None
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    return None if sa.st_size == sb.st_size else False
 
 
 def reprocessed_sessions(dataset: Path, previous_dir: Path, sessions: Iterable[Session]) -> list[Session]:
@@ -72,9 +75,10 @@ def reprocessed_sessions(dataset: Path, previous_dir: Path, sessions: Iterable[S
             changed.append(session)
             continue
         for rel in sorted(files):
-            if _same_file(dataset / rel, previous_dir / rel):
+            same = _same_file(dataset / rel, previous_dir / rel)
+            if same is True:
                 continue
-            if sha256_file(dataset / rel) != published[rel]:
+            if same is False or sha256_file(dataset / rel) != published[rel]:
                 changed.append(session)
                 break
     return changed
