@@ -16,7 +16,7 @@ import yaml
 from jsonschema import Draft7Validator
 from test_release import HAVE_VALIDATE, PROFILE, Project
 
-from bidsafe.release.assemble import split_changes
+from bidsafe.release.assemble import generated_by, split_changes
 from bidsafe.release.citation import citation_cff, datacite_record, runtime_environment
 from bidsafe.release.manifest import verify_release
 from bidsafe.release.publish import publish_release
@@ -116,18 +116,24 @@ def test_no_creator_no_citation_files_and_authors_stay(project: Project) -> None
     assert "Authors" not in json.loads((project.staging / "dataset_description.json").read_text())
 
 
-def test_generated_by_records_the_environment(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generated_by_records_the_environment(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
     monkeypatch.setenv("BIDSAFE_CONTAINER_IMAGE", "registry.example.org/bidsafe:0.1.0")
     project.assemble()
     bidsafe = json.loads((project.staging / "dataset_description.json").read_text())["GeneratedBy"][0]
     assert bidsafe["Container"] == {"Type": "docker", "Tag": "registry.example.org/bidsafe:0.1.0"}
-    monkeypatch.delenv("BIDSAFE_CONTAINER_IMAGE")
-    environment = runtime_environment()
-    if "Environment" in environment:  # outside a container: the Python environment in words, never a path
-        project.assemble()
-        bidsafe = json.loads((project.staging / "dataset_description.json").read_text())["GeneratedBy"][0]
-        assert bidsafe["Description"].endswith(f"Ran in a {environment['Environment']}.")
-        assert "/" not in environment["Environment"]
+    bare = tmp_path / "root"  # a filesystem root without container marker files
+    bare.mkdir()
+    assert runtime_environment({"APPTAINER_CONTAINER": "/x/bidsafe.sif"}, bare) == {"Container": {"Type": "apptainer"}}
+    (bare / ".dockerenv").touch()
+    assert runtime_environment({}, bare) == {"Container": {"Type": "docker"}}
+    (bare / ".dockerenv").unlink()
+    words = runtime_environment({}, bare)["Environment"]  # outside a container: in words, never a path
+    assert words.startswith("Python 3.") and words.endswith(("virtual environment", "system installation"))
+    assert runtime_environment({"CONDA_DEFAULT_ENV": "/home/someone/env"}, bare)["Environment"].endswith(
+        " conda environment")
+    described = generated_by({"bidsafe": "0.1.0"}, PROFILE, {"Environment": words})[0]
+    assert described["Description"].endswith(f"Ran in a {words}.") and "Container" not in described
 
 
 def test_second_version_is_a_new_version_of_the_first(project: Project) -> None:

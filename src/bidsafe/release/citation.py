@@ -254,19 +254,25 @@ def staged_citation_version(dataset: Path) -> tuple[str | None, str | None]:
 
 
 # --------------------------------------------------------------------------------------------- environment
-def runtime_environment() -> dict[str, Any]:
+def runtime_environment(environ: Mapping[str, str] | None = None, root: Path = Path("/")) -> dict[str, Any]:
     """How bidsafe ran, for GeneratedBy: a BIDS `Container` when in one, else the Python environment in words.
+    `environ` and `root` (the filesystem root, where container runtimes leave their marker files) are for tests.
 
     Never a path: a virtual environment's location may name the operator's home folder."""
+    env = os.environ if environ is None else environ
     # a site running bidsafe in a container sets this to the image reference (e.g. registry/bidsafe:0.1.0)
-    image = os.environ.get("BIDSAFE_CONTAINER_IMAGE")
-    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
-        name = os.environ.get("APPTAINER_NAME") or os.environ.get("SINGULARITY_NAME") or ""
-        return {"Container": {"Type": "apptainer", "Tag": image or Path(name).name or "unknown"}}
-    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists() or image:
-        return {"Container": {"Type": "docker", "Tag": image or "unknown"}}
+    image = env.get("BIDSAFE_CONTAINER_IMAGE")
+    container: dict[str, str] | None = None
+    if env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER"):
+        container = {"Type": "apptainer"}
+    elif (root / ".dockerenv").exists() or (root / "run" / ".containerenv").exists() or image:
+        container = {"Type": "docker"}
+    if container is not None:
+        if image:
+            container["Tag"] = image
+        return {"Container": container}
     python = f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     kind = "virtual environment" if sys.prefix != sys.base_prefix else "system installation"
-    if os.environ.get("CONDA_DEFAULT_ENV"):
+    if env.get("CONDA_DEFAULT_ENV"):
         kind = "conda environment"
     return {"Environment": f"{python} {kind}"}
