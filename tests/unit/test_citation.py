@@ -218,3 +218,20 @@ def test_assemble_stage_reads_why_sessions_were_withheld(tmp_path: Path) -> None
     ]}))
     assert _decision_reasons(summary) == {("c3", "01"): "consent:withdrawn", ("d4", "02"): "consent:none"}
     assert _decision_reasons(tmp_path / "missing.json") == {}
+
+
+def test_citation_config_errors_say_what_is_wanted() -> None:
+    from bidsafe.config import config_problems
+
+    base = {"inbox": "in", "work_dir": "w", "private_dir": "p", "release_dir": "r"}
+    problems = config_problems({**base, "release": {"citation": {
+        "creators": [{"given_names": "Marie"}, {"name": "Team", "orcid": "1234"}], "doi": "10.5555/fixed"}}})
+    assert problems == [
+        "config: release.citation.creators[0]: {'given_names': 'Marie'} is not allowed: a creator needs name (an "
+        "organisation or a whole name) or family_names",
+        "config: release.citation.creators[1].orcid: '1234' is not allowed (allowed: an ORCID iD such as "
+        "0000-0002-1825-0097)",
+        "config: release.citation.doi: '10.5555/fixed' is not allowed (allowed: a DOI with {version} in it, e.g. "
+        "10.1234/mystudy.v{version})",
+    ]
+    assert config_problems({**base, "release": {"citation": CITATION}}) == []
