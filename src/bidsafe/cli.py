@@ -156,7 +156,7 @@ def _consent_template(sub: argparse._SubParsersAction) -> None:
         sub, "consent-template",
         help="write a consent registry to fill in: one row per PatientID found in the inbox (private)",
         description="Index INBOX (header-only, like `ingest`) and write OUT, a consent registry with one row per "
-        "DICOM PatientID: patient_id, consent (empty: fill in none, named, members or public), study_id, "
+        "DICOM PatientID: patient_id, consent (empty: fill in none, named, members, public or open), study_id, "
         "consent_form_id, withdrawn (empty), study_count, first_study, last_study (YYYY-MM-DD). OUT holds "
         "real identifiers: it is written with mode 0600 and belongs with the team's private files, never in "
         "the inbox, work or release folders. Only counts are printed. A registry with an empty consent cell is "

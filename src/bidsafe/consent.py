@@ -1,7 +1,7 @@
 """The consent registry and the audience gate.
 
 The research team keeps one row per participant: `patient_id` (as in DICOM PatientID), `consent` (one of
-none < named < members < public), and optionally `study_id` (the team's own participant ID), `consent_form_id`
+none < named < members < public < open), and optionally `study_id` (the team's own participant ID), `consent_form_id`
 and `withdrawn` (a date). A session enters a release only when its participant's level covers the release's
 audience; everything else is withheld with a reason code that names no one.
 
@@ -22,8 +22,10 @@ from pathlib import Path
 from bidsafe.errors import BidsafeError, ConfigError
 
 # Ordered from least to most open: a level covers every audience at or below it.
-LEVELS: tuple[str, ...] = ("none", "named", "members", "public")
-AUDIENCES: tuple[str, ...] = ("named", "members", "public")
+# `open` is consent to fully open sharing (a public-domain CC0 release anyone may download without an agreement,
+# as OpenNeuro publishes): it covers `public` too, but `public` consent never reaches an `open` release.
+LEVELS: tuple[str, ...] = ("none", "named", "members", "public", "open")
+AUDIENCES: tuple[str, ...] = ("named", "members", "public", "open")
 
 # `consent: none-required` in the config says the data need no per-participant consent (e.g. already open
 # data). Without it, a missing registry withholds everyone: forgetting to configure consent must not publish.
@@ -77,7 +79,8 @@ class ConsentRegistry:
 
 
 def level_covers(level: str, audience: str) -> bool:
-    """True when consent `level` allows sharing with `audience` (public ⊇ members ⊇ named; none covers nothing)."""
+    """True when consent `level` allows sharing with `audience` (open ⊇ public ⊇ members ⊇ named; none covers
+    nothing)."""
     if level not in LEVELS:
         raise ValueError(f"unknown consent level {level!r}")
     if audience not in AUDIENCES:
@@ -380,7 +383,7 @@ def cli_template(args: argparse.Namespace) -> int:
     """`bidsafe consent-template INBOX OUT [--force]`: prints counts, never IDs."""
     summary = write_consent_template(args.inbox, args.out, force=args.force)
     print(f"consent-template: {summary.patients} patient(s), {summary.studies} studies, written to {args.out} "
-          "(private, 0600); fill in the 'consent' column (none, named, members or public) before a run")
+          "(private, 0600); fill in the 'consent' column (none, named, members, public or open) before a run")
     if summary.studies_without_patient_id:
         print(f"consent-template: {summary.studies_without_patient_id} studies have no PatientID: they cannot be "
               "matched to the registry and are withheld")

@@ -392,6 +392,16 @@ def load_release_config(release: Mapping[str, object] | None) -> dict[str, objec
     return dict(release or {})
 
 
+def _decision_reasons(summary_json: Path) -> dict[tuple[str, str], str]:
+    """{(subject, session): reason code} of every session pseudonymise withheld ({} without its summary)."""
+    try:
+        sessions = json.loads(summary_json.read_text(encoding="utf-8")).get("sessions") or []
+    except (OSError, ValueError):
+        return {}
+    return {(str(d["subject"]), str(d["session"])): str(d.get("reason") or "")
+            for d in sessions if isinstance(d, dict) and not d.get("included") and "subject" in d and "session" in d}
+
+
 def assemble_stage(
     *,
     staging: Path,
@@ -415,6 +425,10 @@ def assemble_stage(
     from bidsafe.release.assemble import SessionInput, assemble_release
 
     included, withheld = split_sessions(session_status)
+    # why each session is not released, for CHANGES (a withdrawal says so): pseudonymise's decisions (pseudonyms
+    # and reason codes only; withdrawn participants never reach a later stage), then the later stages' statuses
+    reasons = _decision_reasons(Path(participants_dir) / "summary.json")
+    reasons.update({(ref.subject, ref.session): str(status.get("reason", "")) for ref, status in withheld})
     bids_of = {session_from_path(Path(p)): Path(p) for p in defaced}
     missing = [r for r in included if r not in bids_of]
     if missing:
@@ -432,6 +446,7 @@ def assemble_stage(
         versions=tool_versions(),
         release_dir=Path(release_dir),
         profile=rules_label(profiles),
+        withheld=reasons,
     )
     atomic_write_json(profiles_json, profiles)
     write_included(included_tsv, included, withheld)
@@ -551,7 +566,8 @@ def _deface_records(inputs: Mapping[str, object]) -> list[Path]:
 
 
 def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Path], profiles_json: Path,
-                  published_json: Path, datalad: bool = False) -> Path:
+                  published_json: Path, release_config: Mapping[str, object] | None = None,
+                  datalad: bool = False) -> Path:
     """Publish when every gate passed and no session was de-identified with a rule set check-rules rejects;
     otherwise raise naming why (release left untouched). A staged release equal to the highest published
     version publishes nothing new; `published_json` then names that version and says so in `note`.
@@ -571,7 +587,7 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
             "not published: gate(s) failed: " + "; ".join(f"{r.name}: {r.summary}" for r in failed), staging
         )
     outcome = publish_release(Path(staging), Path(release_dir), results, profile=rules_label(profiles),
-                              profiles=profiles)
+                              profiles=profiles, config=release_config)
     extra: dict[str, object] = {}
     if datalad:
         from bidsafe.release.datalad_release import release_to_datalad

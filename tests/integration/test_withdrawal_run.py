@@ -114,6 +114,9 @@ def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path, monkeypat
     assert os.readlink(release / "latest") == "v2"
     assert not (release / "v2" / f"sub-{gone}").exists() and (release / "v2" / f"sub-{stays}").is_dir()
     assert f"sub-{gone}" not in (release / "v2" / "participants.tsv").read_text(encoding="utf-8")
+    # CHANGES says it was a withdrawal (pseudonymise's decision), not some other removal
+    assert (f"  - Withdrawn 1 session (the participant withdrew consent; delete any copies you hold): sub-{gone}/"
+            in (release / "v2" / "CHANGES").read_text(encoding="utf-8"))
     assert planned_jobs(root) == {}, "Snakemake does not try to rebuild what was removed"
     # the DataLad dataset: a tag per run's version; the version after the withdrawal no longer has them
     assert _dataset_git(release, "tag", "--list").split() == ["v1", "v2"]

@@ -111,7 +111,7 @@ def test_wrong_types_values_and_missing_keys_each_get_one_line():
         "config: participants.columns.age.rounding: unknown key (allowed: description, gestational_age_column, "
         "levels, precision, range, source, table, top_code, unit, units, round_<unit> (years, months, weeks, days, "
         "kg, g, cm, m))",
-        "config: release.audience: 'everyone' is not allowed (allowed: named, members, public)",
+        "config: release.audience: 'everyone' is not allowed (allowed: named, members, public, open)",
         "config: release.k_anonymity: 0 is not allowed (allowed: ≥ 1)",
         "config: release.k_anonymity_bins: [] is not allowed (allowed: items > 1, at least 1 item)",
         "config: release.name: '' is not allowed (allowed: non-empty text)",

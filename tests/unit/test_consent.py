@@ -24,12 +24,15 @@ from bidsafe.consent import (
 )
 from bidsafe.errors import BidsafeError, ConfigError
 
-# What each consent level allows, written out by hand (public ⊇ members ⊇ named; none allows nothing).
+# What each consent level allows, written out by hand (open ⊇ public ⊇ members ⊇ named; none allows
+# nothing).
 EXPECTED = {
     ("none", "named"): False, ("none", "members"): False, ("none", "public"): False,
     ("named", "named"): True, ("named", "members"): False, ("named", "public"): False,
     ("members", "named"): True, ("members", "members"): True, ("members", "public"): False,
     ("public", "named"): True, ("public", "members"): True, ("public", "public"): True,
+    ("none", "open"): False, ("named", "open"): False, ("members", "open"): False, ("public", "open"): False,
+    ("open", "named"): True, ("open", "members"): True, ("open", "public"): True, ("open", "open"): True,
 }
 
 

@@ -43,7 +43,7 @@ def _publish(project: Project, staging: Path | None = None):  # noqa: ANN202 (Pu
         results = project.gate_results(fast=True)
     finally:
         project.staging = saved
-    return publish_release(staging, project.release_dir, results, profile=PROFILE)
+    return publish_release(staging, project.release_dir, results, profile=PROFILE, config=project.config)
 
 
 def _versions(release_dir: Path) -> list[str]:
@@ -88,6 +88,7 @@ def test_only_changes_and_markers_are_ignored(project: Project) -> None:
     """One byte of a sidecar, or one more file, is a change; the release markers never are."""
     _publish(project)
     sidecar = next(project.staging.rglob("*_T1w.json"))
+    session = "/".join(sidecar.relative_to(project.staging).parts[:2])
     data = sidecar.read_bytes()
     sidecar.unlink()
     sidecar.write_bytes(data.replace(b"2.3", b"2.4"))
@@ -95,7 +96,7 @@ def test_only_changes_and_markers_are_ignored(project: Project) -> None:
     assert (outcome.version, outcome.new) == (2, True)
     assert (outcome.path / "CHANGES").read_text().startswith(
         f"2.0.0 {TODAY}\n  - Release contents: 2 participants, 2 sessions.\n"
-        "  - Same sessions as the previous release; some of their files or the dataset files changed.\n\n1.0.0 ")
+        f"  - Reprocessed 1 session (their files changed; fetch them again): {session}.\n\n1.0.0 ")
     (project.staging / "sub-a1" / "sub-a1_sessions.json").write_text("{}\n")
     assert _publish(project).version == 3
 
@@ -173,6 +174,11 @@ def test_two_runs_sharing_release_dir_number_their_versions_apart(project: Proje
     assert history == (project.release_dir / "v2" / "CHANGES").read_text()
     # the staged CHANGES the gates saw is untouched; the release's manifest covers the rewritten one
     assert changes_version((other / "CHANGES").read_text()) == 2
+    # so are the citation files, written anew for v3 after v2 (the staged ones name 2.0.0 after v1)
+    datacite = json.loads((third.path / "datacite.json").read_text())
+    assert datacite["version"] == "3.0.0" and datacite["relatedIdentifiers"][0]["relatedIdentifier"] == "../v2"
+    assert "version: 3.0.0" in (third.path / "CITATION.cff").read_text()
+    assert json.loads((other / "datacite.json").read_text())["version"] == "2.0.0"
     assert verify_release(third.path).ok and verify_release(project.release_dir / "v2").ok
 
 

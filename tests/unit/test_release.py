@@ -130,6 +130,7 @@ class Project:
         self.records: list[Path] = []
         self.qc: list[Path] = []
         self.table_rows: list[tuple[str, str, str, str]] = []
+        self.config: dict[str, object] | None = None  # the release config of the last assemble
 
     def add(self, subject: str, session: str, seed: int, included: bool = True, reason: str = "") -> None:
         si, records, qc = make_session(self.work, subject, session, seed)
@@ -165,6 +166,9 @@ class Project:
         return self.private / "sessions.tsv"
 
     def assemble(self, **extra: object) -> Path:
+        # not config keys: the rule profile to record (`profile_override`) and why sessions left (`withheld`)
+        profile = str(extra.pop("profile_override", PROFILE))
+        withheld = extra.pop("withheld", None)
         config = {
             "name": "bidsafe test release",
             "authors": ["A. Author", "B. Author"],
@@ -174,6 +178,7 @@ class Project:
             "audience": "public",
             **extra,
         }
+        self.config = config  # publish writes CITATION.cff/datacite.json anew from it when it renumbers
         return assemble_release(
             self.staging,
             sessions=self.sessions,
@@ -182,7 +187,8 @@ class Project:
             config=config,
             versions=VERSIONS,
             release_dir=self.release_dir,
-            profile=PROFILE,
+            profile=profile,
+            withheld=withheld,  # type: ignore[arg-type]
         )
 
     def values(self) -> PersonalValues:
@@ -278,7 +284,8 @@ def test_dataset_description_readme_changes_license(project: Project) -> None:
     assert dd["BIDSVersion"] == "1.10.0"
     assert dd["DatasetType"] == "raw"
     assert dd["License"] == "LicenseRef-bidsafe-DUA"
-    assert dd["Authors"] == ["A. Author", "B. Author"]
+    # the authors are cited in CITATION.cff, so BIDS wants no Authors here
+    assert "Authors" not in dd and "A. Author" in (staging / "CITATION.cff").read_text()
     assert dd["HowToAcknowledge"] == "Cite the test."
     assert dd["Funding"] == ["Grant 1"] and dd["EthicsApprovals"] == ["Ethics board 42"]
     by_name = {g["Name"]: g for g in dd["GeneratedBy"]}
@@ -292,7 +299,7 @@ def test_dataset_description_readme_changes_license(project: Project) -> None:
     changes = (staging / "CHANGES").read_text().splitlines()
     assert changes[0] == f"1.0.0 {today}"
     assert changes[1] == "  - Initial release: 2 participants, 3 sessions."
-    assert (staging / ".bidsignore").read_text().split() == ["MANIFEST.sha256", "SHAREABLE.json"]
+    assert (staging / ".bidsignore").read_text().split() == ["MANIFEST.sha256", "SHAREABLE.json", "datacite.json"]
 
 
 def test_configured_readme_still_carries_the_agreement(project: Project) -> None:

@@ -141,6 +141,7 @@ rule publish:
         published=WORK / "publish" / "published.json",
     params:
         release_dir=RELEASE,
+        release=config.get("release", {}),
         datalad=config.get("release", {}).get("datalad", False),
     log:
         LOGS / "release" / "publish.log",

@@ -28,6 +28,15 @@ from bidsafe import __version__
 from bidsafe.config import schema_defaults
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from bidsafe.release.changes import version_notes
+from bidsafe.release.citation import (
+    BIDSIGNORED,
+    is_cc0,
+    runtime_environment,
+    source_datasets,
+    write_citation_files,
+    writes_citation,
+)
 from bidsafe.release.manifest import RELEASE_MARKERS, TOOL_DROPPINGS
 
 log = logging.getLogger("bidsafe")
@@ -40,7 +49,8 @@ QC_PIPELINE = "bidsafe-qc"
 LATEST = "latest"
 
 # Public-domain dedications waive every right: they cannot carry a data usage agreement that forbids
-# re-identification and passing the data on, so they are refused (see `release_config`).
+# re-identification and passing the data on, so they are refused (see `release_config`) unless the audience is
+# `open`: participants who consented to fully open sharing, released CC0 without an agreement.
 PUBLIC_DOMAIN_LICENSES = frozenset({"cc0", "cc0-1.0", "pd", "pddl", "pddl-1.0", "unlicense"})
 
 DEFAULT_DATA_USAGE_AGREEMENT = """\
@@ -63,7 +73,16 @@ AUDIENCES = {
     "named": "named individuals only",
     "members": "members of the centre",
     "public": "external researchers who accept the data usage agreement",
+    "open": "anyone, without conditions (a CC0 public-domain dedication)",
 }
+OPEN = "open"
+CC0_LICENSE_TEXT = """\
+To the extent possible under law, the data provider has waived all copyright and related or neighboring rights
+to this dataset under the Creative Commons CC0 1.0 Universal public domain dedication:
+https://creativecommons.org/publicdomain/zero/1.0/legalcode
+
+Every participant whose sessions are included consented to fully open sharing of their de-identified data.
+"""
 
 _LABEL = re.compile(r"^[0-9A-Za-z]+$")
 _CHANGES_HEAD = re.compile(r"^(\d+)\.0\.0\s+\S+")
@@ -89,7 +108,9 @@ def release_config(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("name", "license"):
         if not isinstance(merged[key], str) or not merged[key].strip():
             raise ConfigError(f"config: release.{key} must be a non-empty string")
-    if merged["license"].strip().lower() in PUBLIC_DOMAIN_LICENSES:
+    if merged.get("audience") == OPEN:
+        _check_open(merged)
+    elif merged["license"].strip().lower() in PUBLIC_DOMAIN_LICENSES:
         raise ConfigError(
             f"config: release.license '{merged['license']}' waives every right, so it cannot carry the data "
             "usage agreement (no re-identification, no passing on); use a custom identifier such as "
@@ -110,6 +131,24 @@ def release_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if merged["link"] not in ("hardlink", "copy"):
         raise ConfigError("config: release.link must be 'hardlink' or 'copy'")
     return merged
+
+
+def _check_open(merged: dict[str, Any]) -> None:
+    """An `open` release is CC0 (what OpenNeuro publishes) with no agreement: the licence left at its default
+    becomes CC0; any other licence or an agreement is refused."""
+    if merged["license"] == RELEASE_DEFAULTS["license"]:
+        merged["license"] = "CC0"
+    if not is_cc0(merged["license"]):
+        raise ConfigError(f"config: release.license '{merged['license']}' with audience 'open': an open release is "
+                          "a CC0 dedication without a data usage agreement; use CC0")
+    if merged.get("data_usage_agreement"):
+        raise ConfigError("config: release.data_usage_agreement is set but audience is 'open': an open release "
+                          "carries no agreement (it is CC0)")
+
+
+def is_open(rc: Mapping[str, Any]) -> bool:
+    """True for a CC0 release without a data usage agreement (audience `open`)."""
+    return rc.get("audience") == OPEN
 
 
 def describe_profile(profile: str | Path) -> str:
@@ -209,14 +248,16 @@ def site_notes(notes: Sequence[str]) -> list[str]:
 
 def continue_changes(
     staged: str, version: int, date: str, current: set[tuple[str, str]], previous_changes: str | None,
-    previous_sessions: set[tuple[str, str]] | None,
+    previous_sessions: set[tuple[str, str]] | None, automatic: Sequence[str] | None = None,
 ) -> str:
     """The CHANGES of version `version` when the staged text was written for another version or against
     another previous release (a crash after publishing, two runs sharing release_dir): the site's notes of the
-    staged entry kept, the automatic notes recomputed against the previous release, and the previous release's
+    staged entry kept, the automatic notes recomputed against the previous release (`automatic`, else the
+    counts and the sessions added or removed), and the previous release's
     CHANGES carried forward whole, so CHANGES is continued and "Initial release" only ever heads version 1."""
     _, notes, _ = split_changes(staged)
-    automatic = automatic_notes(current, previous_sessions)
+    if automatic is None:
+        automatic = automatic_notes(current, previous_sessions)
     return changes_text(version, date, [*site_notes(notes), *automatic], previous_changes or "")
 
 
@@ -322,7 +363,8 @@ def dataset_description(rc: Mapping[str, Any], versions: Mapping[str, str], prof
         "DatasetType": "raw",
         "License": rc["license"],
     }
-    if rc["authors"]:
+    if rc["authors"] and not writes_citation(rc):
+        # BIDS: Authors only when there is no CITATION.cff (which then names them)
         description["Authors"] = rc["authors"]
     if rc["how_to_acknowledge"]:
         description["HowToAcknowledge"] = rc["how_to_acknowledge"]
@@ -334,20 +376,29 @@ def dataset_description(rc: Mapping[str, Any], versions: Mapping[str, str], prof
         description["ReferencesAndLinks"] = rc["references_and_links"]
     if rc["dataset_doi"]:
         description["DatasetDOI"] = rc["dataset_doi"]
-    description["GeneratedBy"] = generated_by(versions, profile)
+    description["GeneratedBy"] = generated_by(versions, profile, runtime_environment())
+    if source_datasets(rc):
+        description["SourceDatasets"] = source_datasets(rc)
     return description
 
 
-def generated_by(versions: Mapping[str, str], profile: str) -> list[dict[str, str]]:
-    """bidsafe first (with the rule profile), then every tool version it was given, by name."""
-    entries = [
-        {
-            "Name": "bidsafe",
-            "Version": str(versions.get("bidsafe", __version__)),
-            "Description": "De-identified DICOM headers, converted, scrubbed sidecars, defaced anatomical "
-            f"images and gated the release. De-identification rule profile: {profile}.",
-        }
-    ]
+def generated_by(
+    versions: Mapping[str, str], profile: str, environment: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """bidsafe first (with the rule profile and where it ran: `runtime_environment()`, a BIDS `Container` or
+    the Python environment in words), then every tool version it was given, by name."""
+    bidsafe: dict[str, Any] = {
+        "Name": "bidsafe",
+        "Version": str(versions.get("bidsafe", __version__)),
+        "Description": "De-identified DICOM headers, converted, scrubbed sidecars, defaced anatomical "
+        f"images and gated the release. De-identification rule profile: {profile}.",
+    }
+    environment = environment or {}
+    if environment.get("Container"):
+        bidsafe["Container"] = dict(environment["Container"])
+    elif environment.get("Environment"):
+        bidsafe["Description"] += f" Ran in a {environment['Environment']}."
+    entries: list[dict[str, Any]] = [bidsafe]
     for name in sorted(versions, key=str.lower):
         if name != "bidsafe" and versions[name]:
             entries.append({"Name": name, "Version": str(versions[name])})
@@ -355,12 +406,15 @@ def generated_by(versions: Mapping[str, str], profile: str) -> list[dict[str, st
 
 
 def data_usage_agreement(rc: Mapping[str, Any]) -> str:
+    if is_open(rc):
+        return ""
     text = rc.get("data_usage_agreement") or DEFAULT_DATA_USAGE_AGREEMENT
     return text.strip() + "\n"
 
 
 def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile: str) -> str:
-    """README: the configured body (or a default) and, always, the data usage agreement."""
+    """README: the configured body (or a default) and, always, the data usage agreement (an open release: the
+    CC0 dedication instead)."""
     agreement = data_usage_agreement(rc)
     audience = AUDIENCES.get(str(rc.get("audience", "")), "as configured")
     body = rc.get("readme")
@@ -384,6 +438,8 @@ def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile
             "or `bidsafe verify`. SHAREABLE.json records the version, the gates passed and the manifest's hash.\n"
         )
     body = body.rstrip() + "\n"
+    if is_open(rc):
+        return body + "\n## Licence\n\nCC0 1.0 Universal (public domain dedication); see LICENSE.\n"
     if agreement.strip() not in body:
         body += "\n## Data usage agreement\n\n" + agreement
     return body
@@ -391,13 +447,15 @@ def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile
 
 def license_text(rc: Mapping[str, Any]) -> str:
     """LICENSE must correspond to the License field: name it, then the agreement that is the licence."""
+    if is_open(rc):
+        return f"License: {rc['license']}\n\n" + CC0_LICENSE_TEXT
     return (
         f"License: {rc['license']}\n\n"
         "These data are made available only under the following data usage agreement.\n\n" + data_usage_agreement(rc)
     )
 
 
-BIDSIGNORE = "\n".join(sorted(RELEASE_MARKERS)) + "\n"
+BIDSIGNORE = "\n".join(sorted(RELEASE_MARKERS | BIDSIGNORED)) + "\n"
 
 
 # --------------------------------------------------------------------------------------------- assemble
@@ -412,11 +470,13 @@ def assemble_release(
     release_dir: Path | None = None,
     profile: str | Path | None = None,
     now: datetime | None = None,
+    withheld: Mapping[tuple[str, str], str] | None = None,
 ) -> Path:
     """Build the release dataset in `staging` (replaced whole) and return it.
 
     `release_dir` (or `config["release_dir"]`) is read to number this version and carry CHANGES forward;
-    `profile` (or `config["rules"]`/`config["profile"]`) names the de-identification rule profile.
+    `profile` (or `config["rules"]`/`config["profile"]`) names the de-identification rule profile; `withheld`
+    ({(subject, session): reason code}) tells CHANGES which sessions left because their participant withdrew.
     """
     staging = Path(staging)
     rc = release_config(config)
@@ -434,12 +494,12 @@ def assemble_release(
     version = next_version(release_dir, rc["version"])
     latest = latest_version_dir(release_dir)
     previous_changes = ""
-    previous_sessions: set[tuple[str, str]] | None = None
-    if latest is not None and latest.is_dir():
-        if (latest / "CHANGES").is_file():
-            previous_changes = (latest / "CHANGES").read_text(encoding="utf-8")
-        previous_sessions = released_sessions(latest)
+    if latest is not None and not latest.is_dir():
+        latest = None
+    if latest is not None and (latest / "CHANGES").is_file():
+        previous_changes = (latest / "CHANGES").read_text(encoding="utf-8")
     current = {(s.subject, s.session) for s in wanted}
+    date = when.strftime("%Y-%m-%d")
 
     with atomic_dir(staging) as tmp:
         links = 0
@@ -454,9 +514,19 @@ def assemble_release(
         atomic_write_json(tmp / "dataset_description.json", dataset_description(rc, versions, profile_text))
         atomic_write_text(tmp / "README", readme_text(rc, len(subjects), len(current), profile_text))
         atomic_write_text(tmp / "LICENSE", license_text(rc))
-        notes = [*rc["changes"], *automatic_notes(current, previous_sessions)]
-        atomic_write_text(tmp / "CHANGES", changes_text(version, when.strftime("%Y-%m-%d"), notes, previous_changes))
+        notes = [*rc["changes"], *version_notes(tmp, latest, profile_text, withheld)]
+        atomic_write_text(tmp / "CHANGES", changes_text(version, date, notes, previous_changes))
+        write_citation_files(tmp, rc, version, date, version_label(version),
+                             int(latest.name[1:]) if latest is not None else None,
+                             data_usage_agreement(rc) if not is_open(rc) else None)
         atomic_write_text(tmp / ".bidsignore", BIDSIGNORE)
+        if is_open(rc):
+            from bidsafe.release.openrelease import open_release_problems
+
+            problems = open_release_problems(tmp)
+            if problems:  # names files and keys only
+                raise BidsafeError("not an open (CC0) release a repository such as OpenNeuro accepts: "
+                                   + "; ".join(problems))
     log.info(
         "assembled release %s: %d participants, %d sessions, %d session files",
         version_label(version),
