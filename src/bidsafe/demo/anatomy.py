@@ -95,7 +95,9 @@ def _template() -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise BidsafeError("pydeface's head template is missing", path)
     image = nib.load(path)
-    return np.asarray(image.dataobj, dtype=np.float32), image.affine.astype(np.float64)
+    if not isinstance(image, nib.Nifti1Image):
+        raise BidsafeError("pydeface's head template is not a NIfTI-1 image", path)
+    return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)
 
 
 def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
@@ -131,7 +133,7 @@ def sample_head(geometry: Geometry, pose: np.ndarray) -> np.ndarray:
     chain = np.linalg.inv(affine) @ np.linalg.inv(pose) @ lps_to_ras @ geometry.affine_lps()
     krc_to_crs = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
     matrix = chain @ krc_to_crs
-    values = ndimage.affine_transform(
+    values: np.ndarray = ndimage.affine_transform(
         data, matrix[:3, :3], offset=matrix[:3, 3], order=1, mode="constant", cval=0.0,
         output_shape=(geometry.slices, geometry.rows, geometry.columns), output=np.float32,
     )
@@ -142,7 +144,8 @@ def t2_contrast(t1: np.ndarray) -> np.ndarray:
     """Remap the template's T1-like intensities to a T2-like contrast (CSF bright, white matter dark)."""
     knots = [0, 20, 60, 130, 200, 270, 360, 420, 520, 700]
     values = [0, 0, 250, 950, 800, 620, 380, 450, 650, 650]
-    return np.interp(t1, knots, values).astype(np.float32)
+    remapped: np.ndarray = np.interp(t1, knots, values).astype(np.float32)
+    return remapped
 
 
 def to_int16(volume: np.ndarray, rng: np.random.Generator, scale: float, noise: float) -> np.ndarray:

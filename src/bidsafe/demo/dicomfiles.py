@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from bidsafe.demo.anatomy import Geometry
 from bidsafe.demo.people import (
@@ -69,7 +69,7 @@ class Context:
     requested_procedure_id: str
     step_id: str
 
-    def uid(self, *parts: object) -> str:
+    def uid(self, *parts: object) -> UID:
         return generate_uid(
             entropy_srcs=["bidsafe-demo", str(self.seed), str(self.patient.index), str(self.session_index)]
             + [str(p) for p in parts]
@@ -206,8 +206,8 @@ def planted_values(ctx: Context, patient_folder: str) -> dict[str, str]:
 
 def _base(ctx: Context, sop_class: str, sop_uid: str, when: datetime) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
