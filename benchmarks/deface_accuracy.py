@@ -3,7 +3,7 @@
 Every case is Colin27's `ch2.nii.gz` (a real full-head scan no one on the team made; Debian's `mricron-data`)
 moved by a known head pose A (colin world -> case world) into a new voxel grid (orientation, field of view,
 voxel size), with Rician noise and a smooth bias field. The reference removal mask is pydeface's face mask
-carried through REFERENCE (colin world -> template world, see ../shared/design/deface-reference.md) after A^-1.
+carried through REFERENCE (colin world -> template world, see benchmarks/deface-reference.md) after A^-1.
 
 Per case it prints: Dice of the removed head tissue vs the reference, brain removed (cm3) measured with the
 template brain carried by the reference (and with Colin's own brain, ch2bet), face tissue left (cm3), the guard

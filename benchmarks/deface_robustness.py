@@ -2,7 +2,7 @@
 
 Heads: every full head with a face that a package ships and whose face-mask placement is known exactly:
 - `colin`: Colin27 `ch2.nii.gz` (Debian `mricron-data`), carried into pydeface's template by the reference of
-  ../shared/design/deface-reference.md (REFERENCE below);
+  benchmarks/deface-reference.md (REFERENCE below);
 - `pydeface`: pydeface's own template `mean_reg2mean.nii.gz` (reference = identity: its face mask is exact).
 Not usable: `ch2better.nii.gz` (same package) is brain only (white matter-like, no scalp or face: the field of
 view ends at the cortex); nilearn's ICBM152 is skull-stripped; other packages (mne, dipy, templateflow, antspyx)

@@ -87,7 +87,7 @@ def _demo_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty OUT_DIR (study folders of the same name are replaced) and "
                    "replace existing --consent/--demographics files (default: refuse)")
-    p.set_defaults(handler="bidsafe.demo:cli_main")
+    p.set_defaults(handler="bidsafe.demo.cli:cli_main")
 
 
 def _ingest(sub: argparse._SubParsersAction) -> None:

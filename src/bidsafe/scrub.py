@@ -1,7 +1,9 @@
 """Stage `scrub`: make one converted session safe to release (sidecars, NIfTI header text, names, scans.tsv).
 
 dcm2niix and dcm2bids copy site, device, time and free-text fields from the (already de-identified) DICOM into
-sidecars and NIfTI headers (see known-traps.md). Scrub therefore works by allow-list, never by block-list:
+sidecars and NIfTI headers (dcm2niix's default anonymisation `-ba y` still writes InstitutionName, InstitutionAddress,
+StationName, DeviceSerialNumber, SeriesDescription, ProtocolName, ImageComments and times; ImageComments also
+reaches the NIfTI header). Scrub therefore works by allow-list, never by block-list:
 
 - sidecar JSON keys pass only when listed in `config/sidecar_allowlist.yaml` (each with a reason); every kept
   string keeps only descriptor-vocabulary tokens (`bidsafe.deid.vocabulary`), then loses every harvested personal

@@ -12,7 +12,7 @@ Config (defaults and descriptions in workflow/schemas/config.schema.yaml):
       - {field: PatientName, pattern: "phantom.*", reason: weekly QA phantom}
 
 A QA session is never released, and the gate does not search for its placeholder identity ("phantom",
-"dicom", "QA") in the release (see bidsafe.stages._leak_values). The reasons are shown in the report: they
+"dicom", "QA") in the release (see bidsafe.stages.qa_session_files). The reasons are shown in the report: they
 are the site's words, so they must not name a person.
 """
 

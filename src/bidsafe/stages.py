@@ -388,10 +388,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def load_release_config(release: Mapping[str, object] | None) -> dict[str, object]:
-    return dict(release or {})
-
-
 def _decision_reasons(summary_json: Path) -> dict[tuple[str, str], str]:
     """{(subject, session): reason code} of every session pseudonymise withheld ({} without its summary)."""
     try:
@@ -599,16 +595,32 @@ def publish_stage(*, staging: Path, release_dir: Path, gate_reports: Sequence[Pa
     return outcome.path
 
 
+def _require_json_object(path: Path, what: str) -> None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BidsafeError(f"{what} is missing", path) from None
+    except (OSError, ValueError) as exc:
+        raise BidsafeError(f"{what} is unreadable ({type(exc).__name__})", path) from None
+    if not isinstance(data, dict):
+        raise BidsafeError(f"{what} is not a JSON object", path)
+
+
 def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_reports: Sequence[Path],
                  qc_dirs: Sequence[Path], picture_dirs: Sequence[Path],
                  conversion_summaries: Sequence[Path] = (), status_dir: Path | None = None,
                  quarantine_tsv: Path | None = None, published_json: Path | None = None) -> Path:
     """The run report: a summary block (release, sessions, quarantine, series, k-anonymity, gates), then
     per-session status (pseudonyms only, reasons in words), series, gates, deface numbers and pictures, QC.
-    Missing inputs are named in the report, not an error (see bidsafe.release.runreport)."""
+
+    This is the report rule of a run that got through publish, so the pseudonymise summary must be there: a
+    missing or unreadable `summary_json` is an error naming it (the report would otherwise list no session).
+    Other missing inputs are named in the report. A failed run's report (the onerror hook) does not come
+    here: `bidsafe.release.runreport.collect_from_work` takes whatever exists."""
     from bidsafe.release.report import write_report
     from bidsafe.release.runreport import collect
 
+    _require_json_object(Path(summary_json), "the pseudonymise summary")
     facts = collect(summary_json=summary_json, included_tsv=included_tsv, gate_reports=gate_reports,
                     qc_dirs=qc_dirs, picture_dirs=picture_dirs, conversion_summaries=conversion_summaries,
                     status_dir=status_dir, quarantine_tsv=quarantine_tsv, published_json=published_json)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bidsafe.convert import AMBIGUOUS, NO_MAPPING
+from bidsafe.errors import BidsafeError
 from bidsafe.stages import report_stage
 
 CONVERSION = {
@@ -91,3 +94,26 @@ def test_an_incomplete_series_and_dcm2niix_lost_data_messages_are_shown(tmp_path
     per_session = text.split("<h2>Per session</h2>")[1]
     assert "dcm2niix reported lost data: dcm2niix: missing images (1); dcm2niix: slice spacing varies (2)" \
         in per_session
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "is missing"),
+    ("{not json", "is unreadable (JSONDecodeError)"),
+    ("[]", "is not a JSON object"),
+])
+def test_report_rule_without_the_pseudonymise_summary_is_an_error_naming_it(
+        tmp_path: Path, content: str | None, problem: str) -> None:
+    # The report rule runs after publish: an absent summary is a broken run, not a report with no sessions.
+    # (A failed run's report takes whatever exists: runreport.collect_from_work, test_report_summary.py.)
+    summary = tmp_path / "pseudonymise" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    if content is not None:
+        summary.write_text(content)
+    included = tmp_path / "included.tsv"
+    included.write_text("subject\tsession\tstatus\treason\n")
+    with pytest.raises(BidsafeError) as caught:
+        report_stage(html=tmp_path / "report.html", summary_json=summary, included_tsv=included,
+                     gate_reports=[], qc_dirs=[], picture_dirs=[])
+    assert caught.value.message == f"the pseudonymise summary {problem}"
+    assert caught.value.path == summary
+    assert not (tmp_path / "report.html").exists()

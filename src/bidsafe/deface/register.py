@@ -1,7 +1,7 @@
 """Built-in registration of pydeface's head template to a subject (template = moving, subject = fixed).
 
 Transforms are 4x4 matrices mapping subject world coordinates (RAS mm) to template world coordinates, the
-direction SimpleITK optimises and the direction of the reference in deface-reference.md.
+direction SimpleITK optimises and the direction of the reference in benchmarks/deface-reference.md.
 
 Method (chosen by measurement on benchmarks/deface_accuracy.py, Colin27 heads under known poses):
 1. Working images: the subject smoothed and resampled to axis-aligned 2, 4 and 6 mm grids, each cropped to

@@ -34,6 +34,7 @@ from typing import Any
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_json
 from bidsafe.release.manifest import TOOL_DROPPINGS, iter_release_files, sha256_file
+from bidsafe.validate import run_validator
 
 VALIDATOR = "validator"
 LEAK_SCAN = "leak_scan"
@@ -44,7 +45,6 @@ REQUIRED_GATES: tuple[str, ...] = (VALIDATOR, LEAK_SCAN, DEFACE, CONSENT)
 # Cap on the paths listed in one report: a systematic failure on 10,000 files needs a sample, not a novel.
 MAX_LISTED = 200
 
-_LABEL = re.compile(r"^[0-9A-Za-z]+$")
 _ENTITY = re.compile(r"(?:^|_)(sub|ses)-([0-9A-Za-z]+)(?=_|\.|$)")
 _NIFTI = (".nii", ".nii.gz")
 _TRUE = frozenset({"1", "true", "yes", "y", "included", "include"})
@@ -145,10 +145,6 @@ def gate_validator(staging: str | Path, backend: str = "deno") -> GateResult:
     """Pass when the BIDS validator reports 0 errors (warnings are counted, not failed)."""
     staging = Path(staging)
     fingerprint = staging_fingerprint(staging)
-    try:
-        from bidsafe.validate import run_validator
-    except ImportError:
-        return _result(VALIDATOR, False, "bidsafe.validate is not available: validator not run", {}, fingerprint)
     result = run_validator(staging, backend=backend)
     # Codes and locations only: validator messages can quote file contents ("evidence"), which must not
     # reach a report that is kept outside the private area.
@@ -200,11 +196,9 @@ def gate_leak_scan(
     """
     staging = Path(staging)
     fingerprint = staging_fingerprint(staging)
-    try:
-        from bidsafe.release.leakscan import leak_scan
-    except ImportError:
-        return _result(LEAK_SCAN, False, "bidsafe.release.leakscan is not available: scan not run", {}, fingerprint)
+    # Here, not at the top: the report and publish modules import gates without needing the scanner.
     from bidsafe.release.leakforms import raw_values
+    from bidsafe.release.leakscan import leak_scan
 
     rows = raw_values(values)
     if not rows:
@@ -582,8 +576,3 @@ def run_gates(
         if report_dir is not None:
             write_gate_report(result, Path(report_dir) / f"{name}.json")
     return results
-
-
-def label_ok(label: str) -> bool:
-    """A BIDS label: letters and digits only."""
-    return bool(_LABEL.match(label))
