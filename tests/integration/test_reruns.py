@@ -118,6 +118,32 @@ def test_finished_run_has_nothing_to_do(run):
     assert planned_jobs(run) == {}
 
 
+def test_snakemakes_own_views_of_a_finished_run_are_complete_and_current(run):
+    """Issue 13: every file a job writes is declared, so `--summary` lists the private outputs too, all
+    current; nothing changed in inputs or code; `--delete-all-output` would delete exactly those outputs and
+    nothing of the inbox or the release. (`--list-changes params` is not checked: Snakemake 9.27 lists every
+    job's last output there even when no param changed.)"""
+    summary = snakemake(run, "--summary")
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    rows = [line.split("\t") for line in summary.stdout.splitlines()[1:] if line.strip()]
+    outputs = {row[0]: row for row in rows}
+    assert {row[4] for row in rows} == {"ok"} and {row[5] for row in rows} == {"no update"}, rows
+    for expected in ("private/leakscan/values.json", "private/leakscan/findings.json",
+                     "private/pseudonymise/sessions.tsv", "work/publish/published.json"):
+        assert expected in outputs
+    assert all((run / path).exists() for path in outputs)
+    assert not any(path.startswith(("release/", "inbox/")) for path in outputs)
+    for change in ("input", "code"):
+        listed = snakemake(run, "--list-changes", change)
+        assert listed.returncode == 0 and listed.stdout.strip() == "", (change, listed.stdout[-2000:])
+    delete = snakemake(run, "--delete-all-output", "--dry-run")
+    assert delete.returncode == 0, delete.stderr[-3000:]
+    would = {line.removeprefix("Would delete ").strip() for line in (delete.stdout + delete.stderr).splitlines()
+             if line.startswith("Would delete ")}
+    assert would == set(outputs)
+    assert (run / "release" / "v1").is_dir()  # a dry run deleted nothing
+
+
 def test_a_junk_file_in_the_inbox_publishes_nothing_new_and_the_report_says_so(run):
     """Issue 10, defect 8: the rerun ingests the inbox again and reassembles, but the release is byte for byte
     v1's (CHANGES aside): no v2, and published.json, the summary and the HTML report say why."""
