@@ -36,7 +36,7 @@ if config["release"].get("datalad"):
 PRIVATE_SCRATCH = scratch_dir(PRIVATE)
 # Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
 # first, by the Snakefile's onstart hook (parsing has no side effects: every cluster job parses this file).
-PRIVATE_FOLDERS = [PRIVATE / name for name in ("ingest", "pseudonymise", "sessions", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")]
+PRIVATE_FOLDERS = [PRIVATE / name for name in ("ingest", "pseudonymise", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")]
 
 SESSION = "sub-{subject}/ses-{session}"
 
@@ -127,9 +127,9 @@ def per_included_session(pattern):
 
 
 def session_file_list(wildcards):
-    # Written by the pseudonymise checkpoint only when its content changes, so finished sessions are not redone.
-    checkpoints.pseudonymise.get()
-    return PRIVATE / "sessions" / f"sub-{wildcards.subject}" / f"ses-{wildcards.session}" / "files.txt"
+    """The session's file list, from the pseudonymise checkpoint's declared folder of lists."""
+    lists = Path(checkpoints.pseudonymise.get().output.session_lists)
+    return lists / f"sub-{wildcards.subject}" / f"ses-{wildcards.session}" / "files.txt"
 
 
 def subject_harvests(wildcards):

@@ -6,6 +6,9 @@ checkpoint pseudonymise:
     output:
         sessions=PRIVATE / "pseudonymise" / "sessions.tsv",
         participants=directory(WORK / "pseudonymise"),
+        # each session's inbox files (sub-S/ses-T/files.txt), privately; a list whose content did not change
+        # reruns nothing (Snakemake compares a small input's checksum when it is newer)
+        session_lists=directory(PRIVATE / "sessions"),
     params:
         inbox=INBOX,
         private_dir=PRIVATE,

@@ -57,6 +57,8 @@ rule gate_leak_scan:
         + [shipped(p) for p in config.get("deid", {}).get("vocabulary", [])],
         # which sessions are QA/phantom sessions (config `qa_sessions`): their placeholder values are no needles
         sessions_tsv=rules.pseudonymise.output.sessions,
+        # each session's inbox files: the gate harvests per session, so each value names its sessions
+        sessions_dir=rules.pseudonymise.output.session_lists,
     output:
         report=WORK / "gates" / "leak_scan.json",
         # private (0600): the gate's own harvest of the raw inbox, and each finding's values, the sessions they
@@ -71,7 +73,6 @@ rule gate_leak_scan:
         # and every other folder of work_dir (intermediates, leftovers of killed jobs): nothing identifying
         # may sit there either (bidsafe.stages.work_folders)
         work_dir=WORK,
-        sessions_dir=PRIVATE / "sessions",
         # not an output (Snakemake deletes outputs before a job): the gate's private memory between runs
         memory_dir=PRIVATE / "leakscan" / "memory",
         allow=config.get("release", {}).get("leak_scan", {}).get("allow", []),
