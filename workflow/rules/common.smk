@@ -1,4 +1,5 @@
 # Config validation, data areas and every input function: rule bodies stay declarative.
+import os
 from pathlib import Path
 
 from bidsafe.config import check_config
@@ -36,6 +37,11 @@ for _folder in ("ingest", "pseudonymise", "sessions", "phi/raw", "deid", "dcm2bi
     ensure_private_dir(PRIVATE / _folder)
 
 SESSION = "sub-{subject}/ses-{session}"
+
+# `--sdm conda`: each env's post-deploy script installs bidsafe itself (no dependencies) from BIDSAFE_SOURCE;
+# run from a checkout, that is this checkout (a wheel-installed bidsafe: the site sets it to the wheel; README).
+if (Path(workflow.basedir) / "pyproject.toml").is_file():
+    os.environ.setdefault("BIDSAFE_SOURCE", workflow.basedir)
 
 
 def status_file(stage):
