@@ -1,4 +1,5 @@
 # Config validation, data areas and every input function: rule bodies stay declarative.
+import math
 import os
 from pathlib import Path
 
@@ -167,3 +168,28 @@ def published_target():
 
 def report_target():
     return WORK / "report" / "bidsafe-report.html"
+
+
+# Job sizes. Every rule declares `threads:` and `resources:` (mem_mb; runtime in minutes), set from
+# benchmarks/rule_resources.py (peak RSS and wall time per rule, README "Running on a SLURM cluster"): the measured
+# peak plus what Snakemake itself holds in a cluster job (it re-parses this workflow there, ~150 MB), with margin.
+# Per-session stages grow with the session's DICOM files, release stages with the included sessions.
+def session_files(wildcards):
+    """DICOM files of one session: the line count of its private file list (a number, never a name)."""
+    with open(session_file_list(wildcards), "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def sized(base, per_1000_files=0, per_session=0):
+    """A resource (mem_mb, runtime) from a base, the session's files and the release's sessions; doubled on the
+    retry (profiles/default: retries), for a job killed at its memory or time limit."""
+
+    def size(wildcards, attempt):
+        value = base
+        if per_1000_files:
+            value += per_1000_files * session_files(wildcards) / 1000
+        if per_session:
+            value += per_session * len(included_sessions())
+        return math.ceil(value * attempt)
+
+    return size
