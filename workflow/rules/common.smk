@@ -170,10 +170,10 @@ def report_target():
     return WORK / "report" / "bidsafe-report.html"
 
 
-# Job sizes. Every rule declares `threads:` and `resources:` (mem_mb; runtime in minutes), set from
-# benchmarks/rule_resources.py (peak RSS and wall time per rule, README "Running on a SLURM cluster"): the measured
-# peak plus what Snakemake itself holds in a cluster job (it re-parses this workflow there, ~150 MB), with margin.
-# Per-session stages grow with the session's DICOM files, release stages with the included sessions.
+# Job sizes. Each step declares threads and resources (mem_mb; runtime in minutes) set from the peaks that
+# benchmarks/rule_resources.py measured (README, "Running on a SLURM cluster"), plus what Snakemake itself holds
+# in a cluster job (it re-parses this workflow there, ~150 MB), with margin. Per-session stages grow with the
+# session's DICOM files, release stages with the included sessions.
 def session_files(wildcards):
     """DICOM files of one session: the line count of its private file list (a number, never a name)."""
     with open(session_file_list(wildcards), "rb") as handle:
