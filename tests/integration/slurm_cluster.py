@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("srun", "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sacct")
 SBIN = (Path("/usr/sbin"), Path("/usr/bin"))
 NODE = "localhost"
 PARTITION = "bidsafe"
@@ -93,9 +94,16 @@ class Cluster:
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
+    def bin(self) -> Path:
+        """Client commands that find this cluster's slurm.conf by themselves: the SLURM executor's job step
+        strips every SLURM_* variable (SLURM_CONF included) before its `srun`, so inside a job only a wrapper
+        on PATH (exported by sbatch) reaches this cluster rather than the host's /etc/slurm."""
+        return self.root / "bin"
+
+    @property
     def env(self) -> dict[str, str]:
         """What a SLURM client (sbatch, squeue, srun inside a job) needs to reach this cluster."""
-        return {"SLURM_CONF": str(self.conf)}
+        return {"SLURM_CONF": str(self.conf), "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def logs(self) -> str:
         parts = []
@@ -165,6 +173,13 @@ def start(root: Path, *, cpus: int = 2, memory_mb: int = 8000) -> Cluster:
     conf.write_text(slurm_conf(root, user=getpass.getuser(), cpus=cpus, memory_mb=memory_mb,
                                munge_socket=munge_socket), encoding="utf-8")
     cluster = Cluster(root=root, conf=conf, munge_socket=munge_socket)
+    cluster.bin.mkdir(exist_ok=True)
+    for name in CLIENTS:
+        real = find_binary(name)
+        if real:
+            wrapper = cluster.bin / name
+            wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{conf}" exec "{real}" "$@"\n', encoding="utf-8")
+            wrapper.chmod(0o755)
     env = {**os.environ, **cluster.env}
     quiet = {"stdin": subprocess.DEVNULL, "start_new_session": True, "env": env}
     try:

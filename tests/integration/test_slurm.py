@@ -8,8 +8,8 @@ CHANGES line of the manifest; dates masked in CHANGES itself, which must then be
 stopped by PID at teardown whatever happened.
 
 Accounting is off on this cluster, as on many small ones: job status comes from `squeue`
-(`--slurm-status-command squeue`, the profile's documented switch) and no account is passed (`--slurm-no-account`);
-with the default `sacct` the run would wait forever (known-traps.md).
+(`--slurm-status-command squeue`, the profile's documented switch; with the default `sacct` the run would wait
+forever, known-traps.md), and no account is passed (the plugin finds none to guess and submits without).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def snakemake(root: Path, *extra: str, env: dict[str, str] | None = None, timeou
     it still runs, SIGKILL. Output goes to a file, not a pipe, so a long log never stalls the run."""
     command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
                "--configfile", str(root / "config.yaml"), "--cores", "2", *extra]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    env = {**os.environ, **(env or {})}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     out = root.parent / f"{root.name}.log"
     with open(out, "wb") as handle:
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -98,7 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, cluster: slurm_cluster.Cluste
     os.chmod(on_slurm / "private" / "secret.key", 0o600)
     started = time.monotonic()
     code, log = snakemake(on_slurm, "--profile", str(REPO / "profiles" / "slurm"),
-                          "--slurm-status-command", "squeue", "--slurm-no-account",
+                          "--slurm-status-command", "squeue",
                           # a 2-CPU node: the first status poll soon, so the test waits less
                           "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
                           env=cluster.env)
