@@ -180,6 +180,18 @@ def session_files(wildcards):
         return sum(1 for _ in handle)
 
 
+def release_sessions():
+    """Included sessions; 0 while the pseudonymise checkpoint is pending (a dry run): the jobs that follow it are
+    built again, and sized again, once it has run. (Snakemake itself turns that case into a bare 0 it cannot
+    use as a resource.)"""
+    from snakemake.exceptions import IncompleteCheckpointException
+
+    try:
+        return len(included_sessions())
+    except IncompleteCheckpointException:
+        return 0
+
+
 def sized(base, per_1000_files=0, per_session=0):
     """A resource (mem_mb, runtime) from a base, the session's files and the release's sessions; doubled on the
     retry (profiles/default: retries), for a job killed at its memory or time limit."""
@@ -189,7 +201,7 @@ def sized(base, per_1000_files=0, per_session=0):
         if per_1000_files:
             value += per_1000_files * session_files(wildcards) / 1000
         if per_session:
-            value += per_session * len(included_sessions())
+            value += per_session * release_sessions()
         return math.ceil(value * attempt)
 
     return size
