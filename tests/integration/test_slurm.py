@@ -28,6 +28,8 @@ import pytest
 import slurm_cluster
 from test_reruns import make_run_folder
 
+from bidsafe.keys import create_key
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,27 +41,32 @@ RULES = {"ingest", "pseudonymise", "harvest", "deid", "convert", "scrub", "defac
 MISSING = slurm_cluster.missing_binaries()
 
 
-def snakemake(root: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 2400) -> tuple[int, str]:
-    """Snakemake in `root`; on timeout it gets SIGINT (it ignores SIGTERM while cluster jobs run) and then, if
-    it still runs, SIGKILL. Output goes to a file, not a pipe, so a long log never stalls the run."""
-    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
-               "--configfile", str(root / "config.yaml"), "--cores", "2", *extra]
-    env = {**os.environ, **(env or {})}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    out = root.parent / f"{root.name}.log"
-    with open(out, "wb") as handle:
-        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+class Snakemake:
+    """Snakemake started in `root`; output to a file, not a pipe, so a long log never stalls the run."""
+
+    def __init__(self, root: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
+                   "--configfile", str(root / "config.yaml"), "--cores", "2", *extra]
+        full_env = {**os.environ, **(env or {})}
+        full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+        self.out = root.parent / f"{root.name}.log"
+        with open(self.out, "wb") as handle:
+            self.proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=full_env)
+
+    def finish(self, timeout: float = 2400) -> tuple[int, str]:
+        """Its exit code and log; on timeout it gets SIGINT (it ignores SIGTERM while cluster jobs run), then
+        SIGKILL if it still runs."""
         try:
-            code = proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=60)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                self.proc.kill()
+                self.proc.wait()
             code = -1
-    return code, out.read_text(encoding="utf-8", errors="replace")
+        return code, self.out.read_text(encoding="utf-8", errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -87,22 +94,27 @@ def _running(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, cluster: slurm_cluster.Cluster) -> dict[str, Path]:
-    """The same inbox and key processed locally and through the SLURM profile."""
+    """The same inbox and key processed locally and through the SLURM profile, at the same time (the SLURM run
+    mostly waits between status polls)."""
+    key = tmp_path_factory.mktemp("key") / "secret.key"
+    create_key(key)
     local, _ = make_run_folder(tmp_path_factory.mktemp("local") / "run", seed=SEED)
-    code, log = snakemake(local)
-    if code != 0:
-        pytest.fail(f"local run failed:\n{log[-6000:]}")
     on_slurm, _ = make_run_folder(tmp_path_factory.mktemp("on-slurm") / "run", seed=SEED)
-    # the local run's key: the same pseudonyms, date shift and UIDs, so the same release bytes
-    (on_slurm / "private").mkdir(mode=0o700)
-    shutil.copy(local / "private" / "secret.key", on_slurm / "private" / "secret.key")
-    os.chmod(on_slurm / "private" / "secret.key", 0o600)
+    for run in (local, on_slurm):  # one key: the same pseudonyms, date shift and UIDs, so the same release bytes
+        (run / "private").mkdir(mode=0o700)
+        shutil.copy(key, run / "private" / "secret.key")
+        os.chmod(run / "private" / "secret.key", 0o600)
     started = time.monotonic()
-    code, log = snakemake(on_slurm, "--profile", str(REPO / "profiles" / "slurm"),
+    slurm_run = Snakemake(on_slurm, "--profile", str(REPO / "profiles" / "slurm"),
                           "--slurm-status-command", "squeue",
-                          # a 2-CPU node: the first status poll soon, so the test waits less
+                          # a small test: the first status poll soon, so the test waits less
                           "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
                           env=cluster.env)
+    code, log = Snakemake(local).finish()
+    if code != 0:
+        slurm_run.finish(timeout=1)
+        pytest.fail(f"local run failed:\n{log[-6000:]}")
+    code, log = slurm_run.finish()
     if code != 0:
         pytest.fail(f"SLURM run failed (exit {code}) after {time.monotonic() - started:.0f} s:\n{log[-8000:]}\n"
                     f"{cluster.logs()}")
@@ -120,6 +132,8 @@ def slurm_jobs(cluster: slurm_cluster.Cluster) -> dict[str, str]:
 def test_every_rule_ran_as_a_slurm_job(runs):
     log = runs["slurm_log"]
     submitted = set(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", log))
+    # nothing ran on the submitting host but the target rule `all` (Snakemake says "localrule" for those)
+    assert re.findall(r"^localrule (\w+):", log, re.M) == ["all"], log[-4000:]
     assert len(submitted) >= len(RULES), log[-4000:]
     jobs = slurm_jobs(runs["cluster"])
     assert submitted <= set(jobs), (submitted, jobs)
