@@ -6,7 +6,8 @@ Runs the whole pipeline (the checkout's Snakefile, `--cores N`, the workflow pro
 with one session (about 900 DICOM files) and once on a session whose BOLD run has `--large-volumes` volumes of
 30 slices (150: about 5,000 files), and prints per rule: peak RSS in MB and wall time in seconds of its job,
 plus the peak of Snakemake's own process (what every cluster job adds: a job re-parses the Snakefile on its
-node). The figures are what `resources:` in workflow/rules/*.smk are set from (see the comment there).
+node). The figures are what `resources:` in workflow/rules/*.smk are set from (see the comment in
+common.smk); the last measurement is in benchmarks/rule_resources_baseline.txt.
 
 How a job is measured: each `script:` job is a Python process (`.snakemake/scripts/tmpXXXX.<script>.py`)
 started by Snakemake; a sampler polls every process of the run every 50 ms and keeps, per job, the highest
