@@ -1,8 +1,8 @@
 """Build hook: the wheel carries the workflow and the shipped configuration inside the package.
 
-`Snakefile`, `config/`, `workflow/` and `envs/` stay at the top of the repository (one copy in git, where users
-and docs find them). A regular build copies them into `bidsafe/_data/` of the wheel, laid out the same way, so
-`bidsafe.resources` finds them after `pip install bidsafe-*.whl` and `bidsafe run` can run the packaged
+`Snakefile`, `config/`, `workflow/`, `envs/` and `profiles/` stay at the top of the repository (one copy in git,
+where users and docs find them). A regular build copies them into `bidsafe/_data/` of the wheel, laid out the
+same way, so `bidsafe.resources` finds them after `pip install bidsafe-*.whl` and `bidsafe run` can run the packaged
 Snakefile (its relative includes, scripts and `../../envs/` paths work unchanged). An editable install skips
 the copy: it reads them from the checkout. Everything else is in pyproject.toml.
 """
@@ -16,7 +16,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-SHIPPED = ("Snakefile", "config", "workflow", "envs")
+SHIPPED = ("Snakefile", "config", "workflow", "envs", "profiles")
 PACKAGED = Path("bidsafe") / "_data"  # keep in step with bidsafe.resources
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.py[cod]", ".snakemake")
 

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 # What a build needs; the workflow files are the ones setup.py copies into bidsafe/_data/.
-SOURCE = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "src", "Snakefile", "config", "workflow", "envs")
+SOURCE = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "src", "Snakefile", "config", "workflow", "envs",
+          "profiles")
 SHIPPED = (
     "Snakefile",
     "config/config.yaml",
@@ -39,6 +40,9 @@ SHIPPED = (
     "workflow/scripts/ingest.py",
     "workflow/schemas/config.schema.yaml",
     "envs/dicom.yaml",
+    "envs/dicom.post-deploy.sh",
+    "profiles/default/profile.yaml",
+    "profiles/slurm/profile.yaml",
 )
 PATIENT_NAME, PATIENT_ID, GIVEN = "Quist^Orla", "QX731", "Orla"
 

@@ -1,4 +1,6 @@
 # Config validation, data areas and every input function: rule bodies stay declarative.
+import math
+import os
 from pathlib import Path
 
 from bidsafe.config import check_config
@@ -39,6 +41,11 @@ PRIVATE_SCRATCH = scratch_dir(PRIVATE)
 PRIVATE_FOLDERS = [PRIVATE / name for name in ("ingest", "pseudonymise", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")]
 
 SESSION = "sub-{subject}/ses-{session}"
+
+# `--sdm conda`: each env's post-deploy script installs bidsafe itself (no dependencies) from BIDSAFE_SOURCE;
+# run from a checkout, that is this checkout (a wheel-installed bidsafe: the site sets it to the wheel; README).
+if (Path(workflow.basedir) / "pyproject.toml").is_file():
+    os.environ.setdefault("BIDSAFE_SOURCE", workflow.basedir)
 
 
 def status_file(stage):
@@ -166,3 +173,40 @@ def published_target():
 
 def report_target():
     return WORK / "report" / "bidsafe-report.html"
+
+
+# Job sizes. Each step declares threads and resources (mem_mb; runtime in minutes) set from the peaks that
+# benchmarks/rule_resources.py measured (README, "Running on a SLURM cluster"), plus what Snakemake itself holds
+# in a cluster job (it re-parses this workflow there, ~150 MB), with margin. Per-session stages grow with the
+# session's DICOM files, release stages with the included sessions.
+def session_files(wildcards):
+    """DICOM files of one session: the line count of its private file list (a number, never a name)."""
+    with open(session_file_list(wildcards), "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def release_sessions():
+    """Included sessions; 0 while the pseudonymise checkpoint is pending (a dry run): the jobs that follow it are
+    built again, and sized again, once it has run. (Snakemake itself turns that case into a bare 0 it cannot
+    use as a resource.)"""
+    from snakemake.exceptions import IncompleteCheckpointException
+
+    try:
+        return len(included_sessions())
+    except IncompleteCheckpointException:
+        return 0
+
+
+def sized(base, per_1000_files=0, per_session=0):
+    """A resource (mem_mb, runtime) from a base, the session's files and the release's sessions; doubled on the
+    retry (profiles/default: retries), for a job killed at its memory or time limit."""
+
+    def size(wildcards, attempt):
+        value = base
+        if per_1000_files:
+            value += per_1000_files * session_files(wildcards) / 1000
+        if per_session:
+            value += per_session * release_sessions()
+        return math.ceil(value * attempt)
+
+    return size

@@ -21,7 +21,8 @@ rule convert:
     log:
         LOGS / "convert" / "sub-{subject}_ses-{session}.log",
     resources:
-        mem_mb=2000,
+        mem_mb=sized(400, per_1000_files=25),
+        runtime=sized(5, per_1000_files=0.3),
     threads: 1
     conda:
         "../../envs/dicom.yaml"

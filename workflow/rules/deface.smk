@@ -16,7 +16,8 @@ rule deface:
     log:
         LOGS / "deface" / "sub-{subject}_ses-{session}.log",
     resources:
-        mem_mb=3000,
+        mem_mb=sized(1500),
+        runtime=sized(10, per_1000_files=0.3),
     threads: config["deface"]["threads"]
     conda:
         "../../envs/deface.yaml"

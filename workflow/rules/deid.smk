@@ -10,7 +10,8 @@ rule harvest:
     log:
         LOGS / "harvest" / "sub-{subject}_ses-{session}.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(400, per_1000_files=10),
+        runtime=sized(5, per_1000_files=0.5),
     threads: 1
     conda:
         "../../envs/dicom.yaml"
@@ -45,7 +46,8 @@ rule deid:
     log:
         LOGS / "deid" / "sub-{subject}_ses-{session}.log",
     resources:
-        mem_mb=2000,
+        mem_mb=sized(250 + 100 * config["deid"]["jobs"], per_1000_files=25),
+        runtime=sized(5, per_1000_files=0.5),
     threads: config["deid"]["jobs"]
     conda:
         "../../envs/dicom.yaml"

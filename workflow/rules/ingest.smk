@@ -12,7 +12,8 @@ rule ingest:
     log:
         LOGS / "ingest" / "ingest.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(500),
+        runtime=sized(60),
     threads: 1
     conda:
         "../../envs/dicom.yaml"

@@ -18,7 +18,8 @@ checkpoint pseudonymise:
     log:
         LOGS / "pseudonymise" / "pseudonymise.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(500),
+        runtime=sized(15),
     threads: 1
     conda:
         "../../envs/dicom.yaml"

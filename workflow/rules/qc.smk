@@ -8,7 +8,8 @@ rule qc:
     log:
         LOGS / "qc" / "sub-{subject}_ses-{session}.log",
     resources:
-        mem_mb=2000,
+        mem_mb=sized(600, per_1000_files=40),
+        runtime=sized(5, per_1000_files=0.2),
     threads: 1
     conda:
         "../../envs/release.yaml"

@@ -20,7 +20,8 @@ rule assemble:
     log:
         LOGS / "release" / "assemble.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(400, per_session=1),
+        runtime=sized(5, per_session=0.05),
     threads: 1
     conda:
         "../../envs/release.yaml"
@@ -39,7 +40,8 @@ rule gate_validator:
     log:
         LOGS / "gates" / "validator.log",
     resources:
-        mem_mb=2000,
+        mem_mb=sized(600, per_session=2),
+        runtime=sized(5, per_session=0.05),
     threads: 1
     conda:
         "../../envs/validator.yaml"
@@ -79,7 +81,8 @@ rule gate_leak_scan:
     log:
         LOGS / "gates" / "leak_scan.log",
     resources:
-        mem_mb=2000,
+        mem_mb=sized(500, per_session=2),
+        runtime=sized(10, per_session=0.2),
     threads: 1
     conda:
         "../../envs/release.yaml"
@@ -101,7 +104,8 @@ rule gate_deface:
     log:
         LOGS / "gates" / "deface.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(400, per_session=1),
+        runtime=sized(5, per_session=0.02),
     threads: 1
     conda:
         "../../envs/release.yaml"
@@ -120,7 +124,8 @@ rule gate_consent:
     log:
         LOGS / "gates" / "consent.log",
     resources:
-        mem_mb=500,
+        mem_mb=sized(300),
+        runtime=sized(5),
     threads: 1
     conda:
         "../../envs/release.yaml"
@@ -147,7 +152,8 @@ rule publish:
     log:
         LOGS / "release" / "publish.log",
     resources:
-        mem_mb=500,
+        mem_mb=sized(300),
+        runtime=sized(5, per_session=0.05),
     threads: 1
     conda:
         "../../envs/release.yaml"
@@ -175,7 +181,8 @@ rule report:
     log:
         LOGS / "release" / "report.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(400, per_session=1),
+        runtime=sized(5, per_session=0.02),
     threads: 1
     conda:
         "../../envs/release.yaml"

@@ -17,7 +17,8 @@ rule scrub:
     log:
         LOGS / "scrub" / "sub-{subject}_ses-{session}.log",
     resources:
-        mem_mb=1000,
+        mem_mb=sized(400, per_1000_files=40),
+        runtime=sized(5, per_1000_files=0.5),
     threads: 1
     conda:
         "../../envs/dicom.yaml"
