@@ -7,7 +7,7 @@ rule assemble:
         session_status=per_included_session(str(status_file("qc"))),
         deface_bids=per_included_session(str(WORK / "deface" / SESSION / "bids")),
         qc=per_included_session(str(WORK / "qc" / SESSION)),
-        participants=WORK / "pseudonymise",
+        participants=rules.pseudonymise.output.participants,
         # what each session was processed with, as its stages recorded it (see bidsafe.profile)
         profile_parts=profile_parts(),
     output:
@@ -163,7 +163,7 @@ rule publish:
 
 rule report:
     input:
-        summary=WORK / "pseudonymise",
+        summary=rules.pseudonymise.output.participants,
         included=rules.assemble.output.included,
         gates=rules.publish.input.gates,
         qc=per_included_session(str(WORK / "qc" / SESSION)),
@@ -172,12 +172,12 @@ rule report:
         # after publish, so the report names the version published; when publish (or anything) fails, the
         # Snakefile's onerror hook writes the report from what exists instead (bidsafe.release.runreport)
         published=rules.publish.output.published,
+        # private: only its reason column is read, and only the ingest stage's fixed reasons are shown
+        quarantine=rules.ingest.output.quarantine,
     output:
         html=WORK / "report" / "bidsafe-report.html",
     params:
         status_dir=WORK / "status",
-        # private: only its reason column is read, and only the ingest stage's fixed reasons are shown
-        quarantine=PRIVATE / "ingest" / "quarantine.tsv",
     log:
         LOGS / "release" / "report.log",
     resources:

@@ -13,6 +13,6 @@ with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
         picture_dirs=[Path(p) for p in snakemake.input.pictures],  # noqa: F821
         conversion_summaries=[Path(p) for p in snakemake.input.conversion],  # noqa: F821
         status_dir=Path(snakemake.params.status_dir),  # noqa: F821
-        quarantine_tsv=Path(snakemake.params.quarantine),  # noqa: F821
+        quarantine_tsv=Path(snakemake.input.quarantine),  # noqa: F821
         published_json=Path(snakemake.input.published),  # noqa: F821
     )
