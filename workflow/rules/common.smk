@@ -113,17 +113,32 @@ def optional_input(key):
     return [str(require_input_file(key, value))]
 
 
-def session_table():
-    """The pseudonymise checkpoint's decisions; evaluated once that stage has run."""
-    from bidsafe.pseudonym import all_sessions
+_READ_TABLES = {}
 
-    return all_sessions(checkpoints.pseudonymise.get().output.sessions)
+
+def _read_once(reader, path):
+    """`reader(path)`, read again only when the file changed: the input functions of every per-session job ask
+    for the same table, and reading it per job made planning grow with the square of the archive."""
+    st = os.stat(path)
+    key = (reader.__name__, str(path), st.st_mtime_ns, st.st_size)
+    if key not in _READ_TABLES:
+        _READ_TABLES[key] = reader(path)
+    return _READ_TABLES[key]
 
 
 def included_sessions():
     from bidsafe.pseudonym import included_sessions as included
 
-    return included(checkpoints.pseudonymise.get().output.sessions)
+    return _read_once(included, checkpoints.pseudonymise.get().output.sessions)
+
+
+def _sessions_by_subject(path):
+    from bidsafe.pseudonym import all_sessions
+
+    by_subject = {}
+    for decision in all_sessions(path):
+        by_subject.setdefault(decision.subject, []).append(decision.session)
+    return by_subject
 
 
 def per_included_session(pattern):
@@ -143,10 +158,10 @@ def subject_harvests(wildcards):
     """The raw harvest of every session of this subject (included or not): de-identification cleans each
     session's text of the patient's values as written in any of their visits. A new session of the subject
     therefore reruns de-identification of its earlier sessions (their text may hold the new spelling)."""
+    by_subject = _read_once(_sessions_by_subject, checkpoints.pseudonymise.get().output.sessions)
     return [
-        str(PRIVATE / "phi" / "raw" / "sub-{subject}_ses-{session}.json").format(subject=d.subject, session=d.session)
-        for d in session_table()
-        if d.subject == wildcards.subject
+        str(PRIVATE / "phi" / "raw" / f"sub-{wildcards.subject}_ses-{session}.json")
+        for session in by_subject.get(wildcards.subject, [])
     ]
 
 
