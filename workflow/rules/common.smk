@@ -102,7 +102,7 @@ def inbox_fingerprint(wildcards):
 
 def optional_input(key):
     """A configured private input file (consent registry, demographics) or nothing."""
-    from bidsafe.consent import NONE_REQUIRED, require_input_file
+    from bidsafe.pseudonymise.consent import NONE_REQUIRED, require_input_file
 
     value = config.get(key)
     # `consent: none-required` is a documented setting, not a file name.
@@ -115,13 +115,13 @@ def optional_input(key):
 
 def session_table():
     """The pseudonymise checkpoint's decisions; evaluated once that stage has run."""
-    from bidsafe.pseudonym import all_sessions
+    from bidsafe.pseudonymise.sessionlists import all_sessions
 
     return all_sessions(checkpoints.pseudonymise.get().output.sessions)
 
 
 def included_sessions():
-    from bidsafe.pseudonym import included_sessions as included
+    from bidsafe.pseudonymise.sessionlists import included_sessions as included
 
     return included(checkpoints.pseudonymise.get().output.sessions)
 
