@@ -38,7 +38,7 @@ class KAnonymityOutcome:
 
 
 def equivalence_classes(tables: MetadataTables, columns: Sequence[ColumnRule],
-                        steps: Mapping[str, float]) -> Counter:
+                        steps: Mapping[str, float]) -> Counter[tuple[str, ...]]:
     """Class sizes (distinct participants) over the released, binned quasi-identifier values.
 
     Every released session row is a record an attacker can match: it carries the participant's columns

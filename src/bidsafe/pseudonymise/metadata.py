@@ -163,11 +163,11 @@ class MetadataTables:
     rules: list[ColumnRule]
     participants: dict[str, dict[str, RawValue]]  # subject -> column -> raw value
     sessions: dict[str, dict[str, dict[str, RawValue]]]  # subject -> session -> column -> raw value
-    notes: Counter = field(default_factory=Counter)  # e.g. "weight: out of range" -> count (no values)
+    notes: Counter[str] = field(default_factory=Counter)  # e.g. "weight: out of range" -> count (no values)
 
 
 def _raw_value(rule: ColumnRule, s: SessionMetadataInput, participant_row: Mapping[str, str],
-               session_row: Mapping[str, str], notes: Counter) -> RawValue:
+               session_row: Mapping[str, str], notes: Counter[str]) -> RawValue:
     facts = s.facts
     value: RawValue
     if rule.source == "sex":
@@ -202,7 +202,7 @@ def _raw_value(rule: ColumnRule, s: SessionMetadataInput, participant_row: Mappi
     return value
 
 
-def _demographics_number(rule: ColumnRule, cell: str | None, notes: Counter) -> float | None:
+def _demographics_number(rule: ColumnRule, cell: str | None, notes: Counter[str]) -> float | None:
     text = (cell or "").strip()
     if text.lower() in _MISSING:
         return None
@@ -214,7 +214,7 @@ def _demographics_number(rule: ColumnRule, cell: str | None, notes: Counter) -> 
     return number if math.isfinite(number) else None
 
 
-def _demographics_level(rule: ColumnRule, cell: str, notes: Counter) -> str | None:
+def _demographics_level(rule: ColumnRule, cell: str, notes: Counter[str]) -> str | None:
     text = cell.strip()
     if text.lower() in _MISSING:
         return None
