@@ -161,8 +161,8 @@ def withdrawn_session_files(sessions_tsv: object, index_tsv: object, inbox: obje
     (the export's DICOMDIR, screenshots and notes carry the same identity but belong to no indexed session);
     a folder shared with anyone else's files is left to the harvest (the safe side).
     """
-    from bidsafe.pseudonymise.consent import REASON_WITHDRAWN
     from bidsafe.ingest import read_index
+    from bidsafe.pseudonymise.consent import REASON_WITHDRAWN
     from bidsafe.stages import read_included
 
     if not sessions_tsv or not index_tsv or not Path(str(sessions_tsv)).is_file():

@@ -9,6 +9,7 @@ from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area
+from bidsafe.pseudonymise.settings import STAGE_KEYS as PSEUDONYMISE_KEYS
 from bidsafe.recovery import scratch_dir
 from bidsafe.release.datalad_release import require_datalad_tools
 
