@@ -26,6 +26,8 @@ TOP_CODE_YEARS = 89.0  # BIDS and HIPAA: ages above 89 are reported as 89
 # Built-in sources (values from the DICOM header, plus postmenstrual age from the demographics file).
 SOURCES = ("sex", "age_at_scan", "postmenstrual_age", "weight", "height")
 DEMOGRAPHICS_PREFIX = "demographics:"
+# The demographics column `postmenstrual_age` reads gestational age at birth (weeks) from, unless the rule names one.
+GESTATIONAL_AGE_COLUMN = "gestational_age_weeks"
 
 # Column names a user may give without `source`: the source and defaults follow from the name.
 BUILTIN_COLUMNS: dict[str, dict[str, object]] = {
@@ -63,7 +65,7 @@ class ColumnRule:
     valid_range: tuple[float, float] | None = None
     description: str = ""
     units_label: str | None = None
-    gestational_age_column: str = "gestational_age_weeks"
+    gestational_age_column: str = GESTATIONAL_AGE_COLUMN
 
     @property
     def in_participants(self) -> bool:
@@ -191,7 +193,7 @@ def _age_rule(p: _Spec) -> ColumnRule:
     return ColumnRule(**_described(p, default), kind="numeric", unit=unit,
                       precision=p.precision or 1.0, floor=True, top_code=top_code,
                       valid_range=p.valid_range or (0.0, math.inf), units_label=str(p.units_label or AGE_UNITS[unit]),
-                      gestational_age_column=str(p.spec.get("gestational_age_column", "gestational_age_weeks")))
+                      gestational_age_column=str(p.spec.get("gestational_age_column", GESTATIONAL_AGE_COLUMN)))
 
 
 def _weight_rule(p: _Spec) -> ColumnRule:
