@@ -1,6 +1,6 @@
 """Withdrawal inside a site's own areas: what the next run removes of a participant who withdrew.
 
-Once the linkage table marks a subject withdrawn (bidsafe.pseudonym.update_linkage, from the consent
+Once the linkage table marks a subject withdrawn (bidsafe.pseudonymise.linkage.update_linkage, from the consent
 registry's `withdrawn` column), every pseudonymise run removes, before any later stage runs:
 
 - in work_dir: every file or folder whose name carries the label (`sub-S`, `sub-S_ses-T.log`, ...): every
@@ -161,8 +161,8 @@ def withdrawn_session_files(sessions_tsv: object, index_tsv: object, inbox: obje
     (the export's DICOMDIR, screenshots and notes carry the same identity but belong to no indexed session);
     a folder shared with anyone else's files is left to the harvest (the safe side).
     """
-    from bidsafe.consent import REASON_WITHDRAWN
     from bidsafe.ingest import read_index
+    from bidsafe.pseudonymise.consent import REASON_WITHDRAWN
     from bidsafe.stages import read_included
 
     if not sessions_tsv or not index_tsv or not Path(str(sessions_tsv)).is_file():

@@ -14,6 +14,7 @@ import yaml
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.config import check_config, config_docs, config_problems, load_schema, schema_defaults
 from bidsafe.errors import ConfigError
+from bidsafe.pseudonymise.settings import STAGE_KEYS
 from bidsafe.release.assemble import release_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,9 +143,12 @@ def test_every_key_the_workflow_and_stages_read_is_in_the_schema():
         read |= {(m,) for m in re.findall(r'config\.get\("(\w+)"', text)}
         for names in re.findall(r"for k in \(([^)]*)\)", text):
             read |= {(n,) for n in re.findall(r'"(\w+)"', names)}
-    pseudonym = (ROOT / "src" / "bidsafe" / "pseudonym.py").read_text(encoding="utf-8")
-    read |= {("release", m) for m in re.findall(r'release\.get\("(\w+)"', pseudonym)}
-    read |= {("pseudonyms", m) for m in re.findall(r'pseudonyms\.get\("(\w+)"', pseudonym)}
+    # the pseudonymise stage reads its keys once, in bidsafe.pseudonymise.settings (the rule passes STAGE_KEYS)
+    read |= {(k,) for k in STAGE_KEYS}
+    stage = (ROOT / "src" / "bidsafe" / "pseudonymise" / "settings.py").read_text(encoding="utf-8")
+    read |= {tuple(filter(None, m)) for m in re.findall(r'checked\["(\w+)"\](?:\["(\w+)"\])?', stage)}
+    read |= {("release", m) for m in re.findall(r'release\["(\w+)"\]', stage)}
+    read |= {("pseudonyms", m) for m in re.findall(r'pseudonyms\["(\w+)"\]', stage)}
     read |= {("release", key) for key in release_config({})}
     assert ("deface", "exempt") in read and ("release", "k_anonymity_bins") in read and ("consent",) in read
     for path in sorted(read):

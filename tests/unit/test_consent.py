@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bidsafe.consent import (
+from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.pseudonymise.consent import (
     AUDIENCES,
     LEVELS,
     REASON_INSUFFICIENT,
@@ -22,7 +23,6 @@ from bidsafe.consent import (
     load_registry,
     read_registry,
 )
-from bidsafe.errors import BidsafeError, ConfigError
 
 # What each consent level allows, written out by hand (open ⊇ public ⊇ members ⊇ named; none allows
 # nothing).

@@ -12,9 +12,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bidsafe.cli import main as bidsafe_main
-from bidsafe.consent import TEMPLATE_COLUMNS, decide, read_registry, write_consent_template
 from bidsafe.demo import DemoSession, generate
 from bidsafe.errors import BidsafeError, ConfigError
+from bidsafe.pseudonymise.consent import TEMPLATE_COLUMNS, decide, read_registry, write_consent_template
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 

@@ -15,22 +15,22 @@ import pytest
 from pydicom.dataset import Dataset
 
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.participants import (
+from bidsafe.pseudonymise.ages import age_between, parse_dicom_age
+from bidsafe.pseudonymise.columns import parse_columns
+from bidsafe.pseudonymise.kanonymity import enforce_k_anonymity
+from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, read_linkage
+from bidsafe.pseudonymise.metadata import (
     Demographics,
     HeaderFacts,
     MetadataTables,
     SessionMetadataInput,
-    age_between,
     build_tables,
-    enforce_k_anonymity,
     facts_from_dataset,
-    parse_columns,
-    parse_dicom_age,
     read_demographics,
     release_value,
-    render_metadata,
 )
-from bidsafe.pseudonym import LINKAGE_FILENAME, read_linkage, run_pseudonymise
+from bidsafe.pseudonymise.render import render_metadata
+from bidsafe.pseudonymise.stage import run_pseudonymise
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _pseudonym_data import FakeSession, config, write_index, write_registry  # noqa: E402
@@ -155,7 +155,7 @@ def _tables(people: list[tuple[str, float]], columns: dict | None = None) -> Met
 
 
 def _years(value: float):
-    from bidsafe.participants import Age
+    from bidsafe.pseudonymise.ages import Age
 
     return Age(days=value * 365.25, months=value * 12, years=value)
 

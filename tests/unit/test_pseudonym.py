@@ -16,22 +16,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bidsafe.consent import load_registry
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.pseudonym import (
+from bidsafe.pseudonymise.consent import load_registry
+from bidsafe.pseudonymise.linkage import (
     LINKAGE_FILENAME,
     LinkageRow,
     StudyIdentity,
-    _identifiers,
-    all_sessions,
     assign_labels,
     hmac_subject_label,
-    included_sessions,
     new_subject_label,
     read_linkage,
-    run_pseudonymise,
     shares_identifier,
 )
+from bidsafe.pseudonymise.sessionlists import all_sessions, included_sessions
+from bidsafe.pseudonymise.stage import run_pseudonymise
+from bidsafe.pseudonymise.studies import _identifiers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _pseudonym_data import (  # noqa: E402

@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bidsafe.pseudonym import (
-    LINKAGE_COLUMNS,
-    LINKAGE_FILENAME,
-    included_sessions,
-    read_linkage,
-    run_pseudonymise,
-)
+from bidsafe.pseudonymise.linkage import LINKAGE_COLUMNS, LINKAGE_FILENAME, read_linkage
+from bidsafe.pseudonymise.sessionlists import included_sessions
+from bidsafe.pseudonymise.stage import run_pseudonymise
 from bidsafe.withdrawal import label_pattern, named_paths, remove_withdrawn, withdrawn_session_files
 
 sys.path.insert(0, str(Path(__file__).parent))

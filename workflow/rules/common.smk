@@ -9,6 +9,7 @@ from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
 from bidsafe.ingest import resolve_inbox
 from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area
+from bidsafe.pseudonymise.settings import STAGE_KEYS as PSEUDONYMISE_KEYS
 from bidsafe.recovery import scratch_dir
 from bidsafe.release.datalad_release import require_datalad_tools
 
@@ -102,7 +103,7 @@ def inbox_fingerprint(wildcards):
 
 def optional_input(key):
     """A configured private input file (consent registry, demographics) or nothing."""
-    from bidsafe.consent import NONE_REQUIRED, require_input_file
+    from bidsafe.pseudonymise.consent import NONE_REQUIRED, require_input_file
 
     value = config.get(key)
     # `consent: none-required` is a documented setting, not a file name.
@@ -127,13 +128,13 @@ def _read_once(reader, path):
 
 
 def included_sessions():
-    from bidsafe.pseudonym import included_sessions as included
+    from bidsafe.pseudonymise.sessionlists import included_sessions as included
 
     return _read_once(included, checkpoints.pseudonymise.get().output.sessions)
 
 
 def _sessions_by_subject(path):
-    from bidsafe.pseudonym import all_sessions
+    from bidsafe.pseudonymise.sessionlists import all_sessions
 
     by_subject = {}
     for decision in all_sessions(path):

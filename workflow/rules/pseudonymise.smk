@@ -14,7 +14,8 @@ checkpoint pseudonymise:
         private_dir=PRIVATE,
         # a withdrawn participant's intermediates are removed from here (bidsafe.withdrawal)
         work_dir=WORK,
-        settings={k: config.get(k) for k in ("consent", "demographics", "pseudonyms", "release", "participants", "sessions", "qa_sessions")},
+        # the keys bidsafe.pseudonymise.settings reads (checked, defaults filled above)
+        settings={k: config.get(k) for k in PSEUDONYMISE_KEYS},
     log:
         LOGS / "pseudonymise" / "pseudonymise.log",
     resources:

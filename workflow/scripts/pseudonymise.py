@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from bidsafe.fsutil import atomic_dir
-from bidsafe.pseudonym import run_pseudonymise
+from bidsafe.pseudonymise.stage import run_pseudonymise
 from bidsafe.runlog import log_to
 
 with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
