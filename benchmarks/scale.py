@@ -142,7 +142,7 @@ def process(size: int, base: Path, cores: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 5000], help="archive sizes to plan")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[50, 500, 5000], help="archive sizes to plan")
     parser.add_argument("--process", type=int, nargs="*", default=[50], help="sizes to run the pipeline on")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="build the sites here and keep them")
