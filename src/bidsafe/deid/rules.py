@@ -12,11 +12,9 @@ row present, none weaker than the Basic Profile plus the options the file declar
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -258,7 +256,7 @@ def format_tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -632,7 +630,7 @@ def _parse_safe_private(value: Any, problems: list[str]) -> tuple[SafePrivate, .
 def load_rules(path: Path | None = None) -> RuleSet:
     """Load and validate a rule file (default: the shipped profile). Raises ConfigError naming the problem."""
     rules_path = Path(path) if path is not None else default_rules_path()
-    rules, problems = _parse(_read_yaml(rules_path), rules_path)
+    rules, problems = _parse(read_yaml(rules_path), rules_path)
     if problems or rules is None:
         shown = "; ".join(problems[:5])
         more = f"; and {len(problems) - 5} more (run `bidsafe check-rules`)" if len(problems) > 5 else ""
@@ -743,7 +741,7 @@ def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult
     """Check one rule file against Table E.1-1 (`table_path`, else $BIDSAFE_PS315_TABLE, else the shipped copy)."""
     rules_path = Path(rules_path)
     gaps: list[str] = []
-    raw = _read_yaml(rules_path)
+    raw = read_yaml(rules_path)
     rules, problems = _parse(raw, rules_path)
     gaps.extend(problems)
     table_file = find_table(table_path)
@@ -849,48 +847,3 @@ def _count(rule: TagRule, rules: RuleSet | None, applied: Counter[str], options:
         applied[rules.resolved.get(parse_tag(rule.tag), rule.action)] += 1
     for option in rule.options:
         options[option] += 1
-
-
-def rule_files(target: Path) -> list[Path]:
-    if target.is_dir():
-        files = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-        if not files:
-            raise ConfigError("no *.yaml rule files in this folder", target)
-        return files
-    if not target.is_file():
-        raise ConfigError("rule file not found", target)
-    return [target]
-
-
-def _check_vocabulary_file(path: Path) -> bool:
-    """A descriptor vocabulary in the rules folder: checked with its own rules (shape, reasons, no date/ID entry)."""
-    from bidsafe.deid.vocabulary import check_vocabulary
-
-    problems = check_vocabulary(path)
-    print(f"check-rules: {path} (descriptor vocabulary)")
-    if problems:
-        print(f"  FAILED: {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  problem: {problem}")
-        return False
-    print("  OK: every group has a reason; no token or pattern shaped like a date, a time or an identifier")
-    return True
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    from bidsafe.deid.vocabulary import is_vocabulary_file
-
-    target = Path(args.file) if getattr(args, "file", None) else default_rules_path()
-    table = Path(args.table) if getattr(args, "table", None) else None
-    status = 0
-    for path in rule_files(target):
-        if is_vocabulary_file(_read_yaml(path)):
-            if not _check_vocabulary_file(path):
-                status = 1
-            continue
-        result = check_rules(path, table)
-        print(result.render())
-        if not result.ok:
-            status = 1
-    sys.stdout.flush()
-    return status
