@@ -9,6 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pydicom
+from pydicom._dicom_dict import DicomDictionary
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -100,7 +101,7 @@ _DUMMY_BY_VR: dict[str, bytes] = {
 # (a vendor's private SOP class must keep naming that class).
 _CLASS_UID_TAGS = frozenset(
     tag
-    for tag, entry in pydicom.datadict.DicomDictionary.items()
+    for tag, entry in DicomDictionary.items()
     if entry[0] == "UI" and entry[4].endswith(("ClassUID", "TransferSyntaxUID", "ClassUIDInFile"))
 )
 
@@ -245,7 +246,7 @@ class Deidentifier:
         return action
 
     def _standard_vr(self, tag: int, elem: Any) -> str:
-        vr = elem.VR
+        vr: str = elem.VR
         if vr and vr != "UN" and len(vr) == 2:
             return vr
         known = self._std_vr.get(tag)
@@ -268,7 +269,7 @@ class Deidentifier:
         return offsets
 
     def _private_element_vr(self, tag: int, elem: Any, creator: str) -> str:
-        vr = elem.VR
+        vr: str = elem.VR
         if vr and vr != "UN" and len(vr) == 2:
             return vr
         cache_key = (creator, tag & 0xFFFF00FF)
@@ -320,7 +321,6 @@ class Deidentifier:
     def _clean_dataset(self, ds: Dataset, shift_days: int | None, enc: Encoding, pending: dict[int, Pending]) -> None:
         elements = ds._dict  # raw elements stay undecoded unless an action needs their value
         private_tags: list[Any] = []
-        charset: Any = None
         # `key` is pydicom's BaseTag (dict operations on `elements` by identity); `tag` the plain int for our
         # own tables (a BaseTag lookup would run its Python-level __eq__).
         untouched = self._untouched
@@ -340,64 +340,71 @@ class Deidentifier:
             if action == "X":
                 del elements[key]
                 continue
-            elem = elements[key]
-            vr = self._standard_vr(tag, elem)
-            if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
-                if action == "Z":
-                    elements[key] = DataElement(tag, "SQ", DicomSequence())
-                    continue
-                for item in ds[key].value or ():
-                    self._clean_dataset(item, shift_days, enc, pending)
-                continue
-            if action == "K" and vr not in _KEEP_NEEDS_LOOK:
-                if self.vocabulary is not None and vr in _VOCABULARY_VRS and tag not in _VOCABULARY_EXEMPT:
-                    if not (elem.is_raw and elem.value in self._keep_clean):  # seen clean in an earlier file
-                        self._vocabulary_keep(ds, key, elem, tag, vr)
-                else:
-                    untouched[tag] = elem.VR
-                continue
-            if action == "Z":
-                elements[key] = raw_element(tag, vr, b"", enc.implicit, enc.little)
-            elif action == "D" or (action == "C" and vr == "PN"):
-                elements[key] = self._dummy(tag, vr, elem, shift_days, enc)
-            elif vr == "UI":
-                if action in ("U", "U*") or tag not in _CLASS_UID_TAGS:
-                    text = element_text(elem)
-                    # a class tag under U keeps whatever the DICOM root names (registered classes and
-                    # syntaxes, newer ones too); an instance UID under the root is remapped like any other
-                    new = self.uids.remap_multi(text, names_class=tag in _CLASS_UID_TAGS)
-                    if new != text:
-                        elements[key] = raw_element(tag, vr, ascii_value(new, vr), enc.implicit, enc.little)
-            elif action in ("U", "U*"):
-                elements[key] = self._dummy(tag, vr, elem, shift_days, enc)  # U on a non-UID: replace
-            elif vr in ("DA", "DT"):
-                text = element_text(elem)
-                if text:
-                    shifted = self._shifted(text, vr, shift_days)
-                    data = ascii_value(shifted, vr) if shifted else b""
-                    elements[key] = raw_element(tag, vr, data, enc.implicit, enc.little)
-            elif action == "C" and vr in _TEXT_VRS:
-                if elem.is_raw:
-                    # Decoded for cleaning but left raw in the dataset: unchanged text is written as it came.
-                    if charset is None:
-                        charset = ds._character_set
-                    decoded = convert_raw_data_element(elem, encoding=charset, ds=ds)
-                else:
-                    decoded = elem
-                if decoded.value not in (None, ""):
-                    value = plain_value(decoded.value)
-                    if self.vocabulary is not None:
-                        # Vocabulary first (needs nothing from other files); the harvested values of the
-                        # whole study are removed in pass B from what is left.
-                        cleaned = self._vocabulary_text(value)
-                        if cleaned != value:
-                            elem = elements[key] = DataElement(tag, vr, cleaned)
-                            value = cleaned
-                    pending[id(elem)] = Pending(TEXT, tag, vr, value=value)
-            elif action == "C":
-                self._clean_descriptor(ds, key, tag, vr, enc, pending)
+            self._clean_standard(ds, key, tag, action, shift_days, enc, pending)
         if private_tags:
             self._clean_private(ds, private_tags, shift_days, enc, pending)
+
+    def _clean_standard(
+        self, ds: Dataset, key: Any, tag: int, action: str, shift_days: int | None, enc: Encoding,
+        pending: dict[int, Pending],
+    ) -> None:
+        """Apply `action` (not X) to the standard element `key` of `ds`."""
+        elements: Any = ds._dict
+        elem = elements[key]
+        vr = self._standard_vr(tag, elem)
+        if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
+            if action == "Z":
+                elements[key] = DataElement(tag, "SQ", DicomSequence())
+                return
+            for item in ds[key].value or ():
+                self._clean_dataset(item, shift_days, enc, pending)
+            return
+        if action == "K" and vr not in _KEEP_NEEDS_LOOK:
+            if self.vocabulary is not None and vr in _VOCABULARY_VRS and tag not in _VOCABULARY_EXEMPT:
+                if not (elem.is_raw and elem.value in self._keep_clean):  # seen clean in an earlier file
+                    self._vocabulary_keep(ds, key, elem, tag, vr)
+            else:
+                self._untouched[tag] = elem.VR
+            return
+        if action == "Z":
+            elements[key] = raw_element(tag, vr, b"", enc.implicit, enc.little)
+        elif action == "D" or (action == "C" and vr == "PN"):
+            elements[key] = self._dummy(tag, vr, elem, shift_days, enc)
+        elif vr == "UI":
+            if action in ("U", "U*") or tag not in _CLASS_UID_TAGS:
+                text = element_text(elem)
+                # a class tag under U keeps whatever the DICOM root names (registered classes and
+                # syntaxes, newer ones too); an instance UID under the root is remapped like any other
+                new = self.uids.remap_multi(text, names_class=tag in _CLASS_UID_TAGS)
+                if new != text:
+                    elements[key] = raw_element(tag, vr, ascii_value(new, vr), enc.implicit, enc.little)
+        elif action in ("U", "U*"):
+            elements[key] = self._dummy(tag, vr, elem, shift_days, enc)  # U on a non-UID: replace
+        elif vr in ("DA", "DT"):
+            text = element_text(elem)
+            if text:
+                shifted = self._shifted(text, vr, shift_days)
+                data = ascii_value(shifted, vr) if shifted else b""
+                elements[key] = raw_element(tag, vr, data, enc.implicit, enc.little)
+        elif action == "C" and vr in _TEXT_VRS:
+            self._pend_text(ds, key, elem, tag, vr, pending)
+        elif action == "C":
+            self._clean_descriptor(ds, key, tag, vr, enc, pending)
+
+    def _pend_text(self, ds: Dataset, key: Any, elem: Any, tag: int, vr: str, pending: dict[int, Pending]) -> None:
+        """Free text (action C): vocabulary now, the study's harvested values in pass B (noted in `pending`)."""
+        # Decoded for cleaning but left raw in the dataset: unchanged text is written as it came.
+        decoded = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds) if elem.is_raw else elem
+        if decoded.value not in (None, ""):
+            value = plain_value(decoded.value)
+            if self.vocabulary is not None:
+                # Vocabulary first (needs nothing from other files); the harvested values of the
+                # whole study are removed in pass B from what is left.
+                cleaned = self._vocabulary_text(value)
+                if cleaned != value:
+                    elem = ds._dict[key] = DataElement(tag, vr, cleaned)
+                    value = cleaned
+            pending[id(elem)] = Pending(TEXT, tag, vr, value=value)
 
     def _clean_descriptor(
         self, ds: Dataset, key: Any, tag: int, vr: str, enc: Encoding, pending: dict[int, Pending]
@@ -420,7 +427,7 @@ class Deidentifier:
                 return
             vr = standard
             if vr in _TEXT_VRS:
-                raw = elem if elem.is_raw else None
+                raw: Any = elem if elem.is_raw else None
                 if raw is None:
                     value: Any = elem.value
                 else:
@@ -446,7 +453,7 @@ class Deidentifier:
         enc: Encoding,
         pending: dict[int, Pending],
     ) -> None:
-        elements = ds._dict
+        elements: Any = ds._dict
         creators: dict[int, str] = {}  # creator tag -> creator text
         for key in private_tags:
             if 0x10 <= key & 0xFFFF <= 0xFF:
@@ -466,43 +473,50 @@ class Deidentifier:
             if element & 0xFF not in kept:
                 del elements[key]
                 continue
-            creator = creators[creator_tag]
             kept_creators.add(creator_tag)
-            elem = elements[key]
-            vr = self._private_element_vr(tag, elem, creator)
-            if vr == "UN" and holds_items(elem.value):
-                # A private sequence whose VR the writer did not know (a PACS re-encodes Siemens XA's
-                # SDS/SDI sequences as UN): read it as the sequence it is, so its items are filtered by the
-                # same rules instead of being kept whole (weights, dates, UUIDs inside).
-                sequence = un_as_sequence(elem) if enc.little else None
-                if sequence is None:
-                    # items that cannot be read cannot be checked; in a big endian file the items' raw
-                    # little endian values could not be written back as they are read
-                    del elements[key]
-                    continue
-                elements[key] = sequence
-                elem, vr = sequence, "SQ"
-            if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
-                for item in ds[key].value or ():
-                    self._clean_dataset(item, shift_days, enc, pending)
-            elif vr in ("DA", "DT"):
-                text = element_text(elem)
-                shifted = self._shifted(text, vr, shift_days) if text else ""
-                data = ascii_value(shifted, vr) if shifted else b""
-                elements[key] = raw_element(tag, vr, data, enc.implicit, enc.little)
-            elif vr == "UI":
-                text = element_text(elem)
-                new = self.uids.remap_multi(text)
-                if new != text:
-                    elements[key] = raw_element(tag, vr, ascii_value(new, vr), enc.implicit, enc.little)
-            elif vr not in _BINARY_NUMBER_VRS:
-                if self.vocabulary is not None:
-                    elem = self._vocabulary_private(elements, key, elem, vr)
-                # Cleaned as the bytes written (same length), whatever the element's decoded form.
-                pending[id(elem)] = Pending(PRIVATE, tag, vr)
+            self._clean_kept_private(ds, key, tag, creators[creator_tag], shift_days, enc, pending)
         for key in private_tags:
             if key & 0xFFFF < 0x1000 and int(key) not in kept_creators:
                 del elements[key]
+
+    def _clean_kept_private(
+        self, ds: Dataset, key: Any, tag: int, creator: str, shift_days: int | None, enc: Encoding,
+        pending: dict[int, Pending],
+    ) -> None:
+        """Clean one kept private element: sequences item by item, dates shifted, UIDs remapped, text noted."""
+        elements: Any = ds._dict
+        elem = elements[key]
+        vr = self._private_element_vr(tag, elem, creator)
+        if vr == "UN" and holds_items(elem.value):
+            # A private sequence whose VR the writer did not know (a PACS re-encodes Siemens XA's
+            # SDS/SDI sequences as UN): read it as the sequence it is, so its items are filtered by the
+            # same rules instead of being kept whole (weights, dates, UUIDs inside).
+            sequence = un_as_sequence(elem) if enc.little else None
+            if sequence is None:
+                # items that cannot be read cannot be checked; in a big endian file the items' raw
+                # little endian values could not be written back as they are read
+                del elements[key]
+                return
+            elements[key] = sequence
+            elem, vr = sequence, "SQ"
+        if vr == "SQ" or (not elem.is_raw and elem.VR == "SQ"):
+            for item in ds[key].value or ():
+                self._clean_dataset(item, shift_days, enc, pending)
+        elif vr in ("DA", "DT"):
+            text = element_text(elem)
+            shifted = self._shifted(text, vr, shift_days) if text else ""
+            data = ascii_value(shifted, vr) if shifted else b""
+            elements[key] = raw_element(tag, vr, data, enc.implicit, enc.little)
+        elif vr == "UI":
+            text = element_text(elem)
+            new = self.uids.remap_multi(text)
+            if new != text:
+                elements[key] = raw_element(tag, vr, ascii_value(new, vr), enc.implicit, enc.little)
+        elif vr not in _BINARY_NUMBER_VRS:
+            if self.vocabulary is not None:
+                elem = self._vocabulary_private(elements, key, elem, vr)
+            # Cleaned as the bytes written (same length), whatever the element's decoded form.
+            pending[id(elem)] = Pending(PRIVATE, tag, vr)
 
     def _add_deidentification_attributes(self, ds: Dataset, enc: Encoding) -> None:
         added = self._added.get(enc)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -63,7 +64,7 @@ def burned_in_findings(ds: Dataset) -> list[tuple[str, str]]:
     another class withholds. Pixel classes (colour, no_geometry) apply to images only (Rows or pixel data
     present): spectroscopy and vendor non-image objects have no pixels to carry text.
     """
-    elements = ds._dict
+    elements: Any = ds._dict
 
     def text(tag: int) -> str:
         elem = elements.get(tag)
@@ -113,7 +114,7 @@ def has_patient_geometry(ds: Dataset) -> bool:
     """Position and orientation in the patient, at the top level or in the functional groups (enhanced MR:
     orientation usually shared, position per frame). The first per-frame item is enough: a frame that has them
     places the image in the patient."""
-    elements = ds._dict
+    elements: Any = ds._dict
     position = TAG_IMAGE_POSITION in elements
     orientation = TAG_IMAGE_ORIENTATION in elements
     if position and orientation:

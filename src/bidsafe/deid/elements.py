@@ -48,7 +48,8 @@ def element_text(elem: Any) -> str:
 
 
 def text_of(ds: Dataset, tag: int) -> str:
-    elem = ds._dict.get(tag)
+    elements: Any = ds._dict  # keyed by BaseTag, an int: a plain int finds the element
+    elem = elements.get(tag)
     return element_text(elem) if elem is not None else ""
 
 

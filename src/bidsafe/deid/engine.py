@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -404,29 +404,58 @@ def deidentify_tree(
     vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     paths = _list_files(src) if files is None else [Path(p) if Path(p).is_absolute() else src / p for p in files]
     entries = [FileEntry(input=str(p), status=FAILED, reason="not processed") for p in paths]
-    meter = Progress("bidsafe deid: de-identifying", len(paths), enabled=progress)
-    studies: dict[str, set[PersonalValue]] = {}
-    replaced: dict[str, dict[str, int]] = {}  # de-identified study UID -> vocabulary token -> count
-    patients: dict[str, set[str]] = {}
+    harvest = _Harvest()
     with _staging_dir(dst, scratch) as staging, _fewer_collections():
         temp_root = staging / ".bidsafe-staging"
         # Pass A: read each file once; harvest; de-identify; stage.
+        stage_args = (rules, key, subject_key, temp_root, vocabulary)
+        results = _pass_a(paths, jobs, stage_args, progress)
+        staged = harvest.sort(results, paths, entries)
+        # Pass B: clean free text and kept private text with every value of the patient (all their studies).
+        _pass_b(staged, harvest.pool_contexts(staged, pooled), paths, entries, jobs, (staging, vocabulary), progress)
+        shutil.rmtree(temp_root, ignore_errors=True)
+    all_values = PersonalValues(v for values in harvest.studies.values() for v in values)
+    result_report = DeidReport(
+        entries, all_values, rules_profile=getattr(rules, "profile", ""), replaced_tokens=harvest.replaced
+    )
+    if report is not None:
+        write_report(result_report, report)
+    return result_report
+
+
+def _pass_a(paths: Sequence[Path], jobs: int, stage_args: tuple[Any, ...], progress: bool) -> list[_Staged]:
+    """Stage every file (one date shift per study), in input order."""
+    tasks = [(i, str(p)) for i, p in enumerate(paths)]
+    meter = Progress("bidsafe deid: de-identifying", len(paths), enabled=progress)
+    results: list[_Staged] = []
+    for done, result in enumerate(_run_tasks(_stage_task, tasks, jobs, _init_stage, stage_args), 1):
+        meter.update(done)
+        results.append(result)
+    results = _one_shift_per_study(results, paths, jobs, stage_args)
+    meter.done()
+    return results
+
+
+@dataclass
+class _Harvest:
+    """What pass A found across files: personal values and patient keys by study, vocabulary replacements."""
+
+    studies: dict[str, set[PersonalValue]] = field(default_factory=dict)
+    replaced: dict[str, dict[str, int]] = field(default_factory=dict)  # deid study UID -> token -> count
+    patients: dict[str, set[str]] = field(default_factory=dict)
+
+    def sort(self, results: list[_Staged], paths: Sequence[Path], entries: list[FileEntry]) -> list[_Staged]:
+        """Note each result's harvest; enter the files pass A ended (and duplicates) in `entries`; return
+        the staged files pass B finishes."""
         staged: list[_Staged] = []
         claimed: set[str] = set()
-        tasks = [(i, str(p)) for i, p in enumerate(paths)]
-        stage_args = (rules, key, subject_key, temp_root, vocabulary)
-        results: list[_Staged] = []
-        for done, result in enumerate(_run_tasks(_stage_task, tasks, jobs, _init_stage, stage_args), 1):
-            meter.update(done)
-            results.append(result)
-        results = _one_shift_per_study(results, paths, jobs, stage_args)
         for result in results:
             if result.values:
-                studies.setdefault(result.study, set()).update(result.values)
+                self.studies.setdefault(result.study, set()).update(result.values)
             if result.replaced:
-                merge_counts(replaced.setdefault(result.deid_study, {}), result.replaced)
+                merge_counts(self.replaced.setdefault(result.deid_study, {}), result.replaced)
             if result.patient:
-                patients.setdefault(result.study, set()).add(result.patient)
+                self.patients.setdefault(result.study, set()).add(result.patient)
             path = str(paths[result.index])
             if result.status != PROCESSED:
                 entries[result.index] = FileEntry(path, result.status, reason=result.reason, series=result.series)
@@ -443,35 +472,44 @@ def deidentify_tree(
                 continue
             claimed.add(result.output or "")
             staged.append(result)
-        # Pass B: clean free text and kept private text with every value of the patient (all their studies).
-        pool_of = patient_pools(set(studies) | {s.study for s in staged}, patients)
+        return staged
+
+    def pool_contexts(
+        self, staged: list[_Staged], pooled: Iterable[PersonalValue]
+    ) -> tuple[dict[str, str], dict[str, tuple[PersonalValue, ...]]]:
+        """(study -> pool, pool -> its sorted values): `pooled` (values from elsewhere) joins every pool."""
+        pool_of = patient_pools(set(self.studies) | {s.study for s in staged}, self.patients)
         elsewhere = frozenset(pooled)
         pools: dict[str, set[PersonalValue]] = {}
-        for study, values in studies.items():
+        for study, values in self.studies.items():
             pools.setdefault(pool_of[study], set(elsewhere)).update(values)
         for study in {s.study for s in staged}:
             pools.setdefault(pool_of[study], set(elsewhere))
-        contexts = {pool: tuple(sorted(values)) for pool, values in pools.items()}
-        finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
-        outputs = {s.index: s.output for s in staged}
-        series_of = {s.index: s.series for s in staged}
-        meter.done()
-        meter = Progress("bidsafe deid: cleaning text", len(finish), enabled=progress)
-        for done, (index, status, reason) in enumerate(
-            _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, staging, vocabulary)), 1
-        ):
-            meter.update(done)
-            output = outputs[index] if status == PROCESSED else None
-            entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason, series=series_of[index])
-        shutil.rmtree(temp_root, ignore_errors=True)
+        return pool_of, {pool: tuple(sorted(values)) for pool, values in pools.items()}
+
+
+def _pass_b(
+    staged: list[_Staged],
+    pooling: tuple[dict[str, str], dict[str, tuple[PersonalValue, ...]]],
+    paths: Sequence[Path],
+    entries: list[FileEntry],
+    jobs: int,
+    finish_args: tuple[Path, Vocabulary],
+    progress: bool,
+) -> None:
+    """Clean and move every staged file to its final name; enter each file's fate in `entries`."""
+    pool_of, contexts = pooling
+    finish = [(s.index, s.temp, s.output, pool_of[s.study], s.stub) for s in staged]
+    outputs = {s.index: s.output for s in staged}
+    series_of = {s.index: s.series for s in staged}
+    meter = Progress("bidsafe deid: cleaning text", len(finish), enabled=progress)
+    for done, (index, status, reason) in enumerate(
+        _run_tasks(_finish_task, finish, jobs, _init_finish, (contexts, *finish_args)), 1
+    ):
+        meter.update(done)
+        output = outputs[index] if status == PROCESSED else None
+        entries[index] = FileEntry(str(paths[index]), status, output=output, reason=reason, series=series_of[index])
     meter.done()
-    all_values = PersonalValues(v for values in studies.values() for v in values)
-    result_report = DeidReport(
-        entries, all_values, rules_profile=getattr(rules, "profile", ""), replaced_tokens=replaced
-    )
-    if report is not None:
-        write_report(result_report, report)
-    return result_report
 
 
 # Python's cyclic collector runs after every 700 new container objects by default; reading a header makes tens

@@ -52,7 +52,7 @@ def check_charset(ds: Dataset) -> None:
 def check_complete(ds: Dataset) -> None:
     """pydicom stops quietly at the end of a file, even inside a value or just before the pixels: refuse a
     file that was cut short."""
-    elements = ds._dict
+    elements: Any = ds._dict
     if not elements:
         raise NotDicom("unreadable DICOM: no data set after the file meta (cut short?)")
     for elem in elements.values():
@@ -108,8 +108,9 @@ def read_dicom(path: str | Path, *, header_only: bool = False) -> Dataset:
         if isinstance(source, io.BytesIO):
             source.seek(0)
         ds = pydicom.dcmread(source, stop_before_pixels=header_only, force=True)
-        sop_class = element_text(ds._dict[TAG_SOP_CLASS]) if TAG_SOP_CLASS in ds._dict else ""
-        sop_instance = element_text(ds._dict[TAG_SOP_INSTANCE]) if TAG_SOP_INSTANCE in ds._dict else ""
+        elements: Any = ds._dict
+        sop_class = element_text(elements[TAG_SOP_CLASS]) if TAG_SOP_CLASS in elements else ""
+        sop_instance = element_text(elements[TAG_SOP_INSTANCE]) if TAG_SOP_INSTANCE in elements else ""
     except Exception as exc:  # noqa: BLE001 - anything that does not parse is not DICOM
         raise NotDicom("not a DICOM file") from exc
     if not (_UID_SHAPE.fullmatch(sop_class) and _UID_SHAPE.fullmatch(sop_instance)):

@@ -135,7 +135,7 @@ class DatasetWriter:
         return buffer.getvalue()
 
     def dataset(self, ds: Dataset, encodings: Any) -> None:
-        elements = ds._dict
+        elements: Any = ds._dict
         if TAG_CHARSET in elements:
             encodings = ds._character_set
         append = self.chunks.append
