@@ -38,7 +38,7 @@ from bidsafe.deid.writer import DatasetWriter, fallback_vr
 from bidsafe.testhooks import text_cleaning_disabled
 
 if TYPE_CHECKING:
-    from bidsafe.deid.rules import RuleSet
+    from bidsafe.deid.ruleset import RuleSet
 
 
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})

@@ -75,7 +75,7 @@ from bidsafe.phi import (
 from bidsafe.progress import Progress
 
 if TYPE_CHECKING:
-    from bidsafe.deid.rules import RuleSet
+    from bidsafe.deid.ruleset import RuleSet
 
 
 # --- one dataset, in memory -------------------------------------------------------------------------------

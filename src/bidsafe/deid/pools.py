@@ -13,7 +13,7 @@ from bidsafe.phi import (
 )
 
 if TYPE_CHECKING:
-    from bidsafe.deid.rules import RuleSet
+    from bidsafe.deid.ruleset import RuleSet
 
 
 def shift_subject_key(patient_id: str) -> str:
