@@ -62,7 +62,7 @@ PATTERNS: tuple[str, ...] = (CURVE_PATTERN, OVERLAY_DATA_PATTERN, OVERLAY_COMMEN
 METHOD_MAX_CHARS = 64  # DeidentificationMethod is LO
 
 # Images withheld by default because their pixels may carry burned-in text or a face (judged by
-# bidsafe.deid.engine.burned_in_findings). A rule file may allow a class, with its reason: `burned_in: {allow:
+# bidsafe.deid.burnedin.burned_in_findings). A rule file may allow a class, with its reason: `burned_in: {allow:
 # {class: reason}}`. A DICOMDIR is always withheld and is no class.
 BURNED_IN_CLASSES: Mapping[str, str] = {
     "burned_in_annotation": "BurnedInAnnotation (0028,0301) is YES",
