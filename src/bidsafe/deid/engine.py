@@ -15,6 +15,11 @@ headers stay valid) and move the file to its final name. The output folder appea
 Speed comes from never decoding what is kept or removed unchanged: pydicom reads elements as raw bytes,
 only the elements an action changes are decoded, and the output is encoded straight from the raw bytes.
 Nothing identifying is printed or logged; the report (which names input paths) is private.
+
+This module runs the two passes over a tree and is the package's public face (`__all__`). The parts: `reader`
+(read a file once, fail or skip it), `actions` (the per-dataset de-identifier), `burnedin` (which images are
+withheld), `writer` (the byte encoder and output names), `elements` (raw element primitives they share),
+`pools` (who shares personal values and a date shift), `report` (each file's fate), `cli` (`bidsafe deid`).
 """
 
 from __future__ import annotations
