@@ -47,43 +47,53 @@ def rules_schema() -> dict[str, Any]:
     return loaded
 
 
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    """`node` with each local `$ref` replaced by the schema it names, the referring node's own keys winning (its
+    `x-problem` over the one of what it refers to). jsonschema resolves a `$ref` slowly, once per value: the
+    621 rows of a rule file took longer to check than to read."""
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    own = {key: _inline(value, defs) for key, value in node.items() if key not in ("$ref", "$defs")}
+    if "$ref" not in node:
+        return own
+    referred = _inline(defs[str(node["$ref"]).removeprefix("#/$defs/")], defs)
+    return {**referred, **own}
+
+
+@cache
+def _inlined_schema() -> dict[str, Any]:
+    schema = rules_schema()
+    inlined: dict[str, Any] = _inline(schema, schema["$defs"])
+    return inlined
+
+
+@cache
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_inlined_schema())
+
+
 # --- the schema's failures as one line each ----------------------------------------------------------------
 
 
-def _referred(node: dict[str, Any]) -> Any:
-    """The schema a local `$ref` ("#/$defs/name") names."""
-    target: Any = rules_schema()
-    for part in str(node["$ref"]).removeprefix("#/").split("/"):
-        target = target[part]
-    return target
-
-
 def _template(schema_path: list[str | int], missing: str | None) -> str:
-    """The `x-problem` of the deepest schema node on the path (a node's own overrides the one of what it refers
-    to: jsonschema's path steps through a `$ref` silently); for a missing property, that property's."""
-    node: Any = rules_schema()
+    """The `x-problem` of the deepest schema node on the path; for a missing property, that property's."""
+    node: Any = _inlined_schema()
     found = str(node["x-problem"])
-    frozen = False
     holders = [node]  # the nodes passed, deepest last: where a missing property's schema is looked up
     for step in schema_path:
-        if isinstance(node, dict) and step not in node and "$ref" in node:
-            frozen = frozen or "x-problem" in node
-            node = _referred(node)
-            if "x-problem" in node and not frozen:
-                found = str(node["x-problem"])
         container: Any = node  # a mapping keyed by name or a list by position, as the schema path says
         node = container[step] if isinstance(node, (dict, list)) else None
         if isinstance(node, dict):
-            if "x-problem" in node and not frozen:
-                found = str(node["x-problem"])
-            holders.append(_referred(node) if "$ref" in node and "properties" not in node else node)
+            found = str(node.get("x-problem", found))
+            holders.append(node)
     if missing is None:
         return found
-    holder = next(h for h in reversed(holders) if isinstance(h, dict) and missing in h.get("properties", {}))
-    prop = holder["properties"][missing]
-    while "x-problem" not in prop and "$ref" in prop:
-        prop = _referred(prop)
-    return str(prop.get("x-problem", f"missing {missing}"))
+    holder = next(h for h in reversed(holders) if missing in h.get("properties", {}))
+    return str(holder["properties"][missing].get("x-problem", f"missing {missing}"))
 
 
 def _row_label(section: str, row: Any, index: int) -> str:
@@ -137,10 +147,8 @@ def _where(raw: Any, path: list[str | int]) -> str:
 
 def schema_problems(raw: Any) -> tuple[list[str], set[tuple[str, str | int]]]:
     """(one line per schema failure, the (section, entry) pairs that failed: left out of the rule set)."""
-    from jsonschema import Draft202012Validator
-
     errors = sorted(
-        Draft202012Validator(rules_schema()).iter_errors(raw),
+        _validator().iter_errors(raw),
         key=lambda e: [f"{p:08d}" if isinstance(p, int) else str(p) for p in e.absolute_path],
     )
     problems: list[str] = []

@@ -17,6 +17,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,17 @@ def default_rules_path() -> Path:
 
 
 def read_yaml(path: Path) -> Any:
+    return _yaml(path, _read_text(path))
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read rule file ({exc.strerror})", path) from exc
+
+
+def _yaml(path: Path, text: str) -> Any:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
@@ -87,10 +95,22 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from exc
 
 
+def _parsed(path: Path) -> tuple[RuleSet | None, tuple[str, ...]]:
+    """The rule set in `path` and its problems. `bidsafe deid` and the deid stage check a file, then load it:
+    the same text is read (and schema-checked) once per process."""
+    return _parsed_text(path, _read_text(path))
+
+
+@lru_cache(maxsize=4)
+def _parsed_text(path: Path, text: str) -> tuple[RuleSet | None, tuple[str, ...]]:
+    rules, problems = parse_rules(_yaml(path, text), path)
+    return rules, tuple(problems)
+
+
 def load_rules(path: Path | None = None) -> RuleSet:
     """Load and validate a rule file (default: the shipped profile). Raises ConfigError naming the problem."""
     rules_path = Path(path) if path is not None else default_rules_path()
-    rules, problems = parse_rules(read_yaml(rules_path), rules_path)
+    rules, problems = _parsed(rules_path)
     if problems or rules is None:
         shown = "; ".join(problems[:5])
         more = f"; and {len(problems) - 5} more (run `bidsafe check-rules`)" if len(problems) > 5 else ""
@@ -238,8 +258,7 @@ def check_rules(rules_path: Path, table_path: Path | None = None) -> CheckResult
     """Check one rule file against Table E.1-1 (`table_path`, else $BIDSAFE_PS315_TABLE, else the shipped copy)."""
     rules_path = Path(rules_path)
     gaps: list[str] = []
-    raw = read_yaml(rules_path)
-    rules, problems = parse_rules(raw, rules_path)
+    rules, problems = _parsed(rules_path)
     gaps.extend(problems)
     table_file = find_table(table_path)
     if not table_file.is_file():
