@@ -215,7 +215,7 @@ def _deid(sub: argparse._SubParsersAction) -> None:
         help="apply a rule set that `bidsafe check-rules` rejects (refused otherwise, exit 2); the output is "
         "then stamped PatientIdentityRemoved NO and is not shareable",
     )
-    p.set_defaults(handler="bidsafe.deid.engine:cli_main")
+    p.set_defaults(handler="bidsafe.deid.cli:cli_deid")
 
 
 def _check_rules(sub: argparse._SubParsersAction) -> None:
@@ -238,7 +238,7 @@ def _check_rules(sub: argparse._SubParsersAction) -> None:
         help="Table E.1-1 JSON (default: $BIDSAFE_PS315_TABLE, else the copy shipped in the package, "
         "bidsafe/data/ps315/table_e1_1.json, DICOM edition 2024b)",
     )
-    p.set_defaults(handler="bidsafe.deid.rules:cli_main")
+    p.set_defaults(handler="bidsafe.deid.cli:cli_check_rules")
 
 
 def _deface(sub: argparse._SubParsersAction) -> None:
