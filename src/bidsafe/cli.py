@@ -323,7 +323,7 @@ def _leak_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--findings", metavar="FILE.json",
                    help="PRIVATE: write each finding's values, their sessions (with a --values harvest saved by "
                    "the pipeline) and the allowing entry here (0600); keep it in the private area")
-    p.set_defaults(handler="bidsafe.release.leakscan:cli_main")
+    p.set_defaults(handler="bidsafe.release.leakcli:cli_main")
 
 
 def _verify(sub: argparse._SubParsersAction) -> None:
