@@ -488,7 +488,7 @@ def _receive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", action="store_true", help="print each study's state and counts, then exit")
     p.add_argument("--release-held", metavar="STUDY_KEY",
                    help="let a held study be handed over (by the running receiver), then exit")
-    p.set_defaults(handler="bidsafe.receiver:cli_main")
+    p.set_defaults(handler="bidsafe.receiver.cli:cli_main")
 
 
 COMMANDS: tuple[Register, ...] = (
