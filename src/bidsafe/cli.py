@@ -118,7 +118,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
         help="previous index (private): unchanged files (same path, size, mtime) are not re-read; "
         "refreshed with the new index afterwards",
     )
-    p.set_defaults(handler="bidsafe.ingest:cli_main")
+    p.set_defaults(handler="bidsafe.ingest.cli:cli_main")
 
 
 def _check_config(sub: argparse._SubParsersAction) -> None:
