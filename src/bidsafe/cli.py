@@ -118,7 +118,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
         help="previous index (private): unchanged files (same path, size, mtime) are not re-read; "
         "refreshed with the new index afterwards",
     )
-    p.set_defaults(handler="bidsafe.ingest:cli_main")
+    p.set_defaults(handler="bidsafe.ingest.cli:cli_main")
 
 
 def _check_config(sub: argparse._SubParsersAction) -> None:
@@ -323,7 +323,7 @@ def _leak_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--findings", metavar="FILE.json",
                    help="PRIVATE: write each finding's values, their sessions (with a --values harvest saved by "
                    "the pipeline) and the allowing entry here (0600); keep it in the private area")
-    p.set_defaults(handler="bidsafe.release.leakscan:cli_main")
+    p.set_defaults(handler="bidsafe.release.leakcli:cli_main")
 
 
 def _verify(sub: argparse._SubParsersAction) -> None:
@@ -488,7 +488,7 @@ def _receive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", action="store_true", help="print each study's state and counts, then exit")
     p.add_argument("--release-held", metavar="STUDY_KEY",
                    help="let a held study be handed over (by the running receiver), then exit")
-    p.set_defaults(handler="bidsafe.receiver:cli_main")
+    p.set_defaults(handler="bidsafe.receiver.cli:cli_main")
 
 
 COMMANDS: tuple[Register, ...] = (

@@ -28,7 +28,7 @@ WITHHOLD = "withhold"
 EXCLUDE = "exclude"
 QA_FIELDS = ("PatientName", "PatientID")
 # Sentence openings of the reasons written here; the report tells "excluded" from "withheld" by them and the
-# leak gate finds QA sessions by the first (bidsafe.release.report.EXCLUDED_PREFIXES).
+# leak gate finds QA sessions by the first (bidsafe.release.reportfacts.EXCLUDED_PREFIXES).
 QA_PREFIX = "QA session"
 EXCLUDED_PREFIX = "excluded by the site configuration"
 WITHHELD_PREFIX = "withheld by the site configuration"

@@ -490,7 +490,7 @@ def _leak_gate(inputs: Mapping[str, object]):
     """The leak gate on a harvest made independently from the raw inbox (not from deid's own harvest), per
     session so that each value names its sessions; the harvest and the findings (values) stay private."""
     from bidsafe.release import gates
-    from bidsafe.release.leakscan import harvest_sessions, save_harvest
+    from bidsafe.release.leakharvest import harvest_sessions, save_harvest
     from bidsafe.withdrawal import withdrawn_session_files
 
     sessions_dir = inputs.get("sessions_dir")

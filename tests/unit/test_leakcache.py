@@ -12,7 +12,7 @@ import pytest
 from deid_testing import mr_dataset, write
 from test_leaktriage import _inbox
 
-from bidsafe.release import leakscan
+from bidsafe.release import leakharvest, leakscan
 from bidsafe.release.leakforms import RawValue
 from bidsafe.release.leakscan import harvest_sessions, leak_scan
 
@@ -127,14 +127,14 @@ def test_harvest_memory_reads_only_new_or_changed_sessions(tmp_path: Path, monke
     plain = harvest_sessions(inbox, sessions)
     assert harvest_sessions(inbox, sessions, memory=memory) == plain
     read: list[int] = []
-    real = leakscan.harvest_files
+    real = leakharvest.harvest_files
 
     def counting(paths, **kwargs):
         paths = list(paths)
         read.append(len(paths))
         return real(paths, **kwargs)
 
-    monkeypatch.setattr(leakscan, "harvest_files", counting)
+    monkeypatch.setattr(leakharvest, "harvest_files", counting)
     assert harvest_sessions(inbox, sessions, memory=memory) == plain
     assert read == []  # nothing changed: nothing read
     # a late file of session sub-01: that session (only) is read again, and its new value is there

@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from bidsafe import cli
 from bidsafe.phi import MIN_NEEDLE_LENGTH, PersonalValue, PersonalValues, harvest_dataset
-from bidsafe.release import leakscan, leakvocab
+from bidsafe.release import leakread, leakscan, leakvocab
 from bidsafe.release.gates import gate_leak_scan
 from bidsafe.release.leakforms import fold, searchable
 from bidsafe.release.leakscan import (
@@ -283,7 +283,7 @@ def test_boundaries_numbers_and_words() -> None:
 
 
 def test_chunk_seams_lose_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(leakscan, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(leakread, "CHUNK_BYTES", 64)
     values = PersonalValues(harvest_dataset(_identity()))
     needle = b"harrowgate imaging centre"
     for offset in range(0, 140, 7):
@@ -430,7 +430,9 @@ def test_dcm2niix_output_of_raw_dicom_is_caught(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- independence
 
-GATE_MODULES = ("leakscan.py", "leakforms.py", "leakvocab.py", "leakallow.py", "leakcache.py", "gates.py")
+GATE_MODULES = ("leakscan.py", "leaktree.py", "leakfile.py", "leakread.py", "leakmatch.py", "leakhits.py",
+                "leakharvest.py", "leakcli.py", "leakforms.py", "leakvocab.py", "leakallow.py", "leakcache.py",
+                "gates.py")
 RELEASE_SRC = Path(leakscan.__file__).resolve().parent
 # Collection, not matching: the only names the gate may take from the cleaner's packages.
 ALLOWED_CLEANER_IMPORTS = {"bidsafe.phi": {"harvest_files"}}

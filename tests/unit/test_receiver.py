@@ -99,7 +99,7 @@ def test_a_write_error_answers_out_of_resources_and_records_nothing(tmp_path: Pa
     def disk_full(data: bytes, dest: Path, durable: bool = True) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rx, "write_instance", disk_full)
+    monkeypatch.setattr(rx.service, "write_instance", disk_full)  # where the store handler looks it up
     assert receiver.on_store(_event(tmp_path, ds)) == rx.STATUS_OUT_OF_RESOURCES
     assert receiver.journal.studies() == []
     monkeypatch.undo()

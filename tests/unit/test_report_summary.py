@@ -74,7 +74,7 @@ def _work_area(root: Path, *, publish: bool = True, gates_pass: bool = True) -> 
         _write(work / "publish" / "published.json", json.dumps({"release": "/data/release/v3", "gates": []}))
     quarantine = private / "ingest" / "quarantine.tsv"
     quarantine.parent.mkdir(parents=True)
-    ingest._write_tsv(quarantine, ingest.QUARANTINE_COLUMNS, [
+    ingest.write_tsv(quarantine, ingest.QUARANTINE_COLUMNS, [
         (f"{PLANTED}/DICOMDIR", PLANTED_UID, ingest.REASON_DICOMDIR),
         (f"{PLANTED}/notes.txt", "", ingest.REASON_NOT_DICOM),
         (f"{PLANTED}/a.dcm", PLANTED_UID, f"{ingest.REASON_TRUNCATED}: Input/output error"),

@@ -6,20 +6,16 @@ the work area is copied, so private lists (inbox paths, study UIDs) cannot slip 
 
 Release-level configuration lives under `release:` (defaults and documentation of each key in the
 workflow's config schema, copied into `RELEASE_DEFAULTS`).
+
+Beside it: `staging` (session trees, participants files and QC outputs copied into the staging tree) and
+`versions` (version numbers and the CHANGES text).
 """
 
 from __future__ import annotations
 
-import csv
-import errno
 import hashlib
-import io
 import logging
-import os
-import re
-import shutil
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +33,29 @@ from bidsafe.release.citation import (
     write_citation_files,
     writes_citation,
 )
-from bidsafe.release.manifest import RELEASE_MARKERS, TOOL_DROPPINGS
+from bidsafe.release.manifest import RELEASE_MARKERS
+from bidsafe.release.staging import (
+    SessionInput,
+    check_sessions,
+    copy_participants,
+    copy_qc,
+    copy_sessions,
+    copy_tree,
+    link_or_copy,
+)
+from bidsafe.release.versions import (
+    automatic_notes,
+    changes_text,
+    changes_version,
+    continue_changes,
+    latest_version_dir,
+    next_version,
+    published_versions,
+    released_sessions,
+    site_notes,
+    split_changes,
+    version_label,
+)
 
 log = logging.getLogger("bidsafe")
 
@@ -84,18 +102,6 @@ https://creativecommons.org/publicdomain/zero/1.0/legalcode
 Every participant whose sessions are included consented to fully open sharing of their de-identified data.
 """
 
-_LABEL = re.compile(r"^[0-9A-Za-z]+$")
-_CHANGES_HEAD = re.compile(r"^(\d+)\.0\.0\s+\S+")
-
-
-@dataclass(frozen=True)
-class SessionInput:
-    """One included session: `bids_dir` holds `sub-<subject>/ses-<session>/...` (defaced, scrubbed)."""
-
-    subject: str
-    session: str
-    bids_dir: Path
-
 
 # --------------------------------------------------------------------------------------------- config
 def release_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,7 +109,7 @@ def release_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Accepts the whole pipeline config (with a `release` mapping) or the `release` mapping itself.
     """
-    section = config.get("release") if isinstance(config.get("release"), Mapping) else config
+    section = config["release"] if isinstance(config.get("release"), Mapping) else config
     merged = {**RELEASE_DEFAULTS, **{k: v for k, v in dict(section).items() if v is not None}}
     for key in ("name", "license"):
         if not isinstance(merged[key], str) or not merged[key].strip():
@@ -159,199 +165,6 @@ def describe_profile(profile: str | Path) -> str:
         return f"{path.name} (sha256:{digest[:16]})"
     return str(profile)
 
-
-# --------------------------------------------------------------------------------------------- versions
-def published_versions(release_dir: str | Path | None) -> list[int]:
-    """The N of every `v<N>` folder under `release_dir`, ascending."""
-    if release_dir is None or not Path(release_dir).is_dir():
-        return []
-    found = []
-    for entry in Path(release_dir).iterdir():
-        match = re.fullmatch(r"v(\d+)", entry.name)
-        if match and entry.is_dir() and not entry.is_symlink():
-            found.append(int(match.group(1)))
-    return sorted(found)
-
-
-def latest_version_dir(release_dir: str | Path | None) -> Path | None:
-    """`release_dir/v<N>` of the highest published N, or None. Read this, not the `latest` link: a crash
-    between publishing `v<N>` and moving `latest` leaves the link one version behind (publish repairs it)."""
-    published = published_versions(release_dir)
-    return Path(release_dir) / f"v{published[-1]}" if published and release_dir is not None else None
-
-
-def next_version(release_dir: str | Path | None, requested: int | str | None = "auto") -> int:
-    """1 + the highest published version, or `requested` when it is higher than every published one."""
-    published = published_versions(release_dir)
-    highest = published[-1] if published else 0
-    if requested in (None, "auto"):
-        return highest + 1
-    if not isinstance(requested, int) or requested <= highest:
-        raise BidsafeError(f"release version {requested} is not above the highest published v{highest}", release_dir)
-    return requested
-
-
-def version_label(version: int) -> str:
-    """The CHANGES form of release N (CPAN style wants a version number, not `v<N>`)."""
-    return f"{version}.0.0"
-
-
-def changes_version(text: str) -> int | None:
-    """N of the newest entry of a bidsafe CHANGES text (`N.0.0 DATE` on its first non-blank line)."""
-    for line in text.splitlines():
-        if line.strip():
-            match = _CHANGES_HEAD.match(line.strip())
-            return int(match.group(1)) if match else None
-    return None
-
-
-def changes_text(version: int, date: str, notes: Sequence[str], previous: str = "") -> str:
-    """A CHANGES text: the new entry, then every earlier entry carried forward unchanged."""
-    lines = [f"{version_label(version)} {date}"]
-    for note in notes:
-        first, *rest = [part.strip() for part in str(note).strip().splitlines()] or [""]
-        lines.append(f"  - {first}")
-        lines.extend(f"    {part}" for part in rest)
-    entry = "\n".join(lines) + "\n"
-    previous = previous.strip("\n")
-    return entry + ("\n" + previous + "\n" if previous else "")
-
-
-_AUTOMATIC_FIRST_NOTE = re.compile(r"^(Initial release|Release contents): \d+ participants, \d+ sessions\.$")
-
-
-def split_changes(text: str) -> tuple[str, list[str], str]:
-    """(header line, notes, earlier entries) of a CHANGES text as `changes_text` writes it: the newest entry
-    runs to the first blank line; each note starts with `  - ` and continues on lines indented by 4."""
-    lines = text.strip("\n").splitlines()
-    if not lines:
-        return "", [], ""
-    end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
-    notes: list[str] = []
-    for line in lines[1:end]:
-        if line.startswith("  - "):
-            notes.append(line[4:])
-        elif notes:
-            notes[-1] += "\n" + line.strip()
-    history = "\n".join(lines[end:]).strip("\n")
-    return lines[0].strip(), notes, (history + "\n" if history else "")
-
-
-def site_notes(notes: Sequence[str]) -> list[str]:
-    """The notes of an entry the site wrote (`release.changes`), without the automatic ones that follow them
-    (`automatic_notes`: they start with the counts line)."""
-    for i, note in enumerate(notes):
-        if _AUTOMATIC_FIRST_NOTE.match(note):
-            return list(notes[:i])
-    return list(notes)
-
-
-def continue_changes(
-    staged: str, version: int, date: str, current: set[tuple[str, str]], previous_changes: str | None,
-    previous_sessions: set[tuple[str, str]] | None, automatic: Sequence[str] | None = None,
-) -> str:
-    """The CHANGES of version `version` when the staged text was written for another version or against
-    another previous release (a crash after publishing, two runs sharing release_dir): the site's notes of the
-    staged entry kept, the automatic notes recomputed against the previous release (`automatic`, else the
-    counts and the sessions added or removed), and the previous release's
-    CHANGES carried forward whole, so CHANGES is continued and "Initial release" only ever heads version 1."""
-    _, notes, _ = split_changes(staged)
-    if automatic is None:
-        automatic = automatic_notes(current, previous_sessions)
-    return changes_text(version, date, [*site_notes(notes), *automatic], previous_changes or "")
-
-
-def released_sessions(dataset: str | Path) -> set[tuple[str, str]]:
-    """(subject, session) of every `sub-S/ses-T` folder in a dataset."""
-    dataset = Path(dataset)
-    found = set()
-    if dataset.is_dir():
-        for sub in dataset.glob("sub-*"):
-            if sub.is_dir():
-                found.update((sub.name[4:], ses.name[4:]) for ses in sub.glob("ses-*") if ses.is_dir())
-    return found
-
-
-def _session_list(pairs: Iterable[tuple[str, str]]) -> str:
-    return ", ".join(f"sub-{s}/ses-{t}" for s, t in sorted(pairs))
-
-
-def automatic_notes(current: set[tuple[str, str]], previous: set[tuple[str, str]] | None) -> list[str]:
-    """Counts, plus which sessions were added or removed since the previous release (pseudonyms only)."""
-    subjects = {s for s, _ in current}
-    counts = f"{len(subjects)} participants, {len(current)} sessions."
-    if previous is None:
-        return [f"Initial release: {counts}"]
-    notes = [f"Release contents: {counts}"]
-    added, removed = current - previous, previous - current
-    if added:
-        notes.append(f"Added {len(added)} sessions: {_session_list(added)}.")
-    if removed:
-        notes.append(f"Removed {len(removed)} sessions (delete any copies you hold): {_session_list(removed)}.")
-    if not added and not removed:
-        # publish makes a version only when released bytes changed (bidsafe.release.publish): say so
-        notes.append("Same sessions as the previous release; some of their files or the dataset files changed.")
-    return notes
-
-
-# --------------------------------------------------------------------------------------------- copying
-def link_or_copy(src: Path, dst: Path, mode: str = "hardlink") -> str:
-    """Hard-link `src` to `dst` when allowed and on the same filesystem, else copy; returns what was done."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "hardlink" and not src.is_symlink():
-        try:
-            os.link(src, dst)
-            return "link"
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                raise
-    shutil.copy2(src, dst)  # follows a symlink: the release gets the content, never a link
-    return "copy"
-
-
-def copy_tree(src: Path, dst: Path, mode: str = "hardlink", *, keep: Any = None) -> int:
-    """Copy every file under `src` into `dst` (same relative paths); `keep(rel)` may veto files."""
-    count = 0
-    for dirpath, _dirnames, filenames in os.walk(src, followlinks=False):
-        for name in sorted(filenames):
-            if name in TOOL_DROPPINGS:
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(src)
-            if keep is not None and not keep(rel):
-                continue
-            link_or_copy(path, dst / rel, mode)
-            count += 1
-    return count
-
-
-# --------------------------------------------------------------------------------------------- TSVs
-def _read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        return list(reader.fieldnames or []), list(reader)
-
-
-def _tsv_text(header: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(header), delimiter="\t", lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("n/a" if row.get(k) in (None, "") else row[k]) for k in header})
-    return out.getvalue()
-
-
-def _filtered_tsv(src: Path, column: str, keep: set[str], prefix: str) -> str:
-    header, rows = _read_tsv(src)
-    if column not in header:
-        raise BidsafeError(f"lacks the '{column}' column", src.name)
-    kept = [row for row in rows if _with_prefix(row.get(column, ""), prefix) in keep]
-    return _tsv_text(header, kept)
-
-
-def _with_prefix(label: str, prefix: str) -> str:
-    label = (label or "").strip()
-    return label if label.startswith(prefix) else prefix + label
 
 
 # --------------------------------------------------------------------------------------------- texts
@@ -489,27 +302,17 @@ def assemble_release(
     profile_text = describe_profile(profile)
     when = now or datetime.now(UTC)
 
-    wanted = _check_sessions(sessions)
+    wanted = check_sessions(sessions)
     subjects = sorted({s.subject for s in wanted})
     version = next_version(release_dir, rc["version"])
-    latest = latest_version_dir(release_dir)
-    previous_changes = ""
-    if latest is not None and not latest.is_dir():
-        latest = None
-    if latest is not None and (latest / "CHANGES").is_file():
-        previous_changes = (latest / "CHANGES").read_text(encoding="utf-8")
+    latest, previous_changes = _previous_release(release_dir)
     current = {(s.subject, s.session) for s in wanted}
     date = when.strftime("%Y-%m-%d")
 
     with atomic_dir(staging) as tmp:
-        links = 0
-        for item in wanted:
-            src = Path(item.bids_dir) / f"sub-{item.subject}" / f"ses-{item.session}"
-            if not src.is_dir():
-                raise BidsafeError(f"holds no sub-{item.subject}/ses-{item.session} folder", item.bids_dir)
-            links += copy_tree(src, tmp / f"sub-{item.subject}" / f"ses-{item.session}", rc["link"])
-        _copy_participants(Path(participants_dir), tmp, current)
-        _copy_qc(qc_dirs, tmp / "derivatives" / QC_PIPELINE, current, rc["link"], versions)
+        links = copy_sessions(wanted, tmp, rc["link"])
+        copy_participants(Path(participants_dir), tmp, current)
+        copy_qc(qc_dirs, tmp / "derivatives" / QC_PIPELINE, current, rc["link"], versions)
 
         atomic_write_json(tmp / "dataset_description.json", dataset_description(rc, versions, profile_text))
         atomic_write_text(tmp / "README", readme_text(rc, len(subjects), len(current), profile_text))
@@ -521,105 +324,56 @@ def assemble_release(
                              data_usage_agreement(rc) if not is_open(rc) else None)
         atomic_write_text(tmp / ".bidsignore", BIDSIGNORE)
         if is_open(rc):
-            from bidsafe.release.openrelease import open_release_problems
-
-            problems = open_release_problems(tmp)
-            if problems:  # names files and keys only
-                raise BidsafeError("not an open (CC0) release a repository such as OpenNeuro accepts: "
-                                   + "; ".join(problems))
-    log.info(
-        "assembled release %s: %d participants, %d sessions, %d session files",
-        version_label(version),
-        len(subjects),
-        len(current),
-        links,
-    )
+            _check_open_release(tmp)
+    log.info("assembled release %s: %d participants, %d sessions, %d session files",
+             version_label(version), len(subjects), len(current), links)
     return staging
 
 
-def _check_sessions(sessions: Sequence[SessionInput]) -> list[SessionInput]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for item in sessions:
-        subject = item.subject.removeprefix("sub-")
-        session = item.session.removeprefix("ses-")
-        if not (_LABEL.match(subject) and _LABEL.match(session)):
-            raise BidsafeError(f"session labels must be letters and digits: sub-{subject} ses-{session}")
-        if (subject, session) in seen:
-            raise BidsafeError(f"sub-{subject} ses-{session} is listed twice")
-        seen.add((subject, session))
-        out.append(SessionInput(subject, session, Path(item.bids_dir)))
-    return sorted(out, key=lambda s: (s.subject, s.session))
+def _previous_release(release_dir: Path | None) -> tuple[Path | None, str]:
+    """The highest published version's folder (None when there is none) and its CHANGES text ("" if none)."""
+    latest = latest_version_dir(release_dir)
+    previous_changes = ""
+    if latest is not None and not latest.is_dir():
+        latest = None
+    if latest is not None and (latest / "CHANGES").is_file():
+        previous_changes = (latest / "CHANGES").read_text(encoding="utf-8")
+    return latest, previous_changes
 
 
-def _copy_participants(participants_dir: Path, dataset: Path, current: set[tuple[str, str]]) -> None:
-    """participants.tsv/json and per-subject sessions files, restricted to the included subjects/sessions.
+def _check_open_release(dataset: Path) -> None:
+    from bidsafe.release.openrelease import open_release_problems
 
-    Only these named files are read: the pseudonymise work folder holds other lists that must not ship.
-    """
-    subjects = {s for s, _ in current}
-    participants = participants_dir / "participants.tsv"
-    if not participants.is_file():
-        raise BidsafeError("participants.tsv is missing", participants_dir)
-    table = _filtered_tsv(participants, "participant_id", {f"sub-{s}" for s in subjects}, "sub-")
-    listed = {row["participant_id"] for row in csv.DictReader(io.StringIO(table), delimiter="\t")}
-    unlisted = sorted(f"sub-{s}" for s in subjects if f"sub-{s}" not in listed)
-    if unlisted:
-        raise BidsafeError(f"participants.tsv has no row for {', '.join(unlisted)}", participants_dir)
-    atomic_write_text(dataset / "participants.tsv", table)
-    for name in ("participants.json", "sessions.json"):
-        if (participants_dir / name).is_file():
-            shutil.copyfile(participants_dir / name, dataset / name)
-    for subject in sorted(subjects):
-        sessions_tsv = participants_dir / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
-        if sessions_tsv.is_file():
-            keep = {f"ses-{t}" for s, t in current if s == subject}
-            atomic_write_text(
-                dataset / f"sub-{subject}" / sessions_tsv.name, _filtered_tsv(sessions_tsv, "session_id", keep, "ses-")
-            )
-        else:
-            log.warning("sub-%s: no sessions file in the participants folder", subject)
-        sidecar = sessions_tsv.with_suffix(".json")
-        if sidecar.is_file():
-            shutil.copyfile(sidecar, dataset / f"sub-{subject}" / sidecar.name)
+    problems = open_release_problems(dataset)
+    if problems:  # names files and keys only
+        raise BidsafeError("not an open (CC0) release a repository such as OpenNeuro accepts: " + "; ".join(problems))
 
 
-def _session_of(path: Path) -> tuple[str, str] | None:
-    parts = path.parts
-    for i in range(len(parts) - 1):
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return parts[i][4:], parts[i + 1][4:]
-    return None
-
-
-def _copy_qc(
-    qc_dirs: Sequence[Path], out: Path, current: set[tuple[str, str]], mode: str, versions: Mapping[str, str]
-) -> None:
-    """QC outputs of the included sessions under derivatives/bidsafe-qc, in the same sub-/ses- layout.
-
-    A folder that names a session (`.../sub-S/ses-T`) lands at `sub-S/ses-T/`; any other folder is taken as
-    a derivatives root whose files are copied when they name no session or an included one.
-    """
-    copied = 0
-    for qc_dir in map(Path, qc_dirs):
-        if not qc_dir.is_dir():
-            raise BidsafeError("QC folder is missing", qc_dir)
-        named = _session_of(qc_dir)
-        if named is not None:
-            if named in current:
-                copied += copy_tree(qc_dir, out / f"sub-{named[0]}" / f"ses-{named[1]}", mode)
-            continue
-
-        def keep(rel: Path) -> bool:
-            from bidsafe.release.gates import path_entities
-
-            subjects, sessions = path_entities(rel.as_posix())
-            return all((s, t) in current for s in subjects for t in sessions) and (
-                bool(sessions) or all(any(s == c for c, _ in current) for s in subjects)
-            )
-
-        copied += copy_tree(qc_dir, out, mode, keep=keep)
-    if copied and not (out / "dataset_description.json").exists():
-        from bidsafe.qc import write_qc_dataset_description
-
-        write_qc_dataset_description(out, versions)
+__all__ = [
+    "BIDS_VERSION",
+    "BIDSIGNORE",
+    "DEFAULT_DATA_USAGE_AGREEMENT",
+    "LATEST",
+    "QC_PIPELINE",
+    "RELEASE_DEFAULTS",
+    "SessionInput",
+    "assemble_release",
+    "automatic_notes",
+    "changes_text",
+    "changes_version",
+    "continue_changes",
+    "copy_tree",
+    "data_usage_agreement",
+    "describe_profile",
+    "generated_by",
+    "is_open",
+    "latest_version_dir",
+    "link_or_copy",
+    "next_version",
+    "published_versions",
+    "release_config",
+    "released_sessions",
+    "site_notes",
+    "split_changes",
+    "version_label",
+]

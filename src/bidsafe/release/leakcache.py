@@ -31,7 +31,8 @@ from bidsafe.release.leakforms import RawValue
 
 # Raise when the meaning of a stored entry changes; the gate's own source is part of the key too.
 FORMAT = 1
-_GATE_SOURCES = ("leakscan.py", "leakforms.py", "leakvocab.py", "leakcache.py")
+_GATE_SOURCES = ("leakscan.py", "leaktree.py", "leakfile.py", "leakread.py", "leakmatch.py", "leakhits.py",
+                 "leakforms.py", "leakvocab.py", "leakcache.py")
 
 Identity = tuple[int, int, int, int]
 

@@ -3,7 +3,8 @@ table, deface pictures.
 
 One file, no external assets (inline CSS, pictures as base64 data URIs), so it can be mailed or archived.
 It is written to the work area beside the release, never inside it. It shows pseudonyms and
-release-relative paths only; every text is HTML-escaped.
+release-relative paths only; every text is HTML-escaped. The facts it shows (counts, reasons in words, QC
+flags) come from `reportfacts`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,23 @@ from bidsafe import __version__
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_text
 from bidsafe.release.gates import REQUIRED_GATES, GateResult, read_gate_report
+from bidsafe.release.reportfacts import (
+    COM_SHIFT_IMPLAUSIBLE_MM,
+    EXCLUDED_PREFIXES,
+    QC_COLUMNS,
+    REASON_WORDS,
+    TSNR_IMPLAUSIBLE,
+    UNFINISHED,
+    is_true,
+    k_anonymity_actions,
+    nothing_published_reason,
+    number_or_none,
+    outcome_of,
+    qc_flags,
+    quarantine_counts,
+    reason_in_words,
+    session_counts,
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -41,10 +58,6 @@ details{margin:.3em 0}pre{white-space:pre-wrap;font-size:.85em;background:#f7f7f
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def _is_true(value: Any) -> bool:
-    return value is True or str(value).strip().lower() in {"1", "true", "yes", "included"}
 
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -79,21 +92,11 @@ def _ordered(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted(summary, key=lambda r: (str(r.get("subject")), str(r.get("session"))))
 
 
-# Reasons of the pseudonymise stage that take a session out of the dataset for good (a QA or phantom
-# session, one the site excluded), as opposed to withholding it from this release (see bidsafe.siteexclusions).
-EXCLUDED_PREFIXES = ("excluded", "qa session")
-
-
-def outcome_of(reason: str) -> str:
-    """"excluded" or "withheld", from a session's reason."""
-    return "excluded" if reason.lower().startswith(EXCLUDED_PREFIXES) else "withheld"
-
-
 def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
-    included = sum(1 for r in summary if _is_true(r.get("included")))
+    included = sum(1 for r in summary if is_true(r.get("included")))
     rows = []
     for r in _ordered(summary):
-        ok = _is_true(r.get("included"))
+        ok = is_true(r.get("included"))
         label = "included" if ok else str(r.get("outcome") or outcome_of(str(r.get("reason", ""))))
         status = f'<span class="{"included" if ok else "withheld"}">{label}</span>'
         conversion = r.get("conversion")
@@ -115,9 +118,9 @@ def _sessions_section(summary: Sequence[Mapping[str, Any]]) -> str:
         if rows
         else "<p>None.</p>"
     )
-    counts = session_counts(summary)
-    return (f"<p>{included} of {len(summary)} sessions included, {counts['withheld']} withheld, "
-            f"{counts['excluded']} excluded.</p>{table}")
+    tally = session_counts(summary)
+    return (f"<p>{included} of {len(summary)} sessions included, {tally['withheld']} withheld, "
+            f"{tally['excluded']} excluded.</p>{table}")
 
 
 def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
@@ -130,7 +133,7 @@ def _series_section(summary: Sequence[Mapping[str, Any]]) -> str:
     for r in _ordered(summary):
         conversion = r.get("conversion")
         if not isinstance(conversion, Mapping):
-            missing += 1 if _is_true(r.get("included")) else 0  # sessions never converted need none
+            missing += 1 if is_true(r.get("included")) else 0  # sessions never converted need none
             continue
         for key in totals:
             totals[key] += int(conversion.get(key, 0))
@@ -219,188 +222,17 @@ def _picture_list(deface_pngs: Sequence[str | Path] | Mapping[str, str | Path]) 
     return [(Path(p).name, Path(p)) for p in sorted(deface_pngs, key=lambda p: Path(p).name)]
 
 
-# ------------------------------------------------------------------------------------------ reasons in words
-
-# Every reason code a stage writes (bidsafe.consent, bidsafe.pseudonym, the per-session stages through
-# bidsafe.sessionstatus), as a sentence a lab manager reads without the source code. A code missing here is
-# still shown, as "withheld (code)", and a unit test lists the codes so a new one gets its sentence.
-REASON_WORDS: dict[str, str] = {
-    "consent:none": "The consent registry records no consent to share this participant's data.",
-    "consent:missing": "The participant is not in the consent registry.",
-    "consent:withdrawn": "The participant withdrew consent.",
-    "consent:insufficient": "The participant's consent covers a narrower audience than this release's.",
-    "consent:no-registry": "No consent registry is configured, and this release's audience needs one.",
-    "identity:no-patient-id": "The scanner export carries no PatientID, so the session cannot be matched to a "
-    "consent record.",
-    "identity:conflicting-patient-ids": "The study's files carry more than one PatientID, so it cannot be "
-    "attributed to one participant.",
-    "deid:all-burned-in": "Every image of the session may hold text burned into its pixels (screenshots, "
-    "secondary captures), so none could be released.",
-    "deid:nothing-deidentified": "De-identification kept no image of this session.",
-    "deid:failed": "De-identification failed for this session.",
-    "convert:ambiguous": "The conversion mapping matches several series to one BIDS name; the mapping "
-    "(dcm2bids config) needs a sharper criterion.",
-    "convert:no-series": "The session holds no series to convert (e.g. localizers only, a structured report, "
-    "CT or RT objects sent by mistake).",
-    "convert:nothing-converted": "The conversion mapping matched none of the session's series.",
-    "convert:dcm2bids-failed": "The converter (dcm2bids) failed on this session; see its private log.",
-    "convert:failed": "Conversion to NIfTI failed for this session.",
-    "scrub:refused": "A sidecar could not be reduced to the allow-listed fields.",
-    "deface:refused": "A deface safety guard refused the images (e.g. a phantom, a head that does not match "
-    "the template, an implausible registration): the face could not be removed with confidence.",
-    "qc:failed": "Image-quality metrics could not be computed (an image could not be read).",
-}
-UNFINISHED = "unfinished"
-
-
-def reason_in_words(code: str, detail: str = "", stage: str = "") -> str:
-    """The sentence for a reason code, with the stage's own sentence (`detail`) after it when it adds one.
-    Reasons that are sentences already (the site configuration's, a QA session's) are returned as they are."""
-    code, detail = str(code or "").strip(), " ".join(str(detail or "").split())
-    if not code and detail in REASON_WORDS:  # pseudonymise writes the code as its reason
-        code, detail = detail, ""
-    words = REASON_WORDS.get(code)
-    if words is None:
-        if not code:
-            return f"at {stage}: {detail}" if stage and detail else detail or "withheld (no reason recorded)"
-        words = f"Withheld ({code})."
-    if detail and detail != code:
-        words += f" (at {stage}: {detail})" if stage else f" ({detail})"
-    return words
-
-
-def session_counts(sessions: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """included / withheld / excluded / unfinished counts of the report's session rows."""
-    counts = {"included": 0, "withheld": 0, "excluded": 0, UNFINISHED: 0}
-    for r in sessions:
-        if _is_true(r.get("included")):
-            counts["included"] += 1
-        else:
-            outcome = str(r.get("outcome") or outcome_of(str(r.get("reason", ""))))
-            counts[outcome if outcome in counts else "withheld"] += 1
-    return counts
-
-
-# ------------------------------------------------------------------------------------------ quarantine
-
-
-def quarantine_counts(quarantine_tsv: Path | None) -> dict[str, int] | None:
-    """Files quarantined at ingest, counted by reason; None when the (private) report is absent. Only the
-    ingest stage's fixed reasons are shown (an OS message after one is cut off): the file's other columns hold
-    inbox paths and UIDs and are never read into the report."""
-    from bidsafe import ingest
-
-    if quarantine_tsv is None or not Path(quarantine_tsv).is_file():
-        return None
-    known = sorted((v for k, v in vars(ingest).items() if k.startswith("REASON_") and isinstance(v, str)),
-                   key=len, reverse=True)
-    counts: dict[str, int] = {}
-    for row in ingest.read_quarantine(Path(quarantine_tsv)):
-        reason = str(row.reason)
-        shown = next((k for k in known if reason == k), None) or next(
-            (k for k in known if reason.startswith(k + ":")), "other reason")
-        counts[shown] = counts.get(shown, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-# ------------------------------------------------------------------------------------------ k-anonymity
-
-
-def k_anonymity_actions(k_anonymity: Mapping[str, Any] | None) -> str:
-    """What the k-anonymity step did to the released metadata, as one sentence (columns and bin widths only;
-    the outcome records no participant's value)."""
-    if not k_anonymity:
-        return "not recorded (the pseudonymise stage has not run)"
-    k = k_anonymity.get("k")
-    columns = ", ".join(map(str, k_anonymity.get("quasi_identifiers") or [])) or "no column"
-    participants = int(k_anonymity.get("participants") or 0)
-    if not k_anonymity.get("holds", True):
-        return f"k={k} not reached over {columns}: nothing may be published"
-    last_step: dict[str, str] = {}
-    for step in k_anonymity.get("steps") or []:
-        name, _, what = str(step).partition(": ")
-        last_step[name] = what
-    actions = []
-    for name in k_anonymity.get("column_steps") or {}:
-        what = last_step.get(name, "").removeprefix("bins of ").strip()
-        actions.append(f"{name} generalised to bins of {what}" if what else f"{name} generalised")
-    for name in k_anonymity.get("suppressed") or []:
-        whom = "the one released participant" if participants == 1 else f"all {participants} released participants"
-        actions.append(f"{name} suppressed (column removed for {whom})")
-    if not actions:
-        return f"k={k} held over {columns} with no change ({participants} participants)"
-    note = f"; {k_anonymity['note']}" if k_anonymity.get("note") else ""
-    return f"k={k} over {columns}: " + "; ".join(actions) + note
-
-
-# ------------------------------------------------------------------------------------------ QC with flags
-
-TSNR_IMPLAUSIBLE = 1000.0
-COM_SHIFT_IMPLAUSIBLE_MM = 5.0
-_QC_COLUMNS = (
-    ("filename", "image", ""),
-    ("volumes", "volumes", ""),
-    ("snr", "SNR", ""),
-    ("cnr", "CNR", ""),
-    ("tsnr", "tSNR", ""),
-    ("com_shift_mean_mm", "centre-of-mass displacement, mean (mm; not Power FD)", ""),
-    ("com_shift_max_mm", "centre-of-mass displacement, max (mm; not Power FD)", ""),
-    ("dvars_pct", "DVARS (%)", ""),
-    ("b0_snr", "b0 SNR", ""),
-)
-_LEGACY = {"fd_mean_mm": "com_shift_mean_mm", "fd_max_mm": "com_shift_max_mm", "image": "filename"}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def qc_flags(row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """(cell text per column, flags) of one QC row: tSNR of a run too short to measure it is shown as n/a with
-    the volume count, implausible values are flagged in words."""
-    from bidsafe.qc import MIN_TSNR_VOLUMES
-
-    row = {_LEGACY.get(k, k): v for k, v in row.items()}
-    cells: dict[str, str] = {}
-    flags: list[str] = []
-    volumes = _number(row.get("volumes"))
-    for key, _, _ in _QC_COLUMNS:
-        value = row.get(key)
-        number = _number(value)
-        if number is None:
-            cells[key] = "" if value in (None, "") else str(value)
-        else:
-            cells[key] = f"{number:.4g}"
-    tsnr_value = _number(row.get("tsnr"))
-    bold = str(row.get("suffix") or "bold") == "bold"  # tSNR is a BOLD measure (a DWI series has none)
-    if bold and volumes is not None and 1 < volumes < MIN_TSNR_VOLUMES and "tsnr" in row:
-        # also for tables written before bidsafe.qc stopped computing it: a few volumes give no temporal noise
-        cells["tsnr"] = f"n/a ({int(volumes)} volumes)"
-    elif tsnr_value is not None and tsnr_value > TSNR_IMPLAUSIBLE:
-        flags.append(f"tSNR {tsnr_value:.3g} is implausible (above {TSNR_IMPLAUSIBLE:g})")
-    shift = _number(row.get("com_shift_max_mm"))
-    if shift is not None and shift > COM_SHIFT_IMPLAUSIBLE_MM:
-        flags.append(f"centre-of-mass displacement of {shift:.3g} mm between volumes is implausible as head "
-                     "motion: check the run (intensity change, wrap-around or a real large movement)")
-    return cells, flags
-
-
 def _qc_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "<p>No QC rows.</p>"
     prepared = [qc_flags(r) for r in rows]
-    used = [c for c in _QC_COLUMNS if any(cells.get(c[0]) for cells, _ in prepared)]
+    used = [c for c in QC_COLUMNS if any(cells.get(c[0]) for cells, _ in prepared)]
     head = "".join(f"<th>{_e(title)}</th>" for _, title, _ in used) + "<th>flags</th>"
     body = []
     for cells, flags in prepared:
         tds = "".join(
-            f'<td class="num">{_e(cells[k])}</td>' if _number(cells.get(k)) is not None else f"<td>{_e(cells[k])}</td>"
+            f'<td class="num">{_e(cells[k])}</td>' if number_or_none(cells.get(k)) is not None
+            else f"<td>{_e(cells[k])}</td>"
             for k, _, _ in used
         )
         flag = f'<td class="flag">{_e("; ".join(flags))}</td>' if flags else "<td></td>"
@@ -416,7 +248,7 @@ def _deface_table(records: Sequence[Mapping[str, Any]]) -> str:
         return ""
     rows = []
     for r in records:
-        values = [float(v) for v in r.get("singular_values") or [] if _number(v) is not None]
+        values = [float(v) for v in r.get("singular_values") or [] if number_or_none(v) is not None]
         scale = f"{min(values):.3f}–{max(values):.3f}" if values else ""
         dice = r.get("agreement_dice")
         how = str(r.get("engine", ""))
@@ -440,26 +272,6 @@ def _deface_table(records: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-# ------------------------------------------------------------------------------------------ summary block
-
-
-def nothing_published_reason(gates: Sequence[GateResult], sessions: Sequence[Mapping[str, Any]],
-                             failed_rules: Sequence[str], missing: Sequence[str]) -> str:
-    failed = [g for g in gates if not g.passed]
-    gate_text = "gate(s) failed: " + "; ".join(f"{g.name}: {g.summary}" for g in failed)
-    counts = session_counts(sessions)
-    if sessions and not counts["included"] and not counts[UNFINISHED]:
-        # the root cause first: an empty dataset also fails the validator
-        return "no session was included" + (f" ({gate_text})" if failed else "")
-    if failed:
-        return gate_text
-    if failed_rules:
-        return "the run failed at " + ", ".join(sorted(set(failed_rules)))
-    if missing:
-        return "the release stage did not run (missing: " + ", ".join(missing) + ")"
-    return "the release was not published"
-
-
 def _summary_block(*, sessions: Sequence[Mapping[str, Any]], gates: Sequence[GateResult],
                    published: str | None, why_not: str, quarantine: Mapping[str, int] | None,
                    k_anonymity: str, run_failed: bool, missing: Sequence[str]) -> str:
@@ -477,7 +289,7 @@ def _summary_block(*, sessions: Sequence[Mapping[str, Any]], gates: Sequence[Gat
         + (f", {counts[UNFINISHED]} unfinished" if counts[UNFINISHED] else "")
         + f" (of {len(sessions)})"
     ]
-    out = [r for r in _ordered(sessions) if not _is_true(r.get("included"))]
+    out = [r for r in _ordered(sessions) if not is_true(r.get("included"))]
     if out:
         items[-1] += "<ul>" + "".join(
             f"<li>sub-{_e(str(r.get('subject', '')).removeprefix('sub-'))} "
@@ -550,7 +362,7 @@ def _drilldown(sessions: Sequence[Mapping[str, Any]], qc_rows: Sequence[Mapping[
     used_qc: set[int] = set()
     for r in _ordered(sessions):
         key = _session_key((r.get("subject"), r.get("session")))
-        ok = _is_true(r.get("included"))
+        ok = is_true(r.get("included"))
         label = "included" if ok else str(r.get("outcome") or outcome_of(str(r.get("reason", ""))))
         body = [] if ok else [f"<p><b>Why</b>: {_e(r.get('words') or r.get('reason', ''))}</p>"]
         if isinstance(r.get("conversion"), Mapping):
@@ -620,3 +432,21 @@ def render_report(
 def write_report(path: str | Path, **kwargs: Any) -> Path:
     """Write the self-contained HTML report to `path` (atomically) and return it (arguments: `render_report`)."""
     return atomic_write_text(path, render_report(**kwargs))
+
+
+__all__ = [
+    "COM_SHIFT_IMPLAUSIBLE_MM",
+    "EXCLUDED_PREFIXES",
+    "REASON_WORDS",
+    "TSNR_IMPLAUSIBLE",
+    "UNFINISHED",
+    "k_anonymity_actions",
+    "nothing_published_reason",
+    "outcome_of",
+    "qc_flags",
+    "quarantine_counts",
+    "reason_in_words",
+    "render_report",
+    "session_counts",
+    "write_report",
+]
