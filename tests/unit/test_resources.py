@@ -124,7 +124,9 @@ def test_run_dry_runs_in_the_current_folder_and_forwards_snakemakes_exit_code(
     assert bidsafe_main(["run", "--configfile", "site.yaml", "--cores", "1", "-n"]) == 0
     out = capfd.readouterr()
     assert "This was a dry-run" in out.out + out.err and "rule ingest:" in out.out + out.err
-    assert (tmp_path / "private").is_dir()  # data areas relative to the folder the command runs in
+    # data areas relative to the folder the command runs in, and a dry run makes none of them (issue 13: no
+    # side effects when Snakemake parses the workflow; the onstart hook makes the private folders of a real run)
+    assert (tmp_path / "site.yaml").is_file() and not (tmp_path / "private").exists()
     # An unknown target: Snakemake's own refusal, and its exit code, come back unchanged.
     code = bidsafe_main(["run", "--configfile", "site.yaml", "--cores", "1", "-n", "no_such_target"])
     assert code == 1

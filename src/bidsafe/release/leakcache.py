@@ -28,6 +28,7 @@ from typing import Any
 
 from bidsafe.private import private_write_text
 from bidsafe.release.leakforms import RawValue
+from bidsafe.resources import package_file
 
 # Raise when the meaning of a stored entry changes; the gate's own source is part of the key too.
 FORMAT = 1
@@ -45,9 +46,8 @@ def file_identity(path: Path) -> Identity:
 def gate_code_digest() -> str:
     """The gate's matching code: a new version of it rescans everything (its renderings may differ)."""
     digest = hashlib.sha256(str(FORMAT).encode())
-    here = Path(__file__).resolve().parent
     for name in _GATE_SOURCES:
-        digest.update((here / name).read_bytes())
+        digest.update(package_file(f"release/{name}").read_bytes())
     return digest.hexdigest()
 
 
