@@ -20,8 +20,8 @@ and pydeface's template under known poses, sizes, fields of view, grids and cont
 4. Refinement: similarity at 4 mm on the cranium, then affine at 4 mm and 2 mm on the head above the chin.
 5. The same refinement from a deliberately perturbed start (10 degrees, 8 mm, 5 %; half the samples at 2 mm)
    gives the second initialisation that the agreement guard compares with.
-About 15 s of one core per 1 mm T1 (global 3-4 s, refinement 9 s, second initialisation 6-7 s, less on an
-idle machine).
+Measured on one core per 1 mm T1: global 3-4 s, refinement 10-11 s, second initialisation 6-7 s; the whole
+`bidsafe deface` process 23 s CPU median on the robustness benchmark run on a loaded shared machine.
 """
 
 from __future__ import annotations
