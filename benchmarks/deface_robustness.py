@@ -8,10 +8,11 @@ Not usable: `ch2better.nii.gz` (same package) is brain only (white matter-like, 
 view ends at the cortex); nilearn's ICBM152 is skull-stripped; other packages (mne, dipy, templateflow, antspyx)
 download their heads at run time.
 
-Each case moves a head by a random rigid pose A (rotations up to +-20 degrees about every axis, translations up
-to +-40 mm) into a grid with one of the 48 voxel-axis orders (sampled so that 48 cases see each once), a field
-of view from tight (chin or nose cut off) to large (neck and shoulders: zero padding with noise), voxel sizes
-0.7-3 mm, isotropic or not, T1-like or T2-like (remapped) contrast, 3D or 4D (3 volumes), a smooth bias field
+Each case scales a head by an adult size factor (0.92-1.12 of the source as distributed; SIZE_RANGE) and moves
+it by a random pose A (rotations up to +-20 degrees about every axis, translations up to +-40 mm) into a grid
+with one of the 48 voxel-axis orders (sampled so that 48 cases see each once), a field of view from tight (chin
+or nose cut off) to large (neck and shoulders: zero padding with noise), voxel sizes 0.7-3 mm, isotropic or
+not, T1-like or T2-like (remapped) contrast, 3D or 4D (3 volumes), a smooth bias field
 and Rician noise. Reference removal mask = pydeface's face mask resampled through reference o A^-1 (the same
 definitions and scoring as benchmarks/deface_accuracy.py, whose functions this reuses). Each defacing runs in
 a fresh process, so seconds and peak RSS are those of one `bidsafe deface` call. It does not assert.
@@ -89,15 +90,20 @@ class Spec:
     noise: float  # Rician sigma as a fraction of the head's 99th percentile
     bias: float  # peak-to-peak amplitude (log) of a smooth multiplicative field
     dtype: str
-    size: float = 1.0  # head size factor (1 = the source as distributed; rigid poses by default)
+    size: float = 1.0  # head size factor (1 = the source as distributed)
 
 
-def make_specs(count: int, seed: int, size_range: tuple[float, float] = (1.0, 1.0)) -> list[Spec]:
+# Adult head sizes relative to each source as distributed (Colin27 is already 13 % larger than pydeface's
+# template): real exports hold heads of every adult size, and Colin x 1.12 is a large adult head.
+SIZE_RANGE = (0.92, 1.12)
+
+
+def make_specs(count: int, seed: int, size_range: tuple[float, float] = SIZE_RANGE) -> list[Spec]:
     """Deterministic cases for a seed; case rNN is the same whatever `count` is. Orientation codes run through
     a seeded permutation of all 48; each block of 8 cases holds every (source, field of view) pair once; voxel
     grids cycle through isotropic fine (0.7-1.2), exactly 1 mm (the speed reference), isotropic coarse (1.2-3)
-    and anisotropic (thick slices 1.5-3 mm along a random axis). `size_range` (opt-in) also scales each head by a
-    factor drawn from its own stream, so every other property of a case stays the same."""
+    and anisotropic (thick slices 1.5-3 mm along a random axis). `size_range` scales each head by a factor drawn
+    from its own stream (so every other property of a case stays the same); (1, 1) gives rigid poses only."""
     codes = [str(c) for c in np.random.default_rng([seed, 48]).permutation(orientation_codes())]
     pairs = list(itertools.product(SOURCES, FOVS))
     specs = []
@@ -306,7 +312,9 @@ def guard_summary(guards: dict) -> str:
     sv = ",".join(f"{v:.3f}" for v in guards.get("singular_values", []))
     dice = guards.get("agreement_dice")
     metric = guards.get("metric")
-    return (f"sv {sv}; shear {guards.get('shear', 0):.3f}; agreement "
+    scale = guards.get("scale")
+    return (f"sv {sv} (scale {'n/a' if scale is None else f'{scale:.3f}'}, ratio {guards.get('anisotropy', 0):.3f}); "
+            f"shear {guards.get('shear', 0):.3f}; agreement "
             f"{'n/a' if dice is None else f'{dice:.3f}'}; brain vox {guards.get('brain_voxels_removed')}; "
             f"metric {'n/a' if metric is None else f'{metric:.3f}'}")
 
@@ -336,6 +344,17 @@ def is_1mm_t1(spec: dict) -> bool:
     return tuple(spec["voxel"]) == (1.0, 1.0, 1.0) and spec["contrast"] == "T1" and spec["volumes"] == 1
 
 
+# "Face left", as tests/unit/test_deface_kids.py judges a defacing with benchmarks/deface_accuracy.py's quantity
+# (face_left_cm3: tissue inside the reference face mask that was not removed): more than 5 % of the reference
+# face tissue (about 8 cm3 of Colin's 170) still there. A few cm3 along the mask's edge is what a 2 mm offset
+# leaves, and Colin's reference itself is a consensus of registrations that agreed within 2.9 mm.
+FACE_LEFT_FRACTION = 0.05
+
+
+def face_left(row: dict) -> bool:
+    return row["face_left_cm3"] > FACE_LEFT_FRACTION * row["face_cm3"]
+
+
 def summary(rows: list[dict]) -> list[str]:
     done = [r for r in rows if "error" not in r]
     lines = []
@@ -346,13 +365,18 @@ def summary(rows: list[dict]) -> list[str]:
     refused = [r for r in done if r["verdict"] != "pass"]
     speed = [r["seconds"] for r in done if is_1mm_t1(r["spec"])]
     cpu = [r["cpu"] for r in done if is_1mm_t1(r["spec"])]  # one thread: CPU seconds = seconds on an idle core
+    left = [r for r in accepted if face_left(r)]
     lines.append(
         f"summary: {len(done)} cases, refused {len(refused)} ({len(refused) / len(done):.0%}), errors {len(errors)}; "
         f"accepted with brain removed (> 0 cm3 of the reference template brain) "
         f"{sum(r['brain_removed_cm3'] > 0 for r in accepted)} "
         f"(max {max([r['brain_removed_cm3'] for r in accepted], default=0):.2f} cm3), "
-        f"with face left (> 1 cm3) {sum(r['face_left_cm3'] > 1.0 for r in accepted)} "
-        f"(max {max([r['face_left_cm3'] for r in accepted], default=0):.1f} cm3)")
+        f"with face left (> {FACE_LEFT_FRACTION:.0%} of the reference face tissue) {len(left)}"
+        f"{' (' + ', '.join(r['name'] for r in left) + ')' if left else ''}; "
+        f"face tissue left: median {np.median([r['face_left_cm3'] for r in accepted]) if accepted else 0:.1f} cm3, "
+        f"max {max([r['face_left_cm3'] for r in accepted], default=0):.1f} cm3 "
+        f"({max([r['face_left_cm3'] / r['face_cm3'] for r in accepted], default=0):.1%}), "
+        f"> 1 cm3 in {sum(r['face_left_cm3'] > 1.0 for r in accepted)}")
     if accepted:
         dice = [r["dice"] for r in accepted]
         lines.append(f"accepted: median Dice {np.median(dice):.3f}, worst Dice {min(dice):.3f} "
@@ -382,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=60)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--only", nargs="*", metavar="ID", help="case names to run (e.g. r07)")
-    parser.add_argument("--size-range", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
-                        help="opt-in: scale each head by a factor from this range (default: rigid poses only)")
+    parser.add_argument("--size-range", type=float, nargs=2, default=SIZE_RANGE, metavar=("LOW", "HIGH"),
+                        help="scale each head by a factor from this range (default %(default)s; 1 1: rigid poses)")
     parser.add_argument("--jobs", type=int, default=1, help="cases run at the same time (each defacing: 1 thread)")
     parser.add_argument("--keep", type=Path, help="keep work files in this folder")
     parser.add_argument("--cache", type=Path,

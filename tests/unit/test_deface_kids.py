@@ -106,6 +106,31 @@ def test_scale_range_is_the_template_pairs(child_pair, tmp_path):
         tpl.site_pair("bad", child_pair.template, child_pair.facemask, child_pair.brainmask, [1.1, 1.5])
 
 
+# Colin27 through its reference registration (../shared/design/deface-reference.md): template mm per subject mm.
+COLIN_SINGULAR_VALUES = (0.9356, 0.8858, 0.8367)
+
+
+def test_adult_heads_larger_than_colin_pass_the_adult_pair_and_a_child_is_still_refused():
+    turn = rotation_matrix("x", 12.0) @ rotation_matrix("z", -7.0)
+
+    def failures(factor: float, stretch: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[str]:
+        """A head `factor` times Colin27's size (and `stretch`ed along the template's axes), turned."""
+        linear = np.diag([*(v * s / factor for v, s in zip(COLIN_SINGULAR_VALUES, stretch, strict=True)), 1.0])
+        report = guards.GuardReport()
+        guards.check_linear(linear @ turn, report)
+        assert report.as_dict()["scale"] == pytest.approx(float(np.prod(np.diag(linear)[:3])) ** (1 / 3), abs=1e-4)
+        return report.failures
+
+    # ordinary and large adult heads: 10-20 % larger than Colin27 (smallest singular value down to 0.70)
+    for factor in (0.9, 1.0, 1.1, 1.15, 1.2):
+        assert failures(factor) == [], factor
+    # a child's head (0.65x Colin27, 0.65x the template) is refused with the reason that says what to do
+    assert failures(0.65) == [guards.HEAD_SMALLER_THAN_ADULT]
+    assert failures(0.65 * 0.885) == [guards.HEAD_SMALLER_THAN_ADULT]
+    # an adult-sized head stretched along one axis is not a head: refused for its shape, not its size
+    stretched = failures(1.0, (1.3, 1.0, 1.0))  # 1.45x its narrowest axis
+    assert len(stretched) == 1 and stretched[0].startswith("implausible scale") and "head shape" in stretched[0]
+
 def test_site_pair_files_are_checked(child_pair, tmp_path):
     with pytest.raises(ConfigError, match="brainmask file not found"):
         tpl.site_pair("x", child_pair.template, child_pair.facemask, tmp_path / "missing.nii.gz")

@@ -14,7 +14,8 @@ from bidsafe.deface import engine, guards
 
 slow = pytest.mark.slow
 
-LIMITS = {"singular_range": list(guards.SINGULAR_RANGE), "max_shear": guards.MAX_SHEAR,
+LIMITS = {"singular_range": list(guards.SINGULAR_RANGE), "max_anisotropy": guards.MAX_ANISOTROPY,
+          "max_shear": guards.MAX_SHEAR,
           "min_agreement_dice": guards.MIN_AGREEMENT_DICE,
           "max_brain_voxels_removed": guards.MAX_BRAIN_VOXELS_REMOVED, "max_metric": guards.MAX_METRIC}
 
@@ -46,7 +47,8 @@ def test_accepted_image_record_carries_every_guard_value(withheld_session):
     values = record["guards"]
     assert values["failures"] == [] and values["limits"] == LIMITS
     assert values["singular_values"] == record["singular_values"] and len(values["singular_values"]) == 3
-    assert all(0.8 <= v <= 1.25 for v in values["singular_values"])
+    assert guards.SINGULAR_RANGE[0] <= values["scale"] <= guards.SINGULAR_RANGE[1]
+    assert values["anisotropy"] <= guards.MAX_ANISOTROPY
     assert values["agreement_dice"] == record["agreement_dice"] >= guards.MIN_AGREEMENT_DICE
     assert values["metric"] == record["metric"] <= guards.MAX_METRIC
     assert values["brain_voxels_removed"] == 0 and values["shear"] == record["shear"]
@@ -60,14 +62,16 @@ def test_refused_image_record_and_reason_carry_the_guard_values(withheld_session
     assert record["refused"] is True and "sha256" not in record
     values = record["guards"]
     assert values["limits"] == LIMITS and values["failures"]
-    assert max(values["singular_values"]) > guards.SINGULAR_RANGE[1]  # a 0.6x head: template mm per subject mm
+    assert values["scale"] > guards.SINGULAR_RANGE[1]  # a 0.6x head: template mm per subject mm
+    assert values["failures"][0] == guards.HEAD_SMALLER_THAN_ADULT
     assert record["singular_values"] == values["singular_values"]
     # the reason names the refused image with its guard values, not the accepted one
     reason = status["reason"]
     assert f"anat/sub-01_ses-1_T2w.nii.gz: deface refused (builtin): {values['failures'][0]}" in reason
     assert "sub-01_ses-1_T1w" not in reason
     assert "singular values " + ", ".join(f"{v:.3f}" for v in values["singular_values"]) in reason
-    assert f"allowed [{guards.SINGULAR_RANGE[0]}, {guards.SINGULAR_RANGE[1]}]" in reason
+    assert f"overall scale {values['scale']:.3f} allowed [{guards.SINGULAR_RANGE[0]}, {guards.SINGULAR_RANGE[1]}]" \
+        in reason
     assert f"two-initialisation face-mask Dice {values['agreement_dice']:.3f}" in reason
 
 
@@ -91,8 +95,9 @@ def test_guard_values_text_names_each_value_and_threshold():
     report.limits["max_brain_voxels_removed"] = guards.MAX_BRAIN_VOXELS_REMOVED
     text = engine.guard_values_text(report.as_dict())
     assert text == (
-        f"guard values: singular values 1.000, 0.900, 0.700 (allowed [{guards.SINGULAR_RANGE[0]}, "
-        f"{guards.SINGULAR_RANGE[1]}]); shear 0.000 (max {guards.MAX_SHEAR}); two-initialisation face-mask "
+        f"guard values: singular values 1.000, 0.900, 0.700 (overall scale 0.857 allowed "
+        f"[{guards.SINGULAR_RANGE[0]}, {guards.SINGULAR_RANGE[1]}], ratio 1.429 max {guards.MAX_ANISOTROPY}); "
+        f"shear 0.000 (max {guards.MAX_SHEAR}); two-initialisation face-mask "
         f"Dice n/a (min {guards.MIN_AGREEMENT_DICE}); eroded template brain removed 0 voxels (max 0); "
         f"metric -0.4123 (max {guards.MAX_METRIC})"
     )

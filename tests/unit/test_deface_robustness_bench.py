@@ -22,11 +22,13 @@ def test_cases_are_fixed_by_the_seed_and_span_real_exports():
     assert specs == bench.make_specs(60, 11)
     assert specs[:10] == bench.make_specs(10, 11)  # a case is the same whatever --cases is
     assert specs != bench.make_specs(60, 12)
-    assert {s.size for s in specs} == {1.0}  # rigid unless asked
-    sized = bench.make_specs(60, 11, (0.95, 1.1))
-    assert [s.size for s in sized] == [s.size for s in bench.make_specs(60, 11, (0.95, 1.1))]
-    assert all(0.95 <= s.size <= 1.1 for s in sized) and len({s.size for s in sized}) > 40
-    assert [(s.orientation, s.voxel, s.rotation) for s in sized] == [
+    # adult head sizes by default: up to 12 % larger than Colin27 (itself larger than pydeface's template)
+    assert bench.SIZE_RANGE == (0.92, 1.12)
+    assert all(0.92 <= s.size <= 1.12 for s in specs) and len({s.size for s in specs}) > 40
+    assert sum(s.size > 1.08 for s in specs if s.source == "colin") >= 4
+    rigid = bench.make_specs(60, 11, (1.0, 1.0))
+    assert {s.size for s in rigid} == {1.0}
+    assert [(s.orientation, s.voxel, s.rotation) for s in rigid] == [
         (s.orientation, s.voxel, s.rotation) for s in specs]
     assert {s.orientation for s in specs} == set(bench.orientation_codes()) and len(bench.orientation_codes()) == 48
     assert {s.source for s in specs} == {"colin", "pydeface"}

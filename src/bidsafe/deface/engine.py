@@ -84,7 +84,8 @@ def guard_values_text(values: dict) -> str:
     svs = ", ".join(num(v) for v in values.get("singular_values") or [])
     low, high = limits.get("singular_range") or (None, None)
     return (
-        f"guard values: singular values {svs} (allowed [{low}, {high}]); shear {num(values.get('shear'))} "
+        f"guard values: singular values {svs} (overall scale {num(values.get('scale'))} allowed [{low}, {high}], "
+        f"ratio {num(values.get('anisotropy'))} max {limits.get('max_anisotropy')}); shear {num(values.get('shear'))} "
         f"(max {limits.get('max_shear')}); two-initialisation face-mask Dice {num(values.get('agreement_dice'))} "
         f"(min {limits.get('min_agreement_dice')}); eroded template brain removed "
         f"{values.get('brain_voxels_removed')} voxels (max {limits.get('max_brain_voxels_removed')}); "

@@ -3,20 +3,25 @@
 Transforms are 4x4 matrices mapping subject world coordinates (RAS mm) to template world coordinates, the
 direction SimpleITK optimises and the direction of the reference in benchmarks/deface-reference.md.
 
-Method (chosen by measurement on benchmarks/deface_accuracy.py, Colin27 heads under known poses):
+Method (chosen by measurement on benchmarks/deface_accuracy.py and benchmarks/deface_robustness.py: Colin27
+and pydeface's template under known poses, sizes, fields of view, grids and contrasts):
 1. Working images: the subject smoothed and resampled to axis-aligned 2, 4 and 6 mm grids, each cropped to
-   the head plus 10 mm (the metric samples only there and inside the field of view, so zero padding or a
-   field of view ending at the nose is never compared with the template's neck).
-2. Start: a similarity aligning the centroids and sizes of the top 90 mm of both heads (the skull cap is in
-   every scan; the chin and neck are not).
-3. Global stage: from that start turned by -30, -15, 0, +15, +30 degrees of pitch, a similarity registration
-   at 6 mm of the template's cranium (head above the skull base); the best Mattes MI wins. With the single
-   0-degree start, of 16 cases one ended 70 mm off (refused by the guards), another 13 mm off while passing
-   every guard, and one was refused for disagreeing initialisations; with five starts all 16 ended within 4 mm.
+   the head plus 10 mm. The metric samples the subject (fixed image) only there and inside its field of view,
+   so what the field of view cut off (chin, nose, top of the head) is never compared with the template:
+   template voxels with no counterpart in the image are outside the overlap and never sampled.
+2. Start: a similarity aligning the centroids and sizes of the top 90 mm of both heads (first moments and
+   volume of the skull cap, which is in every scan; the chin and neck are not).
+3. Global stage: from that start turned by -30, -15, 0, +15, +30 degrees of pitch, each alone or with a roll
+   or a yaw of +-15 degrees; per pitch the best-scoring of those five starts (metric where it stands, cheap at
+   6 mm) is optimised as a similarity of the template's cranium (head above the skull base) at 6 mm; the best
+   Mattes MI wins. With the single 0-degree start, of 16 cases one ended 70 mm off (refused by the guards),
+   another 13 mm off while passing every guard, and one was refused for disagreeing initialisations; with five
+   pitch starts all 16 ended within 4 mm.
 4. Refinement: similarity at 4 mm on the cranium, then affine at 4 mm and 2 mm on the head above the chin.
-5. The same refinement from a deliberately perturbed start (10 degrees, 8 mm, 5 %) gives the second
-   initialisation that the agreement guard compares with.
-About 8-12 s of one core per 1 mm T1.
+5. The same refinement from a deliberately perturbed start (10 degrees, 8 mm, 5 %; half the samples at 2 mm)
+   gives the second initialisation that the agreement guard compares with.
+Measured on one core per 1 mm T1: global 3-4 s, refinement 10-11 s, second initialisation 6-7 s; the whole
+`bidsafe deface` process 23 s CPU median on the robustness benchmark run on a loaded shared machine.
 """
 
 from __future__ import annotations
@@ -37,11 +42,21 @@ log = logging.getLogger(__name__)
 
 GLOBAL_SPACING_MM = 6.0
 GLOBAL_PITCHES = (-30.0, -15.0, 0.0, 15.0, 30.0)
+GLOBAL_TURN = 15.0  # roll and yaw added to each pitch (degrees)
 GLOBAL_ITERATIONS = 80
 SIMILARITY_SPACING_MM = 4.0
 REFINE_SPACINGS_MM = (4.0, 2.0)  # affine stages
-REFINE_ITERATIONS = 60  # per stage; 100 gained < 0.3 mm on the benchmark for 50 % more time
-FINE_SAMPLING = 0.10  # fraction of the 2 mm grid sampled (fixed seed: deterministic); coarser grids: all
+# The second initialisation (the agreement guard's) samples fewer voxels for fewer iterations at 2 mm: it must
+# land on the same head, not match the first to the millimetre, and the 2 mm stage is most of its cost.
+# (Stopping at 4 mm instead left face masks 6-14 mm apart, agreement Dice 0.88-0.90.)
+ALTERNATIVE_FINE_SAMPLING = 0.10
+ALTERNATIVE_FINE_ITERATIONS = 60
+REFINE_ITERATIONS = 60  # per stage at 4 mm; 100 gained < 0.3 mm on the benchmark for 50 % more time
+# The 2 mm stage samples a regular (seeded, jittered) 15 % of its grid for up to 120 iterations. Random 10 %
+# for 60 stopped unconverged 3.3-4.7 mm from the truth on T2-like Colin heads (face tissue left 6-11 %);
+# regular 15 % for 120 reached 1.6-3.7 mm for 6-7 s of CPU (regular sampling costs half of random per sample).
+FINE_SAMPLING = 0.15
+FINE_ITERATIONS = 120
 AFFINE_LEARNING_RATE = 2.0
 CHECK_SPACING_MM = 4.0
 MASK_SPACING_MM = 4.0
@@ -242,7 +257,7 @@ def _method(fixed_mask: sitk.Image, moving_mask: sitk.Image, sampling: float, it
     r.SetMetricFixedMask(fixed_mask)
     r.SetMetricMovingMask(moving_mask)
     if sampling < 1.0:
-        r.SetMetricSamplingStrategy(r.RANDOM)
+        r.SetMetricSamplingStrategy(r.REGULAR)
         r.SetMetricSamplingPercentage(sampling, SAMPLING_SEED)
     else:
         r.SetMetricSamplingStrategy(r.NONE)
@@ -291,24 +306,46 @@ def evaluate(stage: _Stage, matrix: np.ndarray, centre: np.ndarray) -> float:
     return float(r.MetricEvaluate(stage.fixed, stage.moving))
 
 
+def starts(init: np.ndarray, centre: np.ndarray) -> dict[float, list[tuple[str, np.ndarray]]]:
+    """The global stage's starting poses by pitch: the skull-cap alignment turned about the subject's head
+    centre by each pitch in GLOBAL_PITCHES, alone or with a roll or a yaw of +-GLOBAL_TURN degrees."""
+    turns = [("", np.eye(4))]
+    for axis, name in (("y", "roll"), ("z", "yaw")):
+        turns += [(f" {name}{sign * GLOBAL_TURN:+.0f}", rotation_matrix(axis, sign * GLOBAL_TURN)) for sign in (-1, 1)]
+    found: dict[float, list[tuple[str, np.ndarray]]] = {}
+    for pitch in GLOBAL_PITCHES:
+        found[pitch] = []
+        for label, turn in turns:
+            rotation = rotation_matrix("x", pitch) @ turn
+            found[pitch].append((f"pitch{pitch:+.0f}{label}",
+                                 init @ translation_matrix(centre) @ rotation @ translation_matrix(-centre)))
+    return found
+
+
 def global_search(levels: dict[float, SubjectLevel]) -> tuple[list[Candidate], np.ndarray]:
-    """Similarity registrations of the cranium from several head pitches; best first."""
+    """Similarity registrations of the cranium from several starts covering all three rotation axes; best first.
+
+    Per pitch, the five starts (unturned, rolled or yawed either way) are scored by the metric where they
+    stand (cheap at 6 mm) and the best is optimised: the search covers roll and yaw as well as pitch for the
+    price of the five optimisations the pitch-only search cost."""
     subject = levels[GLOBAL_SPACING_MM]
     template = tpl.template_level(GLOBAL_SPACING_MM)
     init, centre = initial_transform(subject, template)
     stage = _stage(subject, template, "cranium")
     candidates = []
-    for pitch in GLOBAL_PITCHES:
-        start = init @ translation_matrix(centre) @ rotation_matrix("x", pitch) @ translation_matrix(-centre)
+    for options in starts(init, centre).values():
+        label, start = min(options, key=lambda option: evaluate(stage, option[1], centre))
         transform = similarity_transform_of(start, centre)
         matrix, metric = _optimise(stage, transform, 1.0, GLOBAL_ITERATIONS, learning_rate=2.0, min_step=0.05)
-        candidates.append(Candidate(matrix, metric, f"pitch{pitch:+.0f}"))
+        candidates.append(Candidate(matrix, metric, label))
     candidates.sort(key=lambda c: c.metric)
     return candidates, centre
 
 
-def refine(levels: dict[float, SubjectLevel], start: np.ndarray, centre: np.ndarray, label: str) -> Candidate:
-    """Similarity on the cranium, then affine on the head above the chin, coarse to fine."""
+def refine(levels: dict[float, SubjectLevel], start: np.ndarray, centre: np.ndarray, label: str,
+           fine_sampling: float = FINE_SAMPLING, fine_iterations: int = FINE_ITERATIONS) -> Candidate:
+    """Similarity on the cranium, then affine on the head above the chin, coarse to fine (the 2 mm stage
+    sampling `fine_sampling` of its grid)."""
     history = []
     spacing = SIMILARITY_SPACING_MM
     stage = _stage(levels[spacing], tpl.template_level(spacing), "cranium")
@@ -316,8 +353,8 @@ def refine(levels: dict[float, SubjectLevel], start: np.ndarray, centre: np.ndar
     history.append(f"similarity@{spacing:g}mm {metric:.4f}")
     for spacing in REFINE_SPACINGS_MM:
         stage = _stage(levels[spacing], tpl.template_level(spacing), "face")
-        sampling = 1.0 if spacing >= 4 else FINE_SAMPLING
-        matrix, metric = _optimise(stage, affine_transform_of(matrix, centre), sampling, REFINE_ITERATIONS,
+        sampling, iterations = (1.0, REFINE_ITERATIONS) if spacing >= 4 else (fine_sampling, fine_iterations)
+        matrix, metric = _optimise(stage, affine_transform_of(matrix, centre), sampling, iterations,
                                    AFFINE_LEARNING_RATE, 0.005)
         history.append(f"affine@{spacing:g}mm {metric:.4f}")
     return Candidate(matrix, metric, label, history)
@@ -337,7 +374,8 @@ def register(volume: np.ndarray, affine: np.ndarray, threads: int = 1) -> Regist
     candidates, centre = global_search(levels)
     best = candidates[0]
     primary = refine(levels, best.matrix, centre, best.label)
-    alternative = refine(levels, perturb(best.matrix, centre), centre, best.label + "+perturbed")
+    alternative = refine(levels, perturb(best.matrix, centre), centre, best.label + "+perturbed",
+                         ALTERNATIVE_FINE_SAMPLING, ALTERNATIVE_FINE_ITERATIONS)
     final_metric = check_metric(levels, primary.matrix)
     return RegistrationResult(primary, alternative, candidates, final_metric, time.monotonic() - started, levels)
 
