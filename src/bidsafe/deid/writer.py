@@ -372,6 +372,17 @@ def _number_component(text: str, width: int) -> str:
     return f"{number:0{width}d}" if number >= 0 else f"m{-number}"
 
 
+# Hashes in file names are written in 16 consonants, not hex: a hex hash holds runs of digits, and across
+# thousands of files some run equals another session's 5-digit study ID or accession number by chance (the
+# leak gate, which searches work_dir too, rightly cannot tell). Without digits and vowels no number and no
+# name can appear by chance.
+_HASH_LETTERS = str.maketrans("0123456789abcdef", "bcdfghjklmnpqrst")
+
+
+def _name_hash(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length].translate(_HASH_LETTERS)
+
+
 def output_relpath(ds: Dataset, new_sop_instance: str) -> str:
     """`<SeriesNumber>_<Modality>_<hash of new series UID>/<InstanceNumber>_<hash of new SOP UID>.dcm`:
     only de-identified values, read from the de-identified dataset."""
@@ -380,13 +391,13 @@ def output_relpath(ds: Dataset, new_sop_instance: str) -> str:
         (
             _number_component(text_of(ds, TAG_SERIES_NUMBER), 4),
             _safe_component(text_of(ds, TAG_MODALITY)),
-            hashlib.sha256(series_uid.encode()).hexdigest()[:10],
+            _name_hash(series_uid, 10),
         )
     )
     instance = "_".join(
         (
             _number_component(text_of(ds, TAG_INSTANCE_NUMBER), 5),
-            hashlib.sha256(new_sop_instance.encode()).hexdigest()[:16],
+            _name_hash(new_sop_instance, 16),
         )
     )
     return f"{series}/{instance}.dcm"
