@@ -42,8 +42,6 @@ from bidsafe.deid.ruleset import (
 )
 from bidsafe.errors import ConfigError
 
-TABLE_EDITION = "2024b"
-TABLE_ROWS = 621
 TABLE_ENV = "BIDSAFE_PS315_TABLE"
 
 # The model lives in bidsafe.deid.ruleset; importers of this module find it here too.
@@ -168,7 +166,7 @@ class CheckResult:
 
 
 def packaged_table() -> Path:
-    """Table E.1-1 as shipped inside the package (PS3.15 edition TABLE_EDITION; provenance in its README.md)."""
+    """Table E.1-1 as shipped inside the package (PS3.15 edition 2024b, 621 rows; provenance in its README.md)."""
     return resources.package_file("data/ps315/table_e1_1.json")
 
 

@@ -163,9 +163,6 @@ class RuleSet:
     def is_safe_private(self, creator: str, group: int, element_offset: int) -> bool:
         return (normalise_creator(creator), group, element_offset & 0xFF) in self.safe_private_keys
 
-    def code_for(self, option: str) -> tuple[str, str]:
-        return OPTION_CODES[option]
-
     def _pattern_rule(self, tag: int) -> TagRule | None:
         group = tag >> 16
         if group & 1:
