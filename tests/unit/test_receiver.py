@@ -11,38 +11,11 @@ from types import SimpleNamespace
 
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+from test_handoff import KEY, _mr
 
 from bidsafe import receiver as rx
 from bidsafe.handoff import hand_over_study, instance_filename, read_manifest, study_key
-
-KEY = bytes(range(32))
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-def _mr(study: str, series: str, instance: int) -> pydicom.Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MR_IMAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = "PID-X"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.Modality = "MR"
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(range(32))
-    return ds
 
 
 def _settings(tmp_path: Path, **kw: object) -> rx.Settings:
