@@ -18,6 +18,7 @@ gate alone (no stage reads or writes them; the gate's independence is unchanged)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,8 +44,10 @@ def file_identity(path: Path) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+@functools.cache
 def gate_code_digest() -> str:
-    """The gate's matching code: a new version of it rescans everything (its renderings may differ)."""
+    """The gate's matching code: a new version of it rescans everything (its renderings may differ). Read once
+    per process: every session's harvest key includes it."""
     digest = hashlib.sha256(str(FORMAT).encode())
     for name in _GATE_SOURCES:
         digest.update(package_file(f"release/{name}").read_bytes())
