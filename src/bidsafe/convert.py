@@ -80,7 +80,7 @@ def _tool(name: str) -> Path:
     raise BidsafeError(f"{name} not found next to the Python interpreter; run `make setup`", tool_bin_dir())
 
 
-def load_config(path: Path) -> dict:
+def load_config(path: Path) -> dict[str, Any]:
     """Read and sanity-check a dcm2bids v3 config (a user's own file is accepted unchanged)."""
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -94,7 +94,8 @@ def load_config(path: Path) -> dict:
     for i, description in enumerate(descriptions):
         if not isinstance(description, dict) or not {"datatype", "suffix", "criteria"} <= description.keys():
             raise ConfigError(f"description #{i + 1} needs 'datatype', 'suffix' and 'criteria'", path)
-    return config
+    checked: dict[str, Any] = config
+    return checked
 
 
 def convert_session(
@@ -226,8 +227,8 @@ def _niftis(folder: Path) -> list[Path]:
 
 def _save_logs(
     bids_scratch: Path,
-    converted: subprocess.CompletedProcess,
-    completed: subprocess.CompletedProcess,
+    converted: subprocess.CompletedProcess[str],
+    completed: subprocess.CompletedProcess[str],
     log_dir: Path,
     subject: str,
     session: str,
@@ -490,12 +491,12 @@ def summarise(
             target["files"] += 1  # received, though not in the de-identified folder
     placed: dict[str, list[str]] = {}
     if produced.is_dir():
-        for sidecar in sorted(produced.rglob("*.json")):
+        for sidecar_path in sorted(produced.rglob("*.json")):
             try:
-                number = series_key(json.loads(sidecar.read_bytes()).get("SeriesNumber", ""))
+                number = series_key(json.loads(sidecar_path.read_bytes()).get("SeriesNumber", ""))
             except (ValueError, AttributeError):
                 number = "?"
-            images = [p for p in sidecar.parent.glob(sidecar.name[: -len(".json")] + ".nii*")]
+            images = [p for p in sidecar_path.parent.glob(sidecar_path.name[: -len(".json")] + ".nii*")]
             placed.setdefault(number, []).extend(str(p.relative_to(produced)) for p in images)
     verdicts = sidecar_pairing(dcm2bids_log)
     with_sidecar: set[str] = set()
@@ -509,8 +510,8 @@ def summarise(
             row(number)["left_out"][(AMBIGUOUS, "images")] += 1
         elif not placed.get(number):
             row(number)["left_out"][(NOT_PLACED, "images")] += 1
-    for number, images in placed.items():
-        row(number)["images"] = sorted(images)
+    for number, placed_images in placed.items():
+        row(number)["images"] = sorted(placed_images)
     for number, reason in (incomplete or {}).items():
         target = row(number)
         target["left_out"][(reason, "files")] += target["files"]

@@ -158,6 +158,7 @@ def state_dir(private_dir: Path) -> Path:
 def load_state(private_dir: Path) -> dict[str, Any]:
     """The watcher's memory between polls (private; only keyed digests and times, no names or UIDs)."""
     path = state_dir(private_dir) / STATE_NAME
+    state: dict[str, Any]
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

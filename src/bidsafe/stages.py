@@ -14,12 +14,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidsafe import filelist
 from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text, remove_path
 from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
+
+if TYPE_CHECKING:  # imported where used: a stage's module loads only what that stage needs
+    from bidsafe.release.gates import GateResult
 
 log = logging.getLogger("bidsafe")
 
@@ -486,7 +489,7 @@ def _complete_private_outputs(inputs: Mapping[str, object], summary: str) -> Non
             private_write_text(Path(str(path)), json.dumps(empty, indent=1) + "\n")
 
 
-def _leak_gate(inputs: Mapping[str, object]):
+def _leak_gate(inputs: Mapping[str, object]) -> GateResult:
     """The leak gate on a harvest made independently from the raw inbox (not from deid's own harvest), per
     session so that each value names its sessions; the harvest and the findings (values) stay private."""
     from bidsafe.release import gates

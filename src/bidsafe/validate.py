@@ -149,7 +149,8 @@ def run_validator(
             f"from its report{_stderr_excerpt(proc.stderr)}",
             bids_dir,
         )
-    summary_block = data.get("summary") if isinstance(data.get("summary"), dict) else {}
+    summary = data.get("summary")
+    summary_block: dict[str, Any] = summary if isinstance(summary, dict) else {}
     return ValidationResult(
         valid=not errors,  # an error in the report fails even if the exit code said 0
         errors=errors,

@@ -528,4 +528,5 @@ def reseal_version(version_dir: Path, **updates: Any) -> dict[str, Any]:
 
 
 def read_shareable(release: Path) -> dict[str, Any]:
-    return json.loads((Path(release) / SHAREABLE_NAME).read_text(encoding="utf-8"))
+    record: dict[str, Any] = json.loads((Path(release) / SHAREABLE_NAME).read_text(encoding="utf-8"))
+    return record
