@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import slurm_cluster
-from test_reruns import make_run_folder
 
 from bidsafe.keys import create_key
+
+from helpers import slurm_cluster
+from helpers.pipeline_run import make_run_folder
 
 pytestmark = pytest.mark.slow
 

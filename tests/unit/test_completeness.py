@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deid_testing import mr_dataset, write
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -21,6 +20,8 @@ from bidsafe.completeness import (
     lost_data_warnings,
 )
 from bidsafe.convert import convert_session
+
+from helpers.deid_testing import mr_dataset, write
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]

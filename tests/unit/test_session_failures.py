@@ -5,7 +5,6 @@ released. Real stage functions throughout (real dcm2niix/dcm2bids, the real defa
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -32,8 +31,7 @@ from bidsafe.stages import (
     scrub_stage,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _pseudonym_data import FakeSession, config, write_index, write_registry  # noqa: E402
+from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "config" / "deid" / "basic-mr.yaml"
