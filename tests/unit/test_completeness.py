@@ -256,7 +256,7 @@ def test_no_demo_series_is_flagged(tmp_path):
 
 
 def test_withholding_removes_every_output_of_the_series_and_nothing_else(tmp_path):
-    from bidsafe.convert import withhold_outputs
+    from bidsafe.convert_series import withhold_outputs
 
     names = {"002.json": 2, "002.nii.gz": None, "002_Eq_1.nii.gz": None, "002_e2.json": 2, "002_e2.nii.gz": None,
              "020.json": 20, "020.nii.gz": None, "020.bval": None, "020.bvec": None}

@@ -15,11 +15,10 @@ from bidsafe.convert import (
     AMBIGUOUS,
     NO_MAPPING,
     NOT_CONVERTED,
-    SeriesInfo,
     convert_session,
-    repair_sidecar_bytes,
     summarise,
 )
+from bidsafe.convert_series import SeriesInfo, repair_sidecar_bytes
 from bidsafe.deid.engine import deidentify_tree, write_report
 from bidsafe.deid.rules import load_rules
 

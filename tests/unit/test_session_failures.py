@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bidsafe.deid.stage import deid_stage
 from bidsafe.demo import generate
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.keys import create_key
@@ -23,7 +24,6 @@ from bidsafe.stages import (
     assemble_stage,
     convert_stage,
     deface_stage,
-    deid_stage,
     qa_session_files,
     qc_stage,
     read_included,
