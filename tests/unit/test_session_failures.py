@@ -249,6 +249,7 @@ def _convert_with(work: Work, dicom: Path, mapping: dict) -> dict:
                          session="01", config=config, log_dir=work.root / "private" / "dcm2bids")
 
 
+@pytest.mark.slow  # a demo session generated, then converted with dcm2niix and dcm2bids
 def test_ambiguous_mapping_withholds_at_convert(tmp_path, demo_dicom):
     work = Work(tmp_path)
     every = {"SeriesDescription": "*"}
@@ -265,6 +266,7 @@ def test_ambiguous_mapping_withholds_at_convert(tmp_path, demo_dicom):
     check_withheld(work, "bad", "convert", "convert:ambiguous", "the dcm2bids mapping is ambiguous")
 
 
+@pytest.mark.slow  # a demo session generated, then converted with dcm2niix and dcm2bids
 def test_no_series_the_mapping_converts_withholds_at_convert(tmp_path, demo_dicom):
     """Like a session of localizers only, a structured report or CT/RT objects: nothing the mapping takes."""
     work = Work(tmp_path)
