@@ -13,7 +13,6 @@ from bidsafe.pseudonymise.settings import STAGE_KEYS as PSEUDONYMISE_KEYS
 from bidsafe.recovery import scratch_dir
 from bidsafe.release.datalad_release import require_datalad_tools
 
-
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -39,7 +38,9 @@ if config["release"].get("datalad"):
 PRIVATE_SCRATCH = scratch_dir(PRIVATE)
 # Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
 # first, by the Snakefile's onstart hook (parsing has no side effects: every cluster job parses this file).
-PRIVATE_FOLDERS = [PRIVATE / name for name in ("ingest", "pseudonymise", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")]
+PRIVATE_FOLDERS = [
+    PRIVATE / name for name in ("ingest", "pseudonymise", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")
+]
 
 SESSION = "sub-{subject}/ses-{session}"
 
@@ -72,6 +73,8 @@ SIDECAR_ALLOWLIST = shipped(config["scrub"]["allowlist"])
 # by default) is always read too.
 DEID_VOCABULARY = [str(shipped(p)) for p in config["deid"]["vocabulary"]]
 SHIPPED_VOCABULARY = DEFAULT_VOCABULARY
+
+
 # Inputs rerun a job when the file is newer than its outputs and its content changed; a file put back with an
 # older time (`cp -p`, `rsync -t`, an unpacked archive) is not newer, so each job also takes the content
 # digest of its files as a param, which reruns it whenever the content differs from its last run.
