@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe import filelist
+from bidsafe.bidsnames import session_of
 from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text, remove_path
 from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
@@ -316,10 +317,9 @@ class SessionRef:
 
 def session_from_path(path: Path) -> SessionRef:
     """`.../sub-S/ses-T[/...]` -> SessionRef(S, T)."""
-    parts = Path(path).parts
-    for i, part in enumerate(parts[:-1]):
-        if part.startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return SessionRef(part[4:], parts[i + 1][4:])
+    labels = session_of(path)
+    if labels is not None:
+        return SessionRef(*labels)
     raise BidsafeError("path does not name a sub-/ses- pair", path)
 
 
@@ -539,14 +539,15 @@ def work_folders(work_dir: Path, staging: Path, also: Sequence[Path] = ()) -> li
 def qa_session_files(sessions_tsv: object, session_files: object) -> frozenset[str]:
     """Inbox-relative paths of every QA session (pseudonymise's private sessions.tsv and per-session file
     lists); nothing when either is not given."""
+    from bidsafe.pseudonymise.sessionlists import all_sessions
     from bidsafe.siteexclusions import is_qa_reason
 
     if not sessions_tsv or not session_files:
         return frozenset()
     paths: set[str] = set()
-    for row in read_included(Path(str(sessions_tsv))):
-        if row.get("included") != "yes" and is_qa_reason(row.get("reason") or ""):
-            files = Path(str(session_files)) / f"sub-{row['subject']}" / f"ses-{row['session']}" / "files.txt"
+    for row in all_sessions(Path(str(sessions_tsv))):
+        if not row.included and is_qa_reason(row.reason):
+            files = Path(str(session_files)) / f"sub-{row.subject}" / f"ses-{row.session}" / "files.txt"
             paths.update(read_file_list(files))
     return frozenset(paths)
 
