@@ -81,7 +81,7 @@ if ANAT not in datatypes():  # pragma: no cover - a schema that dropped `anat` w
 
 def image_suffix(name: str | PurePath) -> str | None:
     """BIDS suffix of a NIfTI file name (`sub-1_ses-1_run-1_T1w.nii.gz` -> `T1w`); None for any other file."""
-    text = name.name if isinstance(name, PurePath) else str(name)
+    text = PurePath(name).name
     for ext in NIFTI_EXTENSIONS:
         if text.endswith(ext):
             return text[: -len(ext)].rsplit("_", 1)[-1]
@@ -96,14 +96,27 @@ def split_nifti(name: str) -> tuple[str, str]:
     return name, ""
 
 
+def _session_at(parts: tuple[str, ...]) -> int | None:
+    for i in range(len(parts) - 1):
+        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
+            return i
+    return None
+
+
 def session_of(path: str | PurePath) -> tuple[str, str] | None:
     """(subject, session) labels of the first `sub-S/ses-T` folder pair in `path`, without prefixes; None when
     the path names no such pair."""
     parts = PurePath(path).parts
-    for i in range(len(parts) - 1):
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return parts[i][4:], parts[i + 1][4:]
-    return None
+    i = _session_at(parts)
+    return None if i is None else (parts[i][4:], parts[i + 1][4:])
+
+
+def from_session(path: str | PurePath) -> str | None:
+    """`path` from its first `sub-S/ses-T` pair on (`/w/deface/sub-1/ses-2/records.json` ->
+    `sub-1/ses-2/records.json`), None when it names no such pair: a location without the folders above it."""
+    parts = PurePath(path).parts
+    i = _session_at(parts)
+    return None if i is None else "/".join(parts[i:])
 
 
 def unknown_suffixes(names: Iterable[str]) -> list[str]:
@@ -119,6 +132,6 @@ def known_suffix(name: str) -> str:
     return name
 
 
-__all__ = ["ANAT", "LABEL", "LABEL_RE", "NIFTI_EXTENSIONS", "datatypes", "entity_order", "image_suffix",
+__all__ = ["ANAT", "LABEL", "LABEL_RE", "NIFTI_EXTENSIONS", "datatypes", "entity_order", "from_session", "image_suffix",
            "is_label", "known_suffix", "nifti_extensions", "session_of", "split_nifti", "structural_suffixes",
            "suffixes", "unknown_suffixes"]

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import session_of
 from bidsafe.release.gates import GateResult, read_gate_report
 from bidsafe.release.report import (
     UNFINISHED,
@@ -31,12 +32,10 @@ from bidsafe.release.report import (
 # The per-session stages in pipeline order: a session's last status file is the one that counts.
 SESSION_STAGES = ("deid", "convert", "scrub", "deface", "qc")
 REPORT_NAME = "bidsafe-report.html"
-_SESSION = re.compile(r"sub-([A-Za-z0-9]+)/ses-([A-Za-z0-9]+)")
 
 
 def _key(path: Path) -> tuple[str, str] | None:
-    match = _SESSION.search(Path(path).as_posix())
-    return (match[1], match[2]) if match else None
+    return session_of(path)
 
 
 def _json(path: Path | None) -> Any:

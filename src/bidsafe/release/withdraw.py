@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import is_label
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_write_text
 from bidsafe.progress import Progress
@@ -58,7 +59,6 @@ log = logging.getLogger("bidsafe")
 
 TMP_SUFFIX = ".withdraw.tmp"
 OLD_SUFFIX = ".withdraw.old"
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _README_COUNTS = re.compile(r"MRI data of \d+ participants \(\d+ sessions\)")
 # Images: binary and large; a label can only be in their names, never looked for inside.
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".gz")
@@ -67,7 +67,7 @@ _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".gz")
 def participant_label(text: str) -> str:
     """`sub-S` or `S` -> `S`; anything but letters and digits is refused (exit 2)."""
     label = text.strip().removeprefix("sub-")
-    if not _LABEL.match(label):
+    if not is_label(label):
         # not echoed: a mistyped argument may be a real name or ID
         raise ConfigError("PARTICIPANT must be a released pseudonym such as sub-ab12cd34 (letters and digits "
                           "after `sub-`)")
