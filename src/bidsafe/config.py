@@ -70,13 +70,29 @@ def config_problems(config: object, schema: Mapping[str, Any] | None = None) -> 
     schema = schema if schema is not None else load_schema()
     if not isinstance(config, Mapping):
         return ["config: the configuration must be a mapping of keys (is the file empty?)"]
-    errors = Draft202012Validator(schema).iter_errors(config)
+    errors = Draft202012Validator(schema, format_checker=_formats()).iter_errors(config)
     lines: list[str] = []
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         for line in _describe(error):
             if line not in lines:
                 lines.append(line)
     return lines
+
+
+def _formats() -> Any:
+    """The formats the schema uses: `bids-suffix`, a name in the official BIDS schema (policy lists of suffixes
+    are checked against it, not restated). Text that is not letters and digits is left to the key's pattern."""
+    from jsonschema import FormatChecker
+
+    checker = FormatChecker(formats=())
+
+    @checker.checks("bids-suffix")
+    def _bids_suffix(value: object) -> bool:
+        from bidsafe.bidsnames import unknown_suffixes
+
+        return not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9]+", value) or not unknown_suffixes([value])
+
+    return checker
 
 
 def _describe(error: Any) -> Iterable[str]:
@@ -105,9 +121,9 @@ def _describe(error: Any) -> Iterable[str]:
         expected = " or ".join(_JSON_TYPES.get(t, t) for t in wanted)
         yield _line(path, f"expected {expected}, got {_kind_of(value)}", why, None)
         return
-    if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "const", *_BOUNDS):
+    if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "format", "const", *_BOUNDS):
         # A `propertyNames` failure reports the offending key itself as the instance, at the mapping's path.
-        allowed = node.get("x-allowed") or (None if kind == "pattern" and why else _allowed_text(node))
+        allowed = node.get("x-allowed") or (None if kind in ("pattern", "format") and why else _allowed_text(node))
         yield _line(path, f"{_quote(value)} is not allowed", why, allowed)
         return
     yield _line(path, error.message if len(error.message) <= 120 else f"{kind} check failed", why, None)
@@ -277,6 +293,8 @@ def _allowed_text(node: Mapping[str, Any]) -> str | None:
             bounds.append(f"{sign} {node[keyword]}")
     if "pattern" in node:
         bounds.append(f"matching `{node['pattern']}`")
+    if node.get("format") == "bids-suffix":
+        bounds.append("a suffix of the BIDS schema")
     items = node.get("items")
     if isinstance(items, Mapping) and (inner := items.get("x-allowed") or _allowed_text(items)):
         bounds.append(f"items {inner}")
