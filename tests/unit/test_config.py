@@ -205,3 +205,17 @@ def test_deface_suffix_lists_name_only_suffixes_of_the_bids_schema():
         "config: deface.exempt: 'angiogram' is not allowed: not a suffix of the BIDS schema",
         "config: deface.suffixes[0]: 'T1W' is not allowed: not a suffix of the BIDS schema",
     ]
+
+
+def test_data_areas_that_overlap_are_refused_by_one_test(tmp_path):
+    """private_dir inside release_dir (or the same folder, or through a symbolic link) is refused; the drop
+    folder and the pseudonymise output use the same test (bidsafe.private.areas_overlap)."""
+    from bidsafe.private import areas_overlap, check_areas
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    assert areas_overlap(tmp_path / "r" / "p", tmp_path / "r") and areas_overlap(tmp_path / "link", tmp_path / "r")
+    assert not areas_overlap(tmp_path / "r", tmp_path / "r2")
+    check_areas(tmp_path / "i", tmp_path / "p", tmp_path / "w", tmp_path / "r")
+    with pytest.raises(ConfigError, match="'private_dir' .* and 'release_dir' .* overlap"):
+        check_areas(tmp_path / "i", tmp_path / "link" / "p", tmp_path / "w", tmp_path / "r")
