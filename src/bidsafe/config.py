@@ -62,6 +62,14 @@ def schema_defaults(*keys: str, schema: Mapping[str, Any] | None = None) -> dict
     return {k: copy.deepcopy(v["default"]) for k, v in node.get("properties", {}).items() if "default" in v}
 
 
+def schema_enum(*keys: str) -> tuple[str, ...]:
+    """The allowed values of the key at `keys`, in the schema's order (e.g. `schema_enum("release", "audience")`)."""
+    node: Mapping[str, Any] = _load_schema(schema_path())
+    for key in keys:
+        node = node["properties"][key]
+    return tuple(str(value) for value in node["enum"])
+
+
 # --------------------------------------------------------------------------------------------- checking
 def config_problems(config: object, schema: Mapping[str, Any] | None = None) -> list[str]:
     """Every problem of `config`, one line each: `config: <key>: <what is wrong>[: why] (allowed: ...)`."""
@@ -116,14 +124,17 @@ def _describe(error: Any) -> Iterable[str]:
                 yield _line(_join(path, key), "missing (a required key)", None, None)
         return
     why = _why(node, kind)
+    if kind == "format":  # a name the official BIDS schema does not know (`format: bids-suffix`)
+        yield _line(path, f"{_quote(value)} is not allowed", why, None)
+        return
     if kind == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         expected = " or ".join(_JSON_TYPES.get(t, t) for t in wanted)
         yield _line(path, f"expected {expected}, got {_kind_of(value)}", why, None)
         return
-    if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "format", "const", *_BOUNDS):
+    if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "const", *_BOUNDS):
         # A `propertyNames` failure reports the offending key itself as the instance, at the mapping's path.
-        allowed = node.get("x-allowed") or (None if kind in ("pattern", "format") and why else _allowed_text(node))
+        allowed = node.get("x-allowed") or (None if kind == "pattern" and why else _allowed_text(node))
         yield _line(path, f"{_quote(value)} is not allowed", why, allowed)
         return
     yield _line(path, error.message if len(error.message) <= 120 else f"{kind} check failed", why, None)
