@@ -58,7 +58,7 @@ def deid_session(
     burned-in, or failed): the harvest and the private report are written first. `subject_values`: the raw
     harvests of every session of the subject (`harvest_session`), so text is cleaned of the patient's values
     as written in any of their visits."""
-    from bidsafe.deid.engine import deidentify_tree, write_report
+    from bidsafe.deid.engine import deidentify_tree, write_deid_report
     from bidsafe.deid.rules import load_rules, require_checked_rules, weakened
     from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
     from bidsafe.keys import load_key
@@ -92,7 +92,7 @@ def deid_session(
             scratch=None if scratch is None else ensure_private_dir(scratch),
         )
         report.weaker_rules = tuple(gaps)
-        write_report(report, report_json)
+        write_deid_report(report, report_json)
         save_values(report.personal_values, values_json)
         counts = dict(report.counts)
         log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -291,7 +291,7 @@ def deface_stage(
 def qc_stage(*, in_bids: Path, out_dir: Path, status_json: Path, upstream_status: Path | None,
              subject: str, session: str) -> dict[str, Any]:
     """The qc job: metrics of every image of an included session; a withheld session gets an empty folder."""
-    from bidsafe.qc import session_qc, write_qc
+    from bidsafe.imageqc import session_qc, write_qc
 
     def work() -> dict[str, Any]:
         rows = session_qc(Path(in_bids), subject, session)
@@ -618,11 +618,11 @@ def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_rep
     missing or unreadable `summary_json` is an error naming it (the report would otherwise list no session).
     Other missing inputs are named in the report. A failed run's report (the onerror hook) does not come
     here: `bidsafe.release.runreport.collect_from_work` takes whatever exists."""
-    from bidsafe.release.report import write_report
+    from bidsafe.release.report import write_run_report
     from bidsafe.release.runreport import collect
 
     _require_json_object(Path(summary_json), "the pseudonymise summary")
     facts = collect(summary_json=summary_json, included_tsv=included_tsv, gate_reports=gate_reports,
                     qc_dirs=qc_dirs, picture_dirs=picture_dirs, conversion_summaries=conversion_summaries,
                     status_dir=status_dir, quarantine_tsv=quarantine_tsv, published_json=published_json)
-    return write_report(html, **facts)
+    return write_run_report(html, **facts)

@@ -167,4 +167,4 @@ def test_the_audiences_are_the_schema_enum_and_each_has_words_for_the_readme():
     from bidsafe.release.assemble import AUDIENCE_WORDS
 
     enum = load_schema()["properties"]["release"]["properties"]["audience"]["enum"]
-    assert AUDIENCES == tuple(enum) and sorted(AUDIENCE_WORDS) == sorted(enum)
+    assert tuple(enum) == AUDIENCES and sorted(AUDIENCE_WORDS) == sorted(enum)

@@ -49,7 +49,7 @@ from bidsafe.release.gates import (
 )
 from bidsafe.release.manifest import parse_manifest, verify_release
 from bidsafe.release.publish import publish
-from bidsafe.release.report import write_report
+from bidsafe.release.report import write_run_report
 
 PROFILE = "basic-mr"
 VERSIONS = {"bidsafe": "0.1.0", "dcm2niix": "v1.0.20240202", "dcm2bids": "3.3.0", "pydicom": "3.0.1"}
@@ -843,7 +843,7 @@ def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None
     plt.imsave(png, np.arange(64, dtype=float).reshape(8, 8), cmap="gray")
     results = project.gate_results(fast=True)
     results[0] = replace(results[0], passed=False, summary="1 anatomical images <b>checked</b>")
-    html_path = write_report(
+    html_path = write_run_report(
         tmp_path / "report" / "bidsafe-report.html",
         sessions_tsv_summary=[
             {"subject": "a1", "session": "01", "included": "true", "reason": "", "study_uid": "1.2.3.99"},
@@ -867,7 +867,7 @@ def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None
     assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
     assert str(tmp_path) not in text, "no absolute paths in the report"
     passing = [r for r in project.gate_results(fast=True) if r.name != LEAK_SCAN]
-    partial = write_report(
+    partial = write_run_report(
         tmp_path / "partial.html", sessions_tsv_summary=[], gate_results=passing, qc_rows=[], deface_pngs={}
     ).read_text()
     assert "Gates not run: leak_scan." in partial and "Every gate passed" not in partial

@@ -14,11 +14,11 @@ from bidsafe.phi import (
 )
 
 PROCESSED = "processed"
-WITHHELD = "withheld"
+FILE_WITHHELD = "withheld"
 FAILED = "failed"
 NOT_DICOM = "not_dicom"
 DUPLICATE = "duplicate"
-STATUSES: tuple[str, ...] = (PROCESSED, WITHHELD, FAILED, NOT_DICOM, DUPLICATE)
+STATUSES: tuple[str, ...] = (PROCESSED, FILE_WITHHELD, FAILED, NOT_DICOM, DUPLICATE)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class DeidReport:
         return not any(entry.status == FAILED for entry in self.entries)
 
 
-def write_report(report: DeidReport, path: str | Path) -> Path:
+def write_deid_report(report: DeidReport, path: str | Path) -> Path:
     """Write the report as JSON, 0600: it names input paths, so it belongs in the private area."""
     import json
 

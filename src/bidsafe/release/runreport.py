@@ -26,7 +26,7 @@ from bidsafe.release.report import (
     quarantine_counts,
     reason_in_words,
     session_counts,
-    write_report,
+    write_run_report,
 )
 
 # The per-session stages in pipeline order: a session's last status file is the one that counts.
@@ -214,7 +214,7 @@ def finish_run(work_dir: Path, private_dir: Path, *, failed: bool, log: Any = No
         rules = failed_rules_in(log) if failed else []
         facts = collect_from_work(Path(work_dir), Path(private_dir))
         if failed or not report.is_file():
-            write_report(report, **facts, failed_rules=rules, run_failed=failed)
+            write_run_report(report, **facts, failed_rules=rules, run_failed=failed)
         lines = terminal_summary(facts, report, failed=failed, failed_rules=rules)
     except Exception as exc:  # noqa: BLE001 (the hook reports its own failure in one line and lets the run end)
         lines = [f"bidsafe: run {'FAILED' if failed else 'finished'}; the run summary failed ({type(exc).__name__})"]

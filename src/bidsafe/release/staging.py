@@ -181,6 +181,6 @@ def copy_qc(
 
         copied += copy_tree(qc_dir, out, mode, keep=keep)
     if copied and not (out / "dataset_description.json").exists():
-        from bidsafe.qc import write_qc_dataset_description
+        from bidsafe.imageqc import write_qc_dataset_description
 
         write_qc_dataset_description(out, versions)

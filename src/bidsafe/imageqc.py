@@ -1,4 +1,5 @@
-"""Stage `qc`: a few predefined image-quality metrics per released image, as a BIDS derivatives table.
+"""Stage `qc`: a few predefined image-quality metrics per released image, as a BIDS derivatives table (the
+deface stage's check pictures are `bidsafe.deface.qc`, another concern).
 
 Computed with numpy/nibabel/scipy only, on the images as released (defaced):
 
@@ -366,6 +367,8 @@ def write_qc_dataset_description(path: Path, versions: Mapping[str, str] | None 
             "Name": "bidsafe image quality metrics",
             "BIDSVersion": "1.10.0",
             "DatasetType": "derivative",
+            # "bidsafe.qc" below is this module's name before the deface QC got a module of the same name: the
+            # released text stays as it was (a release must not change its bytes for an internal rename)
             "GeneratedBy": [
                 {"Name": "bidsafe", "Version": str(version),
                  "Description": "bidsafe.qc: SNR, CNR, tSNR, centre-of-mass displacement, DVARS, b0 SNR"}
