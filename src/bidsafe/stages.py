@@ -58,7 +58,7 @@ def deid_session(
     burned-in, or failed): the harvest and the private report are written first. `subject_values`: the raw
     harvests of every session of the subject (`harvest_session`), so text is cleaned of the patient's values
     as written in any of their visits."""
-    from bidsafe.deid.engine import deidentify_tree, write_deid_report
+    from bidsafe.deid.engine import deidentify_tree, write_report
     from bidsafe.deid.rules import load_rules, require_checked_rules, weakened
     from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
     from bidsafe.keys import load_key
@@ -92,7 +92,7 @@ def deid_session(
             scratch=None if scratch is None else ensure_private_dir(scratch),
         )
         report.weaker_rules = tuple(gaps)
-        write_deid_report(report, report_json)
+        write_report(report, report_json)
         save_values(report.personal_values, values_json)
         counts = dict(report.counts)
         log.info("sub-%s: de-identified %s", subject, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

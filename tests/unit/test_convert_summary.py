@@ -21,7 +21,7 @@ from bidsafe.convert import (
     repair_sidecar_bytes,
     summarise,
 )
-from bidsafe.deid.engine import deidentify_tree, write_deid_report
+from bidsafe.deid.engine import deidentify_tree, write_report
 from bidsafe.deid.rules import load_rules
 
 JAPANESE = ["", "ISO 2022 IR 87"]
@@ -60,7 +60,7 @@ def _series(root: Path, number: int, description: str, charset: list[str] | str,
 def _deidentify(raw: Path, tmp_path: Path) -> tuple[Path, Path]:
     deid = tmp_path / "work" / "deid"
     report = deidentify_tree(raw, deid, rules=load_rules(), key=KEY, subject_key="01")
-    report_json = write_deid_report(report, tmp_path / "private" / "deid.json")
+    report_json = write_report(report, tmp_path / "private" / "deid.json")
     return deid, report_json
 
 

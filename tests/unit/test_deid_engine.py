@@ -33,7 +33,7 @@ from bidsafe.deid.engine import (
     deidentify_tree,
     shift_subject_key,
     withhold_reason,
-    write_deid_report,
+    write_report,
 )
 from bidsafe.deid.rules import BURNED_IN_CLASSES, load_rules
 from bidsafe.deid.textclean import FILLER
@@ -693,7 +693,7 @@ def test_report_written_private_with_every_file(tmp_path):
     assert ("name", "PatientName", "Quillfeather^Marisol") in {
         (v.category, v.field, v.value) for v in report.personal_values
     }
-    write_deid_report(report, tmp_path / "private" / "again.json")
+    write_report(report, tmp_path / "private" / "again.json")
     assert json.loads((tmp_path / "private" / "again.json").read_text())["files"] == payload["files"]
 
 

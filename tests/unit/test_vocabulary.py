@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.deid import textclean
-from bidsafe.deid.engine import PROCESSED, deidentify_dataset, deidentify_tree, write_deid_report
+from bidsafe.deid.engine import PROCESSED, deidentify_dataset, deidentify_tree, write_report
 from bidsafe.deid.rules import load_rules
 from bidsafe.deid.textclean import TextCleaner
 from bidsafe.deid.vocabulary import (
@@ -314,7 +314,7 @@ def test_private_report_lists_replaced_tokens_with_counts(tmp_path: Path, capsys
         ds.SeriesDescription = "ep2d_bold Zqxwv2"
         write(ds, raw / f"{number}.dcm")
     report = deidentify_tree(raw, tmp_path / "out", key=KEY)
-    path = write_deid_report(report, tmp_path / "private" / "report.json")
+    path = write_report(report, tmp_path / "private" / "report.json")
     payload = json.loads(path.read_text())
     (per_study,) = payload["replaced_tokens"].values()
     assert per_study["Zqxwv2"] == 2

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bidsafe.deid.engine import check_tree_arguments, deidentify_tree
-from bidsafe.deid.report import FAILED, FILE_WITHHELD, STATUSES, write_deid_report
+from bidsafe.deid.report import FAILED, FILE_WITHHELD, STATUSES, write_report
 from bidsafe.deid.rules import check_rules, default_rules_path, load_rules, read_yaml, require_checked_rules, weakened
 from bidsafe.deid.vocabulary import check_vocabulary, is_vocabulary_file, vocabulary_for
 from bidsafe.errors import ConfigError
@@ -63,7 +63,7 @@ def cli_deid(args: argparse.Namespace) -> int:
     report.key_path = key_path
     report.weaker_rules = tuple(gaps)
     if args.report:
-        write_deid_report(report, Path(args.report))
+        write_report(report, Path(args.report))
     counts = report.counts
     info(
         "bidsafe deid: "

@@ -64,7 +64,7 @@ from bidsafe.deid.report import (
     STATUSES,
     DeidReport,
     FileEntry,
-    write_deid_report,
+    write_report,
 )
 from bidsafe.deid.textclean import TextCleaner
 from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
@@ -424,7 +424,7 @@ def deidentify_tree(
         entries, all_values, rules_profile=getattr(rules, "profile", ""), replaced_tokens=harvest.replaced
     )
     if report is not None:
-        write_deid_report(result_report, report)
+        write_report(result_report, report)
     return result_report
 
 
@@ -589,5 +589,5 @@ __all__ = [
     "shift_subject_key",
     "study_shift_days",
     "withhold_reason",
-    "write_deid_report",
+    "write_report",
 ]

@@ -57,7 +57,7 @@ class DeidReport:
         return not any(entry.status == FAILED for entry in self.entries)
 
 
-def write_deid_report(report: DeidReport, path: str | Path) -> Path:
+def write_report(report: DeidReport, path: str | Path) -> Path:
     """Write the report as JSON, 0600: it names input paths, so it belongs in the private area."""
     import json
 
