@@ -24,12 +24,13 @@ from bidsafe.errors import ConfigError
 
 # A subject or session label: the pseudonyms bidsafe writes and every label it accepts in a path or a table.
 LABEL = "[A-Za-z0-9]+"
-LABEL_RE = re.compile(rf"^{LABEL}$")
+LABEL_RE = re.compile(LABEL)
 
 
 def is_label(text: str | None) -> bool:
-    """True for a bare subject or session label (`01`, `a7k2`): letters and digits, nothing else."""
-    return bool(text) and LABEL_RE.match(text or "") is not None
+    """True for a bare subject or session label (`01`, `a7k2`): letters and digits, nothing else (not even the
+    trailing newline that `^...$` lets through)."""
+    return text is not None and LABEL_RE.fullmatch(text) is not None
 
 
 @functools.cache
