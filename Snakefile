@@ -23,10 +23,10 @@ include: "workflow/rules/release.smk"
 
 
 rule all:
+    default_target: True
     input:
         published_target(),
         report_target(),
-    default_target: True
 
 
 # The start of every run that has jobs to do (after Snakemake took its lock, before any job): the run lock on
@@ -34,7 +34,6 @@ rule all:
 # (bidsafe.recovery); counts only, never names.
 onstart:
     import sys
-
     from bidsafe.private import ensure_private_dir
     from bidsafe.recovery import hold_run_lock, sweep_leftovers, tighten_private_tree
 

@@ -13,12 +13,15 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from bidsafe import __version__
 from bidsafe.errors import BidsafeError
 from bidsafe.progress import console_logging
 
-Register = Callable[[argparse._SubParsersAction], None]
+# a string: argparse's subparsers action is generic only in the type stubs, not at run time
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Register = Callable[[Subparsers], None]
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -56,9 +59,9 @@ def _verbosity(parser: argparse.ArgumentParser, default: object) -> None:
                       help="only warnings and errors: no progress, no informational lines")
 
 
-def _add(sub: argparse._SubParsersAction, name: str, **kwargs: object) -> argparse.ArgumentParser:
+def _add(sub: Subparsers, name: str, **kwargs: object) -> argparse.ArgumentParser:
     """A subcommand parser with the shared help layout and -v/-q (accepted before or after the command)."""
-    parser = sub.add_parser(name, formatter_class=_Formatter, **kwargs)  # type: ignore[arg-type]
+    parser: argparse.ArgumentParser = sub.add_parser(name, formatter_class=_Formatter, **kwargs)  # type: ignore[arg-type]
     _verbosity(parser, argparse.SUPPRESS)  # SUPPRESS: a subcommand without -v/-q keeps the top-level choice
     return parser
 
@@ -66,7 +69,7 @@ def _add(sub: argparse._SubParsersAction, name: str, **kwargs: object) -> argpar
 PRIVATE = "PRIVATE (names input paths or values; mode 0600, keep it in the private area)"
 
 
-def _demo_data(sub: argparse._SubParsersAction) -> None:
+def _demo_data(sub: Subparsers) -> None:
     p = _add(
         sub, "demo-data",
         help="write realistic fake scanner exports (with fake personal data) for demos and tests",
@@ -90,7 +93,7 @@ def _demo_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.demo.cli:cli_main")
 
 
-def _ingest(sub: argparse._SubParsersAction) -> None:
+def _ingest(sub: Subparsers) -> None:
     p = _add(
         sub, "ingest",
         help="index an inbox of DICOM files by study (header-only), quarantining unreadable files",
@@ -121,7 +124,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.ingest.cli:cli_main")
 
 
-def _check_config(sub: argparse._SubParsersAction) -> None:
+def _check_config(sub: Subparsers) -> None:
     p = _add(
         sub, "check-config",
         help="check a pipeline config file against the schema without running anything",
@@ -135,7 +138,7 @@ def _check_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.config:cli_check")
 
 
-def _config_docs(sub: argparse._SubParsersAction) -> None:
+def _config_docs(sub: Subparsers) -> None:
     p = _add(
         sub, "config-docs",
         help="write config/README.md from the config schema (or check that it agrees)",
@@ -151,7 +154,7 @@ def _config_docs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.config:cli_docs")
 
 
-def _consent_template(sub: argparse._SubParsersAction) -> None:
+def _consent_template(sub: Subparsers) -> None:
     p = _add(
         sub, "consent-template",
         help="write a consent registry to fill in: one row per PatientID found in the inbox (private)",
@@ -170,7 +173,7 @@ def _consent_template(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.consent:cli_template")
 
 
-def _deid(sub: argparse._SubParsersAction) -> None:
+def _deid(sub: Subparsers) -> None:
     p = _add(
         sub, "deid",
         help="de-identify every DICOM file under SRC into DST (PS3.15 Annex E rules)",
@@ -218,7 +221,7 @@ def _deid(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.deid.cli:cli_deid")
 
 
-def _check_rules(sub: argparse._SubParsersAction) -> None:
+def _check_rules(sub: Subparsers) -> None:
     p = _add(
         sub, "check-rules",
         help="check a de-identification rule file against PS3.15 Table E.1-1",
@@ -241,7 +244,7 @@ def _check_rules(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.deid.cli:cli_check_rules")
 
 
-def _deface(sub: argparse._SubParsersAction) -> None:
+def _deface(sub: Subparsers) -> None:
     p = _add(
         sub, "deface",
         help="remove the face from a structural NIfTI image (fails closed)",
@@ -280,7 +283,7 @@ def _deface(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.deface.engine:cli_main")
 
 
-def _validate(sub: argparse._SubParsersAction) -> None:
+def _validate(sub: Subparsers) -> None:
     p = _add(
         sub, "validate",
         help="run the official BIDS validator and summarise its errors",
@@ -297,7 +300,7 @@ def _validate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.validate:cli_main")
 
 
-def _leak_scan(sub: argparse._SubParsersAction) -> None:
+def _leak_scan(sub: Subparsers) -> None:
     p = _add(
         sub, "leak-scan",
         help="scan a dataset for any personal value found in the raw DICOM headers",
@@ -326,7 +329,7 @@ def _leak_scan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.leakcli:cli_main")
 
 
-def _verify(sub: argparse._SubParsersAction) -> None:
+def _verify(sub: Subparsers) -> None:
     p = _add(
         sub, "verify",
         help="check a published release against its MANIFEST.sha256",
@@ -342,7 +345,7 @@ def _verify(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.manifest:cli_main")
 
 
-def _mirror(sub: argparse._SubParsersAction) -> None:
+def _mirror(sub: Subparsers) -> None:
     p = _add(
         sub, "mirror",
         help="upload a published version to S3 (keys echo the tree, sha256 in each object's metadata)",
@@ -369,7 +372,7 @@ def _mirror(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.mirror:cli_mirror")
 
 
-def _torrent(sub: argparse._SubParsersAction) -> None:
+def _torrent(sub: Subparsers) -> None:
     p = _add(
         sub, "torrent",
         help="write a .torrent for a published version (and one per configured subset)",
@@ -397,7 +400,7 @@ def _torrent(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.torrent:cli_main")
 
 
-def _withdraw_from_releases(sub: argparse._SubParsersAction) -> None:
+def _withdraw_from_releases(sub: Subparsers) -> None:
     p = _add(
         sub, "withdraw-from-releases",
         help="remove a withdrawn participant from every published version (new CHANGES entry and manifest each)",
@@ -422,7 +425,7 @@ def _withdraw_from_releases(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.release.withdraw:cli_main")
 
 
-def _run(sub: argparse._SubParsersAction) -> None:
+def _run(sub: Subparsers) -> None:
     p = _add(
         sub, "run",
         help="run the whole pipeline (the workflow shipped with bidsafe) with a site config",
@@ -450,7 +453,7 @@ def _run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.runner:cli_main")
 
 
-def _watch_drop(sub: argparse._SubParsersAction) -> None:
+def _watch_drop(sub: Subparsers) -> None:
     p = _add(
         sub, "watch-drop",
         help="hand studies copied into the site's drop folder to the inbox once they are complete (quiet)",
@@ -471,7 +474,7 @@ def _watch_drop(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="bidsafe.drop:cli_main")
 
 
-def _receive(sub: argparse._SubParsersAction) -> None:
+def _receive(sub: Subparsers) -> None:
     p = _add(
         sub, "receive",
         help="run the DICOM receiver (Storage SCP): complete studies are handed over to the inbox",

@@ -93,7 +93,7 @@ def read_series_headers(dicom_dir: Path) -> dict[tuple[str, str], SeriesHeaders]
     """Every DICOM file under `dicom_dir`, header only, grouped by (series number, SeriesInstanceUID)."""
     import pydicom
 
-    from bidsafe.convert import series_key
+    from bidsafe.convert_series import series_key
     from bidsafe.phi import quiet_pydicom
 
     found: dict[tuple[str, str], SeriesHeaders] = {}

@@ -46,7 +46,8 @@ def schema_path() -> Path:
 
 @cache
 def _load_schema(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return schema
 
 
 def load_schema(path: str | Path | None = None) -> dict[str, Any]:
@@ -128,14 +129,16 @@ def _describe(error: Any) -> Iterable[str]:
         yield _line(path, f"{_quote(value)} is not allowed", why, None)
         return
     if kind == "type":
-        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        given = error.validator_value
+        wanted: list[str] = given if isinstance(given, list) else [given]
         expected = " or ".join(_JSON_TYPES.get(t, t) for t in wanted)
         yield _line(path, f"expected {expected}, got {_kind_of(value)}", why, None)
         return
     if kind in ("enum", "not", "oneOf", "anyOf", "pattern", "const", *_BOUNDS):
         # A `propertyNames` failure reports the offending key itself as the instance, at the mapping's path.
-        allowed = node.get("x-allowed") or (None if kind == "pattern" and why else _allowed_text(node))
-        yield _line(path, f"{_quote(value)} is not allowed", why, allowed)
+        allowed_text: str | None = node.get("x-allowed") or (
+            None if kind == "pattern" and why else _allowed_text(node))
+        yield _line(path, f"{_quote(value)} is not allowed", why, allowed_text)
         return
     yield _line(path, error.message if len(error.message) <= 120 else f"{kind} check failed", why, None)
 
@@ -281,7 +284,7 @@ def _type_text(node: Mapping[str, Any]) -> str:
         return " or ".join(dict.fromkeys(options))
     if "const" in node:
         return _kind_of(node["const"])
-    types = node.get("type", [])
+    types: list[str] = node.get("type", [])
     types = types if isinstance(types, list) else [types]
     texts = []
     for t in types:

@@ -44,14 +44,21 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bidsafe import resources
 from bidsafe.bidsnames import NIFTI_EXTENSIONS, is_label
 from bidsafe.completeness import check_dicom_dir, lost_data_warnings
+from bidsafe.convert_series import (
+    SeriesInfo,
+    dicom_series,
+    read_sidecars,
+    repair_sidecars,
+    series_key,
+    withhold_outputs,
+)
 from bidsafe.errors import BidsafeError, ConfigError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json
 
@@ -60,7 +67,6 @@ NIFTI_SUFFIXES = NIFTI_EXTENSIONS
 # dcm2bids 3's own default, for a config that sets no dcm2niixOptions (dcm2bids.utils.utils.DEFAULT; not
 # imported: importing dcm2bids checks the network)
 DCM2BIDS_DEFAULT_DCM2NIIX_OPTIONS = "-b y -ba y -z y -f '%3s_%f_%p_%t'"
-_ESC = "\x1b"
 
 
 def default_config() -> Path:
@@ -80,7 +86,7 @@ def _tool(name: str) -> Path:
     raise BidsafeError(f"{name} not found next to the Python interpreter; run `make setup`", tool_bin_dir())
 
 
-def load_config(path: Path) -> dict:
+def load_config(path: Path) -> dict[str, Any]:
     """Read and sanity-check a dcm2bids v3 config (a user's own file is accepted unchanged)."""
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -94,7 +100,8 @@ def load_config(path: Path) -> dict:
     for i, description in enumerate(descriptions):
         if not isinstance(description, dict) or not {"datatype", "suffix", "criteria"} <= description.keys():
             raise ConfigError(f"description #{i + 1} needs 'datatype', 'suffix' and 'criteria'", path)
-    return config
+    checked: dict[str, Any] = config
+    return checked
 
 
 def convert_session(
@@ -127,67 +134,100 @@ def convert_session(
     config_path = Path(config) if config is not None else default_config()
     options = str(load_config(config_path).get("dcm2niixOptions", DCM2BIDS_DEFAULT_DCM2NIIX_OPTIONS))
 
-    dcm2bids = _tool("dcm2bids")
-    dcm2niix = _tool("dcm2niix")
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(tool_bin_dir()), env.get("PATH", "")])
-    # dcm2bids imports matplotlib-free code but still honours HOME for caches: keep them out of the data.
-    env.setdefault("MPLBACKEND", "Agg")
-
+    dcm2bids, dcm2niix = _tool("dcm2bids"), _tool("dcm2niix")
+    env = _tool_environment()
     out_dir.mkdir(parents=True, exist_ok=True)
     rel = Path(f"sub-{subject}") / f"ses-{session}"
-    # absolute: dcm2bids runs with the scratch folder as its working directory
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.convert-sub-{subject}-ses-{session}-",
-                                    dir=scratch_root or out_dir.parent)).resolve()
+    scratch = _scratch_folder(out_dir, subject, session, scratch_root)
     try:
         niix = scratch / "dcm2niix"
         niix.mkdir()
-        converted = subprocess.run([str(dcm2niix), *shlex.split(options), "-o", str(niix), str(dicom_dir.resolve())],
-                                   env=env, capture_output=True, text=True, errors="replace", cwd=scratch, check=False)
+        converted = _run_dcm2niix(dcm2niix, options, dicom_dir, niix, env)
         series = dicom_series(dicom_dir)
         incomplete = check_dicom_dir(dicom_dir)
         withhold_outputs(niix, set(incomplete))
         repaired = repair_sidecars(niix, {number: info.charset for number, info in series.items()})
         sidecars = read_sidecars(niix)
-        command = [
-            str(dcm2bids),
-            "--dicom_dir", str(niix),
-            "--skip_dcm2niix",
-            "--participant", subject,
-            "--session", session,
-            "--config", str(config_path.resolve()),
-            "--output_dir", str(scratch / "bids"),
-            "--force_dcm2bids",
-            "--clobber",
-            "--log_level", "INFO",
-        ]
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, errors="replace",
-                                   cwd=scratch, check=False)
+        completed = _run_dcm2bids(dcm2bids, niix, subject, session, config_path, scratch, env)
         produced = scratch / "bids" / rel
         summary = summarise(series, sidecars, completed.stdout, produced, _deid_files(deid_report),
                             incomplete={number: finding.reason for number, finding in incomplete.items()},
                             warnings=lost_data_warnings(converted.stdout + "\n" + converted.stderr))
-        summary["sidecars_repaired"] = len(repaired)  # invalid JSON from dcm2niix, decoded (see above)
+        summary["sidecars_repaired"] = len(repaired)  # invalid JSON from dcm2niix, decoded (module notes)
         if log_dir is not None:
             _save_logs(scratch / "bids", converted, completed, Path(log_dir), subject, session, repaired, summary)
         if summary_json is not None:
             atomic_write_json(summary_json, summary)
-        if completed.returncode != 0:
-            raise SessionWithheld(
-                "convert:dcm2bids-failed",
-                f"dcm2bids failed (exit code {completed.returncode}) for sub-{subject} ses-{session}"
-                + (" (see the convert log in the private area)" if log_dir is not None else ""),
-                dicom_dir,
-            )
-        if not produced.is_dir() or not _niftis(produced):
-            raise nothing_converted(summary, config_path.name, subject, session, dicom_dir)
-        final = out_dir / rel
-        with atomic_dir(final) as staging:
-            for child in sorted(produced.iterdir()):
-                shutil.move(child, staging / child.name)  # a rename, or a copy from another file system
+        _check_converted(completed, produced, summary, config_path.name, subject, session, dicom_dir,
+                         logged=log_dir is not None)
+        final = _move_session(produced, out_dir / rel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _niftis(final)
+
+
+def _scratch_folder(out_dir: Path, subject: str, session: str, scratch_root: Path | None) -> Path:
+    """A new folder for dcm2niix's and dcm2bids' work (in `scratch_root`, or beside `out_dir`)."""
+    # absolute: dcm2bids runs with the scratch folder as its working directory
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.convert-sub-{subject}-ses-{session}-",
+                                 dir=scratch_root or out_dir.parent)).resolve()
+
+
+def _move_session(produced: Path, final: Path) -> Path:
+    """The session tree dcm2bids built, moved into place atomically (replacing an earlier conversion)."""
+    with atomic_dir(final) as staging:
+        for child in sorted(produced.iterdir()):
+            shutil.move(child, staging / child.name)  # a rename, or a copy from another file system
+    return final
+
+
+def _tool_environment() -> dict[str, str]:
+    """The environment dcm2niix and dcm2bids run in: this interpreter's tools first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(tool_bin_dir()), env.get("PATH", "")])
+    # dcm2bids imports matplotlib-free code but still honours HOME for caches: keep them out of the data.
+    env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
+def _run_dcm2niix(dcm2niix: Path, options: str, dicom_dir: Path, niix: Path,
+                  env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """dcm2niix on the session's DICOM folder into `niix` (its working directory: the scratch folder above it)."""
+    return subprocess.run([str(dcm2niix), *shlex.split(options), "-o", str(niix), str(dicom_dir.resolve())],
+                          env=env, capture_output=True, text=True, errors="replace", cwd=niix.parent, check=False)
+
+
+def _run_dcm2bids(dcm2bids: Path, niix: Path, subject: str, session: str, config_path: Path, scratch: Path,
+                  env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """dcm2bids on dcm2niix's output (`--skip_dcm2niix`) into `scratch/bids`."""
+    command = [
+        str(dcm2bids),
+        "--dicom_dir", str(niix),
+        "--skip_dcm2niix",
+        "--participant", subject,
+        "--session", session,
+        "--config", str(config_path.resolve()),
+        "--output_dir", str(scratch / "bids"),
+        "--force_dcm2bids",
+        "--clobber",
+        "--log_level", "INFO",
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, errors="replace",
+                          cwd=scratch, check=False)
+
+
+def _check_converted(completed: subprocess.CompletedProcess[str], produced: Path, summary: Mapping[str, Any],
+                     config_name: str, subject: str, session: str, dicom_dir: Path, *, logged: bool) -> None:
+    """Withhold the session when dcm2bids failed or produced no image (the summary says why)."""
+    if completed.returncode != 0:
+        raise SessionWithheld(
+            "convert:dcm2bids-failed",
+            f"dcm2bids failed (exit code {completed.returncode}) for sub-{subject} ses-{session}"
+            + (" (see the convert log in the private area)" if logged else ""),
+            dicom_dir,
+        )
+    if not produced.is_dir() or not _niftis(produced):
+        raise nothing_converted(summary, config_name, subject, session, dicom_dir)
 
 
 def nothing_converted(summary: Mapping[str, Any], config_name: str, subject: str, session: str,
@@ -226,8 +266,8 @@ def _niftis(folder: Path) -> list[Path]:
 
 def _save_logs(
     bids_scratch: Path,
-    converted: subprocess.CompletedProcess,
-    completed: subprocess.CompletedProcess,
+    converted: subprocess.CompletedProcess[str],
+    completed: subprocess.CompletedProcess[str],
     log_dir: Path,
     subject: str,
     session: str,
@@ -275,157 +315,6 @@ def sidecar_pairing(log_text: str) -> dict[str, str]:
             target = match.group(1).strip()
             verdicts[match.group(2)] = target.lower() if target.lower().endswith(" pairing") else target
     return verdicts
-
-
-# --- the DICOM side: series received ---------------------------------------------------------------------
-
-
-@dataclass
-class SeriesInfo:
-    """One series of the (de-identified) session: its number, description, file count, character set."""
-
-    number: str
-    description: str = ""
-    files: int = 0
-    charset: list[str] = field(default_factory=list)
-
-
-def series_key(value: Any) -> str:
-    """A series number as one text, whatever its form (IS text, JSON integer, float): '3', or '?'."""
-    try:
-        return str(int(float(str(value).split("\\")[0])))
-    except (ValueError, OverflowError):
-        return "?"
-
-
-def dicom_series(dicom_dir: Path) -> dict[str, SeriesInfo]:
-    """The series under `dicom_dir` by series number. De-identification writes one folder per series, so
-    one header per folder is read and the folder's files counted (series sharing a number are merged)."""
-    import pydicom
-
-    from bidsafe.phi import quiet_pydicom
-
-    found: dict[str, SeriesInfo] = {}
-    for root, dirs, names in os.walk(dicom_dir):
-        dirs.sort()
-        header = None
-        count = 0
-        for name in sorted(names):
-            path = Path(root) / name
-            if header is None:
-                try:
-                    with quiet_pydicom():
-                        header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=[
-                            "SpecificCharacterSet", "SeriesNumber", "SeriesDescription"])
-                except Exception:  # noqa: BLE001 - not DICOM: not a series
-                    continue
-                if "SeriesNumber" not in header and "SeriesDescription" not in header:
-                    header = None
-                    continue
-            count += 1
-        if header is None:
-            continue
-        info = found.setdefault(series_key(header.get("SeriesNumber", "")), SeriesInfo(
-            series_key(header.get("SeriesNumber", ""))))
-        info.files += count
-        if not info.description:
-            info.description = str(header.get("SeriesDescription", "") or "")
-        if not info.charset:
-            charset = header.get("SpecificCharacterSet", "") or ""
-            info.charset = [str(c) for c in charset] if isinstance(charset, list | pydicom.multival.MultiValue) \
-                else [str(charset)]
-    return found
-
-
-# --- dcm2niix's sidecars: repaired when they are not JSON -------------------------------------------------
-
-
-def repair_sidecars(folder: Path, charsets: Mapping[str, list[str]]) -> list[str]:
-    """Repair every sidecar in `folder` that is not valid JSON (see the module's notes); returns their
-    names. `charsets` gives each series' SpecificCharacterSet by series number."""
-    repaired = []
-    for path in sorted(folder.glob("*.json")):
-        data = path.read_bytes()
-        try:
-            json.loads(data)
-            continue
-        except ValueError:
-            pass
-        fixed = repair_sidecar_bytes(data, charsets)
-        if fixed is not None:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(fixed, indent="\t", ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-            repaired.append(path.name)
-    return repaired
-
-
-def repair_sidecar_bytes(data: bytes, charsets: Mapping[str, list[str]]) -> dict[str, Any] | None:
-    """The sidecar dcm2niix meant to write, or None when even a lenient parse fails (dcm2bids then reports
-    it). Raw control characters are accepted inside strings, and every string holding an ISO 2022 escape is
-    decoded with the character set its series declares."""
-    try:
-        sidecar = json.loads(data.decode("utf-8", errors="replace"), strict=False)
-    except ValueError:
-        return None
-    if not isinstance(sidecar, dict):
-        return None
-    declared = charsets.get(series_key(sidecar.get("SeriesNumber", ""))) or []
-    if not any("2022" in term for term in declared):
-        # no declared code extensions: the ISO 2022 sets DICOM defines, so the escape still decodes
-        declared = ["", "ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"]
-    return {key: _decoded(value, declared) for key, value in sidecar.items()}
-
-
-def _decoded(value: Any, charset: list[str]) -> Any:
-    if isinstance(value, list):
-        return [_decoded(v, charset) for v in value]
-    if not isinstance(value, str) or _ESC not in value:
-        return value
-    from pydicom.charset import convert_encodings, decode_bytes
-
-    try:
-        raw = value.encode("latin-1")  # dcm2niix wrote each byte as the Latin-1 character of that byte
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8")
-    try:
-        text = decode_bytes(raw, convert_encodings(charset), set())
-    except Exception:  # noqa: BLE001 - an escape no declared set explains
-        text = raw.decode("iso2022_jp_2", errors="replace")
-    # an escape that named no known set stays a control character: never let one through
-    return "".join(c for c in text if c >= " " or c in "\t\n\r")
-
-
-# what dcm2niix writes next to an image of the same stem without a sidecar of its own (the equalised or
-# de-tilted copy of a volume); echoes, phases and the like get their own sidecar
-_SAME_IMAGE_SUFFIX = re.compile(r"^(_(Eq|Tilt|Tilt_Eq)_\d+)?\.(nii|nii\.gz|json|bval|bvec)$")
-
-
-def withhold_outputs(folder: Path, series: set[str]) -> list[str]:
-    """Remove from dcm2niix's output `folder` every image of the given series (by their sidecars'
-    SeriesNumber), so dcm2bids cannot place them; returns the names removed."""
-    if not series:
-        return []
-    stems = [stem for stem, sidecar in read_sidecars(folder).items()
-             if series_key(sidecar.get("SeriesNumber", "")) in series]
-    removed = []
-    for path in sorted(folder.iterdir()):
-        if any(path.name.startswith(stem) and _SAME_IMAGE_SUFFIX.match(path.name[len(stem):]) for stem in stems):
-            path.unlink()
-            removed.append(path.name)
-    return removed
-
-
-def read_sidecars(folder: Path) -> dict[str, dict[str, Any]]:
-    """dcm2niix's sidecars by file stem (a sidecar still unreadable counts as an image with no series)."""
-    sidecars: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*.json")):
-        try:
-            value = json.loads(path.read_bytes())
-        except ValueError:
-            value = {}
-        sidecars[path.name[: -len(".json")]] = value if isinstance(value, dict) else {}
-    return sidecars
 
 
 # --- the session's summary --------------------------------------------------------------------------------
@@ -488,16 +377,49 @@ def summarise(
             target = row(series_key(entry["series"]))
             target["left_out"][(_deid_reason(entry["status"], entry["reason"]), "files")] += 1
             target["files"] += 1  # received, though not in the de-identified folder
+    placed = _placed_images(produced)
+    with_sidecar = _count_unplaced(sidecars, sidecar_pairing(dcm2bids_log), placed, row)
+    for number, placed_images in placed.items():
+        row(number)["images"] = sorted(placed_images)
+    for number, reason in (incomplete or {}).items():
+        target = row(number)
+        target["left_out"][(reason, "files")] += target["files"]
+    for number in series:
+        if number not in with_sidecar and not rows[number]["images"] and number not in (incomplete or {}):
+            rows[number]["left_out"][(NOT_CONVERTED, "images")] += 1
+    listed = _listed(rows)
+    converted = sum(1 for r in listed if r["status"] == "converted")
+    return {
+        "received": len(listed),
+        "converted": converted,
+        "left_out": len(listed) - converted,
+        "partly_left_out": sum(1 for r in listed if r["status"] == "converted" and r["left_out"]),
+        "not_dicom_files": sum(1 for f in deid_files if f["status"] == "not_dicom"),
+        "incomplete": len(incomplete or {}),
+        # dcm2niix messages meaning lost data, fixed phrases: the series withheld as incomplete cause them too
+        "converter_warnings": dict(sorted((warnings or {}).items())),
+        "series": listed,
+    }
+
+
+def _placed_images(produced: Path) -> dict[str, list[str]]:
+    """The images dcm2bids placed in the session folder, by the series number their sidecar names."""
     placed: dict[str, list[str]] = {}
     if produced.is_dir():
-        for sidecar in sorted(produced.rglob("*.json")):
+        for sidecar_path in sorted(produced.rglob("*.json")):
             try:
-                number = series_key(json.loads(sidecar.read_bytes()).get("SeriesNumber", ""))
+                number = series_key(json.loads(sidecar_path.read_bytes()).get("SeriesNumber", ""))
             except (ValueError, AttributeError):
                 number = "?"
-            images = [p for p in sidecar.parent.glob(sidecar.name[: -len(".json")] + ".nii*")]
+            images = [p for p in sidecar_path.parent.glob(sidecar_path.name[: -len(".json")] + ".nii*")]
             placed.setdefault(number, []).extend(str(p.relative_to(produced)) for p in images)
-    verdicts = sidecar_pairing(dcm2bids_log)
+    return placed
+
+
+def _count_unplaced(sidecars: Mapping[str, Mapping[str, Any]], verdicts: Mapping[str, str],
+                    placed: Mapping[str, list[str]], row: Callable[[str], dict[str, Any]]) -> set[str]:
+    """Count each dcm2niix output dcm2bids did not place, with why, into its series' row; the series numbers
+    that had a sidecar."""
     with_sidecar: set[str] = set()
     for stem, sidecar in sidecars.items():
         number = series_key(sidecar.get("SeriesNumber", ""))
@@ -509,14 +431,11 @@ def summarise(
             row(number)["left_out"][(AMBIGUOUS, "images")] += 1
         elif not placed.get(number):
             row(number)["left_out"][(NOT_PLACED, "images")] += 1
-    for number, images in placed.items():
-        row(number)["images"] = sorted(images)
-    for number, reason in (incomplete or {}).items():
-        target = row(number)
-        target["left_out"][(reason, "files")] += target["files"]
-    for number in series:
-        if number not in with_sidecar and not rows[number]["images"] and number not in (incomplete or {}):
-            rows[number]["left_out"][(NOT_CONVERTED, "images")] += 1
+    return with_sidecar
+
+
+def _listed(rows: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The summary's series list: by series number (numbers first, in numeric order), reasons sorted."""
     listed = []
     for number in sorted(rows, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)):
         r = rows[number]
@@ -531,18 +450,7 @@ def summarise(
                 for (reason, unit), count in sorted(r["left_out"].items())
             ],
         })
-    converted = sum(1 for r in listed if r["status"] == "converted")
-    return {
-        "received": len(listed),
-        "converted": converted,
-        "left_out": len(listed) - converted,
-        "partly_left_out": sum(1 for r in listed if r["status"] == "converted" and r["left_out"]),
-        "not_dicom_files": sum(1 for f in deid_files if f["status"] == "not_dicom"),
-        "incomplete": len(incomplete or {}),
-        # dcm2niix messages meaning lost data, fixed phrases: the series withheld as incomplete cause them too
-        "converter_warnings": dict(sorted((warnings or {}).items())),
-        "series": listed,
-    }
+    return listed
 
 
 def log_conversion_summary(log: Any, summary_json: Path) -> None:

@@ -156,6 +156,7 @@ def state_dir(private_dir: Path) -> Path:
 def load_state(private_dir: Path) -> dict[str, Any]:
     """The watcher's memory between polls (private; only keyed digests and times, no names or UIDs)."""
     path = state_dir(private_dir) / STATE_NAME
+    state: dict[str, Any]
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -291,7 +292,24 @@ def poll_drop(
     present = {file_fingerprint(key, f) for files in studies.values() for f in files}
     handed = set(state["handed"]) & present  # forget files no longer in the drop
     result = PollResult()
-    pending: dict[str, tuple[str, list[DropFile]]] = {}
+    pending = _new_files(settings, key, studies, handed, others, study_key)
+    listings = _observe_listings(settings, key, state["listings"], pending, others, now, result)
+    state["listings"] = listings
+    state["handed"] = sorted(handed)
+    save_state(settings.private_dir, state)
+    _hand_over_quiet(settings, key, pending, listings, state, private, hand_over, result)
+    result.left = len(others)
+    _write_report(settings.private_dir, others)
+    return result
+
+
+Pending = dict[str, tuple[str, list[DropFile]]]  # study key -> (StudyInstanceUID, files not handed over yet)
+
+
+def _new_files(settings: DropSettings, key: bytes, studies: Mapping[str, list[DropFile]], handed: set[str],
+               others: list[tuple[DropFile, str]], study_key: Callable[[bytes, str], str]) -> Pending:
+    """Each study's files not handed over yet; an instance the inbox already holds joins `others`."""
+    pending: Pending = {}
     for uid, files in studies.items():
         skey = study_key(key, uid)
         new = []
@@ -304,9 +322,14 @@ def poll_drop(
             new.append(item)
         if new:
             pending[skey] = (uid, new)
+    return pending
 
+
+def _observe_listings(settings: DropSettings, key: bytes, previous: Mapping[str, Any], pending: Pending,
+                      others: list[tuple[DropFile, str]], now: float, result: PollResult) -> dict[str, Any]:
+    """This look's listings (each study's, and the unsorted files'), with when each last changed; a study
+    still changing, or waiting for the unsorted files to settle, goes into `result.waiting`."""
     listings: dict[str, Any] = {}
-    previous = state["listings"]
     unsorted = [item for item, _reason in others]
     listings[UNSORTED] = previous.get(UNSORTED)
     unsorted_changed = observe(listings, UNSORTED, listing_signature(key, unsorted),
@@ -319,10 +342,13 @@ def poll_drop(
         wait = max(quiet_left(changed, now, settings.quiet_seconds), unsorted_wait)
         if wait > 0:
             result.waiting[skey] = wait
-    state["listings"] = listings
-    state["handed"] = sorted(handed)
-    save_state(settings.private_dir, state)
+    return listings
 
+
+def _hand_over_quiet(settings: DropSettings, key: bytes, pending: Pending, listings: Mapping[str, Any],
+                     state: dict[str, Any], private: Path, hand_over: HandOver, result: PollResult) -> None:
+    """Hand over every study that has been quiet long enough; one that fails stays in the drop for the next
+    look. Counts go into `result`."""
     for skey, (_uid, files) in sorted(pending.items()):
         if skey in result.waiting:
             continue
@@ -341,10 +367,6 @@ def poll_drop(
         result.handed.append((skey, part, len(files)))
         result.kept += kept
         result.removed += len(files) - kept
-
-    result.left = len(others)
-    _write_report(settings.private_dir, others)
-    return result
 
 
 def _hand_over_one(settings: DropSettings, key: bytes, skey: str, files: list[DropFile],

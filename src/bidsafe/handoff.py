@@ -119,7 +119,8 @@ def next_part_number(study_dir: Path) -> int:
 
 
 def read_manifest(part: Path) -> dict[str, object]:
-    return json.loads((Path(part) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest: dict[str, object] = json.loads((Path(part) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    return manifest
 
 
 def sha256_file(path: Path) -> str:

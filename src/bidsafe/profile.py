@@ -133,4 +133,5 @@ def refuse_weaker(profiles: Mapping[str, Mapping[str, Any]], where: str | Path) 
 
 
 def read_profiles(path: str | Path) -> dict[str, dict[str, Any]]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    profiles: dict[str, dict[str, Any]] = json.loads(Path(path).read_text(encoding="utf-8"))
+    return profiles

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bidsafe.errors import ConfigError
 
@@ -64,7 +65,7 @@ def _sentence(text: object, where: str) -> str:
     return reason
 
 
-def read_site_exclusions(config: Mapping) -> SiteExclusions:
+def read_site_exclusions(config: Mapping[str, Any]) -> SiteExclusions:
     """The `sessions` and `qa_sessions` keys, checked (the schema checks them too; this is for library use)."""
     sessions = config.get("sessions") or {}
     if not isinstance(sessions, Mapping):

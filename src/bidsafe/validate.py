@@ -112,19 +112,7 @@ def run_validator(
     if not bids_dir.is_dir():
         raise BidsafeError("not a folder: nothing to validate", bids_dir)
     exe = Path(executable) if executable is not None else find_validator(backend)
-    format_args = ["--format", "json"] if backend == "deno" else ["--json"]
-    command = [str(exe), str(bids_dir), *format_args]
-    started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=_quiet_env(), check=False
-        )
-    except FileNotFoundError:
-        raise BidsafeError(f"BIDS validator executable not found: {exe}") from None
-    except subprocess.TimeoutExpired:
-        raise BidsafeError(f"BIDS validator ({backend}) did not finish within {timeout} s", bids_dir) from None
-    seconds = round(time.monotonic() - started, 3)
-
+    proc, seconds = _run(exe, bids_dir, backend, timeout)
     data = _load_json(proc.stdout)
     if data is None or not isinstance(data.get("issues"), dict):
         raise BidsafeError(
@@ -136,20 +124,9 @@ def run_validator(
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]
 
-    error_exit = _SCHEMA_ERROR_EXIT if shape == "schema" else _LEGACY_ERROR_EXIT
-    if proc.returncode not in (0, error_exit):
-        raise BidsafeError(
-            f"BIDS validator ({backend}) failed with exit code {proc.returncode}{_stderr_excerpt(proc.stderr)}",
-            bids_dir,
-        )
-    if proc.returncode == error_exit and not errors:
-        # Fail closed: the validator says "invalid" and we found nothing, so our parse missed something.
-        raise BidsafeError(
-            f"BIDS validator ({backend}) exited {proc.returncode} (errors) but no error could be parsed "
-            f"from its report{_stderr_excerpt(proc.stderr)}",
-            bids_dir,
-        )
-    summary_block = data.get("summary") if isinstance(data.get("summary"), dict) else {}
+    _check_exit_code(proc, shape, bool(errors), backend, bids_dir)
+    summary = data.get("summary")
+    summary_block: dict[str, Any] = summary if isinstance(summary, dict) else {}
     return ValidationResult(
         valid=not errors,  # an error in the report fails even if the exit code said 0
         errors=errors,
@@ -161,6 +138,41 @@ def run_validator(
         files=summary_block.get("totalFiles"),
         subjects=list(summary_block.get("subjects") or []),
     )
+
+
+def _run(exe: Path, bids_dir: Path, backend: str, timeout: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The validator's JSON report run on `bids_dir`, and how many seconds it took."""
+    format_args = ["--format", "json"] if backend == "deno" else ["--json"]
+    command = [str(exe), str(bids_dir), *format_args]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=_quiet_env(), check=False
+        )
+    except FileNotFoundError:
+        raise BidsafeError(f"BIDS validator executable not found: {exe}") from None
+    except subprocess.TimeoutExpired:
+        raise BidsafeError(f"BIDS validator ({backend}) did not finish within {timeout} s", bids_dir) from None
+    return proc, round(time.monotonic() - started, 3)
+
+
+def _check_exit_code(proc: subprocess.CompletedProcess[str], shape: str, any_error: bool, backend: str,
+                     bids_dir: Path) -> None:
+    """A crash (an exit code meaning neither "valid" nor "errors") or an "errors" exit with no error parsed
+    from the report is an error of the validator run, not a finding."""
+    error_exit = _SCHEMA_ERROR_EXIT if shape == "schema" else _LEGACY_ERROR_EXIT
+    if proc.returncode not in (0, error_exit):
+        raise BidsafeError(
+            f"BIDS validator ({backend}) failed with exit code {proc.returncode}{_stderr_excerpt(proc.stderr)}",
+            bids_dir,
+        )
+    if proc.returncode == error_exit and not any_error:
+        # Fail closed: the validator says "invalid" and we found nothing, so our parse missed something.
+        raise BidsafeError(
+            f"BIDS validator ({backend}) exited {proc.returncode} (errors) but no error could be parsed "
+            f"from its report{_stderr_excerpt(proc.stderr)}",
+            bids_dir,
+        )
 
 
 def validator_version(exe: Path, backend: str) -> str:

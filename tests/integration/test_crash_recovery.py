@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_reruns import make_run_folder
 
 from bidsafe.demo import DemoSession
 from bidsafe.fsutil import leftover_temps
+
+from helpers.pipeline_run import make_run_folder
 
 pytestmark = pytest.mark.slow
 

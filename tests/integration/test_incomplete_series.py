@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_reruns import make_run_folder, snakemake
+
+from helpers.pipeline_run import make_run_folder, snakemake
 
 pytestmark = pytest.mark.slow
 

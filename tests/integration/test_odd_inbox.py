@@ -17,7 +17,6 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from test_reruns import make_run_folder, snakemake
 
 from bidsafe.filelist import read_file_list
 from bidsafe.ingest import (
@@ -27,6 +26,8 @@ from bidsafe.ingest import (
     REASON_UNREADABLE,
     read_quarantine,
 )
+
+from helpers.pipeline_run import make_run_folder, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,9 @@ counts, and the receiver's log names no UID, patient name or patient ID.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +28,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from bidsafe.handoff import instance_filename, read_manifest, series_dirname, study_key
 from bidsafe.keys import load_key
 
-STORESCU = "/usr/bin/storescu"
+from helpers.loopback import STORESCU, free_port, listening, wait_for
+
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(),
                                 reason="dcmtk's storescu is not installed (apt-get install dcmtk; .ci/run does)")
 
@@ -114,7 +113,7 @@ class Site:
         self.root = root
         root.mkdir()
         self.inbox, self.private = root / "inbox", root / "private"
-        self.port = _free_port()
+        self.port = free_port()
         self.config = root / "site.yaml"
         section = {"port": self.port, "allowed_callers": ["SCANNER1"], "quiet_seconds": QUIET, **receiver}
         self.config.write_text(yaml.safe_dump({
@@ -129,7 +128,7 @@ class Site:
         self.proc = subprocess.Popen([sys.executable, "-m", "bidsafe.cli", "receive", "--configfile",
                                       str(self.config)], stdout=handle, stderr=subprocess.STDOUT)
         handle.close()
-        wait_for(lambda: _listening(self.port), 20, "the receiver to listen")
+        wait_for(lambda: listening(self.port), 20, "the receiver to listen")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
@@ -190,26 +189,6 @@ def make_site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
         for value in site.sent_identifiers:  # nothing identifying in the receiver's own output
             assert value not in text
         assert "DOE" not in text and "PID-" not in text and "1.2.826.0.1" not in text
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def assert_part_holds(site: Site, part: Path, study: Study, files: list[Path]) -> None:

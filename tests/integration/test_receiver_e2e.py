@@ -17,8 +17,7 @@ import yaml
 from bidsafe.demo import generate
 from bidsafe.receiver import STORAGE_SOP_CLASSES
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_receiver_dcmtk import STORESCU, _free_port, _listening, wait_for  # noqa: E402
+from helpers.loopback import STORESCU, free_port, listening, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk's storescu is not installed")]
@@ -39,7 +38,7 @@ def test_a_received_study_is_published_once_and_never_in_part(tmp_path: Path):
     (session,) = generate(root / "scanner", subjects=1, sessions=1, seed=5)
     (root / "consent.tsv").write_text(
         f"patient_id\tconsent\tconsent_form_id\n{session.patient_id}\tpublic\tCF-0001\n", encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     config.update(inbox="inbox", private_dir="private", work_dir="work", release_dir="release",
                   consent="consent.tsv", demographics=None)
@@ -60,7 +59,7 @@ def test_a_received_study_is_published_once_and_never_in_part(tmp_path: Path):
     receiver = subprocess.Popen([sys.executable, "-m", "bidsafe.cli", "receive", "--configfile", "config.yaml"],
                                 cwd=root, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _listening(port), 20, "the receiver")
+        wait_for(lambda: listening(port), 20, "the receiver")
 
         def send(files: list[Path]) -> None:
             result = subprocess.run([STORESCU, "-aet", "SCANNER1", "-aec", "BIDSAFE", "127.0.0.1", str(port),

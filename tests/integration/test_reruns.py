@@ -10,9 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,34 +17,11 @@ import pydicom
 import pytest
 import yaml
 
-from bidsafe.demo import DemoSession, generate
+from helpers.pipeline_run import REPO, SITE_VOCABULARY, make_run_folder, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 STAGES_AFTER_CONVERT = {"convert", "scrub", "deface", "qc", "assemble", "publish", "report"}
-SITE_VOCABULARY = 'kind: vocabulary\ngroups:\n  tasks:\n    reason: "site task names"\n    tokens: [fingertap]\n'
-
-
-def snakemake(workdir: Path, *extra: str, configfile: str = "config.yaml") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / configfile), "--cores", "2", *extra]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000, check=False)
-
-
-def planned_jobs(workdir: Path, *targets: str) -> dict[str, int]:
-    """The jobs a dry-run would run, by rule (from Snakemake's job stats table)."""
-    result = snakemake(workdir, "-n", *targets)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    text = result.stdout + result.stderr
-    if "Job stats:" not in text:
-        assert "Nothing to be done" in text, text[-3000:]
-        return {}
-    table = text.split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
-            if m.group(1) != "total"}
 
 
 @contextlib.contextmanager
@@ -64,35 +38,6 @@ def edited(path: Path, new_text: str) -> Iterator[None]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_config(root: Path, name: str = "config.yaml", **deid: object) -> Path:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    config.update(inbox="inbox", private_dir="private", work_dir="work", release_dir="release",
-                  consent="consent.tsv", demographics=None)
-    config["release"]["k_anonymity"] = 1
-    # copies in the run folder, so the test edits them without touching the repository
-    config["deid"].update(rules="site/basic-mr.yaml", vocabulary=["site/vocabulary.yaml"], **deid)
-    config["dcm2bids"]["config"] = "site/dcm2bids.json"
-    config["scrub"]["allowlist"] = "site/sidecar_allowlist.yaml"
-    path = root / name
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
-def make_run_folder(root: Path, seed: int) -> tuple[Path, list[DemoSession]]:
-    sessions = generate(root / "inbox", subjects=1, sessions=1, seed=seed)
-    (root / "consent.tsv").write_text(
-        f"patient_id\tconsent\tconsent_form_id\n{sessions[0].patient_id}\tpublic\tCF-0001\n", encoding="utf-8"
-    )
-    site = root / "site"
-    site.mkdir()
-    shutil.copy(REPO / "config" / "deid" / "basic-mr.yaml", site / "basic-mr.yaml")
-    shutil.copy(REPO / "config" / "dcm2bids.json", site / "dcm2bids.json")
-    shutil.copy(REPO / "config" / "sidecar_allowlist.yaml", site / "sidecar_allowlist.yaml")
-    (site / "vocabulary.yaml").write_text(SITE_VOCABULARY, encoding="utf-8")
-    write_config(root)
-    return root, sessions
 
 
 @pytest.fixture(scope="module")

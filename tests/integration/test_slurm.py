@@ -1,6 +1,6 @@
 """The demo pipeline through `--profile profiles/slurm` on a real single-node SLURM (issue 13, item 2).
 
-A throw-away cluster (tests/integration/slurm_cluster.py: Debian's slurm-wlm and munge, which `.ci/run`
+A throw-away cluster (tests/helpers/slurm_cluster.py: Debian's slurm-wlm and munge, which `.ci/run`
 installs; nothing is installed here) runs every job of one subject x one session as a SLURM job; the published
 release must equal a local run's on the same inbox with the same key: the same MANIFEST.sha256 once the date
 of publication is masked, which is the only thing that may differ (the CHANGES entry's date, hence the
@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import slurm_cluster
-from test_reruns import make_run_folder
 
 from bidsafe.keys import create_key
+
+from helpers import slurm_cluster
+from helpers.pipeline_run import make_run_folder
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,7 @@ import yaml
 from bidsafe.demo import generate
 from bidsafe.pseudonym import LINKAGE_FILENAME, read_linkage
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_reruns import BIN, REPO, SITE_VOCABULARY, planned_jobs, snakemake, write_config  # noqa: E402
+from helpers.pipeline_run import BIN, REPO, SITE_VOCABULARY, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from deid_testing import mr_dataset, write
 
 from bidsafe.cli import build_parser, main
 from bidsafe.errors import ConfigError
 from bidsafe.keys import KEY_FILENAME, load_key, resolve_key_path
 from bidsafe.progress import Progress, console_logging
+
+from helpers.deid_testing import mr_dataset, write
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deid_testing import mr_dataset, write
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -21,6 +20,8 @@ from bidsafe.completeness import (
     lost_data_warnings,
 )
 from bidsafe.convert import convert_session
+
+from helpers.deid_testing import mr_dataset, write
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
@@ -255,7 +256,7 @@ def test_no_demo_series_is_flagged(tmp_path):
 
 
 def test_withholding_removes_every_output_of_the_series_and_nothing_else(tmp_path):
-    from bidsafe.convert import withhold_outputs
+    from bidsafe.convert_series import withhold_outputs
 
     names = {"002.json": 2, "002.nii.gz": None, "002_Eq_1.nii.gz": None, "002_e2.json": 2, "002_e2.nii.gz": None,
              "020.json": 20, "020.nii.gz": None, "020.bval": None, "020.bvec": None}

@@ -38,6 +38,7 @@ def _fill(path: Path, level: str) -> None:
         writer.writerows({**row, "consent": level} for row in rows)
 
 
+@pytest.mark.slow  # the `demo` fixture generates two whole demo sessions (about 40 s)
 def test_demo_inbox_gives_one_row_per_patient_with_counts_and_dates(demo, tmp_path: Path, capsys):
     root, sessions = demo
     out = tmp_path / "team" / "consent.tsv"
@@ -62,6 +63,7 @@ def test_demo_inbox_gives_one_row_per_patient_with_counts_and_dates(demo, tmp_pa
     assert decide(registry, sessions[0].patient_id, "public") == (True, "consent:ok")
 
 
+@pytest.mark.slow  # the `demo` fixture generates two whole demo sessions (about 40 s)
 def test_an_existing_registry_is_kept_unless_forced(demo, tmp_path: Path, capsys):
     root, _ = demo
     out = tmp_path / "consent.tsv"

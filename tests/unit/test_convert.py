@@ -412,9 +412,9 @@ def _landed(dicom_dir: Path, out: Path) -> list[str]:
 
 
 def _same_landing_after_deid(folder: Path, work: Path) -> None:
-    from deid_testing import KEY
-
     from bidsafe.deid.engine import deidentify_tree
+
+    from helpers.deid_testing import KEY
 
     raw = _landed(folder, work / "raw")  # derived series (ADC, ASL) may match no rule: then neither may de-identified
     report = deidentify_tree(folder, work / "deid", key=KEY)  # the shipped rules and vocabulary

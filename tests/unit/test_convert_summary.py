@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from deid_testing import KEY, mr_dataset, write
 
 from bidsafe.convert import (
     AMBIGUOUS,
     NO_MAPPING,
     NOT_CONVERTED,
-    SeriesInfo,
     convert_session,
-    repair_sidecar_bytes,
     summarise,
 )
+from bidsafe.convert_series import SeriesInfo, repair_sidecar_bytes
 from bidsafe.deid.engine import deidentify_tree, write_report
 from bidsafe.deid.rules import load_rules
+
+from helpers.deid_testing import KEY, mr_dataset, write
 
 JAPANESE = ["", "ISO 2022 IR 87"]
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

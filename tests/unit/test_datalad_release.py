@@ -15,20 +15,17 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_release import PROFILE, Project
 
 from bidsafe.cli import main
 from bidsafe.errors import BidsafeError
 from bidsafe.release import datalad_release as dl
 from bidsafe.release.manifest import MANIFEST_NAME, SHAREABLE_NAME, parse_manifest, verify_release
 from bidsafe.release.publish import publish
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_release import PROFILE, Project  # noqa: E402
 
 datalad_api = pytest.importorskip("datalad.api", reason="DataLad is not installed: pip install 'bidsafe[datalad]'")
 if shutil.which("git-annex") is None:

@@ -3,16 +3,11 @@ reference face mask is pydeface's face mask carried by the reference (and the po
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import deface_robustness as bench  # benchmarks/ is on pytest's `pythonpath` (pyproject.toml)
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import deface_robustness as bench  # noqa: E402
-
-from bidsafe.deface import template as tpl  # noqa: E402
+from bidsafe.deface import template as tpl
 
 COLIN_AFFINE = np.array([[1.0, 0, 0, -90.0], [0, 1.0, 0, -125.0], [0, 0, 1.0, -71.0], [0, 0, 0, 1.0]])
 

@@ -8,7 +8,6 @@ from datetime import date, timedelta
 
 import pydicom
 import pytest
-from deid_testing import KEY, OTHER_KEY, StubRules, mr_dataset, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,8 @@ from bidsafe.deid.dates import (
 )
 from bidsafe.deid.engine import deidentify_dataset, deidentify_tree, study_shift_days
 from bidsafe.deid.rules import load_rules
+
+from helpers.deid_testing import KEY, OTHER_KEY, StubRules, mr_dataset, write
 
 
 def _day(text: str) -> date:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from deid_testing import KEY, MR_IMAGE_STORAGE, StubRules, mr_dataset, tag, write
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -16,6 +15,8 @@ from bidsafe.deid.dates import shift_days_for
 from bidsafe.deid.engine import FAILED, PROCESSED, deidentify_tree, shift_subject_key
 from bidsafe.deid.rules import load_rules
 from bidsafe.deid.uids import is_registered_uid, keyed_uid
+
+from helpers.deid_testing import KEY, MR_IMAGE_STORAGE, StubRules, mr_dataset, tag, write
 
 # --- C (clean) on a VR that is not text, or not a VR --------------------------------------------------------
 

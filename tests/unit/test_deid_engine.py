@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from deid_testing import KEY, MR_IMAGE_STORAGE, OTHER_KEY, StubRules, allow_all_vocabulary, mr_dataset, write
 from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -39,6 +38,8 @@ from bidsafe.deid.rules import BURNED_IN_CLASSES, load_rules
 from bidsafe.deid.textclean import FILLER
 from bidsafe.deid.uids import keyed_uid
 from bidsafe.phi import PersonalValue, harvest_dataset
+
+from helpers.deid_testing import KEY, MR_IMAGE_STORAGE, OTHER_KEY, StubRules, allow_all_vocabulary, mr_dataset, write
 
 SHIFT = 7 - base_days(30)  # a real shift: a week of jitter after the move back before 1925
 

@@ -20,13 +20,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from deid_testing import KEY
 
 from bidsafe.deid.engine import PROCESSED, deidentify_tree
 from bidsafe.deid.rules import load_rules
 from bidsafe.deid.textclean import TextCleaner
 from bidsafe.deid.vocabulary import vocabulary_for
 from bidsafe.phi import harvest_files
+
+from helpers.deid_testing import KEY
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,6 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from deid_testing import KEY, mr_dataset, write
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
@@ -24,6 +23,8 @@ from bidsafe.deid.engine import PROCESSED, deidentify_tree
 from bidsafe.deid.rules import load_rules
 from bidsafe.deid.vocabulary import vocabulary_for
 from bidsafe.phi import PLACEHOLDERS
+
+from helpers.deid_testing import KEY, mr_dataset, write
 
 RULES = load_rules()
 # Planted values may overflow their VR's maximum length; pydicom warns, which is fine for test input.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from deid_testing import KEY, mr_dataset, write
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -19,6 +18,8 @@ from pydicom.filewriter import write_data_element
 
 from bidsafe.deid.engine import PROCESSED, deidentify_tree
 from bidsafe.deid.rules import load_rules
+
+from helpers.deid_testing import KEY, mr_dataset, write
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 WEIGHT_AND_SEX = "1;HFS;83;;F;0;2;-1142650911"

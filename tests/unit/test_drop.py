@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from deid_testing import mr_dataset, write
 
 from bidsafe.cli import main
 from bidsafe.drop import REPORT_NAME, DropSettings, PollResult, drop_settings, poll_drop, summary_line
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.handoff import hand_over_study, series_dirname, study_key
+
+from helpers.deid_testing import mr_dataset, write
 
 KEY = bytes(range(32))
 UID_A = "1.2.826.0.1.3680043.9.7777.41"

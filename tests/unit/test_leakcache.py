@@ -9,12 +9,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from deid_testing import mr_dataset, write
 from test_leaktriage import _inbox
 
 from bidsafe.release import leakharvest, leakscan
 from bidsafe.release.leakforms import RawValue
 from bidsafe.release.leakscan import harvest_sessions, leak_scan
+
+from helpers.deid_testing import mr_dataset, write
 
 PERSON = RawValue("name", "PatientName", "Quillfeather^Marisol")
 NEWCOMER = RawValue("name", "PatientName", "Vandersloot^Ignatia")

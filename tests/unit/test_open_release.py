@@ -5,7 +5,6 @@ other audience still refuses CC0."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,7 @@ from bidsafe.pseudonym import run_pseudonymise
 from bidsafe.release.assemble import DEFAULT_DATA_USAGE_AGREEMENT, release_config
 from bidsafe.release.openrelease import changes_problems, open_release_problems
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _pseudonym_data import FakeSession, config, write_index, write_registry  # noqa: E402
+from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
 
 BASE = {"inbox": "in", "work_dir": "w", "private_dir": "p", "release_dir": "r"}
 

@@ -32,8 +32,7 @@ from bidsafe.pseudonymise.metadata import (
 from bidsafe.pseudonymise.render import render_metadata
 from bidsafe.pseudonymise.stage import run_pseudonymise
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _pseudonym_data import FakeSession, config, write_index, write_registry  # noqa: E402
+from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
 
 
 def _rule(columns: dict, name: str):

@@ -32,8 +32,7 @@ from bidsafe.pseudonymise.sessionlists import all_sessions, included_sessions
 from bidsafe.pseudonymise.stage import run_pseudonymise
 from bidsafe.pseudonymise.studies import _identifiers
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _pseudonym_data import (  # noqa: E402
+from helpers.pseudonym_data import (
     FakeSession,
     append_index,
     concurrent_worker,
@@ -166,17 +165,20 @@ def test_labels_are_stable_across_runs_and_unchanged_files_keep_their_mtime(site
 def test_labels_are_stable_in_a_fresh_process(site: Site):
     first = site.run()
     code = (
-        "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-        "from _pseudonym_data import config; from bidsafe.pseudonym import run_pseudonymise;"
-        "r = run_pseudonymise(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]),"
-        " config(Path(sys.argv[6])));"
+        "import json, sys; from pathlib import Path;"
+        "from helpers.pseudonym_data import config; from bidsafe.pseudonym import run_pseudonymise;"
+        "r = run_pseudonymise(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),"
+        " config(Path(sys.argv[5])));"
         "print(json.dumps([[d.subject, d.session, d.included, d.reason] for d in r.decisions]))"
     )
     out = site.root / "other-out"
+    # the fresh process finds the test helpers as pytest does (pyproject's `pythonpath`)
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(site.index), str(site.inbox), str(site.private),
+        [sys.executable, "-c", code, str(site.index), str(site.inbox), str(site.private),
          str(out), str(site.registry)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     )
     assert json.loads(done.stdout) == [[d.subject, d.session, d.included, d.reason] for d in first.decisions]
     assert (out / "participants.tsv").read_text() == (site.out / "participants.tsv").read_text()

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from deid_testing import KEY, mr_dataset, write
 
 import bidsafe.convert
 import bidsafe.deid.engine as engine
@@ -27,6 +26,8 @@ from bidsafe.recovery import (
     tighten_private_tree,
 )
 from bidsafe.stages import convert_stage
+
+from helpers.deid_testing import KEY, mr_dataset, write
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:

@@ -557,9 +557,9 @@ def test_declared_option_applied_to_no_row_fails(tmp_path):
 
 
 def _raw_session(tmp_path: Path) -> tuple[Path, Path]:
-    from deid_testing import mr_dataset, write
-
     from bidsafe.keys import create_key
+
+    from helpers.deid_testing import mr_dataset, write
 
     raw = tmp_path / "raw"
     write(mr_dataset(patient_name="Quillfeather^Marisol"), raw / "a.dcm")

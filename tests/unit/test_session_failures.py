@@ -5,7 +5,6 @@ released. Real stage functions throughout (real dcm2niix/dcm2bids, the real defa
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bidsafe.deid.stage import deid_stage
 from bidsafe.demo import generate
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.keys import create_key
@@ -24,7 +24,6 @@ from bidsafe.stages import (
     assemble_stage,
     convert_stage,
     deface_stage,
-    deid_stage,
     qa_session_files,
     qc_stage,
     read_included,
@@ -32,8 +31,7 @@ from bidsafe.stages import (
     scrub_stage,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _pseudonym_data import FakeSession, config, write_index, write_registry  # noqa: E402
+from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "config" / "deid" / "basic-mr.yaml"
@@ -251,6 +249,7 @@ def _convert_with(work: Work, dicom: Path, mapping: dict) -> dict:
                          session="01", config=config, log_dir=work.root / "private" / "dcm2bids")
 
 
+@pytest.mark.slow  # a demo session generated, then converted with dcm2niix and dcm2bids
 def test_ambiguous_mapping_withholds_at_convert(tmp_path, demo_dicom):
     work = Work(tmp_path)
     every = {"SeriesDescription": "*"}
@@ -267,6 +266,7 @@ def test_ambiguous_mapping_withholds_at_convert(tmp_path, demo_dicom):
     check_withheld(work, "bad", "convert", "convert:ambiguous", "the dcm2bids mapping is ambiguous")
 
 
+@pytest.mark.slow  # a demo session generated, then converted with dcm2niix and dcm2bids
 def test_no_series_the_mapping_converts_withholds_at_convert(tmp_path, demo_dicom):
     """Like a session of localizers only, a structured report or CT/RT objects: nothing the mapping takes."""
     work = Work(tmp_path)

@@ -11,9 +11,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bidsafe.deid.stage import deid_session
 from bidsafe.errors import BidsafeError
 from bidsafe.keys import create_key
-from bidsafe.stages import deid_session
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -142,7 +142,7 @@ def test_a_session_is_cleaned_of_the_subjects_values_from_its_other_sessions(ses
     """Per patient, not per study: an identifier only a later visit's header carries (here an old hospital
     number) is removed from this visit's text once the subject's harvests are pooled. The vocabulary alone
     keeps it: its groups are short numbers."""
-    from bidsafe.stages import harvest_session
+    from bidsafe.deid.stage import harvest_session
 
     other_study, other_series = generate_uid(), generate_uid()
     other = Path("inbox/WEXCOMBE_ISADORA_2/001.dcm")

@@ -11,7 +11,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from deid_testing import KEY, mr_dataset, write
 from pydicom.dataset import Dataset
 
 from bidsafe.cli import main as bidsafe_main
@@ -33,6 +32,8 @@ from bidsafe.keys import create_key
 from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset
 from bidsafe.scrub import load_allowlist, scrub_sidecar
 from bidsafe.testhooks import NO_TEXT_CLEANING
+
+from helpers.deid_testing import KEY, mr_dataset, write
 
 # Each class of fresh token from issue 9 (none of them harvested from any header), with the parts that must go.
 FRESH: dict[str, tuple[str, ...]] = {
@@ -410,7 +411,7 @@ def test_hook_switches_off_all_text_cleaning_and_nothing_else(monkeypatch):
 
 
 def test_philips_private_sequence_items_follow_the_standard_rules():
-    from deid_testing import StubRules
+    from helpers.deid_testing import StubRules
 
     ds = mr_dataset()
     item = Dataset()

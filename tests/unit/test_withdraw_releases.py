@@ -7,20 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from test_release import PROFILE, Project
 
 from bidsafe.cli import main
 from bidsafe.release import withdraw as withdraw_mod
 from bidsafe.release.manifest import SHAREABLE_NAME, parse_manifest, verify_release
 from bidsafe.release.publish import publish
 from bidsafe.release.withdraw import TMP_SUFFIX, build_version, plan_version, withdraw_from_releases
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_release import PROFILE, Project  # noqa: E402
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 # files a withdrawal rewrites in every version it touches; every other file keeps its bytes (and its inode)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from bidsafe.pseudonymise.sessionlists import included_sessions
 from bidsafe.pseudonymise.stage import run_pseudonymise
 from bidsafe.withdrawal import label_pattern, named_paths, remove_withdrawn, withdrawn_session_files
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _pseudonym_data import FakeSession, config, write_index, write_registry  # noqa: E402
+from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
 
 GONE, STAYS, LOOKALIKE = "ab12", "cd34", "ab123"  # `sub-ab12` must never match `sub-ab123`
 

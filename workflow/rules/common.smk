@@ -14,7 +14,6 @@ from bidsafe.pseudonymise.settings import STAGE_KEYS as PSEUDONYMISE_KEYS
 from bidsafe.recovery import scratch_dir
 from bidsafe.release.datalad_release import require_datalad_tools
 
-
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -40,7 +39,9 @@ if config["release"].get("datalad"):
 PRIVATE_SCRATCH = scratch_dir(PRIVATE)
 # Snakemake makes the folders of a job's outputs with the umask's mode (0755): the private ones are made 0700
 # first, by the Snakefile's onstart hook (parsing has no side effects: every cluster job parses this file).
-PRIVATE_FOLDERS = [PRIVATE / name for name in ("ingest", "pseudonymise", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")]
+PRIVATE_FOLDERS = [
+    PRIVATE / name for name in ("ingest", "pseudonymise", "phi/raw", "deid", "dcm2bids", "leakscan", "scratch")
+]
 
 SESSION = "sub-{subject}/ses-{session}"
 
@@ -73,6 +74,8 @@ SIDECAR_ALLOWLIST = shipped(config["scrub"]["allowlist"])
 # by default) is always read too.
 DEID_VOCABULARY = [str(shipped(p)) for p in config["deid"]["vocabulary"]]
 SHIPPED_VOCABULARY = DEFAULT_VOCABULARY
+
+
 # Inputs rerun a job when the file is newer than its outputs and its content changed; a file put back with an
 # older time (`cp -p`, `rsync -t`, an unpacked archive) is not newer, so each job also takes the content
 # digest of its files as a param, which reruns it whenever the content differs from its last run.
@@ -128,10 +131,22 @@ def _read_once(reader, path):
     return _READ_TABLES[key]
 
 
+_PSEUDONYMISED = {}
+
+
+def pseudonymised():
+    """The pseudonymise checkpoint's outputs once it has run (IncompleteCheckpointException until then, which
+    is how an input function makes its job wait for the checkpoint). Asked once per process: every per-session
+    job's inputs and resources ask, and Snakemake's own lookup cost ~0.2 ms each time."""
+    if "output" not in _PSEUDONYMISED:
+        _PSEUDONYMISED["output"] = checkpoints.pseudonymise.get().output
+    return _PSEUDONYMISED["output"]
+
+
 def included_sessions():
     from bidsafe.pseudonymise.sessionlists import included_sessions as included
 
-    return _read_once(included, checkpoints.pseudonymise.get().output.sessions)
+    return _read_once(included, pseudonymised().sessions)
 
 
 def _sessions_by_subject(path):
@@ -152,7 +167,7 @@ def per_included_session(pattern):
 
 def session_file_list(wildcards):
     """The session's file list, from the pseudonymise checkpoint's declared folder of lists."""
-    lists = Path(checkpoints.pseudonymise.get().output.session_lists)
+    lists = Path(pseudonymised().session_lists)
     return lists / f"sub-{wildcards.subject}" / f"ses-{wildcards.session}" / "files.txt"
 
 
@@ -160,7 +175,7 @@ def subject_harvests(wildcards):
     """The raw harvest of every session of this subject (included or not): de-identification cleans each
     session's text of the patient's values as written in any of their visits. A new session of the subject
     therefore reruns de-identification of its earlier sessions (their text may hold the new spelling)."""
-    by_subject = _read_once(_sessions_by_subject, checkpoints.pseudonymise.get().output.sessions)
+    by_subject = _read_once(_sessions_by_subject, pseudonymised().sessions)
     return [
         str(PRIVATE / "phi" / "raw" / f"sub-{wildcards.subject}_ses-{session}.json")
         for session in by_subject.get(wildcards.subject, [])
@@ -198,7 +213,11 @@ def report_target():
 # session's DICOM files, release stages with the included sessions.
 def session_files(wildcards):
     """DICOM files of one session: the line count of its private file list (a number, never a name)."""
-    with open(session_file_list(wildcards), "rb") as handle:
+    return _read_once(_count_lines, session_file_list(wildcards))
+
+
+def _count_lines(path):
+    with open(path, "rb") as handle:
         return sum(1 for _ in handle)
 
 

@@ -13,19 +13,19 @@ rule convert:
         summary=WORK / "convert" / SESSION / "series.json",
         status=status_file("convert"),
         profile=WORK / "profile" / SESSION / "convert.json",
+    log:
+        LOGS / "convert" / "sub-{subject}_ses-{session}.log",
+    conda:
+        "../../envs/dicom.yaml"
+    threads: 1
+    resources:
+        mem_mb=sized(400, per_1000_files=25),
+        runtime=sized(5, per_1000_files=0.3),
     params:
         content=content_digest(DCM2BIDS_CONFIG),
         # a string, not a Path: Snakemake fills the wildcards of string params only
         private_logs=str(PRIVATE / "dcm2bids" / SESSION),
         scratch=PRIVATE_SCRATCH,
-    log:
-        LOGS / "convert" / "sub-{subject}_ses-{session}.log",
-    resources:
-        mem_mb=sized(400, per_1000_files=25),
-        runtime=sized(5, per_1000_files=0.3),
-    threads: 1
-    conda:
-        "../../envs/dicom.yaml"
     script:
         "../scripts/convert.py"
 

@@ -5,16 +5,16 @@ rule harvest:
         files=session_file_list,
     output:
         values=PRIVATE / "phi" / "raw" / "sub-{subject}_ses-{session}.json",
-    params:
-        inbox=INBOX,
     log:
         LOGS / "harvest" / "sub-{subject}_ses-{session}.log",
+    conda:
+        "../../envs/dicom.yaml"
+    threads: 1
     resources:
         mem_mb=sized(400, per_1000_files=10),
         runtime=sized(5, per_1000_files=0.5),
-    threads: 1
-    conda:
-        "../../envs/dicom.yaml"
+    params:
+        inbox=INBOX,
     script:
         "../scripts/harvest.py"
 
@@ -35,6 +35,14 @@ rule deid:
         status=status_file("deid"),
         # hashes of the files above as this job read them (collected into SHAREABLE.json)
         profile=WORK / "profile" / SESSION / "deid.json",
+    log:
+        LOGS / "deid" / "sub-{subject}_ses-{session}.log",
+    conda:
+        "../../envs/dicom.yaml"
+    threads: config["deid"]["jobs"]
+    resources:
+        mem_mb=sized(250 + 100 * config["deid"]["jobs"], per_1000_files=25),
+        runtime=sized(5, per_1000_files=0.5),
     params:
         inbox=INBOX,
         key=KEY,
@@ -43,14 +51,6 @@ rule deid:
         # private: files are built here (their text is cleaned of harvested values last); only the finished
         # tree is moved into work_dir
         scratch=PRIVATE_SCRATCH,
-    log:
-        LOGS / "deid" / "sub-{subject}_ses-{session}.log",
-    resources:
-        mem_mb=sized(250 + 100 * config["deid"]["jobs"], per_1000_files=25),
-        runtime=sized(5, per_1000_files=0.5),
-    threads: config["deid"]["jobs"]
-    conda:
-        "../../envs/dicom.yaml"
     script:
         "../scripts/deid.py"
 

@@ -9,6 +9,14 @@ checkpoint pseudonymise:
         # each session's inbox files (sub-S/ses-T/files.txt), privately; a list whose content did not change
         # reruns nothing (Snakemake compares a small input's checksum when it is newer)
         session_lists=directory(PRIVATE / "sessions"),
+    log:
+        LOGS / "pseudonymise" / "pseudonymise.log",
+    conda:
+        "../../envs/dicom.yaml"
+    threads: 1
+    resources:
+        mem_mb=sized(500),
+        runtime=sized(15),
     params:
         inbox=INBOX,
         private_dir=PRIVATE,
@@ -16,13 +24,5 @@ checkpoint pseudonymise:
         work_dir=WORK,
         # the keys bidsafe.pseudonymise.settings reads (checked, defaults filled above)
         settings={k: config.get(k) for k in PSEUDONYMISE_KEYS},
-    log:
-        LOGS / "pseudonymise" / "pseudonymise.log",
-    resources:
-        mem_mb=sized(500),
-        runtime=sized(15),
-    threads: 1
-    conda:
-        "../../envs/dicom.yaml"
     script:
         "../scripts/pseudonymise.py"

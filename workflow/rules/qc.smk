@@ -7,11 +7,11 @@ rule qc:
         status=status_file("qc"),
     log:
         LOGS / "qc" / "sub-{subject}_ses-{session}.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
     resources:
         mem_mb=sized(600, per_1000_files=40),
         runtime=sized(5, per_1000_files=0.2),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
     script:
         "../scripts/qc.py"

@@ -14,17 +14,17 @@ rule assemble:
         staging=directory(WORK / "staging" / "release"),
         included=WORK / "staging" / "included.tsv",
         profiles=WORK / "staging" / "profiles.json",
-    params:
-        release_dir=RELEASE,
-        release=config.get("release", {}),
     log:
         LOGS / "release" / "assemble.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
     resources:
         mem_mb=sized(400, per_session=1),
         runtime=sized(5, per_session=0.05),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
+    params:
+        release_dir=RELEASE,
+        release=config.get("release", {}),
     script:
         "../scripts/assemble.py"
 
@@ -34,17 +34,17 @@ rule gate_validator:
         staging=rules.assemble.output.staging,
     output:
         report=WORK / "gates" / "validator.json",
-    params:
-        gate="validator",
-        backend=config["validator"]["backend"],
     log:
         LOGS / "gates" / "validator.log",
+    conda:
+        "../../envs/validator.yaml"
+    threads: 1
     resources:
         mem_mb=sized(600, per_session=2),
         runtime=sized(5, per_session=0.05),
-    threads: 1
-    conda:
-        "../../envs/validator.yaml"
+    params:
+        gate="validator",
+        backend=config["validator"]["backend"],
     script:
         "../scripts/gate.py"
 
@@ -68,6 +68,14 @@ rule gate_leak_scan:
         # fields only
         values_json=PRIVATE / "leakscan" / "values.json",
         findings_json=PRIVATE / "leakscan" / "findings.json",
+    log:
+        LOGS / "gates" / "leak_scan.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
+    resources:
+        mem_mb=sized(500, per_session=2),
+        runtime=sized(10, per_session=0.2),
     params:
         gate="leak_scan",
         inbox=INBOX,
@@ -78,14 +86,6 @@ rule gate_leak_scan:
         # not an output (Snakemake deletes outputs before a job): the gate's private memory between runs
         memory_dir=PRIVATE / "leakscan" / "memory",
         allow=config.get("release", {}).get("leak_scan", {}).get("allow", []),
-    log:
-        LOGS / "gates" / "leak_scan.log",
-    resources:
-        mem_mb=sized(500, per_session=2),
-        runtime=sized(10, per_session=0.2),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
     script:
         "../scripts/gate.py"
 
@@ -98,17 +98,17 @@ rule gate_deface:
         records=per_included_session(str(WORK / "deface" / SESSION / "records.json")),
     output:
         report=WORK / "gates" / "deface.json",
-    params:
-        gate="deface",
-        exempt=config["deface"]["exempt"],
     log:
         LOGS / "gates" / "deface.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
     resources:
         mem_mb=sized(400, per_session=1),
         runtime=sized(5, per_session=0.02),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
+    params:
+        gate="deface",
+        exempt=config["deface"]["exempt"],
     script:
         "../scripts/gate.py"
 
@@ -119,16 +119,16 @@ rule gate_consent:
         sessions_tsv=rules.pseudonymise.output.sessions,
     output:
         report=WORK / "gates" / "consent.json",
-    params:
-        gate="consent",
     log:
         LOGS / "gates" / "consent.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
     resources:
         mem_mb=sized(300),
         runtime=sized(5),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
+    params:
+        gate="consent",
     script:
         "../scripts/gate.py"
 
@@ -145,18 +145,18 @@ rule publish:
         profiles=rules.assemble.output.profiles,
     output:
         published=WORK / "publish" / "published.json",
+    log:
+        LOGS / "release" / "publish.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
+    resources:
+        mem_mb=sized(300),
+        runtime=sized(5, per_session=0.05),
     params:
         release_dir=RELEASE,
         release=config.get("release", {}),
         datalad=config.get("release", {}).get("datalad", False),
-    log:
-        LOGS / "release" / "publish.log",
-    resources:
-        mem_mb=sized(300),
-        runtime=sized(5, per_session=0.05),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
     script:
         "../scripts/publish.py"
 
@@ -176,15 +176,15 @@ rule report:
         quarantine=rules.ingest.output.quarantine,
     output:
         html=WORK / "report" / "bidsafe-report.html",
-    params:
-        status_dir=WORK / "status",
     log:
         LOGS / "release" / "report.log",
+    conda:
+        "../../envs/release.yaml"
+    threads: 1
     resources:
         mem_mb=sized(400, per_session=1),
         runtime=sized(5, per_session=0.02),
-    threads: 1
-    conda:
-        "../../envs/release.yaml"
+    params:
+        status_dir=WORK / "status",
     script:
         "../scripts/report.py"

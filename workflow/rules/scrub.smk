@@ -12,15 +12,15 @@ rule scrub:
         bids=directory(WORK / "scrub" / SESSION / "bids"),
         status=status_file("scrub"),
         profile=WORK / "profile" / SESSION / "scrub.json",
-    params:
-        content=content_digest(SIDECAR_ALLOWLIST, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     log:
         LOGS / "scrub" / "sub-{subject}_ses-{session}.log",
+    conda:
+        "../../envs/dicom.yaml"
+    threads: 1
     resources:
         mem_mb=sized(400, per_1000_files=40),
         runtime=sized(5, per_1000_files=0.5),
-    threads: 1
-    conda:
-        "../../envs/dicom.yaml"
+    params:
+        content=content_digest(SIDECAR_ALLOWLIST, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
     script:
         "../scripts/scrub.py"

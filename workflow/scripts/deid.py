@@ -1,7 +1,7 @@
 from pathlib import Path
 
+from bidsafe.deid.stage import deid_stage
 from bidsafe.runlog import log_to
-from bidsafe.stages import deid_stage
 
 with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
     deid_stage(

@@ -1,7 +1,7 @@
 from pathlib import Path
 
+from bidsafe.deid.stage import harvest_session
 from bidsafe.runlog import log_to
-from bidsafe.stages import harvest_session
 
 with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
     harvest_session(

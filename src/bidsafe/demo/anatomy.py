@@ -105,7 +105,8 @@ def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
     rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rot_z @ rot_y @ rot_x
+    rotation: np.ndarray = rot_z @ rot_y @ rot_x
+    return rotation
 
 
 def session_pose(rng: np.random.Generator) -> np.ndarray:

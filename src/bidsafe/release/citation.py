@@ -51,7 +51,8 @@ def is_cc0(license_id: str) -> bool:
 # --------------------------------------------------------------------------------------------- config
 def citation_config(rc: Mapping[str, Any]) -> dict[str, Any]:
     """`release.citation` with defaults filled in; `creators` from `authors` (each a name) when empty."""
-    section = rc.get("citation") if isinstance(rc.get("citation"), Mapping) else {}
+    citation = rc.get("citation")
+    section: Mapping[str, Any] = citation if isinstance(citation, Mapping) else {}
     cc = {**CITATION_DEFAULTS, **{k: v for k, v in dict(section).items() if v is not None}}
     creators = [dict(c) for c in cc.get("creators") or []]
     if not creators:

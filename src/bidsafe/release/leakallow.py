@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from bidsafe.errors import ConfigError
 from bidsafe.release.leakforms import fold
@@ -42,7 +42,8 @@ class AllowEntry:
         return re.fullmatch(self.pattern, value.strip()) is not None
 
     def to_dict(self) -> dict[str, str]:
-        kind = {"value": self.value} if self.value is not None else {"pattern": self.pattern}
+        # exactly one of value and pattern is set (the reader checks it)
+        kind = {"value": self.value} if self.value is not None else {"pattern": cast(str, self.pattern)}
         return {**kind, "reason": self.reason}
 
 

@@ -75,7 +75,7 @@ class FileFindings:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FileFindings:
-        return cls(identity=tuple(data["identity"]),  # type: ignore[arg-type]
+        return cls(identity=tuple(data["identity"]),
                    found=[(row[0], RawValue(*row[1:4])) for row in data["found"]],
                    flags=[(row[0], row[1]) for row in data["flags"]])
 

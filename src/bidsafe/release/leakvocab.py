@@ -23,6 +23,7 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,7 +59,7 @@ class Vocabulary:
         return len(found) == 1 and found[0] == form.strip() and self.allows(found[0])
 
 
-def _mapping(data: object, what: str, path: Path) -> dict:
+def _mapping(data: object, what: str, path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -406,7 +406,8 @@ def _put_parts(client: Any, bucket: str, key: str, path: Path, f: LocalFile, par
 # --------------------------------------------------------------------------------------------- verify
 def read_object(client: Any, where: S3Location, rel: str) -> bytes:
     with s3_errors(f"reading {where.key(rel)}", client):
-        return client.get_object(Bucket=where.bucket, Key=where.key(rel))["Body"].read()
+        body: bytes = client.get_object(Bucket=where.bucket, Key=where.key(rel))["Body"].read()
+        return body
 
 
 def hash_object(client: Any, where: S3Location, rel: str) -> tuple[str, str | None]:

@@ -424,26 +424,11 @@ def publish_release(
     """
     staging = Path(staging)
     release_dir = Path(release_dir)
-    if not staging.is_dir():
-        raise BidsafeError("staging folder is missing", staging)
-    if profiles is not None:
-        refuse_weaker(profiles, staging)
-    gates = check_gates(staging, gate_results, required_gates)
-    for marker in RELEASE_MARKERS:
-        if (staging / marker).exists():
-            raise BidsafeError(f"staging already holds {marker}; reassemble it", staging)
-    profile_text = describe_profile(profile)
-    staged_for = None
-    if (staging / CHANGES_NAME).is_file():
-        staged_for = changes_version((staging / CHANGES_NAME).read_text(encoding="utf-8"))
+    gates, profile_text, staged_for = _check_staging(staging, gate_results, required_gates, profile, profiles)
 
     release_dir.mkdir(parents=True, exist_ok=True)
     with publish_lock(release_dir):
-        _remove_leftovers(release_dir)
-        published = published_versions(release_dir)
-        highest = published[-1] if published else 0
-        _repair_latest(release_dir, highest)
-        latest_dir = release_dir / f"v{highest}" if highest else None
+        highest, latest_dir = _tidy_versions(release_dir)
         staged, identity = _hash_staging(staging, latest_dir)
         if latest_dir is not None and same_release(staged, latest_dir):
             # also the state a crash right after publishing leaves (the staging tree then numbered v<highest>):
@@ -452,29 +437,13 @@ def publish_release(
             log.info("%s", note)
             return PublishOutcome(latest_dir, highest, False, note)
         number = _version_to_publish(staged_for, release_dir, version)
-        final = release_dir / f"v{number}"
-        tmp = release_dir / f".v{number}.tmp"
-        if final.exists() or final.is_symlink():
-            raise BidsafeError(f"v{number} already exists", release_dir)
+        final, tmp = _new_version_paths(release_dir, number)
         renamed = False
         try:
             mode = link if _same_filesystem(staging, release_dir) else "copy"
             copy_tree(staging, tmp, mode)
-            changes = _continued_changes(staging, number, latest_dir, profile_text)
-            if changes is not None:
-                # a new file in place of the hard link: the staging tree keeps the text the gates saw
-                atomic_write_text(tmp / CHANGES_NAME, changes)
-                _rewrite_citation(tmp, number, latest_dir, config)
-                log.info("CHANGES continued from v%d for v%d", highest, number)
-            _make_read_only(tmp)
-            digests = _manifest_digests(tmp, staged, identity)
-            _, manifest_sha256 = save_manifest(tmp, digests)
-            record = shareable_record(
-                number, gates, profile_text, manifest_sha256, digests, tmp,
-                summarise_profiles(profiles) if profiles is not None else None,
-            )
-            write_shareable(tmp, record)  # last: its presence marks the release
-            _fsync_dir(tmp)
+            _continue_changes(staging, tmp, number, highest, latest_dir, profile_text, config)
+            record = _seal(tmp, number, gates, profile_text, staged, identity, profiles)
             os.rename(tmp, final)
             renamed = True
             _point_latest(release_dir, final.name)
@@ -488,6 +457,75 @@ def publish_release(
             raise
     log.info("published %s: %d files", final.name, record["manifest"]["files"])
     return PublishOutcome(final, number, True, f"published {final.name}")
+
+
+def _check_staging(
+    staging: Path,
+    gate_results: Sequence[GateResult | str | Path],
+    required_gates: Sequence[str],
+    profile: str | Path,
+    profiles: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[list[GateResult], str, int | None]:
+    """Refuse a staging tree that may not be published; (the gates' results, the profile's text, the version
+    its CHANGES was numbered for, if any)."""
+    if not staging.is_dir():
+        raise BidsafeError("staging folder is missing", staging)
+    if profiles is not None:
+        refuse_weaker(profiles, staging)
+    gates = check_gates(staging, gate_results, required_gates)
+    for marker in RELEASE_MARKERS:
+        if (staging / marker).exists():
+            raise BidsafeError(f"staging already holds {marker}; reassemble it", staging)
+    profile_text = describe_profile(profile)
+    staged_for = None
+    if (staging / CHANGES_NAME).is_file():
+        staged_for = changes_version((staging / CHANGES_NAME).read_text(encoding="utf-8"))
+    return gates, profile_text, staged_for
+
+
+def _tidy_versions(release_dir: Path) -> tuple[int, Path | None]:
+    """Leftovers of an interrupted publish removed and `latest` repaired; (highest version, its folder)."""
+    _remove_leftovers(release_dir)
+    published = published_versions(release_dir)
+    highest = published[-1] if published else 0
+    _repair_latest(release_dir, highest)
+    return highest, release_dir / f"v{highest}" if highest else None
+
+
+def _new_version_paths(release_dir: Path, number: int) -> tuple[Path, Path]:
+    """(v<number>, the temporary sibling it is built in); refused when v<number> exists."""
+    final = release_dir / f"v{number}"
+    if final.exists() or final.is_symlink():
+        raise BidsafeError(f"v{number} already exists", release_dir)
+    return final, release_dir / f".v{number}.tmp"
+
+
+def _continue_changes(staging: Path, tmp: Path, number: int, highest: int, latest_dir: Path | None,
+                      profile_text: str, config: Mapping[str, Any] | None) -> None:
+    """When the staging tree was numbered for a version published meanwhile: CHANGES continued from the
+    latest version, CITATION.cff and datacite.json written anew for `number`."""
+    changes = _continued_changes(staging, number, latest_dir, profile_text)
+    if changes is not None:
+        # a new file in place of the hard link: the staging tree keeps the text the gates saw
+        atomic_write_text(tmp / CHANGES_NAME, changes)
+        _rewrite_citation(tmp, number, latest_dir, config)
+        log.info("CHANGES continued from v%d for v%d", highest, number)
+
+
+def _seal(tmp: Path, number: int, gates: Sequence[GateResult], profile_text: str, staged: Mapping[str, str],
+          identity: Mapping[str, tuple[int, int, int, int]], profiles: Mapping[str, Mapping[str, Any]] | None,
+          ) -> dict[str, Any]:
+    """The new version made read-only, manifested and marked complete by SHAREABLE.json; its record."""
+    _make_read_only(tmp)
+    digests = _manifest_digests(tmp, staged, identity)
+    _, manifest_sha256 = save_manifest(tmp, digests)
+    record = shareable_record(
+        number, gates, profile_text, manifest_sha256, digests, tmp,
+        summarise_profiles(profiles) if profiles is not None else None,
+    )
+    write_shareable(tmp, record)  # last: its presence marks the release
+    _fsync_dir(tmp)
+    return record
 
 
 def write_shareable(root: Path, record: Mapping[str, Any]) -> Path:
@@ -527,4 +565,5 @@ def reseal_version(version_dir: Path, **updates: Any) -> dict[str, Any]:
 
 
 def read_shareable(release: Path) -> dict[str, Any]:
-    return json.loads((Path(release) / SHAREABLE_NAME).read_text(encoding="utf-8"))
+    record: dict[str, Any] = json.loads((Path(release) / SHAREABLE_NAME).read_text(encoding="utf-8"))
+    return record
