@@ -63,6 +63,14 @@ def schema_defaults(*keys: str, schema: Mapping[str, Any] | None = None) -> dict
     return {k: copy.deepcopy(v["default"]) for k, v in node.get("properties", {}).items() if "default" in v}
 
 
+def schema_enum(*keys: str) -> tuple[str, ...]:
+    """The allowed values of the key at `keys`, in the schema's order (e.g. `schema_enum("release", "audience")`)."""
+    node: Mapping[str, Any] = _load_schema(schema_path())
+    for key in keys:
+        node = node["properties"][key]
+    return tuple(str(value) for value in node["enum"])
+
+
 # --------------------------------------------------------------------------------------------- checking
 def config_problems(config: object, schema: Mapping[str, Any] | None = None) -> list[str]:
     """Every problem of `config`, one line each: `config: <key>: <what is wrong>[: why] (allowed: ...)`."""
@@ -71,13 +79,29 @@ def config_problems(config: object, schema: Mapping[str, Any] | None = None) -> 
     schema = schema if schema is not None else load_schema()
     if not isinstance(config, Mapping):
         return ["config: the configuration must be a mapping of keys (is the file empty?)"]
-    errors = Draft202012Validator(schema).iter_errors(config)
+    errors = Draft202012Validator(schema, format_checker=_formats()).iter_errors(config)
     lines: list[str] = []
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         for line in _describe(error):
             if line not in lines:
                 lines.append(line)
     return lines
+
+
+def _formats() -> Any:
+    """The formats the schema uses: `bids-suffix`, a name in the official BIDS schema (policy lists of suffixes
+    are checked against it, not restated). Text that is not letters and digits is left to the key's pattern."""
+    from jsonschema import FormatChecker
+
+    checker = FormatChecker(formats=())
+
+    @checker.checks("bids-suffix")
+    def _bids_suffix(value: object) -> bool:
+        from bidsafe.bidsnames import unknown_suffixes
+
+        return not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9]+", value) or not unknown_suffixes([value])
+
+    return checker
 
 
 def _describe(error: Any) -> Iterable[str]:
@@ -101,6 +125,9 @@ def _describe(error: Any) -> Iterable[str]:
                 yield _line(_join(path, key), "missing (a required key)", None, None)
         return
     why = _why(node, kind)
+    if kind == "format":  # a name the official BIDS schema does not know (`format: bids-suffix`)
+        yield _line(path, f"{_quote(value)} is not allowed", why, None)
+        return
     if kind == "type":
         given = error.validator_value
         wanted: list[str] = given if isinstance(given, list) else [given]
@@ -280,6 +307,8 @@ def _allowed_text(node: Mapping[str, Any]) -> str | None:
             bounds.append(f"{sign} {node[keyword]}")
     if "pattern" in node:
         bounds.append(f"matching `{node['pattern']}`")
+    if node.get("format") == "bids-suffix":
+        bounds.append("a suffix of the BIDS schema")
     items = node.get("items")
     if isinstance(items, Mapping) and (inner := items.get("x-allowed") or _allowed_text(items)):
         bounds.append(f"items {inner}")

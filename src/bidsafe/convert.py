@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe import resources
+from bidsafe.bidsnames import NIFTI_EXTENSIONS, is_label
 from bidsafe.completeness import check_dicom_dir, lost_data_warnings
 from bidsafe.convert_series import (
     SeriesInfo,
@@ -61,9 +62,8 @@ from bidsafe.convert_series import (
 from bidsafe.errors import BidsafeError, ConfigError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json
 
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIXES = NIFTI_EXTENSIONS
 # dcm2bids 3's own default, for a config that sets no dcm2niixOptions (dcm2bids.utils.utils.DEFAULT; not
 # imported: importing dcm2bids checks the network)
 DCM2BIDS_DEFAULT_DCM2NIIX_OPTIONS = "-b y -ba y -z y -f '%3s_%f_%p_%t'"
@@ -127,7 +127,7 @@ def convert_session(
     """
     dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
     for kind, label in (("subject", subject), ("session", session)):
-        if not _LABEL.match(label or ""):
+        if not is_label(label):
             raise ConfigError(f"{kind} label must be letters and digits only, got {label!r}")
     if not dicom_dir.is_dir():
         raise BidsafeError("DICOM folder not found", dicom_dir)

@@ -55,7 +55,7 @@ from typing import Any
 
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.filelist import escape_name
-from bidsafe.private import ensure_private_dir, private_write_text
+from bidsafe.private import areas_overlap, ensure_private_dir, private_write_text
 from bidsafe.progress import info
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,8 @@ def check_drop_folder(folder: Path, areas: Mapping[str, str | Path]) -> None:
     patient's export."""
     if not folder.is_dir():
         raise ConfigError("config: drop.folder does not exist or is not a folder (create it, or fix the path)")
-    real = folder.resolve()
     for name, area in areas.items():
-        other = Path(area).resolve()
-        if real == other or real.is_relative_to(other) or other.is_relative_to(real):
+        if areas_overlap(folder, area):
             raise ConfigError(f"config: drop.folder and '{name}' overlap; the drop folder must be a separate folder")
 
 

@@ -38,6 +38,13 @@ def private_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write_bytes(path, data, mode=FILE_MODE)
 
 
+def areas_overlap(a: str | Path, b: str | Path) -> bool:
+    """True when two folders are the same or one holds the other (symbolic links resolved): the one test of
+    "data areas must be separate" (config areas, the drop folder, a stage's output beside private_dir)."""
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+
+
 def check_areas(
     inbox: str | Path, private_dir: str | Path, work_dir: str | Path, release_dir: str | Path
 ) -> None:
@@ -52,7 +59,7 @@ def check_areas(
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             pa, pb = areas[a], areas[b]
-            if pa == pb or pa.is_relative_to(pb) or pb.is_relative_to(pa):
+            if areas_overlap(pa, pb):
                 raise ConfigError(
                     f"config: '{a}' ({pa}) and '{b}' ({pb}) overlap; the data areas must be separate folders"
                 )

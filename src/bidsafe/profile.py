@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe import __version__
+from bidsafe.bidsnames import session_of
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_json
 
@@ -59,10 +60,9 @@ def content_digest(*paths: str | Path) -> str:
 
 def session_key(path: str | Path) -> str:
     """`.../sub-S/ses-T/<stage>.json` -> `sub-S/ses-T`."""
-    parts = Path(path).parts
-    for i in range(len(parts) - 1):
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return f"{parts[i]}/{parts[i + 1]}"
+    labels = session_of(path)
+    if labels is not None:
+        return f"sub-{labels[0]}/ses-{labels[1]}"
     raise BidsafeError("profile part does not name a sub-/ses- pair", path)
 
 

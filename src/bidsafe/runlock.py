@@ -1,4 +1,6 @@
-"""One scheduled run at a time: an exclusive `fcntl.flock` on a file in the private area, held for the whole run.
+"""bidsafe's one lock helper (`exclusive_lock`), and the scheduled run's lock: one run at a time, an exclusive
+`fcntl.flock` on a file in the private area, held for the whole run. The drop watcher and the release folder's
+publisher/withdrawer (`publish.publish_lock`) take their locks through `exclusive_lock` too.
 
 A timer or cron line starts `bidsafe run` every few minutes; a run that takes longer than the interval must not
 meet a second one working on the same data areas. The lock is advisory and belongs to the open file, so the
@@ -34,14 +36,15 @@ class RunInProgress(BidsafeError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_file: Path, *, what: str, wait: bool = False) -> Iterator[int]:
+def exclusive_lock(lock_file: Path, *, what: str, wait: bool = False, mode: int = 0o600) -> Iterator[int]:
     """Hold an exclusive flock on `lock_file` (created 0600) while the block runs; yields the descriptor, which a
     child process may inherit (`subprocess.run(..., pass_fds=(fd,))`) to keep the lock held as long as it runs.
 
     Without `wait`, a lock held elsewhere raises RunInProgress naming `what` ("another bidsafe run");
-    with `wait`, a line says so on stderr and the call blocks until the holder ends.
+    with `wait`, a line says so on stderr and the call blocks until the holder ends. `mode`: of a new lock file
+    (before the umask).
     """
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

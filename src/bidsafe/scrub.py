@@ -33,9 +33,11 @@ from typing import Any
 import nibabel as nib
 import pydicom
 import yaml
+from nibabel.arrayproxy import ArrayProxy
 from pydicom.errors import InvalidDicomError
 
 from bidsafe import resources
+from bidsafe.bidsnames import LABEL, datatypes, entity_order
 from bidsafe.deid.vocabulary import Vocabulary, vocabulary_for
 from bidsafe.errors import BidsafeError, ConfigError, GuardError
 from bidsafe.fsutil import atomic_dir
@@ -48,15 +50,10 @@ DEFAULT_ALLOWLIST = resources.path("config/sidecar_allowlist.yaml")
 NIFTI_DESCRIP = "bidsafe"
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name", "data_type")
 
-BIDS_DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf", "swi", "beh"})
-# BIDS entity keys (schema order irrelevant here); values are alphanumeric labels or indices.
-BIDS_ENTITIES = frozenset(
-    {
-        "task", "acq", "ce", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "chunk",
-        "trc", "stain", "nuc", "voi", "tracksys", "recording", "split", "space", "desc",
-    }
-)
-_LABEL = r"[A-Za-z0-9]+"
+# The names BIDS defines come from its schema (bidsafe.bidsnames); sub/ses are matched apart, in front.
+BIDS_DATATYPES = datatypes()
+BIDS_ENTITIES = frozenset(entity_order()) - {"sub", "ses"}
+_LABEL = LABEL
 _EXTENSIONS = (".nii.gz", ".nii", ".json", ".bval", ".bvec")
 _BIDS_NAME = re.compile(
     rf"^sub-(?P<sub>{_LABEL})_ses-(?P<ses>{_LABEL})(?P<entities>(?:_[a-z]+-{_LABEL})*)_(?P<suffix>{_LABEL})"
@@ -286,7 +283,7 @@ def rewrite_nifti_header(src: Path, dst: Path) -> list[str]:
     try:
         raw = _read_nifti_bytes(src)
         klass = _header_class(raw)
-        header = klass.from_fileobj(io.BytesIO(raw), check=False)
+        header = klass.from_fileobj(io.BytesIO(raw), check=False)  # type: ignore[no-untyped-call]
     except (OSError, EOFError, gzip.BadGzipFile, ValueError) as exc:
         raise BidsafeError(f"cannot read NIfTI image ({type(exc).__name__})", src.name) from exc
     except BidsafeError as exc:
@@ -322,14 +319,29 @@ def rewrite_nifti_header(src: Path, dst: Path) -> list[str]:
     return changed
 
 
+def _load_nifti(path: Path) -> nib.Nifti1Image:
+    image = nib.load(path)
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is one too
+        raise BidsafeError("not a NIfTI image", path.name)
+    return image
+
+
+def _proxy(image: nib.Nifti1Image, path: Path) -> ArrayProxy:
+    """The image's voxel array as stored (nibabel loads a file as a proxy with its scaling)."""
+    if not isinstance(image.dataobj, ArrayProxy):
+        raise BidsafeError("NIfTI image without a file-backed voxel array", path.name)
+    return image.dataobj
+
+
 def _verify_same_image(src: Path, dst: Path, src_offset: int, dst_offset: int) -> None:
     """The rewritten image must be the same image: voxel bytes streamed and compared, geometry and scaling."""
-    before, after = nib.load(src), nib.load(dst)
+    before, after = _load_nifti(src), _load_nifti(dst)
+    data_before, data_after = _proxy(before, src), _proxy(after, dst)
     same = (
         before.shape == after.shape
-        and before.get_data_dtype() == after.get_data_dtype()
+        and before.header.get_data_dtype() == after.header.get_data_dtype()  # type: ignore[no-untyped-call]
         and (before.affine == after.affine).all()
-        and repr((before.dataobj.slope, before.dataobj.inter)) == repr((after.dataobj.slope, after.dataobj.inter))
+        and repr((data_before.slope, data_before.inter)) == repr((data_after.slope, data_after.inter))
     )
     if not same:
         raise BidsafeError("rewritten NIfTI header changed geometry or scaling", dst.name)
@@ -344,7 +356,8 @@ def _verify_same_image(src: Path, dst: Path, src_offset: int, dst_offset: int) -
             if not chunk_a:
                 break
     # And nibabel's view of the voxel array (unscaled, as stored) must be identical too.
-    if before.dataobj.get_unscaled().tobytes() != after.dataobj.get_unscaled().tobytes():
+    unscaled = data_before.get_unscaled(), data_after.get_unscaled()  # type: ignore[no-untyped-call]
+    if unscaled[0].tobytes() != unscaled[1].tobytes():
         raise BidsafeError("rewritten NIfTI voxel array differs from the input", dst.name)
 
 

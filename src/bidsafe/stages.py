@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bidsafe import filelist
+from bidsafe.bidsnames import session_of
 from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
@@ -151,7 +152,7 @@ def deface_stage(
 def qc_stage(*, in_bids: Path, out_dir: Path, status_json: Path, upstream_status: Path | None,
              subject: str, session: str) -> dict[str, Any]:
     """The qc job: metrics of every image of an included session; a withheld session gets an empty folder."""
-    from bidsafe.qc import session_qc, write_qc
+    from bidsafe.imageqc import session_qc, write_qc
 
     def work() -> dict[str, Any]:
         rows = session_qc(Path(in_bids), subject, session)
@@ -177,10 +178,9 @@ class SessionRef:
 
 def session_from_path(path: Path) -> SessionRef:
     """`.../sub-S/ses-T[/...]` -> SessionRef(S, T)."""
-    parts = Path(path).parts
-    for i, part in enumerate(parts[:-1]):
-        if part.startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return SessionRef(part[4:], parts[i + 1][4:])
+    labels = session_of(path)
+    if labels is not None:
+        return SessionRef(*labels)
     raise BidsafeError("path does not name a sub-/ses- pair", path)
 
 
@@ -400,14 +400,15 @@ def work_folders(work_dir: Path, staging: Path, also: Sequence[Path] = ()) -> li
 def qa_session_files(sessions_tsv: object, session_files: object) -> frozenset[str]:
     """Inbox-relative paths of every QA session (pseudonymise's private sessions.tsv and per-session file
     lists); nothing when either is not given."""
+    from bidsafe.pseudonymise.sessionlists import all_sessions
     from bidsafe.siteexclusions import is_qa_reason
 
     if not sessions_tsv or not session_files:
         return frozenset()
     paths: set[str] = set()
-    for row in read_included(Path(str(sessions_tsv))):
-        if row.get("included") != "yes" and is_qa_reason(row.get("reason") or ""):
-            files = Path(str(session_files)) / f"sub-{row['subject']}" / f"ses-{row['session']}" / "files.txt"
+    for row in all_sessions(Path(str(sessions_tsv))):
+        if not row.included and is_qa_reason(row.reason):
+            files = Path(str(session_files)) / f"sub-{row.subject}" / f"ses-{row.session}" / "files.txt"
             paths.update(read_file_list(files))
     return frozenset(paths)
 
@@ -478,11 +479,11 @@ def report_stage(*, html: Path, summary_json: Path, included_tsv: Path, gate_rep
     missing or unreadable `summary_json` is an error naming it (the report would otherwise list no session).
     Other missing inputs are named in the report. A failed run's report (the onerror hook) does not come
     here: `bidsafe.release.runreport.collect_from_work` takes whatever exists."""
-    from bidsafe.release.report import write_report
+    from bidsafe.release.report import write_run_report
     from bidsafe.release.runreport import collect
 
     _require_json_object(Path(summary_json), "the pseudonymise summary")
     facts = collect(summary_json=summary_json, included_tsv=included_tsv, gate_reports=gate_reports,
                     qc_dirs=qc_dirs, picture_dirs=picture_dirs, conversion_summaries=conversion_summaries,
                     status_dir=status_dir, quarantine_tsv=quarantine_tsv, published_json=published_json)
-    return write_report(html, **facts)
+    return write_run_report(html, **facts)

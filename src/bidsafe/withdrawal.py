@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import LABEL
 from bidsafe.fsutil import atomic_write_text
 from bidsafe.private import FILE_MODE
 
@@ -36,7 +37,7 @@ log = logging.getLogger("bidsafe")
 # The leak gate's private harvest and findings: personal values, each tied to the sessions it came from.
 LEAKSCAN_FILES = ("leakscan/values.json", "leakscan/findings.json")
 # Another subject's or session's folder (not entered); a folder of any other name is searched.
-_OTHER_LABEL = re.compile(r"^(?:sub|ses)-[A-Za-z0-9]+$")
+_OTHER_LABEL = re.compile(rf"^(?:sub|ses)-{LABEL}$")
 
 
 def label_pattern(subjects: Iterable[str]) -> re.Pattern[str] | None:
@@ -163,12 +164,12 @@ def withdrawn_session_files(sessions_tsv: object, index_tsv: object, inbox: obje
     """
     from bidsafe.ingest import read_index
     from bidsafe.pseudonymise.consent import REASON_WITHDRAWN
-    from bidsafe.stages import read_included
+    from bidsafe.pseudonymise.sessionlists import all_sessions
 
     if not sessions_tsv or not index_tsv or not Path(str(sessions_tsv)).is_file():
         return frozenset()
-    uids = {row["study_uid"] for row in read_included(Path(str(sessions_tsv)))
-            if row.get("included") != "yes" and row.get("reason") == REASON_WITHDRAWN}
+    uids = {row.study_uid for row in all_sessions(Path(str(sessions_tsv)))
+            if not row.included and row.reason == REASON_WITHDRAWN}
     if not uids:
         return frozenset()
     rows = read_index(Path(str(index_tsv)))

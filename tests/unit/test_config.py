@@ -194,3 +194,28 @@ def test_the_workflow_stops_on_a_typo_with_the_one_line_message(tmp_path):
     assert result.returncode != 0
     assert "config: release.audiance: unknown key (did you mean 'audience'?)" in result.stdout + result.stderr
     assert not (tmp_path / "private_dir").exists()  # stopped before anything was created
+
+
+def test_deface_suffix_lists_name_only_suffixes_of_the_bids_schema():
+    """The policy lists (deface.suffixes, deface.exempt) are checked against the official BIDS schema's suffixes
+    (bidsschematools), not against a list kept here: a typo would otherwise silently deface or exempt nothing."""
+    base = {"inbox": "i", "work_dir": "w", "private_dir": "p", "release_dir": "r"}
+    assert config_problems({**base, "deface": {"suffixes": ["epi", "T2starw"], "exempt": {"angio": "MIP slab"}}}) == []
+    assert config_problems({**base, "deface": {"suffixes": ["T1W"], "exempt": {"angiogram": "MIP slab"}}}) == [
+        "config: deface.exempt: 'angiogram' is not allowed: not a suffix of the BIDS schema",
+        "config: deface.suffixes[0]: 'T1W' is not allowed: not a suffix of the BIDS schema",
+    ]
+
+
+def test_data_areas_that_overlap_are_refused_by_one_test(tmp_path):
+    """private_dir inside release_dir (or the same folder, or through a symbolic link) is refused; the drop
+    folder and the pseudonymise output use the same test (bidsafe.private.areas_overlap)."""
+    from bidsafe.private import areas_overlap, check_areas
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    assert areas_overlap(tmp_path / "r" / "p", tmp_path / "r") and areas_overlap(tmp_path / "link", tmp_path / "r")
+    assert not areas_overlap(tmp_path / "r", tmp_path / "r2")
+    check_areas(tmp_path / "i", tmp_path / "p", tmp_path / "w", tmp_path / "r")
+    with pytest.raises(ConfigError, match="'private_dir' .* and 'release_dir' .* overlap"):
+        check_areas(tmp_path / "i", tmp_path / "link" / "p", tmp_path / "w", tmp_path / "r")

@@ -160,3 +160,11 @@ def test_demo_registry_passes_exactly_the_public_participants(tmp_path: Path):
     assert decisions == {1: (False, REASON_NONE), 2: (False, REASON_INSUFFICIENT), 3: (True, REASON_OK),
                          4: (True, REASON_OK)}
     assert decide(registry, "HX20002", "members") == (True, REASON_OK)
+
+
+def test_the_audiences_are_the_schema_enum_and_each_has_words_for_the_readme():
+    from bidsafe.config import load_schema
+    from bidsafe.release.assemble import AUDIENCE_WORDS
+
+    enum = load_schema()["properties"]["release"]["properties"]["audience"]["enum"]
+    assert tuple(enum) == AUDIENCES and sorted(AUDIENCE_WORDS) == sorted(enum)

@@ -25,17 +25,17 @@ from bidsafe.deid.dates import base_days, shift_da, shift_days_for, shift_dt
 from bidsafe.deid.engine import (
     DUPLICATE,
     FAILED,
+    FILE_WITHHELD,
     NOT_DICOM,
     PROCESSED,
-    WITHHELD,
     deidentify_dataset,
     deidentify_tree,
     shift_subject_key,
     withhold_reason,
     write_report,
 )
-from bidsafe.deid.private import FILLER
 from bidsafe.deid.rules import BURNED_IN_CLASSES, load_rules
+from bidsafe.deid.textclean import FILLER
 from bidsafe.deid.uids import keyed_uid
 from bidsafe.phi import PersonalValue, harvest_dataset
 
@@ -537,7 +537,7 @@ def test_burned_in_classes_are_withheld(tmp_path, edit, expected):
     write(mr_dataset(sop_uid="1.2.826.0.1.3680043.9.7777.1.2.9"), tmp_path / "raw" / "fine.dcm")
     report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=load_rules(), key=KEY)
     statuses = {Path(e.input).name: e for e in report.entries}
-    assert statuses["shot.dcm"].status == WITHHELD and statuses["shot.dcm"].output is None
+    assert statuses["shot.dcm"].status == FILE_WITHHELD and statuses["shot.dcm"].output is None
     assert statuses["shot.dcm"].reason.endswith(f"[burned_in class {expected}]"), statuses["shot.dcm"].reason
     assert statuses["fine.dcm"].status == PROCESSED
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
@@ -598,7 +598,7 @@ def test_a_class_allowed_by_the_rule_file_converts_and_only_that_class(tmp_path)
     report = deidentify_tree(tmp_path / "raw", tmp_path / "out", rules=allowed, key=KEY)
     statuses = {Path(e.input).name: e for e in report.entries}
     assert statuses["us.dcm"].status == PROCESSED
-    assert statuses["us_colour.dcm"].status == WITHHELD  # allowing ultrasound does not allow colour
+    assert statuses["us_colour.dcm"].status == FILE_WITHHELD  # allowing ultrasound does not allow colour
     assert statuses["us_colour.dcm"].reason.endswith("[burned_in class colour]")
     assert withhold_reason(shot, ["ultrasound"]) is None
 
@@ -689,7 +689,7 @@ def test_report_written_private_with_every_file(tmp_path):
     path = tmp_path / "private" / "deid.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     payload = json.loads(path.read_text())
-    assert payload["counts"] == {PROCESSED: 1, WITHHELD: 0, FAILED: 0, NOT_DICOM: 1, DUPLICATE: 0}
+    assert payload["counts"] == {PROCESSED: 1, FILE_WITHHELD: 0, FAILED: 0, NOT_DICOM: 1, DUPLICATE: 0}
     assert {Path(f["input"]).name for f in payload["files"]} == {"a.dcm", "b.txt"}
     assert ("name", "PatientName", "Quillfeather^Marisol") in {
         (v.category, v.field, v.value) for v in report.personal_values
@@ -810,7 +810,7 @@ def test_every_readable_pydicom_test_file(tmp_path):
         if "truncated" in Path(name).name:  # cut short on purpose: read by pydicom, refused by us
             assert entry.status == NOT_DICOM and "cut short" in entry.reason
             continue
-        assert entry.status in (PROCESSED, WITHHELD), (name, entry.reason)
+        assert entry.status in (PROCESSED, FILE_WITHHELD), (name, entry.reason)
         if entry.status != PROCESSED:
             continue
         processed += 1

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from bidsafe.deid.engine import PROCESSED, deidentify_tree
-from bidsafe.deid.private import TextCleaner
 from bidsafe.deid.rules import load_rules
+from bidsafe.deid.textclean import TextCleaner
 from bidsafe.deid.vocabulary import vocabulary_for
 from bidsafe.phi import harvest_files
 

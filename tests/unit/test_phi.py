@@ -4,7 +4,7 @@ import pytest
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 
-from bidsafe.deid.private import FILLER, TextCleaner
+from bidsafe.deid.textclean import FILLER, TextCleaner
 from bidsafe.phi import PersonalValue, PersonalValues, harvest_dataset, harvest_private_identity
 
 

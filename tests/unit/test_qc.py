@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsafe.qc import (
+from bidsafe.imageqc import (
     COLUMNS,
     METRICS,
     centre_of_mass_displacement,

@@ -25,6 +25,7 @@ import pytest
 
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.phi import PersonalValue, PersonalValues
+from bidsafe.pseudonymise.sessionlists import INCLUDED_NO, INCLUDED_YES, SESSIONS_COLUMNS
 from bidsafe.release import gates as gates_mod
 from bidsafe.release.assemble import (
     DEFAULT_DATA_USAGE_AGREEMENT,
@@ -48,7 +49,7 @@ from bidsafe.release.gates import (
 )
 from bidsafe.release.manifest import parse_manifest, verify_release
 from bidsafe.release.publish import publish
-from bidsafe.release.report import write_report
+from bidsafe.release.report import write_run_report
 
 PROFILE = "basic-mr"
 VERSIONS = {"bidsafe": "0.1.0", "dcm2niix": "v1.0.20240202", "dcm2bids": "3.3.0", "pydicom": "3.0.1"}
@@ -138,13 +139,13 @@ class Project:
             self.sessions.append(si)
             self.records.append(records)
         self.qc.append(qc)  # QC exists for every session; assemble must only take the included ones
-        self.table_rows.append((subject, session, "true" if included else "false", reason))
+        self.table_rows.append((subject, session, INCLUDED_YES if included else INCLUDED_NO, reason))
 
     def write_tables(self) -> None:
         self.private.mkdir(exist_ok=True)
-        lines = ["subject\tsession\tstudy_uid\tincluded\treason"]
+        lines = ["\t".join(SESSIONS_COLUMNS)]  # as the pseudonymise stage writes it
         lines += [
-            f"{s}\t{t}\t1.2.826.0.1.3680043.2.{i}\t{inc}\t{r}" for i, (s, t, inc, r) in enumerate(self.table_rows)
+            f"{s}\t{t}\t1.2.826.0.1.3680043.2.{i}\t{inc}\t{r}\t1" for i, (s, t, inc, r) in enumerate(self.table_rows)
         ]
         (self.private / "sessions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         p = self.participants
@@ -699,7 +700,7 @@ def test_a_failed_gate_blocks_publish(project: Project, defect: str) -> None:
         t1.unlink()
         nib.save(nib.Nifti1Image(voxels, img.affine, img.header), t1)
     elif defect == "consent_not_included":
-        rows = project.sessions_tsv.read_text().replace("b2\t01\t1.2.826.0.1.3680043.2.2\ttrue", "b2\t01\tx\tfalse")
+        rows = project.sessions_tsv.read_text().replace("b2\t01\t1.2.826.0.1.3680043.2.2\tyes", "b2\t01\tx\tno")
         project.sessions_tsv.write_text(rows)
     elif defect == "leak_planted_name":
         if not HAVE_LEAKSCAN:
@@ -842,7 +843,7 @@ def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None
     plt.imsave(png, np.arange(64, dtype=float).reshape(8, 8), cmap="gray")
     results = project.gate_results(fast=True)
     results[0] = replace(results[0], passed=False, summary="1 anatomical images <b>checked</b>")
-    html_path = write_report(
+    html_path = write_run_report(
         tmp_path / "report" / "bidsafe-report.html",
         sessions_tsv_summary=[
             {"subject": "a1", "session": "01", "included": "true", "reason": "", "study_uid": "1.2.3.99"},
@@ -866,7 +867,7 @@ def test_report_is_self_contained_html(project: Project, tmp_path: Path) -> None
     assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
     assert str(tmp_path) not in text, "no absolute paths in the report"
     passing = [r for r in project.gate_results(fast=True) if r.name != LEAK_SCAN]
-    partial = write_report(
+    partial = write_run_report(
         tmp_path / "partial.html", sessions_tsv_summary=[], gate_results=passing, qc_rows=[], deface_pngs={}
     ).read_text()
     assert "Gates not run: leak_scan." in partial and "Every gate passed" not in partial

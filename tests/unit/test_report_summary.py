@@ -154,7 +154,7 @@ def test_qc_flags_short_runs_and_implausible_displacement() -> None:
 
 
 def test_qc_has_no_tsnr_under_ten_volumes_and_names_the_displacement() -> None:
-    from bidsafe.qc import COLUMNS, image_qc
+    from bidsafe.imageqc import COLUMNS, image_qc
 
     rng = np.random.default_rng(0)
     for volumes, has_tsnr in ((3, False), (9, False), (10, True)):

@@ -13,7 +13,8 @@ def test_schema_enumerations_are_the_code_tables() -> None:
     assert defs["action"]["enum"] == list(ACTIONS)
     assert defs["option"]["enum"] == [o for o in OPTION_CODES if o != "basic"]
     assert defs["burned_in_class"]["enum"] == list(BURNED_IN_CLASSES)
-    assert defs["table_tag"]["anyOf"][1]["enum"] == list(PATTERNS)
+    assert defs["pattern"]["enum"] == list(PATTERNS)
+    assert PATTERNS[0] == "(50xx,xxxx)" and PATTERNS[-1] == "(gggg,eeee) where gggg is odd"  # the names' order
 
 
 def test_every_schema_failure_is_one_line_naming_the_rule() -> None:

@@ -14,10 +14,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from bidsafe.cli import main as bidsafe_main
-from bidsafe.deid import private
+from bidsafe.deid import textclean
 from bidsafe.deid.engine import PROCESSED, deidentify_dataset, deidentify_tree, write_report
-from bidsafe.deid.private import TextCleaner
 from bidsafe.deid.rules import load_rules
+from bidsafe.deid.textclean import TextCleaner
 from bidsafe.deid.vocabulary import (
     DATE_ID_SAMPLES,
     DEFAULT_VOCABULARY,
@@ -117,7 +117,7 @@ def test_bytes_cleaning_keeps_every_length():
     assert len(cleaned) == len(data)
     assert cleaned == b"ep2d_bold " + FILLER * len("Müller".encode()) + b" " + FILLER * 6 + b" " + FILLER * 4
     assert set(replaced) == {"Müller", "山田", "1971"}
-    assert FILLER == private.FILLER
+    assert FILLER == textclean.FILLER
 
 
 # --- DICOM: descriptors, keep-list text, private text ----------------------------------------------------------

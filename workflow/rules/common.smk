@@ -4,6 +4,7 @@ import math
 import os
 from pathlib import Path
 
+from bidsafe.bidsnames import LABEL
 from bidsafe.config import check_config
 from bidsafe.deid.rules import require_checked_rules
 from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY
@@ -98,8 +99,8 @@ require_checked_rules(DEID_RULES, allow_weaker=ALLOW_WEAKER_RULES)
 
 
 wildcard_constraints:
-    subject="[A-Za-z0-9]+",
-    session="[A-Za-z0-9]+",
+    subject=LABEL,
+    session=LABEL,
 
 
 def inbox_fingerprint(wildcards):

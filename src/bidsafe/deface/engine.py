@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bidsafe.bidsnames import NIFTI_EXTENSIONS, image_suffix, known_suffix
 from bidsafe.deface import guards, register
 from bidsafe.deface import template as tpl
 from bidsafe.errors import BidsafeError, ConfigError, GuardError
@@ -33,7 +34,7 @@ from bidsafe.progress import Progress
 
 ENGINES = ("auto", "builtin", "fsl")
 THREADS_ENV = "BIDSAFE_DEFACE_THREADS"
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIXES = NIFTI_EXTENSIONS
 
 
 @dataclass
@@ -544,14 +545,6 @@ def deface_image(
 # --- sessions -------------------------------------------------------------------------------------------------
 
 
-def image_suffix(path: Path) -> str | None:
-    """BIDS suffix of a NIfTI file name (`sub-01_ses-1_run-1_T1w.nii.gz` -> `T1w`)."""
-    for ext in NIFTI_SUFFIXES:
-        if path.name.endswith(ext):
-            return path.name[: -len(ext)].rsplit("_", 1)[-1]
-    return None
-
-
 def deface_targets(
     in_dir: Path, exempt: Iterable[str] = (), also: Iterable[str] = ()
 ) -> list[Path]:
@@ -646,7 +639,7 @@ def session_records(records: list[DefaceRecord]) -> list[dict]:
     return [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records]
 
 
-REFERENCE_SUFFIX = "T1w"
+REFERENCE_SUFFIX = known_suffix("T1w")  # policy: the image whose face mask the others get
 
 
 def reference_image(targets: Iterable[Path]) -> Path | None:

@@ -31,7 +31,7 @@ from bidsafe.deid.elements import (
     raw_element,
     un_as_sequence,
 )
-from bidsafe.deid.private import _pack_length_prefixed_gzip, _unpack_length_prefixed_gzip
+from bidsafe.deid.textclean import _pack_length_prefixed_gzip, _unpack_length_prefixed_gzip
 from bidsafe.deid.uids import UidMapper
 from bidsafe.deid.vocabulary import Vocabulary
 from bidsafe.deid.writer import DatasetWriter, fallback_vr

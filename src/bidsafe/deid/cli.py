@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bidsafe.deid.engine import check_tree_arguments, deidentify_tree
-from bidsafe.deid.report import FAILED, STATUSES, WITHHELD, write_report
+from bidsafe.deid.report import FAILED, FILE_WITHHELD, STATUSES, write_report
 from bidsafe.deid.rules import check_rules, default_rules_path, load_rules, read_yaml, require_checked_rules, weakened
 from bidsafe.deid.vocabulary import check_vocabulary, is_vocabulary_file, vocabulary_for
 from bidsafe.errors import ConfigError
@@ -68,7 +68,7 @@ def cli_deid(args: argparse.Namespace) -> int:
     info(
         "bidsafe deid: "
         + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES)
-        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[WITHHELD]) else "")
+        + (" (reasons in the report)" if args.report and (counts[FAILED] or counts[FILE_WITHHELD]) else "")
     )
     return 0 if report.ok else 1
 

@@ -54,19 +54,19 @@ from bidsafe.deid.elements import (
     text_of,
 )
 from bidsafe.deid.pools import patient_key, patient_pools, shift_subject_key, study_shift_days
-from bidsafe.deid.private import TextCleaner
 from bidsafe.deid.reader import Incomplete, NotDicom, check_charset, check_complete, read_dicom
 from bidsafe.deid.report import (
     DUPLICATE,
     FAILED,
+    FILE_WITHHELD,
     NOT_DICOM,
     PROCESSED,
     STATUSES,
-    WITHHELD,
     DeidReport,
     FileEntry,
     write_report,
 )
+from bidsafe.deid.textclean import TextCleaner
 from bidsafe.deid.vocabulary import Vocabulary, merge_counts, vocabulary_for
 from bidsafe.deid.writer import Encoded, encode_file, finish_bytes, finish_file, output_relpath, output_transfer_syntax
 from bidsafe.errors import BidsafeError, ConfigError
@@ -228,7 +228,7 @@ class _StageWorker:
                 sent.update(values)
                 reason = withhold_reason(ds, self.rules.burned_in)
                 if reason is not None:
-                    return _Staged(index, WITHHELD, study, values, patient, reason=reason, series=series)
+                    return _Staged(index, FILE_WITHHELD, study, values, patient, reason=reason, series=series)
                 if self.subject_key is not None:
                     subject = self.subject_key
                 else:
@@ -575,7 +575,7 @@ __all__ = [
     "NOT_DICOM",
     "PROCESSED",
     "STATUSES",
-    "WITHHELD",
+    "FILE_WITHHELD",
     "DeidReport",
     "Deidentifier",
     "FileEntry",

@@ -14,11 +14,11 @@ from bidsafe.phi import (
 )
 
 PROCESSED = "processed"
-WITHHELD = "withheld"
+FILE_WITHHELD = "withheld"
 FAILED = "failed"
 NOT_DICOM = "not_dicom"
 DUPLICATE = "duplicate"
-STATUSES: tuple[str, ...] = (PROCESSED, WITHHELD, FAILED, NOT_DICOM, DUPLICATE)
+STATUSES: tuple[str, ...] = (PROCESSED, FILE_WITHHELD, FAILED, NOT_DICOM, DUPLICATE)
 
 
 @dataclass

@@ -11,7 +11,6 @@ table, the date shift's range, and builds the `RuleSet` from the entries the sch
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bidsafe import resources
 from bidsafe.deid.dates import MAX_JITTER_DAYS
 from bidsafe.deid.ruleset import (
     METHOD_MAX_CHARS,
@@ -32,19 +30,12 @@ from bidsafe.deid.ruleset import (
     normalise_creator,
     parse_tag,
     resolve_action,
+    rules_schema,
 )
 
-SCHEMA_FILE = "data/deid_rules.schema.json"
 # Sections whose entries are checked one by one: an entry the schema rejects is left out of the rule set.
 _ENTRY_SECTIONS = ("options", "codes", "table", "extra", "keep", "iod_types", "safe_private")
 _REQUIRED = re.compile(r"^'(.+)' is a required property")
-
-
-@cache
-def rules_schema() -> dict[str, Any]:
-    """The rule file's JSON Schema (package data)."""
-    loaded: dict[str, Any] = json.loads(resources.package_file(SCHEMA_FILE).read_text(encoding="utf-8"))
-    return loaded
 
 
 def _inline(node: Any, defs: Mapping[str, Any]) -> Any:

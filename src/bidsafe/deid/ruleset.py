@@ -3,15 +3,34 @@ applies; `bidsafe.deid.rules.load_rules` builds it from a rule file checked by `
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
+
+from bidsafe import resources
 
 # --- vocabulary ---------------------------------------------------------------------------------------
 
-ACTIONS: tuple[str, ...] = ("D", "Z", "X", "K", "C", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*")
-COMPOUND_ACTIONS: frozenset[str] = frozenset({"Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
+SCHEMA_FILE = "data/deid_rules.schema.json"
+
+
+@cache
+def rules_schema() -> dict[str, Any]:
+    """The rule file's JSON Schema (package data): the names of actions and patterns are stated there."""
+    loaded: dict[str, Any] = json.loads(resources.package_file(SCHEMA_FILE).read_text(encoding="utf-8"))
+    return loaded
+
+
+def _schema_enum(name: str) -> tuple[str, ...]:
+    return tuple(str(value) for value in rules_schema()["$defs"][name]["enum"])
+
+
+ACTIONS: tuple[str, ...] = _schema_enum("action")
+COMPOUND_ACTIONS: frozenset[str] = frozenset(a for a in ACTIONS if "/" in a)
 # What `resolved_action_for` returns: a simple action, or "U*" for a kept sequence whose UIDs are remapped.
 RESOLVED_ACTIONS: tuple[str, ...] = ("D", "Z", "X", "K", "C", "U", "U*")
 
@@ -53,11 +72,8 @@ TABLE_OPTIONS: tuple[str, ...] = (
     "clean_struct_cont", "clean_graph",
 )
 
-CURVE_PATTERN = "(50xx,xxxx)"
-OVERLAY_DATA_PATTERN = "(60xx,3000)"
-OVERLAY_COMMENTS_PATTERN = "(60xx,4000)"
-PRIVATE_PATTERN = "(gggg,eeee) where gggg is odd"
-PATTERNS: tuple[str, ...] = (CURVE_PATTERN, OVERLAY_DATA_PATTERN, OVERLAY_COMMENTS_PATTERN, PRIVATE_PATTERN)
+PATTERNS: tuple[str, ...] = _schema_enum("pattern")
+CURVE_PATTERN, OVERLAY_DATA_PATTERN, OVERLAY_COMMENTS_PATTERN, PRIVATE_PATTERN = PATTERNS  # the schema's order
 
 METHOD_MAX_CHARS = 64  # DeidentificationMethod is LO
 

@@ -33,7 +33,7 @@ from bidsafe.errors import ConfigError
 DEFAULT_VOCABULARY = resources.path("config/deid/vocabulary.yaml")
 KIND = "vocabulary"
 
-# Filler for same-length overwrites (the same byte as `bidsafe.deid.private.FILLER`, repeated here so this
+# Filler for same-length overwrites (the same byte as `bidsafe.deid.textclean.FILLER`, repeated here so this
 # module stays importable by the rule checker without the cleaner; a test keeps the two equal).
 FILLER = b"*"
 

@@ -34,7 +34,7 @@ from bidsafe.deid.elements import (
     element_text,
     text_of,
 )
-from bidsafe.deid.private import TextCleaner
+from bidsafe.deid.textclean import TextCleaner
 from bidsafe.testhooks import text_cleaning_disabled
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"

@@ -3,7 +3,7 @@
 Harvest every personal value a raw DICOM file carries (names, IDs, dates, addresses, phone numbers,
 institutions, device identity, identifying free text, instance UIDs), whatever the VR it was stored with, then
 search for each value the ways people write it (`PersonalValues.find` / `redact`, and the byte cleaner in
-`bidsafe.deid.private`): names transliterated and in any script, dates in every common written form, IDs
+`bidsafe.deid.textclean`): names transliterated and in any script, dates in every common written form, IDs
 without separators or leading zeros, each with edge rules that keep ordinary words intact. `renderings()` keeps
 the classic short list of forms (pseudonym checks). This is the cleaner's matching: the leak gate must build its
 own. Values never leave the private area: nothing here prints them.

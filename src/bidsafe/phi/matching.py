@@ -1,5 +1,5 @@
 """The cleaner's search: an index of a study's search strings, and the set of harvested values that finds
-and redacts them in free text (the byte cleaner in `bidsafe.deid.private` uses the same index)."""
+and redacts them in free text (the byte cleaner in `bidsafe.deid.textclean` uses the same index)."""
 
 from __future__ import annotations
 

@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+from bidsafe.config import schema_enum
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.pseudonymise.tables import read_table
 
 # Ordered from least to most open: a level covers every audience at or below it.
 # `open` is consent to fully open sharing (a public-domain CC0 release anyone may download without an agreement,
 # as OpenNeuro publishes): it covers `public` too, but `public` consent never reaches an `open` release.
-LEVELS: tuple[str, ...] = ("none", "named", "members", "public", "open")
-AUDIENCES: tuple[str, ...] = ("named", "members", "public", "open")
+# The audiences are the config schema's `release.audience` enum, which lists them in that order.
+AUDIENCES: tuple[str, ...] = schema_enum("release", "audience")
+LEVELS: tuple[str, ...] = ("none", *AUDIENCES)
 
 # `consent: none-required` in the config says the data need no per-participant consent (e.g. already open
 # data). Without it, a missing registry withholds everyone: forgetting to configure consent must not publish.

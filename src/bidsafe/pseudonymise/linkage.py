@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bidsafe.bidsnames import is_label
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import write_if_changed
 from bidsafe.keys import keyed_digest, load_or_create_key, resolve_key_path
@@ -52,7 +53,6 @@ SESSION_WIDTH = 2
 MAX_LABEL_ATTEMPTS = 10_000
 MULTI_SEPARATOR = "|"  # several study IDs / consent form IDs of one participant in one linkage cell
 
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 # ------------------------------------------------------------------------------------------ labels
@@ -141,7 +141,7 @@ def read_linkage(path: Path) -> list[LinkageRow]:
             raise BidsafeError(f"linkage table: line {number} has {len(cells)} cells, expected {len(header)}", path)
         record = dict(zip(header, cells, strict=True))
         row = LinkageRow(**{c: record.get(c, "") for c in LINKAGE_COLUMNS})
-        if not (_LABEL.match(row.subject) and _LABEL.match(row.session) and row.study_uid):
+        if not (is_label(row.subject) and is_label(row.session) and row.study_uid):
             raise BidsafeError(f"linkage table: line {number} has an empty or non-alphanumeric label or study", path)
         if row.study_uid in seen:
             raise BidsafeError(f"linkage table: lines {seen[row.study_uid]} and {number} hold the same study", path)

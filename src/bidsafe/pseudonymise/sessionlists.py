@@ -14,6 +14,8 @@ from bidsafe.fsutil import write_if_changed
 from bidsafe.private import FILE_MODE, ensure_private_dir
 
 SESSIONS_COLUMNS = ("subject", "session", "study_uid", "included", "reason", "n_files")
+# sessions.tsv's `included` column: this and nothing else means included (every reader goes through all_sessions)
+INCLUDED_YES, INCLUDED_NO = "yes", "no"
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class SessionDecision:
     session: str
     included: bool
     reason: str  # "" when included; otherwise a code such as consent:none (never a real identifier)
+    study_uid: str = ""  # private: the study this session is (sessions.tsv is in private_dir)
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ def write_private_session_lists(private_dir: Path, sessions: Sequence[SessionFil
     rows = []
     for s in sessions:
         decision = by_label[(s.subject, s.session)]
-        rows.append((s.subject, s.session, s.study_uid, "yes" if decision.included else "no", decision.reason,
-                     str(len(s.relpaths))))
+        included = INCLUDED_YES if decision.included else INCLUDED_NO
+        rows.append((s.subject, s.session, s.study_uid, included, decision.reason, str(len(s.relpaths))))
         if s.subject in withdrawn:
             continue  # a withdrawn participant's inbox paths are not kept (nothing reads them again)
         folder = ensure_private_dir(ensure_private_dir(sessions_root / f"sub-{s.subject}") / f"ses-{s.session}")
@@ -59,14 +62,16 @@ def write_private_session_lists(private_dir: Path, sessions: Sequence[SessionFil
 
 
 def all_sessions(sessions_tsv: Path) -> list[SessionDecision]:
-    """Every session of the stage's private sessions.tsv, included or not (for the run summary)."""
+    """Every session of the stage's private sessions.tsv, included or not: the one reader of that table (the
+    workflow's per-session jobs, the consent gate, the QA and withdrawal file lists)."""
     path = Path(sessions_tsv)
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         missing = [c for c in SESSIONS_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise BidsafeError(f"sessions table: column(s) {', '.join(missing)} missing", path)
-        return [SessionDecision(r["subject"], r["session"], r["included"] == "yes", r["reason"]) for r in reader]
+        return [SessionDecision(r["subject"], r["session"], r["included"] == INCLUDED_YES, r["reason"],
+                                r["study_uid"]) for r in reader]
 
 
 def included_sessions(sessions_tsv: Path) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from bidsafe.errors import ConfigError
 from bidsafe.fsutil import write_if_changed
+from bidsafe.private import areas_overlap
 from bidsafe.pseudonymise.consent import NONE_REQUIRED, REASON_WITHDRAWN, ConsentRegistry, decide, open_registry
 from bidsafe.pseudonymise.kanonymity import KAnonymityOutcome, enforce_k_anonymity
 from bidsafe.pseudonymise.linkage import linkage_withdrawn, update_linkage
@@ -144,8 +145,7 @@ def _decide_one(study: Study, subject: str, session: str, withdrawn: set[str], s
 
 
 def _check_apart(private_dir: Path, out_dir: Path) -> None:
-    private, out = private_dir.resolve(), out_dir.resolve()
-    if private == out or private.is_relative_to(out) or out.is_relative_to(private):
+    if areas_overlap(private_dir, out_dir):
         raise ConfigError("pseudonymise: the output folder and private_dir overlap; private data must stay apart")
 
 

@@ -86,8 +86,8 @@ By accessing or using these data you agree to the following terms:
 # The defaults of `release:` live in the workflow's config schema (the one place for them); this is a copy.
 RELEASE_DEFAULTS: dict[str, Any] = schema_defaults("release")
 
-# What each audience means, in words (`audience`, `k_anonymity`... are read by the consent stage).
-AUDIENCES = {
+# What each audience (consent.AUDIENCES, the schema's enum) means, in words, for the README.
+AUDIENCE_WORDS = {
     "named": "named individuals only",
     "members": "members of the centre",
     "public": "external researchers who accept the data usage agreement",
@@ -229,7 +229,7 @@ def readme_text(rc: Mapping[str, Any], n_subjects: int, n_sessions: int, profile
     """README: the configured body (or a default) and, always, the data usage agreement (an open release: the
     CC0 dedication instead)."""
     agreement = data_usage_agreement(rc)
-    audience = AUDIENCES.get(str(rc.get("audience", "")), "as configured")
+    audience = AUDIENCE_WORDS.get(str(rc.get("audience", "")), "as configured")
     body = rc.get("readme")
     if not body:
         body = (

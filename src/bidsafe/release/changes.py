@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 
+from bidsafe import bidsnames
 from bidsafe.errors import BidsafeError
 from bidsafe.release.manifest import (
     MANIFEST_NAME,
@@ -31,11 +32,7 @@ Session = tuple[str, str]
 
 def session_of(rel: str) -> Session | None:
     """(subject, session) of a release path inside a `sub-S/ses-T` folder (raw or derivatives), else None."""
-    parts = Path(rel).parts
-    for i in range(len(parts) - 2):  # the session folder must hold the file, not be it
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return parts[i][4:], parts[i + 1][4:]
-    return None
+    return bidsnames.session_of(PurePath(rel).parent)  # the session folder must hold the file, not be it
 
 
 def _session_files(root: Path, files: Iterable[str]) -> dict[Session, set[str]]:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import ANAT, LABEL, from_session, image_suffix, session_of
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_json
 from bidsafe.release.manifest import TOOL_DROPPINGS, iter_release_files, sha256_file
@@ -45,9 +46,7 @@ REQUIRED_GATES: tuple[str, ...] = (VALIDATOR, LEAK_SCAN, DEFACE, CONSENT)
 # Cap on the paths listed in one report: a systematic failure on 10,000 files needs a sample, not a novel.
 MAX_LISTED = 200
 
-_ENTITY = re.compile(r"(?:^|_)(sub|ses)-([0-9A-Za-z]+)(?=_|\.|$)")
-_NIFTI = (".nii", ".nii.gz")
-_TRUE = frozenset({"1", "true", "yes", "y", "included", "include"})
+_ENTITY = re.compile(rf"(?:^|_)(sub|ses)-({LABEL})(?=_|\.|$)")
 
 
 @dataclass
@@ -214,16 +213,7 @@ def gate_leak_scan(
     hits = [_hit_brief(hit, staging, also_paths) for hit in report.hits]
     allowed = [_hit_brief(hit, staging, also_paths) for hit in report.allowed]
     passed = bool(report.clean) and not hits
-    where = Counter(h["file"] for h in hits)
-    rules = Counter(h.get("category", "") for h in hits if h.get("field") == "-")
-    scanned = getattr(report, "files", None)
-    summary = (
-        (f"{len(hits)} hits in {len(where)} files (values not shown)" if hits else "0 hits")
-        + (f"; {', '.join(f'{n} {rule}' for rule, n in sorted(rules.items()))}" if rules else "")
-        + (f"; {len(allowed)} allowed by the site allow-list" if allowed else "")
-        + (f"; {scanned} files scanned for {len(rows)} values" if isinstance(scanned, int) else "")
-        + ("" if vocabulary_paths else "; no vocabulary given: non-vocabulary rule not applied")
-    )
+    summary = _leak_summary(hits, allowed, getattr(report, "files", None), len(rows), bool(vocabulary_paths))
     details: dict[str, Any] = {
         "values_scanned": len(rows),
         # the scanner's own sanitised folder names when it gives them (a folder name could itself be personal)
@@ -243,6 +233,20 @@ def gate_leak_scan(
         if isinstance(counted, int | float):
             details[counter_name] = counted
     return _result(LEAK_SCAN, passed, summary, details, fingerprint)
+
+
+def _leak_summary(hits: Sequence[Mapping[str, str]], allowed: Sequence[Mapping[str, str]], scanned: object,
+                  values: int, vocabulary: bool) -> str:
+    """The leak gate's one-line summary: counts, rule names and file names only, never a value."""
+    where = Counter(h["file"] for h in hits)
+    rules = Counter(h.get("category", "") for h in hits if h.get("field") == "-")
+    return (
+        (f"{len(hits)} hits in {len(where)} files (values not shown)" if hits else "0 hits")
+        + (f"; {', '.join(f'{n} {rule}' for rule, n in sorted(rules.items()))}" if rules else "")
+        + (f"; {len(allowed)} allowed by the site allow-list" if allowed else "")
+        + (f"; {scanned} files scanned for {values} values" if isinstance(scanned, int) else "")
+        + ("" if vocabulary else "; no vocabulary given: non-vocabulary rule not applied")
+    )
 
 
 def _hit_brief(hit: Any, staging: Path, also: Sequence[Path]) -> dict[str, str]:
@@ -265,15 +269,6 @@ def _hit_brief(hit: Any, staging: Path, also: Sequence[Path]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- deface
-def image_suffix(name: str) -> str | None:
-    """BIDS suffix of a NIfTI file name (`sub-1_ses-1_T1w.nii.gz` -> `T1w`), None for other files."""
-    for ext in sorted(_NIFTI, key=len, reverse=True):
-        if name.endswith(ext):
-            stem = name[: -len(ext)]
-            return stem.rsplit("_", 1)[-1]
-    return None
-
-
 def load_deface_records(records: Sequence[str | Path]) -> tuple[dict[str, set[str]], list[str]]:
     """{dataset-relative path: {sha256, ...}} from the per-session record files, plus unreadable files."""
     recorded: dict[str, set[str]] = {}
@@ -292,11 +287,7 @@ def load_deface_records(records: Sequence[str | Path]) -> tuple[dict[str, set[st
 
 def _session_name(path: Path) -> str:
     """`sub-S/ses-T/<name>` when the path names a session, else the bare file name (never an absolute path)."""
-    parts = path.parts
-    for i in range(len(parts) - 1):
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return "/".join(parts[i:])
-    return path.name
+    return from_session(path) or path.name
 
 
 def _dataset_relative(rel: str, records_file: Path) -> str:
@@ -311,11 +302,7 @@ def _dataset_relative(rel: str, records_file: Path) -> str:
     entities = dict(_ENTITY.findall(Path(rel).name))
     subject, session = entities.get("sub"), entities.get("ses")
     if subject is None:
-        parts = records_file.parts
-        for i in range(len(parts) - 1):
-            if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-                subject, session = parts[i][4:], parts[i + 1][4:]
-                break
+        subject, session = session_of(records_file) or (None, None)
     if subject is None:
         return rel
     return f"sub-{subject}/ses-{session}/{rel}" if session else f"sub-{subject}/{rel}"
@@ -346,9 +333,11 @@ def field_of_view(path: Path) -> tuple[tuple[float, float, float], float] | None
 
     try:
         img = nib.load(path)
+        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
+            return None
         shape = tuple(int(n) for n in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
-        affine = np.asarray(img.affine, dtype=float)
-        unit = _UNIT_MM.get(str(img.header.get_xyzt_units()[0]), 1.0)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        unit = _UNIT_MM.get(str(img.header.get_xyzt_units()[0]), 1.0)  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - nibabel raises many types for a damaged file: unreadable is "unknown"
         return None
     linear = affine[:3, :3] * unit
@@ -375,6 +364,52 @@ def _face_reason(path: Path) -> str | None:
     return None
 
 
+@dataclass
+class _FaceCheck:
+    """What the deface gate found among the released images."""
+
+    images: int = 0
+    why: Counter[str] = field(default_factory=Counter)
+    exempted: list[dict[str, str]] = field(default_factory=list)
+    no_record: list[str] = field(default_factory=list)
+    mismatch: list[str] = field(default_factory=list)
+
+    @property
+    def needing(self) -> int:
+        return sum(n for why, n in self.why.items() if why != "no_face")
+
+
+def _why_face(staging: Path, rel: str, suffix: str, anat_suffixes: set[str]) -> str | None:
+    """Why a released image can show a face ("anat", "anat_suffix", a `_face_reason`), or None."""
+    if ANAT in Path(rel).parts[:-1]:
+        return "anat"
+    if suffix in anat_suffixes:
+        return "anat_suffix"
+    return _face_reason(staging / rel)
+
+
+def _check_faces(staging: Path, recorded: Mapping[str, set[str]], exempt: Mapping[str, str]) -> _FaceCheck:
+    images = [(rel, image_suffix(rel)) for rel in iter_release_files(staging)]
+    named = [(rel, suffix) for rel, suffix in images if suffix is not None]
+    anat_suffixes = {suffix for rel, suffix in named if ANAT in Path(rel).parts[:-1]}
+    check = _FaceCheck(images=len(named))
+    for rel, suffix in named:
+        why = _why_face(staging, rel, suffix, anat_suffixes)
+        if why is None:
+            check.why["no_face"] += 1
+            continue
+        check.why[why] += 1
+        if suffix in exempt:
+            check.exempted.append({"file": rel, "suffix": suffix})
+            continue
+        expected = recorded.get(rel)
+        if not expected:
+            check.no_record.append(rel)
+        elif sha256_file(staging / rel) not in expected:
+            check.mismatch.append(rel)
+    return check
+
+
 @_fail_closed(DEFACE)
 def gate_deface(
     staging: str | Path, records: Sequence[str | Path], exempt: Mapping[str, str] | None = None
@@ -392,49 +427,23 @@ def gate_deface(
         return _result(DEFACE, False, f"deface.exempt gives no reason for {', '.join(without_reason)}",
                        {"exempt_without_reason": without_reason}, fingerprint)
     recorded, unreadable = load_deface_records(records)
-    images = [(rel, image_suffix(Path(rel).name)) for rel in iter_release_files(staging)]
-    images = [(rel, suffix) for rel, suffix in images if suffix is not None]
-    anat_suffixes = {suffix for rel, suffix in images if "anat" in Path(rel).parts[:-1]}
-    why_counts: Counter[str] = Counter()
-    exempted: list[dict[str, str]] = []
-    no_record: list[str] = []
-    mismatch: list[str] = []
-    for rel, suffix in images:
-        if "anat" in Path(rel).parts[:-1]:
-            why = "anat"
-        elif suffix in anat_suffixes:
-            why = "anat_suffix"
-        else:
-            why = _face_reason(staging / rel)
-        if why is None:
-            why_counts["no_face"] += 1
-            continue
-        why_counts[why] += 1
-        if suffix in exempt:
-            exempted.append({"file": rel, "suffix": str(suffix)})
-            continue
-        expected = recorded.get(rel)
-        if not expected:
-            no_record.append(rel)
-        elif sha256_file(staging / rel) not in expected:
-            mismatch.append(rel)
-    needing = sum(n for why, n in why_counts.items() if why != "no_face")
-    passed = not (no_record or mismatch or unreadable)
+    found = _check_faces(staging, recorded, exempt)
+    passed = not (found.no_record or found.mismatch or unreadable)
     summary = (
-        f"{needing} of {len(images)} images can show a face: {len(no_record)} without a deface record, "
-        f"{len(mismatch)} differ from the defaced output, {len(exempted)} exempt by suffix"
+        f"{found.needing} of {found.images} images can show a face: {len(found.no_record)} without a deface "
+        f"record, {len(found.mismatch)} differ from the defaced output, {len(found.exempted)} exempt by suffix"
         + (f", {len(unreadable)} unreadable record files" if unreadable else "")
     )
     details = {
-        "checked": needing,
-        "images": len(images),
-        "why": dict(sorted(why_counts.items())),
+        "checked": found.needing,
+        "images": found.images,
+        "why": dict(sorted(found.why.items())),
         "criteria": {"face_fov_mm": list(FACE_FOV_MM), "face_voxel_mm": FACE_VOXEL_MM},
         "exempt": dict(sorted(exempt.items())),
-        "exempted": _capped(exempted),
+        "exempted": _capped(found.exempted),
         "records_files": len(records),
-        "no_record": _capped(no_record),
-        "hash_mismatch": _capped(mismatch),
+        "no_record": _capped(found.no_record),
+        "hash_mismatch": _capped(found.mismatch),
         "unreadable_records": _capped(unreadable),
     }
     return _result(DEFACE, passed, summary, details, fingerprint)
@@ -442,22 +451,17 @@ def gate_deface(
 
 # --------------------------------------------------------------------------------------------- consent
 def read_included_sessions(sessions_tsv: str | Path) -> set[tuple[str, str]]:
-    """The (subject, session) pairs the pseudonymise stage marked included (labels without prefixes)."""
+    """The (subject, session) pairs the pseudonymise stage marked included (its own reader of sessions.tsv);
+    an error names the table by its file name only (it lives in the private area)."""
+    from bidsafe.pseudonymise.sessionlists import included_sessions
+
     path = Path(sessions_tsv)
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            missing = {"subject", "session", "included"} - set(reader.fieldnames or ())
-            if missing:
-                raise BidsafeError(f"sessions table lacks columns {sorted(missing)}", path.name)
-            rows = list(reader)
-    except OSError as exc:
+        return set(included_sessions(path))
+    except BidsafeError as exc:
+        raise BidsafeError(exc.message, path.name) from exc
+    except (OSError, KeyError) as exc:
         raise BidsafeError(f"sessions table unreadable ({type(exc).__name__})", path.name) from exc
-    included: set[tuple[str, str]] = set()
-    for row in rows:
-        if str(row.get("included") or "").strip().lower() in _TRUE:
-            included.add((_strip(row["subject"], "sub-"), _strip(row["session"], "ses-")))
-    return included
 
 
 def _strip(label: str | None, prefix: str) -> str:
@@ -558,7 +562,7 @@ def run_gates(
     report_dir: str | Path | None = None,
 ) -> list[GateResult]:
     """Run the four gates independently (one crashing fails only itself); optionally write their reports."""
-    gates = [
+    gates: list[tuple[str, Callable[[], GateResult]]] = [
         (VALIDATOR, lambda: gate_validator(staging, backend)),
         (LEAK_SCAN, lambda: gate_leak_scan(staging, values, also)),
         (DEFACE, lambda: gate_deface(staging, records, exempt)),

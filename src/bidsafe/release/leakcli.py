@@ -10,7 +10,7 @@ from bidsafe.progress import Progress, info
 from bidsafe.release.leakallow import AllowList, load_allow
 from bidsafe.release.leakforms import RawValue, raw_values
 from bidsafe.release.leakharvest import harvest_source, load_origins
-from bidsafe.release.leakhits import write_findings, write_report
+from bidsafe.release.leakhits import write_findings, write_leak_report
 from bidsafe.release.leakscan import leak_scan
 
 
@@ -34,7 +34,7 @@ def cli_main(args: argparse.Namespace) -> int:
     for hit in report.hits:
         print(hit.line())
     if args.report:
-        write_report(report, Path(args.report))
+        write_leak_report(report, Path(args.report))
     if getattr(args, "findings", None):
         write_findings(report, Path(args.findings))
     verdict = "clean" if report.clean else f"{len(report.hits)} hits"

@@ -16,7 +16,7 @@ from bidsafe.private import private_write_text
 from bidsafe.release.leakallow import AllowList
 from bidsafe.release.leakforms import RawValue
 
-WITHHELD = "<withheld>"
+VALUE_WITHHELD = "<withheld>"
 STRUCTURE = "-"  # the `field` of a structural finding (no DICOM field: the text itself is the problem)
 NON_ASCII = "non-ascii"
 NON_VOCABULARY = "non-vocabulary token"
@@ -111,7 +111,7 @@ class LeakReport:
         }
 
 
-def write_report(report: LeakReport, path: Path) -> Path:
+def write_leak_report(report: LeakReport, path: Path) -> Path:
     return atomic_write_json(path, report.to_dict())
 
 

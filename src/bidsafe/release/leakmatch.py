@@ -26,7 +26,7 @@ from bidsafe.release.leakforms import (
     raw_values,
     render,
 )
-from bidsafe.release.leakhits import WITHHELD
+from bidsafe.release.leakhits import VALUE_WITHHELD
 from bidsafe.release.leakvocab import Vocabulary, vocabulary_from
 
 BINARY_NEEDLE_MIN = 5
@@ -251,12 +251,12 @@ class Scanner:
                     merged.append([start, end])
             out, position = [], 0
             for start, end in merged:
-                out += [data[position:start], WITHHELD.encode()]
+                out += [data[position:start], VALUE_WITHHELD.encode()]
                 position = end
             out.append(data[position:])
             out_text = b"".join(out).decode("utf-8", errors="replace")
         # folded, squashed and date forms have no byte spans in the original: withhold the whole name
-        return WITHHELD if self.in_text(out_text) else out_text
+        return VALUE_WITHHELD if self.in_text(out_text) else out_text
 
     def in_chunks(self, chunks: Iterable[bytes], needles: _Needles, *, uids: bool) -> set[RawValue]:
         """Scan a stream in windows that overlap by the longest needle, so nothing is lost at the seams."""

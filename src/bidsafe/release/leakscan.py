@@ -80,11 +80,11 @@ from bidsafe.release.leakhits import (
     NON_ASCII,
     NON_VOCABULARY,
     STRUCTURE,
-    WITHHELD,
+    VALUE_WITHHELD,
     LeakHit,
     LeakReport,
     write_findings,
-    write_report,
+    write_leak_report,
 )
 from bidsafe.release.leakmatch import BINARY_NEEDLE_MIN, VOXEL_NEEDLE_MIN, Scanner
 from bidsafe.release.leaktree import RememberedScan, scan_tree
@@ -202,7 +202,7 @@ __all__ = [
     "STRUCTURE",
     "UNASSIGNED",
     "VOXEL_NEEDLE_MIN",
-    "WITHHELD",
+    "VALUE_WITHHELD",
     "AllowList",
     "LeakHit",
     "LeakReport",
@@ -215,5 +215,5 @@ __all__ = [
     "save_harvest",
     "scan_tree",
     "write_findings",
-    "write_report",
+    "write_leak_report",
 ]

@@ -37,7 +37,6 @@ note alone does not make a version.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -86,6 +85,7 @@ from bidsafe.release.manifest import (
     verify_release,
     write_manifest,
 )
+from bidsafe.runlock import exclusive_lock
 
 log = logging.getLogger("bidsafe")
 
@@ -143,13 +143,12 @@ def check_gates(
 
 @contextlib.contextmanager
 def publish_lock(release_dir: Path) -> Iterator[None]:
-    """One publisher at a time per release folder (a second run waits, then numbers its version after)."""
-    with open(release_dir / LOCK_NAME, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    """One publisher or withdrawal at a time per release folder (a second run waits, then numbers its version
+    after). The lock file is made as `open()` would (0666 less the umask): a release folder may be shared by a
+    group, and the next publisher must be able to open it."""
+    with exclusive_lock(release_dir / LOCK_NAME, what="another publish or withdrawal in this release folder",
+                        wait=True, mode=0o666):
+        yield
 
 
 def _same_filesystem(a: Path, b: Path) -> bool:

@@ -429,7 +429,7 @@ def render_report(
     )
 
 
-def write_report(path: str | Path, **kwargs: Any) -> Path:
+def write_run_report(path: str | Path, **kwargs: Any) -> Path:
     """Write the self-contained HTML report to `path` (atomically) and return it (arguments: `render_report`)."""
     return atomic_write_text(path, render_report(**kwargs))
 
@@ -448,5 +448,5 @@ __all__ = [
     "reason_in_words",
     "render_report",
     "session_counts",
-    "write_report",
+    "write_run_report",
 ]

@@ -173,7 +173,7 @@ def number_or_none(value: Any) -> float | None:
 def qc_flags(row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     """(cell text per column, flags) of one QC row: tSNR of a run too short to measure it is shown as n/a with
     the volume count, implausible values are flagged in words."""
-    from bidsafe.qc import MIN_TSNR_VOLUMES
+    from bidsafe.imageqc import MIN_TSNR_VOLUMES
 
     row = {_LEGACY.get(k, k): v for k, v in row.items()}
     cells: dict[str, str] = {}
@@ -189,7 +189,7 @@ def qc_flags(row: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     tsnr_value = number_or_none(row.get("tsnr"))
     bold = str(row.get("suffix") or "bold") == "bold"  # tSNR is a BOLD measure (a DWI series has none)
     if bold and volumes is not None and 1 < volumes < MIN_TSNR_VOLUMES and "tsnr" in row:
-        # also for tables written before bidsafe.qc stopped computing it: a few volumes give no temporal noise
+        # also for tables written before bidsafe.imageqc stopped computing it: a few volumes give no temporal noise
         cells["tsnr"] = f"n/a ({int(volumes)} volumes)"
     elif tsnr_value is not None and tsnr_value > TSNR_IMPLAUSIBLE:
         flags.append(f"tSNR {tsnr_value:.3g} is implausible (above {TSNR_IMPLAUSIBLE:g})")

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import session_of
 from bidsafe.release.gates import GateResult, read_gate_report
 from bidsafe.release.report import (
     UNFINISHED,
@@ -25,18 +26,16 @@ from bidsafe.release.report import (
     quarantine_counts,
     reason_in_words,
     session_counts,
-    write_report,
+    write_run_report,
 )
 
 # The per-session stages in pipeline order: a session's last status file is the one that counts.
 SESSION_STAGES = ("deid", "convert", "scrub", "deface", "qc")
 REPORT_NAME = "bidsafe-report.html"
-_SESSION = re.compile(r"sub-([A-Za-z0-9]+)/ses-([A-Za-z0-9]+)")
 
 
 def _key(path: Path) -> tuple[str, str] | None:
-    match = _SESSION.search(Path(path).as_posix())
-    return (match[1], match[2]) if match else None
+    return session_of(path)
 
 
 def _json(path: Path | None) -> Any:
@@ -215,7 +214,7 @@ def finish_run(work_dir: Path, private_dir: Path, *, failed: bool, log: Any = No
         rules = failed_rules_in(log) if failed else []
         facts = collect_from_work(Path(work_dir), Path(private_dir))
         if failed or not report.is_file():
-            write_report(report, **facts, failed_rules=rules, run_failed=failed)
+            write_run_report(report, **facts, failed_rules=rules, run_failed=failed)
         lines = terminal_summary(facts, report, failed=failed, failed_rules=rules)
     except Exception as exc:  # noqa: BLE001 (the hook reports its own failure in one line and lets the run end)
         lines = [f"bidsafe: run {'FAILED' if failed else 'finished'}; the run summary failed ({type(exc).__name__})"]

@@ -11,20 +11,19 @@ import errno
 import io
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import is_label, session_of
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_write_text
 from bidsafe.release.manifest import TOOL_DROPPINGS
 
 log = logging.getLogger("bidsafe")
 
-_LABEL = re.compile(r"^[0-9A-Za-z]+$")
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def check_sessions(sessions: Sequence[SessionInput]) -> list[SessionInput]:
     for item in sessions:
         subject = item.subject.removeprefix("sub-")
         session = item.session.removeprefix("ses-")
-        if not (_LABEL.match(subject) and _LABEL.match(session)):
+        if not (is_label(subject) and is_label(session)):
             raise BidsafeError(f"session labels must be letters and digits: sub-{subject} ses-{session}")
         if (subject, session) in seen:
             raise BidsafeError(f"sub-{subject} ses-{session} is listed twice")
@@ -154,14 +153,6 @@ def copy_participants(participants_dir: Path, dataset: Path, current: set[tuple[
             shutil.copyfile(sidecar, dataset / f"sub-{subject}" / sidecar.name)
 
 
-def _session_of(path: Path) -> tuple[str, str] | None:
-    parts = path.parts
-    for i in range(len(parts) - 1):
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return parts[i][4:], parts[i + 1][4:]
-    return None
-
-
 def copy_qc(
     qc_dirs: Sequence[Path], out: Path, current: set[tuple[str, str]], mode: str, versions: Mapping[str, str]
 ) -> None:
@@ -174,7 +165,7 @@ def copy_qc(
     for qc_dir in map(Path, qc_dirs):
         if not qc_dir.is_dir():
             raise BidsafeError("QC folder is missing", qc_dir)
-        named = _session_of(qc_dir)
+        named = session_of(qc_dir)
         if named is not None:
             if named in current:
                 copied += copy_tree(qc_dir, out / f"sub-{named[0]}" / f"ses-{named[1]}", mode)
@@ -190,6 +181,6 @@ def copy_qc(
 
         copied += copy_tree(qc_dir, out, mode, keep=keep)
     if copied and not (out / "dataset_description.json").exists():
-        from bidsafe.qc import write_qc_dataset_description
+        from bidsafe.imageqc import write_qc_dataset_description
 
         write_qc_dataset_description(out, versions)

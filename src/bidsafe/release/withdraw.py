@@ -28,18 +28,18 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bidsafe.bidsnames import is_label
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.fsutil import atomic_write_text
 from bidsafe.progress import Progress
@@ -47,9 +47,9 @@ from bidsafe.release import datalad_release
 from bidsafe.release.assemble import LATEST, link_or_copy, published_versions, released_sessions
 from bidsafe.release.manifest import RELEASE_MARKERS, SHAREABLE_NAME, iter_release_files, write_manifest
 from bidsafe.release.publish import (  # one publisher or rewriter at a time per release folder
-    LOCK_NAME,
     _fsync_dir,
     _make_read_only,
+    publish_lock,
     write_shareable,
 )
 from bidsafe.withdrawal import label_pattern
@@ -58,7 +58,6 @@ log = logging.getLogger("bidsafe")
 
 TMP_SUFFIX = ".withdraw.tmp"
 OLD_SUFFIX = ".withdraw.old"
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _README_COUNTS = re.compile(r"MRI data of \d+ participants \(\d+ sessions\)")
 # Images: binary and large; a label can only be in their names, never looked for inside.
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".gz")
@@ -67,7 +66,7 @@ _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".gz")
 def participant_label(text: str) -> str:
     """`sub-S` or `S` -> `S`; anything but letters and digits is refused (exit 2)."""
     label = text.strip().removeprefix("sub-")
-    if not _LABEL.match(label):
+    if not is_label(label):
         # not echoed: a mistyped argument may be a real name or ID
         raise ConfigError("PARTICIPANT must be a released pseudonym such as sub-ab12cd34 (letters and digits "
                           "after `sub-`)")
@@ -261,16 +260,6 @@ def recover_leftovers(release_dir: Path) -> None:
         shutil.rmtree(entry)
 
 
-@contextlib.contextmanager
-def _lock(release_dir: Path) -> Iterator[None]:
-    with open(release_dir / LOCK_NAME, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _already_withdrawn(release_dir: Path, subject: str) -> bool:
     for number in published_versions(release_dir):
         path = release_dir / f"v{number}" / SHAREABLE_NAME
@@ -295,7 +284,7 @@ def withdraw_from_releases(release_dir: Path, participant: str, *, dry_run: bool
     if not versions:
         raise ConfigError("no published version (v<N> folder) here", release_dir)
     when = now or datetime.now(UTC)
-    with _lock(release_dir):
+    with publish_lock(release_dir):
         if not dry_run:
             recover_leftovers(release_dir)
         plans = [p for n in versions if (p := plan_version(release_dir / f"v{n}", subject)) is not None]

@@ -1,4 +1,5 @@
-"""Stage `qc`: a few predefined image-quality metrics per released image, as a BIDS derivatives table.
+"""Stage `qc`: a few predefined image-quality metrics per released image, as a BIDS derivatives table (the
+deface stage's check pictures are `bidsafe.deface.qc`, another concern).
 
 Computed with numpy/nibabel/scipy only, on the images as released (defaced):
 
@@ -43,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from bidsafe import __version__
+from bidsafe.bidsnames import ANAT, LABEL, datatypes, session_of, split_nifti, structural_suffixes
 from bidsafe.errors import BidsafeError
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -52,7 +54,6 @@ MIN_BACKGROUND_VOXELS = 200
 B0_MAX = 50.0
 MIN_TSNR_VOLUMES = 10
 QC_PIPELINE = "bidsafe-qc"
-ANAT_SUFFIXES = frozenset({"T1w", "T2w", "FLAIR", "PDw", "T2starw", "inplaneT1", "inplaneT2", "PDT2", "angio"})
 
 COLUMNS: dict[str, dict[str, str]] = {
     "filename": {"Description": "Image, relative to the session folder of the released dataset"},
@@ -93,7 +94,7 @@ COLUMNS: dict[str, dict[str, str]] = {
                "Units": "ratio"},
 }
 METRICS = [c for c in COLUMNS if c not in ("filename", "datatype", "suffix", "volumes")]
-_BIDS_NAME = re.compile(r"^sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*_(?P<suffix>[A-Za-z0-9]+)$")
+_BIDS_NAME = re.compile(rf"^sub-{LABEL}_ses-{LABEL}(?:_[a-z]+-{LABEL})*_(?P<suffix>{LABEL})$")
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -132,7 +133,8 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
     if count > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
+    filled: np.ndarray = ndimage.binary_fill_holes(mask)
+    return filled
 
 
 def noise_sigma(volume: np.ndarray, mask: np.ndarray) -> float | None:
@@ -217,7 +219,8 @@ def centre_of_mass_displacement(series: np.ndarray, affine: np.ndarray) -> np.nd
             for axis in range(3)
         ])
     world = np.asarray(centres) @ affine[:3, :3].T + affine[:3, 3]
-    return np.linalg.norm(np.diff(world, axis=0), axis=1)
+    steps: np.ndarray = np.linalg.norm(np.diff(world, axis=0), axis=1)
+    return steps
 
 
 def dvars_percent(series: np.ndarray) -> float | None:
@@ -238,16 +241,12 @@ def dvars_percent(series: np.ndarray) -> float | None:
 
 
 def _split_name(path: Path) -> tuple[str, str]:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)], ext
-    return name, ""
+    return split_nifti(path.name)
 
 
 def _session_dir(root: Path, subject: str, session: str) -> Path:
     for candidate in (root / f"sub-{subject}" / f"ses-{session}", root):
-        if candidate.is_dir() and any((candidate / d).is_dir() for d in ("anat", "func", "dwi", "fmap")):
+        if candidate.is_dir() and any((candidate / d).is_dir() for d in datatypes()):
             return candidate
     nested = root / f"sub-{subject}" / f"ses-{session}"
     if nested.is_dir():
@@ -269,6 +268,8 @@ def image_qc(path: Path, datatype: str, suffix: str) -> dict[str, Any]:
     (BidsafeError: the qc stage withholds that session), not a crash of the run."""
     try:
         image = nib.load(path)
+        if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is one too
+            raise ValueError("not a NIfTI image")
         data = np.asanyarray(image.dataobj).astype(np.float32, copy=False)
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise BidsafeError(f"cannot read image {path.name} ({type(exc).__name__})") from exc
@@ -295,7 +296,7 @@ def image_qc(path: Path, datatype: str, suffix: str) -> dict[str, Any]:
                 row["b0_snr"] = snr(volume)
     else:
         row["snr"] = snr(first)
-        if datatype == "anat" and suffix in ANAT_SUFFIXES:
+        if datatype == ANAT and suffix in structural_suffixes():
             row["cnr"] = cnr(first)
     return row
 
@@ -338,10 +339,9 @@ def qc_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def _labels(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[str, str]:
     if rows:
         return str(rows[0]["subject"]), str(rows[0]["session"])
-    parts = out_dir.parts
-    for i in range(len(parts) - 1):
-        if parts[i].startswith("sub-") and parts[i + 1].startswith("ses-"):
-            return parts[i][4:], parts[i + 1][4:]
+    labels = session_of(out_dir)
+    if labels is not None:
+        return labels
     raise BidsafeError("cannot tell subject and session for an empty QC table", out_dir)
 
 
@@ -367,6 +367,8 @@ def write_qc_dataset_description(path: Path, versions: Mapping[str, str] | None 
             "Name": "bidsafe image quality metrics",
             "BIDSVersion": "1.10.0",
             "DatasetType": "derivative",
+            # "bidsafe.qc" below is this module's name before the deface QC got a module of the same name: the
+            # released text stays as it was (a release must not change its bytes for an internal rename)
             "GeneratedBy": [
                 {"Name": "bidsafe", "Version": str(version),
                  "Description": "bidsafe.qc: SNR, CNR, tSNR, centre-of-mass displacement, DVARS, b0 SNR"}
