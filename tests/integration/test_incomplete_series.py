@@ -19,7 +19,7 @@ REASON = "incomplete series: 1 of 176 slices missing (instance 88)"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     root, (session,) = make_run_folder(tmp_path_factory.mktemp("incomplete"), seed=13)
-    t1 = session.series_by_description("t1_mprage_sag_p2_iso")
+    (t1,) = [series for series in session.series if series.description == "t1_mprage_sag_p2_iso"]
     (slice_88,) = [f for f in t1.files if f.name.endswith(".0088.IMA")]
     slice_88.unlink()
     result = snakemake(root)

@@ -146,25 +146,11 @@ def deidentify_dataset(
     `ds` is changed in place on the way (do not reuse it). `values` are the study's personal values;
     `vocabulary` the descriptor vocabulary (default: the shipped one).
     """
-    data = deidentify_bytes(ds, rules=rules, key=key, shift_days=shift_days, values=values, vocabulary=vocabulary)
-    with quiet_pydicom():
-        return pydicom.dcmread(DicomBytesIO(data))
-
-
-def deidentify_bytes(
-    ds: Dataset,
-    *,
-    rules: RuleSet,
-    key: bytes,
-    shift_days: int | None,
-    values: Iterable[PersonalValue] = (),
-    vocabulary: Vocabulary | None = None,
-) -> bytes:
-    """Like `deidentify_dataset`, but the file's bytes."""
     vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
     with quiet_pydicom():
         prepared = _prepare(Deidentifier(rules, key, vocabulary), ds, shift_days)
-        return finish_bytes(prepared.encoded, TextCleaner(values, vocabulary))
+        data = finish_bytes(prepared.encoded, TextCleaner(values, vocabulary))
+        return pydicom.dcmread(DicomBytesIO(data))
 
 
 # --- the two passes over files ----------------------------------------------------------------------------

@@ -43,9 +43,3 @@ class DemoSession:
     series: tuple[DemoSeries, ...] = ()
     planted: dict[str, str] = field(default_factory=dict)
     junk: tuple[Path, ...] = ()
-
-    def series_by_description(self, description: str) -> DemoSeries:
-        for series in self.series:
-            if series.description == description:
-                return series
-        raise KeyError(description)
