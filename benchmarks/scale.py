@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -99,16 +100,27 @@ def make_site(root: Path, numbers: list[int]) -> Path:
 
 
 def snakemake(root: Path, *extra: str, cores: int = 2) -> float:
-    """Seconds of one snakemake call in the site folder (fails loudly)."""
+    """Seconds of one snakemake call in the site folder (fails loudly); its CPU seconds (user + system, its
+    jobs included) are added to CPU_SECONDS under the same arguments, since wall time on a shared machine
+    overstates."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
                "--configfile", str(root / "site.yaml"), "--cores", str(cores), "--quiet", "all", *extra]
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - started
+    CPU_SECONDS[(str(root), extra)] = _children_cpu() - cpu_before
     if result.returncode != 0:
         raise SystemExit(f"snakemake {' '.join(extra)} failed in {root}:\n{result.stderr[-3000:]}")
     return seconds
+
+
+CPU_SECONDS: dict[tuple[str, tuple[str, ...]], float] = {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def published(root: Path) -> dict:
@@ -120,7 +132,8 @@ def plan(size: int, base: Path, cores: int) -> dict[str, float]:
     until = snakemake(root, "--until", "pseudonymise", cores=cores)
     parse = snakemake(root, "--list-target-rules", cores=cores)
     dry = snakemake(root, "--dry-run", cores=cores)
-    return {"sessions": size, "ingest+pseudonymise s": until, "parse s": parse, "plan s": dry}
+    return {"sessions": size, "ingest+pseudonymise s": until, "parse s": parse, "plan s": dry,
+            "plan CPU s": CPU_SECONDS[(str(root), ("--dry-run",))]}
 
 
 def process(size: int, base: Path, cores: int) -> dict[str, float]:
@@ -150,10 +163,12 @@ def main() -> int:
     base = args.keep or Path(tempfile.mkdtemp(prefix="bidsafe-scale-"))
     base.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"{'sessions':>8} {'ingest+pseud s':>14} {'parse s':>8} {'plan s':>8}", flush=True)
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+        print(f"{'sessions':>8} {'ingest+pseud s':>14} {'parse s':>8} {'plan s':>8} {'plan CPU s':>10}", flush=True)
         for size in args.sizes:
             row = plan(size, base, args.cores)
-            print(f"{size:>8} {row['ingest+pseudonymise s']:>14.1f} {row['parse s']:>8.1f} {row['plan s']:>8.1f}",
+            print(f"{size:>8} {row['ingest+pseudonymise s']:>14.1f} {row['parse s']:>8.1f} {row['plan s']:>8.1f} "
+                  f"{row['plan CPU s']:>10.1f}",
                   flush=True)
         if args.process:
             print(f"\n{'sessions':>8} {'first s':>8} {'no-op s':>8} {'+1 sess s':>9} {'alone s':>8} {'version':>7} "
