@@ -19,6 +19,7 @@ from bidsafe import filelist
 from bidsafe.bidsnames import session_of
 from bidsafe.errors import BidsafeError, GuardError, SessionWithheld
 from bidsafe.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from bidsafe.profile import write_stage_profile
 from bidsafe.sessionstatus import INCLUDED, WITHHELD, run_session_stage, upstream_withheld
 
 if TYPE_CHECKING:  # imported where used: a stage's module loads only what that stage needs
@@ -45,12 +46,14 @@ def convert_stage(
     log_dir: Path | None = None,
     deid_report: Path | None = None,
     scratch: Path | None = None,
+    profile_json: Path | None = None,
 ) -> dict[str, Any]:
     """The convert job: `convert_session`, withholding the session when nothing converts, the mapping is
     ambiguous or dcm2bids fails; the series summary is written in every case (what was received and why
-    it was left out). `out_bids` appears whole or not at all (a killed job leaves no folder that could pass
-    for a finished one); `scratch`: a private folder for dcm2niix's and dcm2bids' work."""
-    from bidsafe.convert import convert_session, empty_summary
+    it was left out) and told in the log. `out_bids` appears whole or not at all (a killed job leaves no
+    folder that could pass for a finished one); `scratch`: a private folder for dcm2niix's and dcm2bids'
+    work; `profile_json`: the mapping's hash (bidsafe.profile)."""
+    from bidsafe.convert import convert_session, empty_summary, log_conversion_summary
 
     def work() -> dict[str, Any]:
         if scratch is not None:
@@ -69,14 +72,20 @@ def convert_stage(
         if upstream_withheld(upstream_status) is not None or not Path(summary_json).exists():
             atomic_write_json(summary_json, empty_summary(deid_report))
 
-    return run_session_stage("convert", status_json, upstream_status, work, write_empty, "convert:failed")
+    status = run_session_stage("convert", status_json, upstream_status, work, write_empty, "convert:failed")
+    log.info("convert: %s", status)
+    log_conversion_summary(log, Path(summary_json))
+    if profile_json is not None:
+        write_stage_profile(profile_json, {"dcm2bids_config": config})
+    return status
 
 
 def scrub_stage(*, in_bids: Path, out_bids: Path, status_json: Path, upstream_status: Path | None,
-                values_json: Path, deid_dir: Path, allowlist: Path, vocabulary: Sequence[str | Path] = ()
-                ) -> dict[str, Any]:
-    """The scrub job: `scrub_session`, withholding the session when a guard refuses one of its files."""
-    from bidsafe.deid.vocabulary import vocabulary_for
+                values_json: Path, deid_dir: Path, allowlist: Path, vocabulary: Sequence[str | Path] = (),
+                profile_json: Path | None = None) -> dict[str, Any]:
+    """The scrub job: `scrub_session`, withholding the session when a guard refuses one of its files;
+    `profile_json`: the hashes of the allow-list and the vocabularies it read (bidsafe.profile)."""
+    from bidsafe.deid.vocabulary import DEFAULT_VOCABULARY, vocabulary_for
     from bidsafe.phi import load_values
     from bidsafe.scrub import scrub_session
 
@@ -91,7 +100,12 @@ def scrub_stage(*, in_bids: Path, out_bids: Path, status_json: Path, upstream_st
         with atomic_dir(out_bids):
             pass
 
-    return run_session_stage("scrub", status_json, upstream_status, work, write_empty, "scrub:refused")
+    status = run_session_stage("scrub", status_json, upstream_status, work, write_empty, "scrub:refused")
+    log.info("scrub: %s", status)
+    if profile_json is not None:
+        write_stage_profile(profile_json, {"sidecar_allowlist": allowlist,
+                                           "vocabulary": [DEFAULT_VOCABULARY, *vocabulary]})
+    return status
 
 
 def deface_stage(
@@ -146,7 +160,9 @@ def deface_stage(
                 pass
         atomic_write_json(records_json, kept)
 
-    return run_session_stage("deface", status_json, upstream_status, work, write_empty, "deface:refused")
+    status = run_session_stage("deface", status_json, upstream_status, work, write_empty, "deface:refused")
+    log.info("deface: %s", status)
+    return status
 
 
 def qc_stage(*, in_bids: Path, out_dir: Path, status_json: Path, upstream_status: Path | None,
@@ -167,7 +183,9 @@ def qc_stage(*, in_bids: Path, out_dir: Path, status_json: Path, upstream_status
         with atomic_dir(out_dir):
             pass
 
-    return run_session_stage("qc", status_json, upstream_status, work, write_empty, "qc:failed")
+    status = run_session_stage("qc", status_json, upstream_status, work, write_empty, "qc:failed")
+    log.info("qc: %s", status)
+    return status
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,10 @@
 from pathlib import Path
 
-from bidsafe.convert import log_conversion_summary
-from bidsafe.profile import write_stage_profile
 from bidsafe.runlog import log_to
 from bidsafe.stages import convert_stage
 
-with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
-    status = convert_stage(
+with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+    convert_stage(
         dicom_dir=Path(snakemake.input.dicom),  # noqa: F821
         out_bids=Path(snakemake.output.bids),  # noqa: F821
         summary_json=Path(snakemake.output.summary),  # noqa: F821
@@ -18,7 +16,5 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         log_dir=Path(snakemake.params.private_logs),  # noqa: F821
         deid_report=Path(snakemake.input.deid_report),  # noqa: F821
         scratch=Path(snakemake.params.scratch),  # noqa: F821
+        profile_json=Path(snakemake.output.profile),  # noqa: F821
     )
-    log.info("convert: %s", status)
-    log_conversion_summary(log, Path(snakemake.output.summary))  # noqa: F821
-    write_stage_profile(snakemake.output.profile, {"dcm2bids_config": snakemake.input.config})  # noqa: F821

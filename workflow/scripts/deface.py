@@ -3,8 +3,8 @@ from pathlib import Path
 from bidsafe.runlog import log_to
 from bidsafe.stages import deface_stage
 
-with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
-    status = deface_stage(
+with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+    deface_stage(
         in_dir=Path(snakemake.input.bids),  # noqa: F821
         out_bids=Path(snakemake.output.bids),  # noqa: F821
         status_json=Path(snakemake.output.status),  # noqa: F821
@@ -19,4 +19,3 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         subject=snakemake.wildcards.subject,  # noqa: F821
         session=snakemake.wildcards.session,  # noqa: F821
     )
-    log.info("deface: %s", status)

@@ -3,8 +3,8 @@ from pathlib import Path
 from bidsafe.runlog import log_to
 from bidsafe.stages import qc_stage
 
-with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this object)
-    status = qc_stage(
+with log_to(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+    qc_stage(
         in_bids=Path(snakemake.input.bids),  # noqa: F821
         out_dir=Path(snakemake.output.metrics),  # noqa: F821
         status_json=Path(snakemake.output.status),  # noqa: F821
@@ -12,4 +12,3 @@ with log_to(snakemake.log[0]) as log:  # noqa: F821 (snakemake injects this obje
         subject=snakemake.wildcards.subject,  # noqa: F821
         session=snakemake.wildcards.session,  # noqa: F821
     )
-    log.info("qc: %s", status)

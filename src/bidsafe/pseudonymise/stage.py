@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsafe.errors import ConfigError
-from bidsafe.fsutil import write_if_changed
+from bidsafe.fsutil import atomic_dir, write_if_changed
 from bidsafe.private import areas_overlap
 from bidsafe.pseudonymise.consent import NONE_REQUIRED, REASON_WITHDRAWN, ConsentRegistry, decide, open_registry
 from bidsafe.pseudonymise.kanonymity import KAnonymityOutcome, enforce_k_anonymity
@@ -45,6 +45,19 @@ class PseudonymiseResult:
     @property
     def included(self) -> list[tuple[str, str]]:
         return [(d.subject, d.session) for d in self.decisions if d.included]
+
+
+def pseudonymise_stage(
+    index_tsv: Path, inbox: Path, private_dir: Path, out_dir: Path, config: Mapping[str, Any],
+    work_dir: Path | None = None,
+) -> PseudonymiseResult:
+    """The pseudonymise job: `run_pseudonymise` into `out_dir`, which appears whole (a killed job leaves no
+    half-written folder), and one log line per session: its pseudonym and why it was withheld."""
+    with atomic_dir(out_dir) as building:
+        result = run_pseudonymise(index_tsv, inbox, private_dir, building, config, work_dir=work_dir)
+    for decision in result.decisions:
+        log.info("sub-%s ses-%s: %s", decision.subject, decision.session, decision.reason or "included")
+    return result
 
 
 def run_pseudonymise(
