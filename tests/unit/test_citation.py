@@ -2,8 +2,8 @@
 the CFF 1.2.0 and DataCite 4.5 JSON Schemas, GeneratedBy, SourceDatasets, DatasetDOI, and CHANGES notes for
 withdrawn and reprocessed sessions and rule profile changes.
 
-Uses the synthetic project of test_release (real files and hashes; the real validator and leak gates where
-test_release says they are available)."""
+Uses the synthetic project of tests/helpers/release_project.py (real files and hashes; the real validator and
+leak gates where it finds them importable); the two schema checks are tests/helpers/citation_schemas.py's."""
 
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft7Validator
-from test_release import HAVE_VALIDATE, PROFILE, Project
 
 from bidsafe.release.assemble import generated_by, split_changes
 from bidsafe.release.citation import citation_cff, datacite_record, runtime_environment
 from bidsafe.release.manifest import verify_release
 from bidsafe.release.publish import publish_release
 
-datacite_schema45 = pytest.importorskip("datacite.schema45", reason="the `datacite` test extra ships the schema")
+from helpers.citation_schemas import cff_errors, datacite_errors
+from helpers.release_project import HAVE_VALIDATE, PROFILE, Project
 
-CFF_SCHEMA = json.loads((Path(__file__).parent / "schemas" / "cff-1.2.0.schema.json").read_text(encoding="utf-8"))
 TODAY = datetime.now(UTC).strftime("%Y-%m-%d")
 CITATION = {
     "creators": [
@@ -38,16 +36,6 @@ CITATION = {
     "url": "https://data.example.org/study/v{version}",
     "source_datasets": [{"URL": "https://data.example.org/raw", "Version": "2024-01"}],
 }
-
-
-def cff_errors(path: Path) -> list[str]:
-    record = yaml.safe_load(path.read_text(encoding="utf-8"))
-    validator = Draft7Validator(CFF_SCHEMA, format_checker=Draft7Validator.FORMAT_CHECKER)
-    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(record)]
-
-
-def datacite_errors(record: dict) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}" for e in datacite_schema45.validator.iter_errors(record)]
 
 
 @pytest.fixture

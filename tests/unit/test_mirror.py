@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from published import BIG_FILE, published_version, tree_files
 
 from bidsafe.cli import main
 from bidsafe.errors import GuardError
@@ -32,6 +31,8 @@ from bidsafe.release.mirror import (
     upload_file,
     verify_mirror,
 )
+
+from helpers.published import BIG_FILE, published_version, tree_files
 
 ACCESS_KEY = "AKIDBIDSAFETESTKEY01"
 SECRET_KEY = "bidsafe-test-secret-never-printed-42"

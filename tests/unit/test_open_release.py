@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_citation import cff_errors, datacite_errors
-from test_release import HAVE_VALIDATE, Project
 
 from bidsafe.config import config_problems
 from bidsafe.errors import BidsafeError, ConfigError
@@ -18,7 +16,9 @@ from bidsafe.pseudonym import run_pseudonymise
 from bidsafe.release.assemble import DEFAULT_DATA_USAGE_AGREEMENT, release_config
 from bidsafe.release.openrelease import changes_problems, open_release_problems
 
+from helpers.citation_schemas import cff_errors, datacite_errors
 from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
+from helpers.release_project import HAVE_VALIDATE, Project
 
 BASE = {"inbox": "in", "work_dir": "w", "private_dir": "p", "release_dir": "r"}
 

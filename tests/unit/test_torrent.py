@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-from published import BIG_FILE, published_version
 
 from bidsafe.cli import main
 from bidsafe.errors import ConfigError, GuardError
@@ -23,6 +22,8 @@ from bidsafe.release.torrent import (
     subset_files,
     torrent_release,
 )
+
+from helpers.published import BIG_FILE, published_version
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
