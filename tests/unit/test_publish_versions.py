@@ -28,13 +28,10 @@ TODAY = datetime.now(UTC).strftime("%Y-%m-%d")
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    proj = Project(tmp_path)
-    proj.add("a1", "01", seed=1)
-    proj.add("b2", "01", seed=3)
-    proj.write_tables()
-    proj.assemble()
-    return proj
+def project(two_session_project: Project) -> Project:
+    """The conftest's two-session project, assembled."""
+    two_session_project.assemble()
+    return two_session_project
 
 
 def _publish(project: Project, staging: Path | None = None):  # noqa: ANN202 (PublishOutcome)
