@@ -2,8 +2,8 @@
 the CFF 1.2.0 and DataCite 4.5 JSON Schemas, GeneratedBy, SourceDatasets, DatasetDOI, and CHANGES notes for
 withdrawn and reprocessed sessions and rule profile changes.
 
-Uses the synthetic project of test_release (real files and hashes; the real validator and leak gates where
-test_release says they are available)."""
+Uses the synthetic project of tests/helpers/release_project.py (real files and hashes; the real validator and
+leak gates where it finds them importable); the two schema checks are tests/helpers/citation_schemas.py's."""
 
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft7Validator
-from test_release import HAVE_VALIDATE, PROFILE, Project
 
 from bidsafe.release.assemble import generated_by, split_changes
 from bidsafe.release.citation import citation_cff, datacite_record, runtime_environment
 from bidsafe.release.manifest import verify_release
 from bidsafe.release.publish import publish_release
 
-datacite_schema45 = pytest.importorskip("datacite.schema45", reason="the `datacite` test extra ships the schema")
+from helpers.citation_schemas import cff_errors, datacite_errors
+from helpers.release_project import HAVE_VALIDATE, PROFILE, Project
 
-CFF_SCHEMA = json.loads((Path(__file__).parent / "schemas" / "cff-1.2.0.schema.json").read_text(encoding="utf-8"))
 TODAY = datetime.now(UTC).strftime("%Y-%m-%d")
 CITATION = {
     "creators": [
@@ -38,25 +36,6 @@ CITATION = {
     "url": "https://data.example.org/study/v{version}",
     "source_datasets": [{"URL": "https://data.example.org/raw", "Version": "2024-01"}],
 }
-
-
-def cff_errors(path: Path) -> list[str]:
-    record = yaml.safe_load(path.read_text(encoding="utf-8"))
-    validator = Draft7Validator(CFF_SCHEMA, format_checker=Draft7Validator.FORMAT_CHECKER)
-    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(record)]
-
-
-def datacite_errors(record: dict) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}" for e in datacite_schema45.validator.iter_errors(record)]
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    proj = Project(tmp_path)
-    proj.add("a1", "01", seed=1)
-    proj.add("b2", "01", seed=3)
-    proj.write_tables()
-    return proj
 
 
 def _publish(project: Project):  # noqa: ANN202 (PublishOutcome)
@@ -79,9 +58,9 @@ def test_the_validators_refuse_broken_records(tmp_path: Path) -> None:
     assert {e.split(":")[0] for e in cff_errors(tmp_path / "bad.cff")} == {"['authors']", "['date-released']"}
 
 
-def test_citation_files_validate_and_replace_authors(project: Project) -> None:
-    project.assemble(citation=CITATION, dataset_doi="doi:10.5555/example", funding=["Grant 1"])
-    staging = project.staging
+def test_citation_files_validate_and_replace_authors(two_session_project: Project) -> None:
+    two_session_project.assemble(citation=CITATION, dataset_doi="doi:10.5555/example", funding=["Grant 1"])
+    staging = two_session_project.staging
     assert cff_errors(staging / "CITATION.cff") == []
     cff = yaml.safe_load((staging / "CITATION.cff").read_text())
     assert (cff["version"], cff["date-released"], cff["doi"]) == ("1.0.0", TODAY, "10.5555/example.v1")
@@ -108,19 +87,21 @@ def test_citation_files_validate_and_replace_authors(project: Project) -> None:
     assert "datacite.json" in (staging / ".bidsignore").read_text().split()
 
 
-def test_no_creator_no_citation_files_and_authors_stay(project: Project) -> None:
-    project.assemble(authors=[])
-    assert not (project.staging / "CITATION.cff").exists() and not (project.staging / "datacite.json").exists()
-    project.assemble(authors=["A. Author"], citation={})
-    assert (project.staging / "CITATION.cff").exists()
-    assert "Authors" not in json.loads((project.staging / "dataset_description.json").read_text())
+def test_no_creator_no_citation_files_and_authors_stay(two_session_project: Project) -> None:
+    staging = two_session_project.staging
+    two_session_project.assemble(authors=[])
+    assert not (staging / "CITATION.cff").exists() and not (staging / "datacite.json").exists()
+    two_session_project.assemble(authors=["A. Author"], citation={})
+    assert (staging / "CITATION.cff").exists()
+    assert "Authors" not in json.loads((staging / "dataset_description.json").read_text())
 
 
-def test_generated_by_records_the_environment(project: Project, monkeypatch: pytest.MonkeyPatch,
+def test_generated_by_records_the_environment(two_session_project: Project, monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     monkeypatch.setenv("BIDSAFE_CONTAINER_IMAGE", "registry.example.org/bidsafe:0.1.0")
-    project.assemble()
-    bidsafe = json.loads((project.staging / "dataset_description.json").read_text())["GeneratedBy"][0]
+    two_session_project.assemble()
+    description = two_session_project.staging / "dataset_description.json"
+    bidsafe = json.loads(description.read_text())["GeneratedBy"][0]
     assert bidsafe["Container"] == {"Type": "docker", "Tag": "registry.example.org/bidsafe:0.1.0"}
     bare = tmp_path / "root"  # a filesystem root without container marker files
     bare.mkdir()
@@ -136,13 +117,13 @@ def test_generated_by_records_the_environment(project: Project, monkeypatch: pyt
     assert described["Description"].endswith(f"Ran in a {words}.") and "Container" not in described
 
 
-def test_second_version_is_a_new_version_of_the_first(project: Project) -> None:
-    project.assemble(citation=CITATION)
-    v1 = _publish(project)
-    project.add("d4", "01", seed=5)
-    project.write_tables()
-    project.assemble(citation=CITATION)
-    v2 = _publish(project)
+def test_second_version_is_a_new_version_of_the_first(two_session_project: Project) -> None:
+    two_session_project.assemble(citation=CITATION)
+    v1 = _publish(two_session_project)
+    two_session_project.add("d4", "01", seed=5)
+    two_session_project.write_tables()
+    two_session_project.assemble(citation=CITATION)
+    v2 = _publish(two_session_project)
     assert (v1.version, v2.version) == (1, 2)
     record = json.loads((v2.path / "datacite.json").read_text())
     assert datacite_errors(record) == [] and cff_errors(v2.path / "CITATION.cff") == []
@@ -153,43 +134,43 @@ def test_second_version_is_a_new_version_of_the_first(project: Project) -> None:
     assert verify_release(v1.path).ok and verify_release(v2.path).ok
 
 
-def test_without_doi_or_url_the_previous_version_is_a_relative_link(project: Project) -> None:
-    project.assemble()
-    _publish(project)
-    project.add("d4", "01", seed=5)
-    project.write_tables()
-    project.assemble()
-    record = json.loads((project.staging / "datacite.json").read_text())
+def test_without_doi_or_url_the_previous_version_is_a_relative_link(two_session_project: Project) -> None:
+    two_session_project.assemble()
+    _publish(two_session_project)
+    two_session_project.add("d4", "01", seed=5)
+    two_session_project.write_tables()
+    two_session_project.assemble()
+    record = json.loads((two_session_project.staging / "datacite.json").read_text())
     assert record["relatedIdentifiers"] == [{"relatedIdentifier": "../v1", "relatedIdentifierType": "URL",
                                              "relationType": "IsNewVersionOf"}]
     assert datacite_errors(record) == []
 
 
-def test_citation_edits_alone_make_no_version(project: Project) -> None:
+def test_citation_edits_alone_make_no_version(two_session_project: Project) -> None:
     """CITATION.cff and datacite.json carry the version and date: like CHANGES, never a change by themselves."""
-    project.assemble(citation=CITATION)
-    _publish(project)
-    project.assemble(citation={**CITATION, "abstract": "Another text.", "keywords": ["MRI"]})
-    outcome = _publish(project)
+    two_session_project.assemble(citation=CITATION)
+    _publish(two_session_project)
+    two_session_project.assemble(citation={**CITATION, "abstract": "Another text.", "keywords": ["MRI"]})
+    outcome = _publish(two_session_project)
     assert (outcome.version, outcome.new) == (1, False)
 
 
-def test_changes_name_withdrawn_and_reprocessed_sessions_and_profile_changes(project: Project) -> None:
-    project.add("c3", "01", seed=7)
-    project.write_tables()
-    project.assemble()
-    _publish(project)
+def test_changes_name_withdrawn_and_reprocessed_sessions_and_profile_changes(two_session_project: Project) -> None:
+    two_session_project.add("c3", "01", seed=7)
+    two_session_project.write_tables()
+    two_session_project.assemble()
+    _publish(two_session_project)
     # c3 withdraws; a1's session is reprocessed (one sidecar byte); the rule profile changes
-    project.sessions = [s for s in project.sessions if s.subject != "c3"]
-    project.table_rows = [r for r in project.table_rows if r[0] != "c3"]
-    project.write_tables()
-    sidecar = next((project.sessions[0].bids_dir).rglob("*_T1w.json"))
+    two_session_project.sessions = [s for s in two_session_project.sessions if s.subject != "c3"]
+    two_session_project.table_rows = [r for r in two_session_project.table_rows if r[0] != "c3"]
+    two_session_project.write_tables()
+    sidecar = next((two_session_project.sessions[0].bids_dir).rglob("*_T1w.json"))
     data = sidecar.read_bytes()
     sidecar.unlink()  # a new file, as a rerun writes: the published hard link keeps v1's bytes
     sidecar.write_bytes(data.replace(b"2.3", b"2.4"))
-    project.assemble(profile_override="strict-mr (sha256:0123456789abcdef)",
+    two_session_project.assemble(profile_override="strict-mr (sha256:0123456789abcdef)",
                      withheld={("c3", "01"): "consent:withdrawn"})
-    _, notes, _ = split_changes((project.staging / "CHANGES").read_text())
+    _, notes, _ = split_changes((two_session_project.staging / "CHANGES").read_text())
     assert notes == [
         "Release contents: 2 participants, 2 sessions.",
         "Withdrawn 1 session (the participant withdrew consent; delete any copies you hold): sub-c3/ses-01.",
@@ -199,10 +180,10 @@ def test_changes_name_withdrawn_and_reprocessed_sessions_and_profile_changes(pro
 
 
 @pytest.mark.skipif(not HAVE_VALIDATE, reason="bidsafe.validate (the BIDS validator gate) is not importable")
-def test_the_gates_pass_with_the_citation_files(project: Project) -> None:
+def test_the_gates_pass_with_the_citation_files(two_session_project: Project) -> None:
     """The new files trip neither the BIDS validator (datacite.json is in .bidsignore) nor the leak scan."""
-    project.assemble(citation=CITATION, dataset_doi="doi:10.5555/example")
-    results = {r.name: r for r in project.gate_results()}
+    two_session_project.assemble(citation=CITATION, dataset_doi="doi:10.5555/example")
+    results = {r.name: r for r in two_session_project.gate_results()}
     assert all(r.passed for r in results.values()), {n: r.summary for n, r in results.items()}
 
 

@@ -20,15 +20,10 @@ from bidsafe.errors import ConfigError
 from bidsafe.keys import KEY_FILENAME, load_key, resolve_key_path
 from bidsafe.progress import Progress, console_logging
 
+from helpers.cli_parsers import subcommand_parsers
 from helpers.deid_testing import mr_dataset, write
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(action.choices)
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -49,7 +44,7 @@ def documented_codes(command: str, capsys: pytest.CaptureFixture[str]) -> set[in
 # --- help ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", sorted(_subparsers()))
+@pytest.mark.parametrize("command", sorted(subcommand_parsers()))
 def test_every_command_documents_its_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     codes = documented_codes(command, capsys)
     assert {0, 2, 130} <= codes, (command, codes)
@@ -58,7 +53,7 @@ def test_every_command_documents_its_exit_codes(command: str, capsys: pytest.Cap
 
 
 def test_every_argument_has_help_positionals_included() -> None:
-    parsers = {"bidsafe": build_parser(), **_subparsers()}
+    parsers = {"bidsafe": build_parser(), **subcommand_parsers()}
     missing = [
         f"{name} {action.dest}"
         for name, parser in parsers.items()
@@ -103,7 +98,7 @@ def _dataset(root: Path, text: str) -> Path:
 
 
 def test_returned_codes_are_documented(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    codes = {name: documented_codes(name, capsys) for name in _subparsers()}
+    codes = {name: documented_codes(name, capsys) for name in subcommand_parsers()}
     seen: dict[tuple[str, str], int] = {}
 
     def run(case: str, argv: list[str]) -> int:

@@ -12,17 +12,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bidsafe.cli import main as bidsafe_main
-from bidsafe.demo import DemoSession, generate
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.pseudonymise.consent import TEMPLATE_COLUMNS, decide, read_registry, write_consent_template
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[DemoSession]]:
-    root = tmp_path_factory.mktemp("demo") / "inbox"
-    return root, generate(root, subjects=1, sessions=2, seed=7)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -38,9 +31,9 @@ def _fill(path: Path, level: str) -> None:
         writer.writerows({**row, "consent": level} for row in rows)
 
 
-@pytest.mark.slow  # the `demo` fixture generates two whole demo sessions (about 40 s)
-def test_demo_inbox_gives_one_row_per_patient_with_counts_and_dates(demo, tmp_path: Path, capsys):
-    root, sessions = demo
+@pytest.mark.slow  # the `two_session_demo` fixture generates two whole demo sessions (about 40 s)
+def test_demo_inbox_gives_one_row_per_patient_with_counts_and_dates(two_session_demo, tmp_path: Path, capsys):
+    root, sessions = two_session_demo
     out = tmp_path / "team" / "consent.tsv"
     assert bidsafe_main(["consent-template", str(root), str(out)]) == 0
     printed = capsys.readouterr()
@@ -63,9 +56,9 @@ def test_demo_inbox_gives_one_row_per_patient_with_counts_and_dates(demo, tmp_pa
     assert decide(registry, sessions[0].patient_id, "public") == (True, "consent:ok")
 
 
-@pytest.mark.slow  # the `demo` fixture generates two whole demo sessions (about 40 s)
-def test_an_existing_registry_is_kept_unless_forced(demo, tmp_path: Path, capsys):
-    root, _ = demo
+@pytest.mark.slow  # the `two_session_demo` fixture generates two whole demo sessions (about 40 s)
+def test_an_existing_registry_is_kept_unless_forced(two_session_demo, tmp_path: Path, capsys):
+    root, _ = two_session_demo
     out = tmp_path / "consent.tsv"
     out.write_text("patient_id\tconsent\nX\tpublic\n", encoding="utf-8")
     assert bidsafe_main(["consent-template", str(root), str(out)]) == 2

@@ -4,7 +4,7 @@ Each published `v<N>` is a commit with an annotated tag `v<N>` whose tree is exa
 images are annexed (SHA256E keys = the manifest's sha256, the annex object hard-linked to the published file),
 text is in git; a clone plus `datalad get` reproduces every file of MANIFEST.sha256; a tag is never reused; a
 withdrawal drops the participant's annexed content from the whole history and keeps the tags.
-Synthetic versions built with publish's own functions (tests/unit/test_release.py's Project)."""
+Synthetic versions built with publish's own functions (tests/helpers/release_project.py's Project)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_release import PROFILE, Project
 
 from bidsafe.cli import main
 from bidsafe.errors import BidsafeError
 from bidsafe.release import datalad_release as dl
 from bidsafe.release.manifest import MANIFEST_NAME, SHAREABLE_NAME, parse_manifest, verify_release
 from bidsafe.release.publish import publish
+
+from helpers.release_project import PROFILE, Project
 
 datalad_api = pytest.importorskip("datalad.api", reason="DataLad is not installed: pip install 'bidsafe[datalad]'")
 if shutil.which("git-annex") is None:

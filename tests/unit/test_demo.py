@@ -28,14 +28,9 @@ from bidsafe.demo import (
 )
 from bidsafe.errors import BidsafeError
 
-SEED = 3
+from helpers.demo_inbox import DEMO_SEED
+
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[DemoSession]]:
-    root = tmp_path_factory.mktemp("demo") / "inbox"
-    return root, generate(root, subjects=1, sessions=2, seed=SEED)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -64,12 +59,12 @@ def _seconds(tm: str) -> float:
 
 
 @pytest.mark.slow
-def test_same_seed_gives_identical_bytes_and_the_cli_writes_the_tables(demo, tmp_path, capsys):
+def test_same_seed_gives_identical_bytes_and_the_cli_writes_the_tables(two_session_demo, tmp_path, capsys):
     """The CLI with the same seed, asked for fewer sessions, rewrites the first session byte for byte."""
-    root, sessions = demo
+    root, sessions = two_session_demo
     again = tmp_path / "again"
     consent, demographics = tmp_path / "consent.tsv", tmp_path / "demographics.tsv"
-    code = main(["demo-data", str(again), "--subjects", "1", "--sessions", "1", "--seed", str(SEED),
+    code = main(["demo-data", str(again), "--subjects", "1", "--sessions", "1", "--seed", str(DEMO_SEED),
                  "--consent", str(consent), "--demographics", str(demographics)])
     assert code == 0
     first = sessions[0].folder.relative_to(root)
@@ -101,9 +96,9 @@ def test_invalid_counts_are_rejected(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_planted_value_is_in_the_image_headers_or_paths(demo):
+def test_every_planted_value_is_in_the_image_headers_or_paths(two_session_demo):
     """Later "no leak" tests are only meaningful if every planted value is really there to leak."""
-    _, sessions = demo
+    _, sessions = two_session_demo
     for session in sessions:
         image_files = [f for s in session.series for f in s.files]
         blob = b"".join(f.read_bytes() for f in image_files)
@@ -119,8 +114,8 @@ def test_every_planted_value_is_in_the_image_headers_or_paths(demo):
 
 
 @pytest.mark.slow
-def test_identity_sits_where_real_exports_carry_it(demo):
-    _, sessions = demo
+def test_identity_sits_where_real_exports_carry_it(two_session_demo):
+    _, sessions = two_session_demo
     session = sessions[0]
     ds = pydicom.dcmread(_by_description(session, "bold").files[0])
     assert str(ds.PatientName) == session.patient_name
@@ -143,8 +138,8 @@ def test_identity_sits_where_real_exports_carry_it(demo):
 
 
 @pytest.mark.slow
-def test_same_patient_across_sessions_months_apart(demo):
-    _, (first, second) = demo
+def test_same_patient_across_sessions_months_apart(two_session_demo):
+    _, (first, second) = two_session_demo
     assert (first.patient_id, first.patient_name, first.birth_date) == (
         second.patient_id, second.patient_name, second.birth_date)
     assert first.patient_folder == second.patient_folder and first.folder != second.folder
@@ -161,8 +156,8 @@ def test_same_patient_across_sessions_months_apart(demo):
 
 
 @pytest.mark.slow
-def test_uids_meta_and_counts_are_consistent(demo):
-    _, sessions = demo
+def test_uids_meta_and_counts_are_consistent(two_session_demo):
+    _, sessions = two_session_demo
     session = sessions[0]
     sop_uids: set[str] = set()
     series_uids = set()
@@ -194,9 +189,9 @@ def test_uids_meta_and_counts_are_consistent(demo):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fragment", ["localizer", "mprage", "t2_tse", "bold", "diff", "FieldMap_AP"])
-def test_slice_geometry_is_consistent(demo, fragment):
+def test_slice_geometry_is_consistent(two_session_demo, fragment):
     """Within each orientation the slices lie on one line along the normal, spaced as declared."""
-    _, sessions = demo
+    _, sessions = two_session_demo
     datasets = _read(_by_description(sessions[0], fragment))
     groups: dict[tuple, list[Dataset]] = defaultdict(list)
     for d in datasets:
@@ -221,8 +216,8 @@ def test_slice_geometry_is_consistent(demo, fragment):
 
 
 @pytest.mark.slow
-def test_structural_images_have_the_expected_grids_and_a_face(demo):
-    _, sessions = demo
+def test_structural_images_have_the_expected_grids_and_a_face(two_session_demo):
+    _, sessions = two_session_demo
     t1 = _read(_by_description(sessions[0], "mprage"))
     assert (len(t1), t1[0].Rows, t1[0].Columns) == (176, 224, 224)
     assert [float(v) for v in t1[0].PixelSpacing] == [1.0, 1.0]
@@ -264,10 +259,10 @@ def _volume_and_affine(series: DemoSeries) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_t2_contrast_is_inverted_against_the_t1_in_the_brain(demo):
+def test_t2_contrast_is_inverted_against_the_t1_in_the_brain(two_session_demo):
     """Sampled at the same points, T1w and T2w intensities anti-correlate inside the brain (CSF dark in one,
     bright in the other), so the T2w is a real second contrast of the same head."""
-    _, sessions = demo
+    _, sessions = two_session_demo
     t1, t1_affine = _volume_and_affine(_by_description(sessions[0], "mprage"))
     t2, t2_affine = _volume_and_affine(_by_description(sessions[0], "t2_tse"))
     c, r, k = np.meshgrid(*(np.arange(n) for n in t2.shape), indexing="ij")
@@ -284,8 +279,8 @@ def test_t2_contrast_is_inverted_against_the_t1_in_the_brain(demo):
 
 
 @pytest.mark.slow
-def test_bold_slice_timing_is_in_the_standard_times(demo):
-    _, sessions = demo
+def test_bold_slice_timing_is_in_the_standard_times(two_session_demo):
+    _, sessions = two_session_demo
     datasets = _read(_by_description(sessions[0], "bold"))
     tr = float(datasets[0].RepetitionTime) / 1000
     volumes: dict[int, list[Dataset]] = defaultdict(list)
@@ -313,8 +308,8 @@ def test_bold_slice_timing_is_in_the_standard_times(demo):
 
 
 @pytest.mark.slow
-def test_dwi_carries_standard_diffusion_attributes(demo):
-    _, sessions = demo
+def test_dwi_carries_standard_diffusion_attributes(two_session_demo):
+    _, sessions = two_session_demo
     datasets = _read(_by_description(sessions[0], "diff"))
     per_volume = {}
     for d in datasets:
@@ -333,10 +328,10 @@ def test_dwi_carries_standard_diffusion_attributes(demo):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The DICOM readers are highly experimental")
-def test_fieldmap_pair_has_opposite_polarity_in_the_csa_header(demo):
+def test_fieldmap_pair_has_opposite_polarity_in_the_csa_header(two_session_demo):
     from nibabel.nicom import csareader
 
-    _, sessions = demo
+    _, sessions = two_session_demo
     polarity = {}
     for label in ("AP", "PA"):
         ds = pydicom.dcmread(_by_description(sessions[0], f"FieldMap_{label}").files[0])
@@ -349,8 +344,8 @@ def test_fieldmap_pair_has_opposite_polarity_in_the_csa_header(demo):
 
 
 @pytest.mark.slow
-def test_screenshot_is_a_burned_in_secondary_capture(demo):
-    _, sessions = demo
+def test_screenshot_is_a_burned_in_secondary_capture(two_session_demo):
+    _, sessions = two_session_demo
     ds = pydicom.dcmread(_by_description(sessions[0], "Screen Save").files[0])
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.Modality == "OT"
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "SCREEN SAVE"]
@@ -360,11 +355,11 @@ def test_screenshot_is_a_burned_in_secondary_capture(demo):
 
 
 @pytest.mark.slow
-def test_only_the_screenshot_is_a_burned_in_class(demo):
+def test_only_the_screenshot_is_a_burned_in_class(two_session_demo):
     """The screenshot is withheld by de-identification; every scan series, the localizer included, is not."""
     from bidsafe.deid.engine import burned_in_findings
 
-    _, sessions = demo
+    _, sessions = two_session_demo
     for series in sessions[0].series:
         classes = {name for f in series.files for name, _ in burned_in_findings(pydicom.dcmread(f))}
         if series.description == "Screen Save":
@@ -374,8 +369,8 @@ def test_only_the_screenshot_is_a_burned_in_class(demo):
 
 
 @pytest.mark.slow
-def test_junk_files_are_next_to_the_images(demo):
-    _, sessions = demo
+def test_junk_files_are_next_to_the_images(two_session_demo):
+    _, sessions = two_session_demo
     junk = {p.name: p for p in sessions[0].junk}
     assert set(junk) == {"DICOMDIR", "export_note.txt", "LOCKFILE", "IM_TRUNCATED"}
     directory = pydicom.dcmread(junk["DICOMDIR"])
@@ -392,8 +387,8 @@ def test_junk_files_are_next_to_the_images(demo):
 
 
 @pytest.mark.slow
-def test_expected_mapping_is_declared_for_every_series(demo):
-    _, sessions = demo
+def test_expected_mapping_is_declared_for_every_series(two_session_demo):
+    _, sessions = two_session_demo
     mapping = {s.description: (s.expected_datatype, s.expected_suffix) for s in sessions[0].series}
     assert sorted(v for v in mapping.values() if v[0]) == [
         ("anat", "T1w"), ("anat", "T2w"), ("dwi", "dwi"), ("fmap", "epi"), ("fmap", "epi"), ("func", "bold")]

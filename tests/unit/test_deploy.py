@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import _subparsers
 
 from bidsafe.cli import build_parser
+
+from helpers.cli_parsers import subcommand_parsers
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = DEPLOY / "systemd"
@@ -71,7 +72,7 @@ def test_receiver_restarts_on_failure_and_writes_only_inbox_and_private() -> Non
     assert sorted(service["ReadWritePaths"].split()) == ["/srv/bidsafe/inbox", "/srv/bidsafe/private"]
     argv = bidsafe_argv(service["ExecStart"])
     assert argv[:3] == ["receive", "--configfile", "/etc/bidsafe/site.yaml"]
-    if "receive" in _subparsers():  # registered by the receiver's branch; parsed like the others once merged
+    if "receive" in subcommand_parsers():  # registered by the receiver's branch; parsed like the others once merged
         assert check_command(argv) == "receive"
     assert unit("bidsafe-receive.service")["Install"]["WantedBy"] == "multi-user.target"
 

@@ -8,10 +8,8 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bidsafe.handoff import (
     hand_over_study,
@@ -22,39 +20,14 @@ from bidsafe.handoff import (
 )
 from bidsafe.ingest import scan_inbox
 
-KEY = bytes(range(32))
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-def _mr(study: str, series: str, instance: int) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MR_IMAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = "PID-X"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.Modality = "MR"
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = (np.arange(16, dtype=np.uint16) + instance).tobytes()
-    return ds
+from helpers.mr_instances import HANDOFF_KEY, tiny_mr
 
 
 def _spool(root: Path, study: str, series: str, n: int) -> list[Path]:
     files = []
     for i in range(n):
-        ds = _mr(study, series, i)
-        path = root / series_dirname(KEY, series) / instance_filename(KEY, ds.SOPInstanceUID)
+        ds = tiny_mr(study, series, i)
+        path = root / series_dirname(HANDOFF_KEY, series) / instance_filename(HANDOFF_KEY, ds.SOPInstanceUID)
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
@@ -65,7 +38,7 @@ def test_part_holds_the_files_and_a_manifest_that_matches_their_bytes(tmp_path: 
     study = generate_uid()
     files = _spool(tmp_path / "spool", study, generate_uid(), 3)
     sent = {f"{f.parent.name}/{f.name}": f.read_bytes() for f in files}
-    skey = study_key(KEY, study)
+    skey = study_key(HANDOFF_KEY, study)
     info = {"source": "receiver", "calling_ae": "SCANNER1", "first_receipt": "t0", "last_receipt": "t1"}
 
     part = hand_over_study(files, tmp_path / "inbox", skey, info)
@@ -86,7 +59,7 @@ def test_part_holds_the_files_and_a_manifest_that_matches_their_bytes(tmp_path: 
 
 def test_a_later_handoff_of_the_same_study_is_the_next_part_and_leaves_the_first_alone(tmp_path: Path):
     study, inbox = generate_uid(), tmp_path / "inbox"
-    skey = study_key(KEY, study)
+    skey = study_key(HANDOFF_KEY, study)
     first = hand_over_study(_spool(tmp_path / "a", study, generate_uid(), 2), inbox, skey, {"source": "receiver"})
     before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
     late = _spool(tmp_path / "b", study, generate_uid(), 1)
@@ -104,7 +77,7 @@ def test_refusals_happen_before_anything_moves(tmp_path: Path):
     b.parent.mkdir(parents=True)
     b.write_bytes(a.read_bytes())
     with pytest.raises(ValueError, match="same name"):
-        hand_over_study([a, b], tmp_path / "inbox", study_key(KEY, study), {})
+        hand_over_study([a, b], tmp_path / "inbox", study_key(HANDOFF_KEY, study), {})
     with pytest.raises(ValueError, match="short hash"):
         hand_over_study([a], tmp_path / "inbox", "../escape", {})
     with pytest.raises(ValueError, match="no files"):
@@ -118,14 +91,14 @@ def test_a_failed_move_leaves_the_sources_and_no_part(tmp_path: Path):
     files = _spool(tmp_path / "spool", study, generate_uid(), 2)
     missing = files[0].parent / ("0" * 64 + ".dcm")  # vanished before the handoff
     with pytest.raises(FileNotFoundError):
-        hand_over_study([*files, missing], tmp_path / "inbox", study_key(KEY, study), {})
+        hand_over_study([*files, missing], tmp_path / "inbox", study_key(HANDOFF_KEY, study), {})
     assert all(f.exists() for f in files)
     assert os.listdir(tmp_path / "inbox") == []
 
 
 def test_ingest_skips_folders_being_built_and_the_manifest(tmp_path: Path):
     study, inbox = generate_uid(), tmp_path / "inbox"
-    part = hand_over_study(_spool(tmp_path / "s", study, generate_uid(), 2), inbox, study_key(KEY, study), {})
+    part = hand_over_study(_spool(tmp_path / "s", study, generate_uid(), 2), inbox, study_key(HANDOFF_KEY, study), {})
     building = inbox / ".incoming-feedface"
     _spool(building, generate_uid(), generate_uid(), 1)  # another study half moved in
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from test_ingest import _mr, _save
 
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.consent import require_input_file
@@ -42,6 +41,8 @@ from bidsafe.ingest import (
 from bidsafe.release.leakscan import harvest_sessions
 from bidsafe.runlog import log_to
 from bidsafe.stages import read_file_list as stages_read_file_list
+
+from helpers.mr_instances import mr_instance, save_dicom
 
 AS_ROOT = os.geteuid() == 0
 PATIENT_FOLDER = "DOE_JOHN_19800101"  # the planted personal data: must never be printed or logged
@@ -84,9 +85,9 @@ def odd_inbox(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     study, series = generate_uid(), generate_uid()
     export = root / PATIENT_FOLDER / "STUDY"
     for i in range(3):
-        _save(_mr(study, series, 2, "PID-JOHN", i), export / f"IM_{i:04d}.dcm")
+        save_dicom(mr_instance(study, series, 2, "PID-JOHN", i), export / f"IM_{i:04d}.dcm")
     for i, name in enumerate((NEWLINE_NAME, TAB_ESCAPE_NAME, LATIN1_NAME), start=3):
-        _save(_mr(study, series, 2, "PID-JOHN", i), Path(os.fsdecode(os.fsencode(export) + b"/" + name)))
+        save_dicom(mr_instance(study, series, 2, "PID-JOHN", i), Path(os.fsdecode(os.fsencode(export) + b"/" + name)))
     Path(os.fsdecode(os.fsencode(export) + b"/" + JUNK_NAME)).write_text("John Doe, 1980-01-01\n")
     os.symlink("loop_b", export / "loop_a")
     os.symlink("loop_a", export / "loop_b")
@@ -146,8 +147,8 @@ def test_every_odd_entry_is_quarantined_with_its_reason_and_the_rest_is_indexed(
 ):
     root, study = odd_inbox
     export = root / PATIENT_FOLDER / "STUDY"
-    _save(_mr(study, generate_uid(), 9, "PID-JOHN", 0), export / "IM_secret_unreadable.dcm")
-    _save(_mr(study, generate_uid(), 8, "PID-JOHN", 0), export / "secret_folder" / "IM_0000.dcm")
+    save_dicom(mr_instance(study, generate_uid(), 9, "PID-JOHN", 0), export / "IM_secret_unreadable.dcm")
+    save_dicom(mr_instance(study, generate_uid(), 8, "PID-JOHN", 0), export / "secret_folder" / "IM_0000.dcm")
     _deny(monkeypatch, export / "IM_secret_unreadable.dcm")
     _deny(monkeypatch, export / "secret_folder")
     if AS_ROOT:  # a character device (mknod needs root); as another user the other kinds are still tested
@@ -204,9 +205,9 @@ def test_the_leak_scan_harvests_odd_names_by_session_and_opens_no_special_file(o
                                                                                 tmp_path: Path):
     root, _ = odd_inbox
     export = os.fsencode(root / PATIENT_FOLDER / "STUDY")
-    odd = _mr(generate_uid(), generate_uid(), 4, "PID-ODD-NAMED", 0)
+    odd = mr_instance(generate_uid(), generate_uid(), 4, "PID-ODD-NAMED", 0)
     odd_rel = os.fsdecode(os.fsencode(f"{PATIENT_FOLDER}/STUDY/") + NEWLINE_NAME + b"2")
-    _save(odd, Path(os.fsdecode(export + b"/" + NEWLINE_NAME + b"2")))
+    save_dicom(odd, Path(os.fsdecode(export + b"/" + NEWLINE_NAME + b"2")))
     sessions = tmp_path / "sessions" / "sub-01" / "ses-01"
     sessions.mkdir(parents=True)
     (sessions / "files.txt").write_text(file_list_text([odd_rel]), encoding="utf-8")

@@ -9,10 +9,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.errors import BidsafeError, ConfigError
@@ -38,44 +37,10 @@ from bidsafe.ingest import (
     sessions,
 )
 
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+from helpers.mr_instances import MR_IMAGE, mr_instance, save_dicom
+
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-
-
-def _mr(study: str, series: str, number: int, patient_id: str, instance: int, implicit: bool = False) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MR_IMAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "DOE^JOHN"
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = "19800101"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.StudyDate = "20240115"
-    ds.StudyTime = "093000"
-    ds.SeriesNumber = number
-    ds.InstanceNumber = instance
-    ds.Modality = "MR"
-    ds.Rows = ds.Columns = 8
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = (np.arange(64, dtype=np.uint16) * (instance + 1)).tobytes()
-    return ds
-
-
-def _save(ds: Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 class Inbox:
@@ -89,22 +54,22 @@ class Inbox:
         jane = root / "SMITH_JANE_19751224"
         self.dicom: dict[str, Dataset] = {}
         for i in range(3):
-            self._add(john / "SER_T1" / f"IM{i:04d}.dcm", _mr(self.study_a, self.series_a1, 2, "PID-JOHN", i))
+            self._add(john / "SER_T1" / f"IM{i:04d}.dcm", mr_instance(self.study_a, self.series_a1, 2, "PID-JOHN", i))
         for i in range(2):
-            self._add(john / "SER_BOLD" / f"IM{i:04d}", _mr(self.study_a, self.series_a2, 5, "PID-JOHN", i))
+            self._add(john / "SER_BOLD" / f"IM{i:04d}", mr_instance(self.study_a, self.series_a2, 5, "PID-JOHN", i))
         for i in range(2):
-            ds = _mr(self.study_b, self.series_b1, 3, "PID-JANE", i, implicit=True)
+            ds = mr_instance(self.study_b, self.series_b1, 3, "PID-JANE", i, implicit=True)
             self._add(jane / "DICOM" / f"{i}.dcm", ds)
 
         (john / "notes.txt").write_text("scan went fine, patient John Doe, DOB 1980-01-01\n")
         (jane / "empty.dcm").write_bytes(b"")
         whole = (john / "SER_T1" / "IM0000.dcm").read_bytes()
         (john / "SER_T1" / "IM9999.dcm").write_bytes(whole[: len(whole) - 40])  # pixel data cut short
-        _save(_dicomdir(), root / "DICOMDIR")
-        _save(_dicomdir(), root / "DOE_JOHN_19800101" / "DICOMDIR")
+        save_dicom(_dicomdir(), root / "DICOMDIR")
+        save_dicom(_dicomdir(), root / "DOE_JOHN_19800101" / "DICOMDIR")
 
     def _add(self, path: Path, ds: Dataset) -> None:
-        _save(ds, path)
+        save_dicom(ds, path)
         self.dicom[path.relative_to(self.root).as_posix()] = ds
 
 
@@ -210,7 +175,7 @@ def test_cache_reuses_unchanged_files_without_reading_them(inbox: Inbox, tmp_pat
     changed = "DOE_JOHN_19800101/STUDY_20240115/SER_BOLD/IM0000"
     (inbox.root / changed).write_text("overwritten by a careless copy\n")
     new_series = generate_uid()
-    _save(_mr(inbox.study_b, new_series, 7, "PID-JANE", 0), inbox.root / "SMITH_JANE_19751224" / "new.dcm")
+    save_dicom(mr_instance(inbox.study_b, new_series, 7, "PID-JANE", 0), inbox.root / "SMITH_JANE_19751224" / "new.dcm")
 
     second = index_inbox(inbox.root, index, quarantine, cache=cache)
     rows = {r.relpath: r for r in read_index(index)}
@@ -237,8 +202,8 @@ def test_fingerprint_follows_stat_changes_only(inbox: Inbox):
 
 def test_truncated_header_non_image_raw_dataset_and_missing_study(tmp_path: Path):
     root = tmp_path / "inbox"
-    ds = _mr(generate_uid(), generate_uid(), 1, "P1", 0)
-    whole = _save(ds, root / "whole.dcm").read_bytes()
+    ds = mr_instance(generate_uid(), generate_uid(), 1, "P1", 0)
+    whole = save_dicom(ds, root / "whole.dcm").read_bytes()
     (root / "cut_in_header.dcm").write_bytes(whole[:300])
 
     sr = Dataset()
@@ -249,11 +214,11 @@ def test_truncated_header_non_image_raw_dataset_and_missing_study(tmp_path: Path
     sr.SOPClassUID, sr.SOPInstanceUID = BASIC_TEXT_SR, sr.file_meta.MediaStorageSOPInstanceUID
     sr.StudyInstanceUID, sr.SeriesInstanceUID = ds.StudyInstanceUID, generate_uid()
     sr.Modality = "SR"
-    _save(sr, root / "report.dcm")
+    save_dicom(sr, root / "report.dcm")
 
-    no_study = _mr(generate_uid(), generate_uid(), 1, "P1", 1)
+    no_study = mr_instance(generate_uid(), generate_uid(), 1, "P1", 1)
     del no_study.StudyInstanceUID
-    _save(no_study, root / "no_study.dcm")
+    save_dicom(no_study, root / "no_study.dcm")
     # A bare data set without preamble and 'DICM' (what some old exports write).
     (root / "raw.ima").write_bytes(whole[132 + 4 + _meta_length(whole) :])
 
@@ -277,9 +242,9 @@ def _meta_length(data: bytes) -> int:
 
 def test_compressed_pixel_data_is_checked_fragment_by_fragment(tmp_path: Path):
     root = tmp_path / "inbox"
-    ds = _mr(generate_uid(), generate_uid(), 1, "P1", 3)
+    ds = mr_instance(generate_uid(), generate_uid(), 1, "P1", 3)
     ds.compress(RLELossless)
-    whole = _save(ds, root / "rle.dcm").read_bytes()
+    whole = save_dicom(ds, root / "rle.dcm").read_bytes()
     (root / "rle_cut.dcm").write_bytes(whole[:-20])
     index_inbox(root, tmp_path / "i.tsv", tmp_path / "q.tsv")
     assert [r.relpath for r in read_index(tmp_path / "i.tsv")] == ["rle.dcm"]
@@ -290,7 +255,7 @@ def test_compressed_pixel_data_is_checked_fragment_by_fragment(tmp_path: Path):
 
 def test_symlinks_are_reported_never_read_and_copies_are_duplicates(inbox: Inbox, tmp_path: Path):
     outside = tmp_path / "outside"
-    _save(_mr(generate_uid(), generate_uid(), 9, "PID-OTHER", 0), outside / "other.dcm")
+    save_dicom(mr_instance(generate_uid(), generate_uid(), 9, "PID-OTHER", 0), outside / "other.dcm")
     (inbox.root / "link_out.dcm").symlink_to(outside / "other.dcm")
     (inbox.root / "link_dir_out").symlink_to(outside, target_is_directory=True)
     (inbox.root / "link_dir_in").symlink_to(inbox.root / "SMITH_JANE_19751224", target_is_directory=True)
@@ -403,7 +368,7 @@ def test_attribution_needs_exactly_one_study_in_the_nearest_folder_with_dicom():
 def test_paths_that_are_not_utf8_round_trip(tmp_path: Path):
     root = tmp_path / "inbox"
     name = os.fsdecode(b"M\xdcLLER_\xe9.dcm")  # Latin-1 bytes from an old export, not valid UTF-8
-    _save(_mr(generate_uid(), generate_uid(), 1, "P1", 0), root / name)
+    save_dicom(mr_instance(generate_uid(), generate_uid(), 1, "P1", 0), root / name)
     index_inbox(root, tmp_path / "i.tsv", tmp_path / "q.tsv")
     [row] = read_index(tmp_path / "i.tsv")
     assert row.relpath == name and (root / row.relpath).is_file()
@@ -453,11 +418,11 @@ def _has_dicm(path: Path) -> bool:
 def test_nothing_identifying_reaches_logs_or_warnings(tmp_path: Path, caplog, capsys, recwarn):
     # Files cut at every few bytes make pydicom complain; its messages quote values and file names.
     folder = tmp_path / "inbox" / "DOE_JOHN_19800101"
-    ds = _mr(generate_uid(), generate_uid(), 8, "PID-JOHN", 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 8, "PID-JOHN", 0)
     request = Dataset()
     request.RequestingPhysician = "DOE^JANE"
     ds.RequestAttributesSequence = [request]
-    whole = _save(ds, folder / "whole.dcm").read_bytes()
+    whole = save_dicom(ds, folder / "whole.dcm").read_bytes()
     cuts = range(132, len(whole), 5)
     for cut in cuts:
         (folder / f"cut_{cut}.dcm").write_bytes(whole[:cut])

@@ -9,13 +9,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_leaktriage import _inbox
 
 from bidsafe.release import leakharvest, leakscan
 from bidsafe.release.leakforms import RawValue
 from bidsafe.release.leakscan import harvest_sessions, leak_scan
 
 from helpers.deid_testing import mr_dataset, write
+from helpers.leak_inbox import two_patient_inbox
 
 PERSON = RawValue("name", "PatientName", "Quillfeather^Marisol")
 NEWCOMER = RawValue("name", "PatientName", "Vandersloot^Ignatia")
@@ -123,7 +123,7 @@ def test_the_gate_memory_matches_a_scan_without_memory_on_logs_too(tmp_path: Pat
 
 
 def test_harvest_memory_reads_only_new_or_changed_sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    inbox, sessions = _inbox(tmp_path)
+    inbox, sessions = two_patient_inbox(tmp_path)
     memory = tmp_path / "private" / "leakscan" / "harvest"
     plain = harvest_sessions(inbox, sessions)
     assert harvest_sessions(inbox, sessions, memory=memory) == plain

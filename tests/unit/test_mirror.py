@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from published import BIG_FILE, published_version, tree_files
 
 from bidsafe.cli import main
 from bidsafe.errors import GuardError
@@ -32,6 +31,8 @@ from bidsafe.release.mirror import (
     upload_file,
     verify_mirror,
 )
+
+from helpers.published import BIG_FILE, published_version, tree_files
 
 ACCESS_KEY = "AKIDBIDSAFETESTKEY01"
 SECRET_KEY = "bidsafe-test-secret-never-printed-42"
@@ -86,11 +87,6 @@ def bucket(client: Any, request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return published_version(tmp_path_factory.mktemp("mirror"))
-
-
 def _objects(client: Any, bucket: str) -> dict[str, bytes]:
     keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])]
@@ -136,17 +132,17 @@ def test_s3_urls_are_parsed_and_bad_ones_refused() -> None:
 
 
 def test_a_full_upload_echoes_the_tree_with_sha256_metadata_and_the_manifest_last(
-    release: Path, client: Any, bucket: str
+    published_release: Path, client: Any, bucket: str
 ) -> None:
     recorder = Recorder(client)
-    outcome = mirror_release(release, f"s3://{bucket}/study", client=recorder, part_size=PART)
-    expected = _expected(release, "study/v1")
+    outcome = mirror_release(published_release, f"s3://{bucket}/study", client=recorder, part_size=PART)
+    expected = _expected(published_release, "study/v1")
     assert _objects(client, bucket) == expected  # every byte, every key, nothing else
     assert sorted(outcome.uploaded) == sorted(rel.removeprefix("study/v1/") for rel in expected)
     assert outcome.skipped == [] and outcome.bytes_uploaded == sum(len(b) for b in expected.values())
     assert recorder.completed[-2:] == ["study/v1/" + SHAREABLE_NAME, "study/v1/" + MANIFEST_NAME]
     assert recorder.multipart == ["study/v1/" + BIG_FILE]  # the 11 MiB file went up in parts
-    manifest = parse_manifest((release / MANIFEST_NAME).read_text())
+    manifest = parse_manifest((published_release / MANIFEST_NAME).read_text())
     for rel, digest in manifest.items():
         head = client.head_object(Bucket=bucket, Key=f"study/v1/{rel}")
         assert head["Metadata"] == {"sha256": digest}
@@ -154,34 +150,34 @@ def test_a_full_upload_echoes_the_tree_with_sha256_metadata_and_the_manifest_las
 
 
 def test_the_command_line_mirrors_and_verifies_without_printing_credentials(
-    release: Path, endpoint: str, client: Any, bucket: str, capfd: pytest.CaptureFixture[str]
+    published_release: Path, endpoint: str, client: Any, bucket: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # `latest` is followed to the version it names
-    assert main(["-v", "mirror", str(release.parent / "latest"), f"s3://{bucket}/p", "--endpoint", endpoint,
+    assert main(["-v", "mirror", str(published_release.parent / "latest"), f"s3://{bucket}/p", "--endpoint", endpoint,
                  "--verify"]) == 0
     assert main(["-v", "verify", f"s3://{bucket}/p/v1", "--endpoint", endpoint]) == 0
     out, err = capfd.readouterr()
     assert f"s3://{bucket}/p/v1: OK" in out and "uploaded" in out
     # a failing call: the bucket does not exist
-    assert main(["-v", "mirror", str(release), "s3://no-such-bucket/p", "--endpoint", endpoint]) == 1
+    assert main(["-v", "mirror", str(published_release), "s3://no-such-bucket/p", "--endpoint", endpoint]) == 1
     assert main(["verify", f"s3://{bucket}/p", "--endpoint", endpoint]) == 1  # no version named: a hint
     # an endpoint nobody listens on, given with a password in its URL
     closed = f"http://someone:pw-in-url@127.0.0.1:{_free_port()}"
-    assert main(["mirror", str(release), f"s3://{bucket}/q", "--endpoint", closed]) == 1
+    assert main(["mirror", str(published_release), f"s3://{bucket}/q", "--endpoint", closed]) == 1
     out2, err2 = capfd.readouterr()
     assert "NoSuchBucket (HTTP 404)" in err2
     assert f"name a version: s3://{bucket}/p/v1" in out2
     assert "EndpointConnectionError talking to http://***@127.0.0.1" in err2
     for text in (out, err, out2, err2):
         assert SECRET_KEY not in text and ACCESS_KEY not in text and "pw-in-url" not in text
-    assert main(["verify", str(release), "--endpoint", endpoint]) == 2  # --endpoint is for s3:// only
-    assert main(["mirror", str(release), "https://not-s3/p", "--endpoint", endpoint]) == 2
-    assert main(["mirror", str(release), f"s3://{bucket}/p/v1", "--endpoint", endpoint]) == 2  # no p/v1/v1
+    assert main(["verify", str(published_release), "--endpoint", endpoint]) == 2  # --endpoint is for s3:// only
+    assert main(["mirror", str(published_release), "https://not-s3/p", "--endpoint", endpoint]) == 2
+    assert main(["mirror", str(published_release), f"s3://{bucket}/p/v1", "--endpoint", endpoint]) == 2  # no p/v1/v1
 
 
 @pytest.mark.parametrize("crash", ["after-four-files", "inside-a-multipart-upload"])
 def test_an_interrupted_mirror_resumes_and_uploads_only_what_is_missing(
-    release: Path, client: Any, bucket: str, crash: str
+    published_release: Path, client: Any, bucket: str, crash: str
 ) -> None:
     destination = f"s3://{bucket}/study"
     pid = os.fork()
@@ -211,14 +207,14 @@ def test_an_interrupted_mirror_resumes_and_uploads_only_what_is_missing(
                     return real_part(**kwargs)
 
                 child_client.upload_part = part_then_die  # type: ignore[method-assign]
-            mirror_release(release, destination, client=child_client, threads=1, part_size=PART)
+            mirror_release(published_release, destination, client=child_client, threads=1, part_size=PART)
         finally:
             os._exit(1)  # the crash point was never reached
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 137
 
     left = _objects(client, bucket)
-    expected = _expected(release, "study/v1")
+    expected = _expected(published_release, "study/v1")
     if crash == "after-four-files":
         assert len(left) == 4 and "study/v1/" + BIG_FILE in left  # largest first: the big file, then three
     else:
@@ -227,7 +223,7 @@ def test_an_interrupted_mirror_resumes_and_uploads_only_what_is_missing(
     interrupted = verify_mirror(destination + "/v1", client=client)
     assert not interrupted.ok and MANIFEST_NAME + " is missing" in interrupted.problems[0]
 
-    outcome = mirror_release(release, destination, client=client, part_size=PART)
+    outcome = mirror_release(published_release, destination, client=client, part_size=PART)
     assert sorted("study/v1/" + rel for rel in outcome.skipped) == sorted(left)
     assert len(outcome.uploaded) == len(expected) - len(left)
     assert _objects(client, bucket) == expected
@@ -235,13 +231,13 @@ def test_an_interrupted_mirror_resumes_and_uploads_only_what_is_missing(
 
 
 @pytest.fixture
-def mirrored(release: Path, client: Any, bucket: str) -> str:
-    mirror_release(release, f"s3://{bucket}/study", client=client, part_size=PART)
+def mirrored(published_release: Path, client: Any, bucket: str) -> str:
+    mirror_release(published_release, f"s3://{bucket}/study", client=client, part_size=PART)
     return f"s3://{bucket}/study/v1"
 
 
 def test_verify_catches_a_tampered_object_even_with_its_metadata_kept(
-    mirrored: str, release: Path, client: Any, bucket: str, endpoint: str
+    mirrored: str, published_release: Path, client: Any, bucket: str, endpoint: str
 ) -> None:
     rel = "sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz"
     key = f"study/v1/{rel}"
@@ -274,43 +270,43 @@ def test_verify_catches_missing_extra_relabelled_objects_and_an_edited_shareable
 
 
 def test_a_different_object_under_an_existing_key_is_never_overwritten(
-    release: Path, client: Any, bucket: str, endpoint: str
+    published_release: Path, client: Any, bucket: str, endpoint: str
 ) -> None:
     client.put_object(Bucket=bucket, Key="study/v1/README", Body=b"another release's README",
                       Metadata={"sha256": "1" * 64})
     with pytest.raises(GuardError, match="study/v1/README: exists with other content") as caught:
-        mirror_release(release, f"s3://{bucket}/study", client=client)
+        mirror_release(published_release, f"s3://{bucket}/study", client=client)
     assert "nothing was uploaded" in str(caught.value)
     assert _objects(client, bucket) == {"study/v1/README": b"another release's README"}
-    assert main(["mirror", str(release), f"s3://{bucket}/study", "--endpoint", endpoint]) == 3
+    assert main(["mirror", str(published_release), f"s3://{bucket}/study", "--endpoint", endpoint]) == 3
     # an object without a recorded sha256, even with the very same bytes, is not taken as ours either
-    client.put_object(Bucket=bucket, Key="other/v1/README", Body=(release / "README").read_bytes())
+    client.put_object(Bucket=bucket, Key="other/v1/README", Body=(published_release / "README").read_bytes())
     with pytest.raises(GuardError, match="other/v1/README: exists without a recorded sha256"):
-        mirror_release(release, f"s3://{bucket}/other", client=client)
+        mirror_release(published_release, f"s3://{bucket}/other", client=client)
     # nor is a version prefix shared with files that are not this release's
     client.put_object(Bucket=bucket, Key="third/v1/sub-zz/x.nii.gz", Body=b"x")
     with pytest.raises(GuardError, match="third/v1/sub-zz/x.nii.gz: not part of this release"):
-        mirror_release(release, f"s3://{bucket}/third", client=client)
+        mirror_release(published_release, f"s3://{bucket}/third", client=client)
     assert set(_objects(client, bucket)) == {"study/v1/README", "other/v1/README", "third/v1/sub-zz/x.nii.gz"}
 
 
-def test_an_object_written_meanwhile_is_not_replaced(release: Path, client: Any, bucket: str) -> None:
+def test_an_object_written_meanwhile_is_not_replaced(published_release: Path, client: Any, bucket: str) -> None:
     """The conditional write: an object that appears between the plan and the upload (another writer)."""
     target = S3Location(bucket, "study/v1")
-    files = {f.rel: f for f in mirror_mod.release_files(release)}
+    files = {f.rel: f for f in mirror_mod.release_files(published_release)}
     readme, big = files["README"], files[BIG_FILE]
     client.put_object(Bucket=bucket, Key=target.key("README"), Body=b"raced", Metadata={"sha256": "2" * 64})
     with pytest.raises(GuardError, match="not overwritten: study/v1/README exists with other content"):
-        upload_file(client, target, release, readme)
+        upload_file(client, target, published_release, readme)
     client.put_object(Bucket=bucket, Key=target.key(BIG_FILE), Body=b"raced", Metadata={"sha256": "3" * 64})
     with pytest.raises(GuardError, match="not overwritten"):
-        upload_file(client, target, release, big, PART)  # the multipart path: refused at completion
+        upload_file(client, target, published_release, big, PART)  # the multipart path: refused at completion
     assert _objects(client, bucket) == {target.key("README"): b"raced", target.key(BIG_FILE): b"raced"}
     # the same content written meanwhile is fine (two mirrors of one release racing)
     client.delete_object(Bucket=bucket, Key=target.key("README"))
-    client.put_object(Bucket=bucket, Key=target.key("README"), Body=(release / "README").read_bytes(),
+    client.put_object(Bucket=bucket, Key=target.key("README"), Body=(published_release / "README").read_bytes(),
                       Metadata={"sha256": readme.sha256})
-    upload_file(client, target, release, readme)
+    upload_file(client, target, published_release, readme)
 
 
 def test_a_release_that_fails_its_own_verification_is_not_mirrored(

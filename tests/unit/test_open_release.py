@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_citation import cff_errors, datacite_errors
-from test_release import HAVE_VALIDATE, Project
 
 from bidsafe.config import config_problems
 from bidsafe.errors import BidsafeError, ConfigError
@@ -18,18 +16,11 @@ from bidsafe.pseudonym import run_pseudonymise
 from bidsafe.release.assemble import DEFAULT_DATA_USAGE_AGREEMENT, release_config
 from bidsafe.release.openrelease import changes_problems, open_release_problems
 
+from helpers.citation_schemas import cff_errors, datacite_errors
 from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
+from helpers.release_project import HAVE_VALIDATE, Project
 
 BASE = {"inbox": "in", "work_dir": "w", "private_dir": "p", "release_dir": "r"}
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    proj = Project(tmp_path)
-    proj.add("a1", "01", seed=1)
-    proj.add("b2", "01", seed=3)
-    proj.write_tables()
-    return proj
 
 
 def test_open_audience_is_cc0_and_refuses_an_agreement() -> None:
@@ -53,9 +44,9 @@ def test_restricted_audiences_still_refuse_cc0(audience: str, licence: str) -> N
     assert line.startswith(f"config: release.license: '{licence}' is not allowed: a public-domain dedication")
 
 
-def test_open_release_is_cc0_without_agreement(project: Project) -> None:
-    project.assemble(audience="open")
-    staging = project.staging
+def test_open_release_is_cc0_without_agreement(two_session_project: Project) -> None:
+    two_session_project.assemble(audience="open")
+    staging = two_session_project.staging
     assert json.loads((staging / "dataset_description.json").read_text())["License"] == "CC0"
     readme = (staging / "README").read_text()
     assert "data usage agreement" not in readme.lower() and "re-identify" not in readme
@@ -74,25 +65,25 @@ def test_open_release_is_cc0_without_agreement(project: Project) -> None:
     assert open_release_problems(staging) == []
 
 
-def test_a_restricted_release_is_no_open_release(project: Project) -> None:
-    project.assemble()
-    assert open_release_problems(project.staging) == [
+def test_a_restricted_release_is_no_open_release(two_session_project: Project) -> None:
+    two_session_project.assemble()
+    assert open_release_problems(two_session_project.staging) == [
         "dataset_description.json: License is not CC0",
         "README carries a data usage agreement (a CC0 release cannot restrict use)",
         "LICENSE is missing or does not name CC0",
     ]
 
 
-def test_open_release_refuses_a_private_field(project: Project) -> None:
+def test_open_release_refuses_a_private_field(two_session_project: Project) -> None:
     """A site's own sidecar allow-list let InstitutionName through: an open release is not assembled."""
-    sidecar = next(project.sessions[0].bids_dir.rglob("*_T1w.json"))
+    sidecar = next(two_session_project.sessions[0].bids_dir.rglob("*_T1w.json"))
     data = json.loads(sidecar.read_text())
     sidecar.unlink()
     sidecar.write_text(json.dumps({**data, "InstitutionName": "Example Hospital"}))
     with pytest.raises(BidsafeError, match=r"_T1w.json holds private field\(s\): InstitutionName") as caught:
-        project.assemble(audience="open")
+        two_session_project.assemble(audience="open")
     assert "Example Hospital" not in str(caught.value)
-    assert not project.staging.exists()  # nothing half-built is left
+    assert not two_session_project.staging.exists()  # nothing half-built is left
 
 
 def test_changes_form_is_checked() -> None:
@@ -120,7 +111,7 @@ def test_open_audience_takes_only_participants_consented_for_open(tmp_path: Path
 
 
 @pytest.mark.skipif(not HAVE_VALIDATE, reason="bidsafe.validate (the BIDS validator gate) is not importable")
-def test_open_release_passes_the_gates(project: Project) -> None:
-    project.assemble(audience="open")
-    results = {r.name: r for r in project.gate_results()}
+def test_open_release_passes_the_gates(two_session_project: Project) -> None:
+    two_session_project.assemble(audience="open")
+    results = {r.name: r for r in two_session_project.gate_results()}
     assert all(r.passed for r in results.values()), {n: r.summary for n, r in results.items()}

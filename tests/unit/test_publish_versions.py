@@ -1,9 +1,9 @@
 """Versions only when the release changes, CHANGES continued, and a crash-left release folder recovered by a
 plain rerun of publish (issue 10, defects 7 and 8; SHAREABLE.json covered by verify).
 
-Uses the synthetic project of test_release (real files, real hashes; stand-ins for the validator and leak
-gates, whose own tests live there). Crashes are real: a forked child publishes and dies with `os._exit` at a
-chosen step, so no cleanup handler runs (as with kill -9).
+Uses the synthetic project of tests/helpers/release_project.py (real files, real hashes; stand-ins for the
+validator and leak gates, whose own tests live in test_release). Crashes are real: a forked child publishes and
+dies with `os._exit` at a chosen step, so no cleanup handler runs (as with kill -9).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_release import PROFILE, Project, _snapshot
 
 from bidsafe.release import publish as publish_mod
 from bidsafe.release.assemble import changes_version, split_changes
@@ -23,17 +22,16 @@ from bidsafe.release.manifest import verify_release
 from bidsafe.release.publish import add_changes_entry, publish_release, reseal_version
 from bidsafe.stages import publish_stage
 
+from helpers.release_project import PROFILE, Project, snapshot
+
 TODAY = datetime.now(UTC).strftime("%Y-%m-%d")
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    proj = Project(tmp_path)
-    proj.add("a1", "01", seed=1)
-    proj.add("b2", "01", seed=3)
-    proj.write_tables()
-    proj.assemble()
-    return proj
+def project(two_session_project: Project) -> Project:
+    """The conftest's two-session project, assembled."""
+    two_session_project.assemble()
+    return two_session_project
 
 
 def _publish(project: Project, staging: Path | None = None):  # noqa: ANN202 (PublishOutcome)
@@ -53,7 +51,7 @@ def _versions(release_dir: Path) -> list[str]:
 def test_the_same_content_staged_again_publishes_nothing_new(project: Project) -> None:
     first = _publish(project)
     assert (first.version, first.new, first.note) == (1, True, "published v1")
-    before = _snapshot(project.release_dir)
+    before = snapshot(project.release_dir)
     # reassembled (what a junk file in the inbox or a consent edit that changes nothing released causes): the
     # staged CHANGES now announces 2.0.0, every other byte is v1's
     project.assemble()
@@ -61,7 +59,7 @@ def test_the_same_content_staged_again_publishes_nothing_new(project: Project) -
     again = _publish(project)
     assert (again.path, again.version, again.new) == (project.release_dir / "v1", 1, False)
     assert again.note == "no change since v1: nothing new published"
-    assert _snapshot(project.release_dir) == before  # not one byte, link or name changed
+    assert snapshot(project.release_dir) == before  # not one byte, link or name changed
 
 
 def test_a_changed_release_is_the_next_version_with_changes_continued(project: Project) -> None:
@@ -124,14 +122,14 @@ def test_a_crash_after_the_rename_is_recovered_by_a_plain_rerun(project: Project
     assert _die_in_child("_point_latest", lambda: _publish(project)) == 137
     assert (project.release_dir / "v2" / "SHAREABLE.json").is_file()
     assert os.readlink(project.release_dir / "latest") == "v1"
-    published_v2 = _snapshot(project.release_dir / "v2")
+    published_v2 = snapshot(project.release_dir / "v2")
     # the same run again: the same staging, the same gates, no --forcerun
     outcome = _publish(project)
     assert (outcome.version, outcome.new) == (2, False)
     assert outcome.note == "no change since v2: nothing new published"
     assert os.readlink(project.release_dir / "latest") == "v2"
     assert _versions(project.release_dir) == ["latest", "v1", "v2"]
-    assert _snapshot(project.release_dir / "v2") == published_v2  # never overwritten
+    assert snapshot(project.release_dir / "v2") == published_v2  # never overwritten
     assert verify_release(project.release_dir / "latest").ok
 
 

@@ -12,16 +12,17 @@ from types import SimpleNamespace
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from test_handoff import KEY, _mr
 
 from bidsafe import receiver as rx
 from bidsafe.handoff import hand_over_study, instance_filename, read_manifest, study_key
+
+from helpers.mr_instances import HANDOFF_KEY, tiny_mr
 
 
 def _settings(tmp_path: Path, **kw: object) -> rx.Settings:
     values: dict = dict(ae_title="BIDSAFE", bind="127.0.0.1", port=0, callers=(rx.Caller("SCANNER1"),),
                         quiet_seconds=10.0, max_wait_seconds=100.0, expected_series=(),
-                        private_dir=tmp_path / "private", inbox=tmp_path / "inbox", key=KEY)
+                        private_dir=tmp_path / "private", inbox=tmp_path / "inbox", key=HANDOFF_KEY)
     values.update(kw)
     return rx.Settings(**values)
 
@@ -67,7 +68,7 @@ def test_the_file_meta_written_for_a_received_instance_is_pynetdicoms(instance: 
 
 def test_a_write_error_answers_out_of_resources_and_records_nothing(tmp_path: Path, monkeypatch):
     receiver = rx.Receiver(_settings(tmp_path), clock=Clock())
-    ds = _mr(generate_uid(), generate_uid(), 1)
+    ds = tiny_mr(generate_uid(), generate_uid(), 1)
 
     def disk_full(data: bytes, dest: Path, durable: bool = True) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -82,12 +83,12 @@ def test_a_write_error_answers_out_of_resources_and_records_nothing(tmp_path: Pa
     (study,) = receiver.journal.studies()
     assert (study["instances"], study["duplicates"]) == (1, 0)
     (stored,) = [p for p in receiver.spool.rglob("*") if p.is_file()]
-    assert stored.read_bytes() == event.data and stored.name == instance_filename(KEY, ds.SOPInstanceUID)
+    assert stored.read_bytes() == event.data and stored.name == instance_filename(HANDOFF_KEY, ds.SOPInstanceUID)
 
 
 def test_a_journal_error_answers_out_of_resources_and_the_retry_does_not_rewrite(tmp_path: Path, monkeypatch):
     receiver = rx.Receiver(_settings(tmp_path), clock=Clock())
-    ds = _mr(generate_uid(), generate_uid(), 1)
+    ds = tiny_mr(generate_uid(), generate_uid(), 1)
 
     def full(*args: object) -> bool:
         raise sqlite3.OperationalError("database or disk is full")
@@ -105,7 +106,7 @@ def test_a_journal_error_answers_out_of_resources_and_the_retry_does_not_rewrite
 
 def test_a_mismatched_sop_uid_is_refused_and_quarantined(tmp_path: Path):
     receiver = rx.Receiver(_settings(tmp_path), clock=Clock())
-    event = _event(tmp_path, _mr(generate_uid(), generate_uid(), 1))
+    event = _event(tmp_path, tiny_mr(generate_uid(), generate_uid(), 1))
     event.request.AffectedSOPInstanceUID = generate_uid()
     assert receiver.on_store(event) == rx.STATUS_CANNOT_UNDERSTAND
     assert receiver.journal.studies() == []
@@ -117,10 +118,10 @@ def test_quiet_period_held_and_expected_series(tmp_path: Path):
     clock = Clock()
     receiver = rx.Receiver(_settings(tmp_path, expected_series=(("T1*", 2),)), clock=clock)
     study_uid, series_uid = generate_uid(), generate_uid()
-    ds = _mr(study_uid, series_uid, 1)
+    ds = tiny_mr(study_uid, series_uid, 1)
     ds.SeriesDescription = "T1w_MPR"
     assert receiver.on_store(_event(tmp_path, ds)) == rx.STATUS_SUCCESS
-    skey = study_key(KEY, study_uid)
+    skey = study_key(HANDOFF_KEY, study_uid)
     clock.now += 9.9
     assert receiver.check() == []  # not quiet yet; no association released cleanly in this test
     clock.now += 0.1
@@ -129,7 +130,7 @@ def test_quiet_period_held_and_expected_series(tmp_path: Path):
     # a late instance keeps arriving past max_wait: held, never handed over, until released
     for _ in range(13):
         clock.now += 9
-        late = _mr(study_uid, series_uid, 2)
+        late = tiny_mr(study_uid, series_uid, 2)
         assert receiver.on_store(_event(tmp_path, late)) == rx.STATUS_SUCCESS
         receiver.check()
     assert receiver.journal.study(skey)["state"] == rx.HELD
@@ -148,12 +149,13 @@ def test_recovery_adopts_a_file_renamed_before_the_kill_and_finishes_a_cut_hando
     clock = Clock()
     receiver = rx.Receiver(settings, clock=clock)
     study_uid = generate_uid()
-    skey = study_key(KEY, study_uid)
+    skey = study_key(HANDOFF_KEY, study_uid)
     for i in range(2):
-        assert receiver.on_store(_event(tmp_path, _mr(study_uid, generate_uid(), i))) == rx.STATUS_SUCCESS
+        assert receiver.on_store(_event(tmp_path, tiny_mr(study_uid, generate_uid(), i))) == rx.STATUS_SUCCESS
     # killed after an instance was renamed into the spool but before its journal row
-    orphan = _event(tmp_path, _mr(study_uid, generate_uid(), 3))
-    orphan_path = receiver.spool / skey / "feedfacefeedface" / instance_filename(KEY, orphan.dataset.SOPInstanceUID)
+    orphan = _event(tmp_path, tiny_mr(study_uid, generate_uid(), 3))
+    orphan_name = instance_filename(HANDOFF_KEY, orphan.dataset.SOPInstanceUID)
+    orphan_path = receiver.spool / skey / "feedfacefeedface" / orphan_name
     rx.write_instance(orphan.data, orphan_path)
     (orphan_path.parent / ".x.dcm.1.tmp").write_bytes(b"half")
     # and killed in the middle of a handoff: the part is in place, the journal not yet updated

@@ -8,8 +8,6 @@ stand-in results for those two gates only (clearly marked), so publish itself is
 from __future__ import annotations
 
 import csv
-import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -24,13 +22,11 @@ import numpy as np
 import pytest
 
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.phi import PersonalValue, PersonalValues
-from bidsafe.pseudonymise.sessionlists import INCLUDED_NO, INCLUDED_YES, SESSIONS_COLUMNS
+from bidsafe.phi import PersonalValues
 from bidsafe.release import gates as gates_mod
 from bidsafe.release.assemble import (
     DEFAULT_DATA_USAGE_AGREEMENT,
     SessionInput,
-    assemble_release,
     changes_version,
     release_config,
 )
@@ -39,7 +35,6 @@ from bidsafe.release.gates import (
     DEFACE,
     LEAK_SCAN,
     VALIDATOR,
-    GateResult,
     gate_consent,
     gate_deface,
     read_gate_report,
@@ -51,194 +46,17 @@ from bidsafe.release.manifest import parse_manifest, verify_release
 from bidsafe.release.publish import publish
 from bidsafe.release.report import write_run_report
 
-PROFILE = "basic-mr"
-VERSIONS = {"bidsafe": "0.1.0", "dcm2niix": "v1.0.20240202", "dcm2bids": "3.3.0", "pydicom": "3.0.1"}
-# Fake personal values harvested "from the raw headers" (never real people).
-PLANTED_NAME = "Quintavalle^Berenike"
-
-
-def _module_available(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
-
-
-HAVE_VALIDATE = _module_available("bidsafe.validate")
-HAVE_LEAKSCAN = _module_available("bidsafe.release.leakscan")
-
-
-# ------------------------------------------------------------------------------------------- fixtures
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _nifti(path: Path, shape: tuple[int, ...], seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    img = nib.Nifti1Image(rng.integers(0, 1000, size=shape, dtype=np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
-    img.header.set_xyzt_units("mm", "sec")
-    if len(shape) == 4:
-        img.header["pixdim"][4] = 2.0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-
-
-def _json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-
-
-def make_session(work: Path, subject: str, session: str, seed: int) -> tuple[SessionInput, Path, Path]:
-    """A defaced, scrubbed session tree (T1w + BOLD), its deface records file and its QC folder."""
-    bids = work / "deface" / f"sub-{subject}" / f"ses-{session}" / "bids"
-    ses = bids / f"sub-{subject}" / f"ses-{session}"
-    stem = f"sub-{subject}_ses-{session}"
-    t1 = ses / "anat" / f"{stem}_T1w.nii.gz"
-    _nifti(t1, (8, 8, 8), seed)
-    _json(t1.with_name(f"{stem}_T1w.json"), {"RepetitionTime": 2.3, "EchoTime": 0.003, "FlipAngle": 9})
-    bold = ses / "func" / f"{stem}_task-rest_bold.nii.gz"
-    _nifti(bold, (6, 6, 4, 5), seed + 100)
-    _json(bold.with_name(f"{stem}_task-rest_bold.json"), {"RepetitionTime": 2.0, "TaskName": "rest"})
-    (ses / f"{stem}_scans.tsv").write_text(
-        f"filename\tacq_time\nanat/{stem}_T1w.nii.gz\t2000-01-01T10:00:00\n"
-        f"func/{stem}_task-rest_bold.nii.gz\t2000-01-01T10:10:00\n",
-        encoding="utf-8",
-    )
-    # dcm2bids-scaffold leftovers beside the session: must never reach the release
-    (bids / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\nsub-03\n", encoding="utf-8")
-    (bids / "tmp_dcm2bids").mkdir()
-    (bids / "tmp_dcm2bids" / "log.txt").write_text("input /inbox/Quintavalle_Berenike\n", encoding="utf-8")
-    records = work / "deface" / f"sub-{subject}" / f"ses-{session}" / "records.json"
-    _json(records, [{"path": t1.relative_to(bids).as_posix(), "sha256": _sha256(t1), "engine": "test"}])
-    qc = work / "qc" / f"sub-{subject}" / f"ses-{session}"
-    qc.mkdir(parents=True)
-    (qc / f"{stem}_desc-qc_metrics.tsv").write_text(f"image\tsnr\n{stem}_T1w.nii.gz\t{10 + seed}.5\n", encoding="utf-8")
-    return SessionInput(subject, session, bids), records, qc
-
-
-class Project:
-    """A work area with sessions, a participants folder and a private sessions table."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.work = root / "work"
-        self.private = root / "private"
-        self.release_dir = root / "release"
-        self.staging = self.work / "staging" / "release"
-        self.participants = self.work / "pseudonymise"
-        self.sessions: list[SessionInput] = []
-        self.records: list[Path] = []
-        self.qc: list[Path] = []
-        self.table_rows: list[tuple[str, str, str, str]] = []
-        self.config: dict[str, object] | None = None  # the release config of the last assemble
-
-    def add(self, subject: str, session: str, seed: int, included: bool = True, reason: str = "") -> None:
-        si, records, qc = make_session(self.work, subject, session, seed)
-        if included:
-            self.sessions.append(si)
-            self.records.append(records)
-        self.qc.append(qc)  # QC exists for every session; assemble must only take the included ones
-        self.table_rows.append((subject, session, INCLUDED_YES if included else INCLUDED_NO, reason))
-
-    def write_tables(self) -> None:
-        self.private.mkdir(exist_ok=True)
-        lines = ["\t".join(SESSIONS_COLUMNS)]  # as the pseudonymise stage writes it
-        lines += [
-            f"{s}\t{t}\t1.2.826.0.1.3680043.2.{i}\t{inc}\t{r}\t1" for i, (s, t, inc, r) in enumerate(self.table_rows)
-        ]
-        (self.private / "sessions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        p = self.participants
-        p.mkdir(parents=True, exist_ok=True)
-        subjects = sorted({s for s, *_ in self.table_rows})
-        rows = "".join(f"sub-{s}\t{'F' if i % 2 else 'M'}\t{30 + i}\n" for i, s in enumerate(subjects))
-        (p / "participants.tsv").write_text("participant_id\tsex\tage\n" + rows, encoding="utf-8")
-        _json(p / "participants.json", {"sex": {"Description": "sex"}, "age": {"Description": "age", "Units": "year"}})
-        for s in subjects:
-            sessions = [t for s2, t, *_ in self.table_rows if s2 == s]
-            text = "session_id\tage\n" + "".join(f"ses-{t}\t{30 + j}\n" for j, t in enumerate(sessions))
-            (p / f"sub-{s}").mkdir(exist_ok=True)
-            (p / f"sub-{s}" / f"sub-{s}_sessions.tsv").write_text(text, encoding="utf-8")
-            # private-looking lists the pseudonymise stage keeps in its work folder: never copied
-            (p / f"sub-{s}" / "files.txt").write_text("Quintavalle_Berenike/IM0001.dcm\n", encoding="utf-8")
-
-    @property
-    def sessions_tsv(self) -> Path:
-        return self.private / "sessions.tsv"
-
-    def assemble(self, **extra: object) -> Path:
-        # not config keys: the rule profile to record (`profile_override`) and why sessions left (`withheld`)
-        profile = str(extra.pop("profile_override", PROFILE))
-        withheld = extra.pop("withheld", None)
-        config = {
-            "name": "bidsafe test release",
-            "authors": ["A. Author", "B. Author"],
-            "how_to_acknowledge": "Cite the test.",
-            "funding": ["Grant 1"],
-            "ethics_approvals": ["Ethics board 42"],
-            "audience": "public",
-            **extra,
-        }
-        self.config = config  # publish writes CITATION.cff/datacite.json anew from it when it renumbers
-        return assemble_release(
-            self.staging,
-            sessions=self.sessions,
-            participants_dir=self.participants,
-            qc_dirs=self.qc,
-            config=config,
-            versions=VERSIONS,
-            release_dir=self.release_dir,
-            profile=profile,
-            withheld=withheld,  # type: ignore[arg-type]
-        )
-
-    def values(self) -> PersonalValues:
-        return PersonalValues(
-            [
-                PersonalValue("name", "PatientName", PLANTED_NAME),
-                PersonalValue("id", "PatientID", "PX7731904"),
-                PersonalValue("date", "PatientBirthDate", "19610423"),
-            ]
-        )
-
-    def gate_results(self, fast: bool = False) -> list[GateResult]:
-        """Real deface and consent gates; validator and leak scan real when importable, else stand-ins.
-
-        `fast`: stand-ins for those two even when importable, for tests about publish's file operations
-        (the validator costs ~1 s per run on a shared machine).
-        """
-        results = [
-            gate_deface(self.staging, self.records),
-            gate_consent(self.staging, self.sessions_tsv),
-        ]
-        fingerprint = staging_fingerprint(self.staging)
-        if HAVE_VALIDATE and not fast:
-            results.append(gates_mod.gate_validator(self.staging, "deno"))
-        else:
-            results.append(GateResult(VALIDATOR, True, "stand-in", {}, fingerprint))
-        if HAVE_LEAKSCAN and not fast:
-            results.append(gates_mod.gate_leak_scan(self.staging, self.values()))
-        else:
-            results.append(GateResult(LEAK_SCAN, True, "stand-in", {}, fingerprint))
-        return results
-
-
-def _snapshot(root: Path) -> dict[str, object]:
-    """Everything observable about a release folder: names, link targets, file hashes."""
-    if not root.exists():
-        return {}
-    state: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                state[rel] = "-> " + os.readlink(path)
-            elif path.is_file():
-                state[rel] = _sha256(path)
-            else:
-                state[rel] = "dir"
-    return state
+from helpers.release_project import (
+    HAVE_LEAKSCAN,
+    HAVE_VALIDATE,
+    PROFILE,
+    Project,
+    file_sha256,
+    make_session,
+    snapshot,
+    write_json,
+    write_nifti,
+)
 
 
 @pytest.fixture
@@ -371,7 +189,7 @@ def test_deface_gate_checks_anat_images_anywhere(project: Project) -> None:
     # a copy of an anatomical suffix anywhere needs a record whatever its size; any head-sized image too
     qc = project.staging / "derivatives" / "bidsafe-qc" / "sub-a1" / "ses-01"
     copy = qc / "sub-a1_ses-01_T1w.nii.gz"
-    _nifti(copy, (4, 4, 4), 9)
+    write_nifti(copy, (4, 4, 4), 9)
     head = _head(qc / "sub-a1_ses-01_desc-brain_T2w.nii.gz", (96, 112, 96), (2.0, 2.0, 2.0))
     small = _head(qc / "sub-a1_ses-01_desc-thumb_T2w.nii.gz", (4, 4, 4), (2.0, 2.0, 2.0))
     result = gate_deface(project.staging, project.records)
@@ -453,8 +271,8 @@ def test_deface_gate_needs_a_record_for_a_large_field_of_view_outside_anat(
     assert result.details["no_record"] == [image.relative_to(project.staging).as_posix()]
     assert result.details["why"]["face_fov"] == 1
     # a record with the released hash satisfies it (the stage defaces it when deface.suffixes names it)
-    _json(project.records[0], [*json.loads(project.records[0].read_text()),
-                               {"path": image.relative_to(project.staging).as_posix(), "sha256": _sha256(image)}])
+    write_json(project.records[0], [*json.loads(project.records[0].read_text()),
+                               {"path": image.relative_to(project.staging).as_posix(), "sha256": file_sha256(image)}])
     assert gate_deface(project.staging, project.records).passed
 
 
@@ -553,7 +371,7 @@ def test_leak_gate_passes_clean_and_fails_on_a_planted_name(project: Project) ->
     sidecar = project.staging / "sub-b2" / "ses-01" / "anat" / "sub-b2_ses-01_T1w.json"
     data = json.loads(sidecar.read_text())
     sidecar.unlink()
-    _json(sidecar, {**data, "ImageComments": "patient Berenike Quintavalle"})
+    write_json(sidecar, {**data, "ImageComments": "patient Berenike Quintavalle"})
     leaked = gates_mod.gate_leak_scan(project.staging, project.values())
     assert not leaked.passed
     assert [h["file"] for h in leaked.details["hits"]] == ["sub-b2/ses-01/anat/sub-b2_ses-01_T1w.json"]
@@ -602,7 +420,7 @@ def test_clean_publish_creates_v1_latest_manifest_and_shareable(project: Project
     lines = _manifest_lines(v1)
     assert lines == sorted(lines, key=lambda line: line[66:])
     for rel, digest in listed.items():
-        assert digest == _sha256(v1 / rel)
+        assert digest == file_sha256(v1 / rel)
     # compatible with coreutils
     check = subprocess.run(["sha256sum", "--check", "--quiet", "MANIFEST.sha256"], cwd=v1, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -610,7 +428,7 @@ def test_clean_publish_creates_v1_latest_manifest_and_shareable(project: Project
     shareable = json.loads((v1 / "SHAREABLE.json").read_text())
     assert shareable["shareable"] is True and shareable["version"] == 1 and shareable["version_label"] == "1.0.0"
     assert shareable["profile"] == PROFILE
-    assert shareable["manifest"]["sha256"] == _sha256(v1 / "MANIFEST.sha256")
+    assert shareable["manifest"]["sha256"] == file_sha256(v1 / "MANIFEST.sha256")
     assert shareable["manifest"]["files"] == len(staged_files)
     assert {g["name"] for g in shareable["gates"]} == {VALIDATOR, LEAK_SCAN, DEFACE, CONSENT}
     assert all(g["passed"] for g in shareable["gates"])
@@ -687,7 +505,7 @@ def test_a_failed_gate_blocks_publish(project: Project, defect: str) -> None:
     publish(project.staging, project.release_dir, project.gate_results(), profile=PROFILE)
     project.write_tables()
     project.assemble()
-    before = _snapshot(project.release_dir)
+    before = snapshot(project.release_dir)
     staging = project.staging
     if defect == "deface_missing_record":
         project.records = project.records[:-1]
@@ -708,14 +526,14 @@ def test_a_failed_gate_blocks_publish(project: Project, defect: str) -> None:
         desc = staging / "dataset_description.json"
         data = json.loads(desc.read_text())
         desc.unlink()
-        _json(desc, {**data, "Acknowledgements": "Thanks to Berenike Quintavalle"})
+        write_json(desc, {**data, "Acknowledgements": "Thanks to Berenike Quintavalle"})
     elif defect.startswith("leak_") and not HAVE_LEAKSCAN:
         pytest.skip("bidsafe.release.leakscan not importable yet: leak defect not tested")
     elif defect == "leak_json_key_with_name":
         sidecar = staging / "sub-a1" / "ses-02" / "anat" / "sub-a1_ses-02_T1w.json"
         data = json.loads(sidecar.read_text())
         sidecar.unlink()
-        _json(sidecar, {**data, "QuintavalleProtocol": 1})
+        write_json(sidecar, {**data, "QuintavalleProtocol": 1})
     elif defect == "leak_nifti_descrip_with_id":
         bold = next(staging.glob("sub-*/ses-*/func/*_bold.nii.gz"), None) or next(staging.rglob("*.nii.gz"))
         img = nib.load(bold)
@@ -744,7 +562,7 @@ def test_a_failed_gate_blocks_publish(project: Project, defect: str) -> None:
     assert EXPECTED_GATE[defect.split("_")[0]] in failed, failed
     with pytest.raises(BidsafeError, match="not published; gates failed: " + ".*".join(failed)):
         publish(staging, project.release_dir, results, profile=PROFILE)
-    assert _snapshot(project.release_dir) == before
+    assert snapshot(project.release_dir) == before
     assert not (project.release_dir / "v2").exists()
     assert not (staging / "SHAREABLE.json").exists() and not (staging / "MANIFEST.sha256").exists()
 
@@ -771,11 +589,11 @@ def test_publish_accepts_gate_report_files(project: Project, tmp_path: Path) -> 
 
 def test_publishing_a_staging_numbered_for_a_published_version_publishes_nothing_new(project: Project) -> None:
     publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
-    before = _snapshot(project.release_dir)
+    before = snapshot(project.release_dir)
     # staging still says 1.0.0 (not reassembled) and holds v1's content: v1 is its release, nothing new
     again = publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE)
     assert again == project.release_dir / "v1"
-    assert _snapshot(project.release_dir) == before
+    assert snapshot(project.release_dir) == before
 
 
 def test_publish_copies_across_filesystems(project: Project) -> None:
@@ -787,7 +605,7 @@ def test_publish_copies_across_filesystems(project: Project) -> None:
         v1 = publish(project.staging, release_dir, project.gate_results(fast=True), profile=PROFILE)
         t1 = "sub-a1/ses-01/anat/sub-a1_ses-01_T1w.nii.gz"
         assert os.stat(v1 / t1).st_dev != os.stat(project.staging / t1).st_dev
-        assert _sha256(v1 / t1) == _sha256(project.staging / t1)
+        assert file_sha256(v1 / t1) == file_sha256(project.staging / t1)
         assert verify_release(release_dir / "latest").ok
         assert sorted(p.name for p in release_dir.iterdir()) == [".publish.lock", "latest", "v1"]
     finally:
@@ -810,7 +628,7 @@ def test_publish_is_atomic_when_a_write_fails(project: Project, monkeypatch: pyt
     project.write_tables()
     project.assemble()
     results = project.gate_results(fast=True)
-    before = _snapshot(project.release_dir)
+    before = snapshot(project.release_dir)
     real_replace = os.replace
     calls = []
 
@@ -825,7 +643,7 @@ def test_publish_is_atomic_when_a_write_fails(project: Project, monkeypatch: pyt
         publish(project.staging, project.release_dir, results, profile=PROFILE)
     monkeypatch.setattr(os, "replace", real_replace)
     assert calls, "the simulated failure never happened"
-    assert _snapshot(project.release_dir) == before
+    assert snapshot(project.release_dir) == before
     assert not (project.release_dir / "v2").exists() and not (project.release_dir / ".v2.tmp").exists()
     assert os.readlink(project.release_dir / "latest") == "v1"
     # and the same staging publishes fine afterwards
@@ -902,8 +720,8 @@ def test_shareable_states_one_profile_once_when_every_session_shares_it(project:
                  profiles=profiles)
     record = json.loads((v1 / "SHAREABLE.json").read_text())["processing_profile"]
     assert record["uniform"] is True and record["sessions"] == 3 and "profiles" not in record
-    assert record["profile"]["deid"]["rules"] == {"file": "basic-mr.yaml", "sha256": _sha256(rules)}
-    assert record["profile"]["convert"]["dcm2bids_config"]["sha256"] == _sha256(tmp_path / "dcm2bids.json")
+    assert record["profile"]["deid"]["rules"] == {"file": "basic-mr.yaml", "sha256": file_sha256(rules)}
+    assert record["profile"]["convert"]["dcm2bids_config"]["sha256"] == file_sha256(tmp_path / "dcm2bids.json")
 
 
 def test_shareable_lists_the_sessions_processed_with_another_profile(project: Project, tmp_path: Path) -> None:
@@ -923,11 +741,11 @@ def test_shareable_lists_the_sessions_processed_with_another_profile(project: Pr
     assert record["uniform"] is False and record["sessions"] == 3
     first, second = record["profiles"]
     assert first["sessions"] == ["sub-a1/ses-01", "sub-a1/ses-02"]
-    assert first["profile"]["deid"]["rules"]["sha256"] == _sha256(old)
+    assert first["profile"]["deid"]["rules"]["sha256"] == file_sha256(old)
     assert second["sessions"] == ["sub-b2/ses-01"]
-    assert second["profile"]["deid"]["rules"]["sha256"] == _sha256(new)
-    assert shareable["profile"] == (f"basic-mr.yaml (sha256:{_sha256(old)[:16]}) for 2 sessions; "
-                                    f"basic-mr.yaml (sha256:{_sha256(new)[:16]}) for 1 session")
+    assert second["profile"]["deid"]["rules"]["sha256"] == file_sha256(new)
+    assert shareable["profile"] == (f"basic-mr.yaml (sha256:{file_sha256(old)[:16]}) for 2 sessions; "
+                                    f"basic-mr.yaml (sha256:{file_sha256(new)[:16]}) for 1 session")
 
 
 def test_publish_refuses_sessions_deidentified_with_weaker_rules(project: Project, tmp_path: Path) -> None:
@@ -938,7 +756,7 @@ def test_publish_refuses_sessions_deidentified_with_weaker_rules(project: Projec
     rules.write_text("profile: weaker\n", encoding="utf-8")
     keys = ["sub-a1/ses-01", "sub-a1/ses-02", "sub-b2/ses-01"]
     profiles = collect_profiles(_profile_parts(tmp_path, dict.fromkeys(keys, rules), weaker={"sub-a1/ses-02"}))
-    before = _snapshot(project.release_dir)
+    before = snapshot(project.release_dir)
     with pytest.raises(BidsafeError, match=r"not published: 1 session\(s\) .*check-rules.*sub-a1/ses-02"):
         publish(project.staging, project.release_dir, project.gate_results(fast=True), profile=PROFILE,
                 profiles=profiles)
@@ -952,7 +770,7 @@ def test_publish_refuses_sessions_deidentified_with_weaker_rules(project: Projec
     with pytest.raises(BidsafeError, match=r"allow_weaker_rules.*sub-a1/ses-02"):
         publish_stage(staging=project.staging, release_dir=project.release_dir, gate_reports=reports,
                       profiles_json=profiles_json, published_json=tmp_path / "published.json")
-    assert _snapshot(project.release_dir) == before
+    assert snapshot(project.release_dir) == before
     assert not (tmp_path / "published.json").exists()
     # the same sessions without the mark publish
     fixed = collect_profiles(_profile_parts(tmp_path, dict.fromkeys(keys, rules)))

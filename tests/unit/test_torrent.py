@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-from published import BIG_FILE, published_version
 
 from bidsafe.cli import main
 from bidsafe.errors import ConfigError, GuardError
@@ -23,6 +22,8 @@ from bidsafe.release.torrent import (
     subset_files,
     torrent_release,
 )
+
+from helpers.published import BIG_FILE, published_version
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -77,11 +78,6 @@ def bad_pieces(meta: dict, root: Path) -> list[int]:
     return [i for i, (a, r) in enumerate(zip(actual, recorded, strict=True)) if a != r]
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return published_version(tmp_path_factory.mktemp("torrent"))
-
-
 def test_auto_piece_sizes_follow_the_release_size() -> None:
     assert auto_piece_size(10 * KiB) == 16 * KiB
     assert auto_piece_size(12 * MiB) == 16 * KiB  # 768 pieces
@@ -97,33 +93,34 @@ def test_auto_piece_sizes_follow_the_release_size() -> None:
             parse_piece_size(bad)
 
 
-def test_the_whole_version_torrent_lists_every_file_and_every_piece_verifies(release: Path, tmp_path: Path) -> None:
+def test_the_whole_version_torrent_lists_every_file_and_every_piece_verifies(published_release: Path,
+                                                                            tmp_path: Path) -> None:
     out = tmp_path / "out" / "study.torrent"
-    assert main(["torrent", str(release.parent / "latest"), str(out), "--webseed", "https://mirror.example/study",
+    assert main(["torrent", str(published_release.parent / "latest"), str(out), "--webseed", "https://mirror.example/study",
                  "--piece-size", "256KiB"]) == 0
     meta = read_torrent(out)
-    manifest = parse_manifest((release / MANIFEST_NAME).read_text())
+    manifest = parse_manifest((published_release / MANIFEST_NAME).read_text())
     expected = sorted([*manifest, *RELEASE_MARKERS])
     assert ".bidsignore" in expected  # dot files are part of a BIDS release
     assert [rel for rel, _ in listed_files(meta)] == expected
-    assert all(length == (release / rel).stat().st_size for rel, length in listed_files(meta))
+    assert all(length == (published_release / rel).stat().st_size for rel, length in listed_files(meta))
     assert meta[b"info"][b"name"] == b"v1"  # the mirror's folder: prefix/v1/...
     assert meta[b"url-list"] == [b"https://mirror.example/study/"]
     assert meta[b"info"][b"piece length"] == 256 * KiB
-    assert bad_pieces(meta, release) == []
+    assert bad_pieces(meta, published_release) == []
     assert sorted(os.listdir(out.parent)) == ["study.torrent"]  # no temporary left beside it
     # names only the release's own relative paths: no local folder (it may name the site or a person)
-    assert str(release.parent.parent).encode() not in out.read_bytes()
+    assert str(published_release.parent.parent).encode() not in out.read_bytes()
 
 
-def test_the_piece_check_is_not_vacuous(release: Path, tmp_path: Path) -> None:
+def test_the_piece_check_is_not_vacuous(published_release: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.torrent"
-    torrent_release(release, out, piece_size=64 * KiB)
+    torrent_release(published_release, out, piece_size=64 * KiB)
     meta = read_torrent(out)
     copy = tmp_path / "copy"
     for rel, _ in listed_files(meta):
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
-        (copy / rel).write_bytes((release / rel).read_bytes())
+        (copy / rel).write_bytes((published_release / rel).read_bytes())
     offset = sum(length for rel, length in listed_files(meta) if rel < BIG_FILE) + 5 * MiB
     data = bytearray((copy / BIG_FILE).read_bytes())
     data[5 * MiB] ^= 0xFF
@@ -131,7 +128,7 @@ def test_the_piece_check_is_not_vacuous(release: Path, tmp_path: Path) -> None:
     assert bad_pieces(meta, copy) == [offset // (64 * KiB)]
 
 
-def test_configured_subsets_get_their_own_torrents(release: Path, tmp_path: Path) -> None:
+def test_configured_subsets_get_their_own_torrents(published_release: Path, tmp_path: Path) -> None:
     config = tmp_path / "site.yaml"
     config.write_text(
         "inbox: in\nwork_dir: work\nprivate_dir: private\nrelease_dir: release\n"
@@ -139,7 +136,7 @@ def test_configured_subsets_get_their_own_torrents(release: Path, tmp_path: Path
         "      - {name: anat, datatypes: [anat]}\n      - {name: second-sessions, sessions: [2, 2]}\n"
     )
     out = tmp_path / "study.torrent"
-    assert main(["torrent", str(release), str(out), "--configfile", str(config),
+    assert main(["torrent", str(published_release), str(out), "--configfile", str(config),
                  "--webseed", "https://mirror.example/b/"]) == 0
     everything = [rel for rel, _ in listed_files(read_torrent(out))]
     dataset_level = [rel for rel in everything if "sub-" not in rel]
@@ -159,7 +156,7 @@ def test_configured_subsets_get_their_own_torrents(release: Path, tmp_path: Path
     for meta in (anat, second):
         assert meta[b"info"][b"name"] == b"v1" and meta[b"info"][b"piece length"] == 65536
         assert meta[b"url-list"] == [b"https://mirror.example/a/", b"https://mirror.example/b/"]
-        assert bad_pieces(meta, release) == []
+        assert bad_pieces(meta, published_release) == []
 
 
 def test_subset_selection_rules() -> None:

@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_release import PROFILE, Project
 
 from bidsafe.cli import main
 from bidsafe.release import withdraw as withdraw_mod
 from bidsafe.release.manifest import SHAREABLE_NAME, parse_manifest, verify_release
 from bidsafe.release.publish import publish
 from bidsafe.release.withdraw import TMP_SUFFIX, build_version, plan_version, withdraw_from_releases
+
+from helpers.release_project import PROFILE, Project
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 # files a withdrawal rewrites in every version it touches; every other file keeps its bytes (and its inode)

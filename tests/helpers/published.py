@@ -1,4 +1,4 @@
-"""A small published version for the mirror and torrent tests: the synthetic project of test_release (real
+"""A small published version for the mirror and torrent tests: the synthetic project of release_project (real
 NIfTI files, tables, QC derivatives), published by the publish module itself, plus one file large enough to
 need several upload parts and torrent pieces."""
 
@@ -8,9 +8,9 @@ import os
 import random
 from pathlib import Path
 
-from test_release import PROFILE, Project
-
 from bidsafe.release.publish import publish_release
+
+from helpers.release_project import PROFILE, Project
 
 BIG_FILE = "stimuli/noise.bin"
 BIG_SIZE = 11 * (1 << 20) + 12345  # three 5 MiB upload parts, the last one short; an odd torrent tail
