@@ -170,7 +170,7 @@ def _consent_template(sub: Subparsers) -> None:
     p.add_argument("inbox", metavar="INBOX", help="folder of raw scanner exports (read only)")
     p.add_argument("out", metavar="OUT.tsv", help="registry to write (.tsv, or .csv for comma-separated); " + PRIVATE)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (default: refuse)")
-    p.set_defaults(handler="bidsafe.consent:cli_template")
+    p.set_defaults(handler="bidsafe.pseudonymise.consent:cli_template")
 
 
 def _deid(sub: Subparsers) -> None:

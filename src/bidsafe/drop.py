@@ -498,7 +498,7 @@ def summary_line(result: PollResult) -> str:
 def site_key(private_dir: Path) -> bytes:
     """The pipeline's key (created by the rule every stage shares when the watcher is the first to run)."""
     from bidsafe.keys import load_or_create_key, resolve_key_path
-    from bidsafe.pseudonym import LINKAGE_FILENAME, linkage_lock
+    from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, linkage_lock
 
     with linkage_lock(private_dir):
         return load_or_create_key(resolve_key_path(private_dir=private_dir),

@@ -138,7 +138,7 @@ def config(registry: Path | None, **overrides: object) -> dict:
 def concurrent_worker(barrier: multiprocessing.synchronize.Barrier, index: str, inbox: str, private: str,
                       out: str, cfg: dict) -> None:
     """One of several processes running the stage at the same moment on the same private_dir."""
-    from bidsafe.pseudonym import run_pseudonymise
+    from bidsafe.pseudonymise.stage import run_pseudonymise
 
     barrier.wait(timeout=60)
     run_pseudonymise(Path(index), Path(inbox), Path(private), Path(out), cfg)

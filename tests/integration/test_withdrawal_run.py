@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bidsafe.demo import generate
-from bidsafe.pseudonym import LINKAGE_FILENAME, read_linkage
+from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, read_linkage
 
 from helpers.pipeline_run import BIN, REPO, SITE_VOCABULARY, planned_jobs, snakemake, write_config
 

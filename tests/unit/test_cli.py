@@ -280,7 +280,7 @@ def test_resolve_key_path_one_rule(tmp_path: Path) -> None:
 
 
 def test_deid_and_the_pipeline_use_the_same_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bidsafe.pseudonym import update_linkage
+    from bidsafe.pseudonymise.linkage import update_linkage
 
     private = tmp_path / "team"
     key, _ = update_linkage(private, [], "hmac")  # the pseudonymise stage makes the pipeline's key

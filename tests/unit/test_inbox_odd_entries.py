@@ -22,7 +22,6 @@ import pytest
 from pydicom.uid import generate_uid
 
 from bidsafe.cli import main as bidsafe_main
-from bidsafe.consent import require_input_file
 from bidsafe.errors import ConfigError
 from bidsafe.filelist import escape_name, file_list_text, read_file_list, unescape_name
 from bidsafe.ingest import (
@@ -32,12 +31,13 @@ from bidsafe.ingest import (
     REASON_UNREADABLE,
     REASON_UNREADABLE_FOLDER,
     inbox_fingerprint,
+    ingest_stage,
     read_index,
     read_quarantine,
     regular_files,
     resolve_inbox,
-    run_ingest,
 )
+from bidsafe.pseudonymise.consent import require_input_file
 from bidsafe.release.leakscan import harvest_sessions
 from bidsafe.runlog import log_to
 from bidsafe.stages import read_file_list as stages_read_file_list
@@ -157,7 +157,7 @@ def test_every_odd_entry_is_quarantined_with_its_reason_and_the_rest_is_indexed(
     caplog.set_level(logging.DEBUG)
     try:
         with log_to(log_file):  # what the workflow's ingest script does
-            summary = run_ingest(root, index, quarantine, cache=tmp_path / "p" / "cache.tsv")
+            summary = ingest_stage(root, index, quarantine, cache=tmp_path / "p" / "cache.tsv")
         assert bidsafe_main(["ingest", str(root), "--index", str(tmp_path / "i2.tsv"),
                              "--quarantine", str(tmp_path / "q2.tsv")]) == 0
         fingerprint = inbox_fingerprint(root)
@@ -227,7 +227,7 @@ def test_an_inbox_that_loops_or_is_missing_is_reported_by_key_not_path(tmp_path:
             resolve_inbox(inbox)
         assert "config key 'inbox'" in str(caught.value) and "DOE_JOHN" not in str(caught.value)
         with pytest.raises(ConfigError) as caught:
-            run_ingest(inbox, tmp_path / "i.tsv", tmp_path / "q.tsv")
+            ingest_stage(inbox, tmp_path / "i.tsv", tmp_path / "q.tsv")
         assert "DOE_JOHN" not in str(caught.value)
 
 

@@ -31,9 +31,9 @@ from bidsafe.ingest import (
     attribute_quarantine,
     inbox_fingerprint,
     index_inbox,
+    ingest_stage,
     read_index,
     read_quarantine,
-    run_ingest,
     sessions,
 )
 
@@ -312,7 +312,7 @@ def test_an_inbox_without_a_study_stops_at_ingest_with_the_reasons(inbox: Inbox,
     private = tmp_path / "private"
     kept = private / "ingest" / "quarantine-no-study.tsv"
     with pytest.raises(BidsafeError) as caught:
-        run_ingest(root, private / "ingest" / "index.tsv", private / "ingest" / "q.tsv", failed_quarantine=kept)
+        ingest_stage(root, private / "ingest" / "index.tsv", private / "ingest" / "q.tsv", failed_quarantine=kept)
     message = str(caught.value)
     assert message.startswith("ingest: no DICOM study found in the inbox (3 files looked at, 3 quarantined: ")
     assert f"2 {REASON_SYMLINK_OUT}" in message and f"1 {REASON_NOT_DICOM}" in message and str(kept) in message
@@ -325,11 +325,11 @@ def test_an_inbox_without_a_study_stops_at_ingest_with_the_reasons(inbox: Inbox,
         ("README.txt", REASON_NOT_DICOM)}
     # Once the inbox holds a study the stage goes on, and the stale copy is gone.
     shutil.copytree(inbox.root / "SMITH_JANE_19751224", root / "jane")
-    summary = run_ingest(root, private / "ingest" / "index.tsv", private / "ingest" / "q.tsv", failed_quarantine=kept)
+    summary = ingest_stage(root, private / "ingest" / "index.tsv", private / "ingest" / "q.tsv", failed_quarantine=kept)
     assert summary.studies == 1 and not kept.exists()
     with pytest.raises(BidsafeError, match=r"^ingest: no DICOM study found: the inbox holds no file"):
         (tmp_path / "empty").mkdir()
-        run_ingest(tmp_path / "empty", private / "e" / "i.tsv", private / "e" / "q.tsv")
+        ingest_stage(tmp_path / "empty", private / "e" / "i.tsv", private / "e" / "q.tsv")
 
 
 def test_cli_ingest_of_an_inbox_without_a_study_exits_1_with_counts(inbox: Inbox, tmp_path: Path, capsys):

@@ -12,7 +12,7 @@ import yaml
 
 from bidsafe.config import config_problems
 from bidsafe.errors import BidsafeError, ConfigError
-from bidsafe.pseudonym import run_pseudonymise
+from bidsafe.pseudonymise.stage import run_pseudonymise
 from bidsafe.release.assemble import DEFAULT_DATA_USAGE_AGREEMENT, release_config
 from bidsafe.release.openrelease import changes_problems, open_release_problems
 

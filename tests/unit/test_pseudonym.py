@@ -166,7 +166,7 @@ def test_labels_are_stable_in_a_fresh_process(site: Site):
     first = site.run()
     code = (
         "import json, sys; from pathlib import Path;"
-        "from helpers.pseudonym_data import config; from bidsafe.pseudonym import run_pseudonymise;"
+        "from helpers.pseudonym_data import config; from bidsafe.pseudonymise.stage import run_pseudonymise;"
         "r = run_pseudonymise(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),"
         " config(Path(sys.argv[5])));"
         "print(json.dumps([[d.subject, d.session, d.included, d.reason] for d in r.decisions]))"

@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsafe import consent, ingest, pseudonym
-from bidsafe.participants import KAnonymityOutcome
+from bidsafe import ingest
+from bidsafe.pseudonymise import consent, studies
+from bidsafe.pseudonymise.kanonymity import KAnonymityOutcome
 from bidsafe.release.gates import GateResult, write_gate_report
 from bidsafe.release.report import REASON_WORDS, k_anonymity_actions, qc_flags, reason_in_words
 from bidsafe.release.runreport import collect_from_work, finish_run, terminal_summary
@@ -118,7 +119,7 @@ def test_no_personal_value_reaches_the_report(tmp_path: Path) -> None:
 
 def test_every_known_reason_code_has_words() -> None:
     codes = {v for k, v in vars(consent).items() if k.startswith("REASON_") and isinstance(v, str)}
-    codes |= {v for k, v in vars(pseudonym).items() if k.startswith("REASON_") and isinstance(v, str)}
+    codes |= {v for k, v in vars(studies).items() if k.startswith("REASON_") and isinstance(v, str)}
     codes -= {consent.REASON_OK, consent.REASON_NOT_REQUIRED}  # these include a session
     for source in SRC.rglob("*.py"):  # codes the per-session stages write (SessionWithheld, default codes)
         codes |= set(re.findall(r'"((?:deid|convert|scrub|deface|qc):[a-z-]+)"', source.read_text("utf-8")))

@@ -362,7 +362,7 @@ def test_expected_failure_without_code_gets_the_stage_default(tmp_path):
 
 @pytest.fixture
 def site(tmp_path: Path) -> dict:
-    from bidsafe.pseudonym import run_pseudonymise
+    from bidsafe.pseudonymise.stage import run_pseudonymise
 
     inbox, private, out = tmp_path / "inbox", tmp_path / "private", tmp_path / "work" / "pseudonymise"
     people = [

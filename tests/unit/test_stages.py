@@ -142,7 +142,7 @@ def test_a_session_is_cleaned_of_the_subjects_values_from_its_other_sessions(ses
     """Per patient, not per study: an identifier only a later visit's header carries (here an old hospital
     number) is removed from this visit's text once the subject's harvests are pooled. The vocabulary alone
     keeps it: its groups are short numbers."""
-    from bidsafe.deid.stage import harvest_session
+    from bidsafe.deid.stage import harvest_stage
 
     other_study, other_series = generate_uid(), generate_uid()
     other = Path("inbox/WEXCOMBE_ISADORA_2/001.dcm")
@@ -158,7 +158,7 @@ def test_a_session_is_cleaned_of_the_subjects_values_from_its_other_sessions(ses
         ds.SeriesDescription = "t1 mprage 12 345 678"
         ds.save_as(path)
     harvest = Path("private/phi/raw/sub-a_ses-02.json")
-    assert harvest_session(files_txt=other_list, inbox=Path("inbox"), values_json=harvest) > 0
+    assert harvest_stage(files_txt=other_list, inbox=Path("inbox"), values_json=harvest) > 0
     assert oct(harvest.stat().st_mode & 0o777) == "0o600"
 
     def description(**kwargs: object) -> str:

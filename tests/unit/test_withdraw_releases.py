@@ -210,7 +210,7 @@ def test_configfile_names_the_release_and_warns_while_the_linkage_does_not_mark_
 ):
     import yaml
 
-    from bidsafe.pseudonym import LINKAGE_FILENAME, LinkageRow, render_linkage
+    from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, LinkageRow, render_linkage
 
     root = released.root
     config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())

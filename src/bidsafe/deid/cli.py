@@ -26,7 +26,7 @@ def cli_key(args: argparse.Namespace) -> tuple[Path, bytes, bool]:
         if not key_path.exists():
             raise ConfigError("--key: the key file does not exist (refusing to create one silently)")
         return key_path, load_key(key_path), False
-    from bidsafe.pseudonym import LINKAGE_FILENAME, linkage_lock
+    from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, linkage_lock
 
     private_dir = key_path.parent
     with linkage_lock(private_dir):

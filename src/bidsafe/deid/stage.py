@@ -49,7 +49,7 @@ def deid_session(
     `allow_weaker_rules`, which applies it but records the gaps in `profile_json` (publish then refuses).
     Raises SessionWithheld when no file of the session could be de-identified (every file withheld as
     burned-in, or failed): the harvest and the private report are written first. `subject_values`: the raw
-    harvests of every session of the subject (`harvest_session`), so text is cleaned of the patient's values
+    harvests of every session of the subject (`harvest_stage`), so text is cleaned of the patient's values
     as written in any of their visits."""
     from bidsafe.deid.engine import deidentify_tree, write_report
     from bidsafe.deid.vocabulary import vocabulary_for
@@ -112,7 +112,7 @@ def _rules_to_apply(rules_path: Path, gaps: Sequence[str]) -> RuleSet:
     return rules
 
 
-def harvest_session(*, files_txt: Path, inbox: Path, values_json: Path) -> int:
+def harvest_stage(*, files_txt: Path, inbox: Path, values_json: Path) -> int:
     """The raw personal values of one session's files (headers only; identity private blocks included),
     written privately (0600): the subject's other sessions are cleaned with them too (see `deid_session`).
     Returns the number of values."""

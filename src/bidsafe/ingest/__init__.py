@@ -42,8 +42,8 @@ from bidsafe.ingest.index import (
     attribute_quarantine,
     check_outside_inbox,
     index_inbox,
+    ingest_stage,
     require_studies,
-    run_ingest,
     scan_inbox,
 )
 from bidsafe.ingest.records import (
@@ -111,7 +111,7 @@ __all__ = [
     "regular_files",
     "require_studies",
     "resolve_inbox",
-    "run_ingest",
+    "ingest_stage",
     "scan_inbox",
     "sessions",
     "write_tsv",

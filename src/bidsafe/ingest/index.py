@@ -115,7 +115,7 @@ def require_studies(summary: IndexSummary, quarantine_report: Path | None = None
     )
 
 
-def run_ingest(
+def ingest_stage(
     inbox: Path, index_tsv: Path, quarantine_tsv: Path, cache: Path | None = None,
     failed_quarantine: Path | None = None,
 ) -> IndexSummary:
@@ -134,6 +134,7 @@ def run_ingest(
             private_write_bytes(failed_quarantine, report.read_bytes())
             report = failed_quarantine
     require_studies(summary, report)
+    log.info("ingest: %s", summary)
     return summary
 
 

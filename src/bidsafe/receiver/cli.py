@@ -26,7 +26,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
     from bidsafe.config import read_config_file
     from bidsafe.keys import load_or_create_key, resolve_key_path
-    from bidsafe.pseudonym import LINKAGE_FILENAME
+    from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME
 
     config = read_config_file(args.configfile)
     key_path = resolve_key_path(configfile=args.configfile)

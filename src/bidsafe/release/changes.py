@@ -107,7 +107,7 @@ def version_notes(
     """The automatic notes of the CHANGES entry for `dataset` (counts first, as `split_changes` and
     `site_notes` expect), against `previous_dir` (None: the first version). `withheld` gives the reason code a
     session left out of this version was withheld with (consent:withdrawn marks a withdrawal)."""
-    from bidsafe.consent import REASON_WITHDRAWN
+    from bidsafe.pseudonymise.consent import REASON_WITHDRAWN
     from bidsafe.release.assemble import released_sessions
 
     current = released_sessions(dataset)

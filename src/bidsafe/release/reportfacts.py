@@ -30,7 +30,7 @@ def outcome_of(reason: str) -> str:
 
 # ------------------------------------------------------------------------------------------ reasons in words
 
-# Every reason code a stage writes (bidsafe.consent, bidsafe.pseudonym, the per-session stages through
+# Every reason code a stage writes (bidsafe.pseudonymise, the per-session stages through
 # bidsafe.sessionstatus), as a sentence a lab manager reads without the source code. A code missing here is
 # still shown, as "withheld (code)", and a unit test lists the codes so a new one gets its sentence.
 REASON_WORDS: dict[str, str] = {

@@ -330,7 +330,7 @@ def _areas(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 def _warn_unless_marked(private_dir: Path | None, subject: str) -> None:
     """The next run would publish the participant again unless the linkage table marks them withdrawn."""
-    from bidsafe.pseudonym import LINKAGE_FILENAME, linkage_withdrawn
+    from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, linkage_withdrawn
 
     if private_dir is None or not (private_dir / LINKAGE_FILENAME).is_file():
         return
