@@ -1,6 +1,7 @@
 """The `pseudonymise` stage as one package. Imports (and data) flow one way, from the entry point down:
 
-    stage        entry (`run_pseudonymise`): reads the settings once, calls each part with what it needs
+    stage        entry (`pseudonymise_stage` for the workflow, `run_pseudonymise` below it): reads the settings
+                 once, calls each part with what it needs
     settings     config -> StageSettings, checked and defaulted by the config schema alone
     studies      ingest's index + one header per study -> Study, StudyIdentity
     consent      the registry and the audience decision (and `consent-template`)
