@@ -469,7 +469,8 @@ def defaced_bytes(in_path: Path, img: nib.Nifti1Image, removal: np.ndarray, gzip
 def _gzip(payload: bytes) -> bytes:
     buffer = io.BytesIO()
     # mtime=0 and no file name: the same input gives the same bytes (and the same SHA-256) on every run.
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=6, mtime=0) as handle:
+    # Level 1: on a noisy 1 mm T1 (24 MB) 0.4 s of CPU for 14.5 MB; level 6 took 1.8 s for 14.4 MB.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=1, mtime=0) as handle:
         handle.write(payload)
     return buffer.getvalue()
 
