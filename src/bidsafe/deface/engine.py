@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage  # type: ignore[import-untyped]  # no scipy stubs installed
 
 from bidsafe.deface import guards, register
 from bidsafe.deface import template as tpl
@@ -56,12 +57,12 @@ class DefaceRecord:
     matrix: list[list[float]] = field(default_factory=list)  # subject world -> template world (RAS mm)
     template_sha256: str = tpl.EXPECTED_TEMPLATE_SHA256
     notes: list[str] = field(default_factory=list)
-    guards: dict = field(default_factory=dict)  # every guard's value, threshold and failures (GuardReport.as_dict)
+    guards: dict[str, Any] = field(default_factory=dict)  # every guard's value, limit, failures (GuardReport.as_dict)
     refused: bool = False
     template: str = tpl.SHIPPED_NAME  # the template pair's name (config `deface.templates`)
     applied_from: str | None = None  # the image whose transform placed this face mask (`--applyto`)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -69,12 +70,12 @@ class DefaceRefused(GuardError):
     """A guard tripped: nothing was written. `records` holds, for each image concerned, what the guards measured
     (for the pipeline's records.json); the message names the guard values too (exit 3 output)."""
 
-    def __init__(self, message: str, path: str | Path | None, records: list[dict]) -> None:
+    def __init__(self, message: str, path: str | Path | None, records: list[dict[str, Any]]) -> None:
         super().__init__(message, path)
         self.records = records
 
 
-def guard_values_text(values: dict) -> str:
+def guard_values_text(values: dict[str, Any]) -> str:
     """One line with every guard's value and its threshold, from GuardReport.as_dict()."""
     limits = values.get("limits") or {}
 
@@ -93,7 +94,7 @@ def guard_values_text(values: dict) -> str:
     )
 
 
-def refused_record(label: str, estimate: RemovalEstimate) -> dict:
+def refused_record(label: str, estimate: RemovalEstimate) -> dict[str, Any]:
     """The record of an image a guard refused: the same guard fields as a DefaceRecord, no output."""
     values = estimate.guard_values
     return {
@@ -128,7 +129,7 @@ class RemovalEstimate:
         return self.report.failures
 
     @property
-    def guard_values(self) -> dict:
+    def guard_values(self) -> dict[str, Any]:
         return self.report.as_dict()
 
 
@@ -157,17 +158,19 @@ def load_nifti(path: Path) -> nib.Nifti1Image:
 
 def registration_volume(img: nib.Nifti1Image) -> np.ndarray:
     """The 3D volume to register: the image itself, or the mean of a 4D image's volumes (one at a time)."""
+    proxy: Any = img.dataobj  # nibabel's ArrayProxy (typed as ArrayLike)
+    volume: np.ndarray
     if img.ndim == 3:
-        volume = np.asarray(img.dataobj, dtype=np.float32)
+        volume = np.asarray(proxy, dtype=np.float32)
     else:
         # read once (slicing a .gz proxy per volume decompresses from the start each time), average in float32
-        raw = np.asanyarray(img.dataobj.get_unscaled())
+        raw = np.asanyarray(proxy.get_unscaled())
         volume = np.zeros(img.shape[:3], dtype=np.float32)
         for index in range(img.shape[3]):
             volume += raw[..., index]
         del raw
-        volume = volume / img.shape[3] * np.float32(img.dataobj.slope) + np.float32(img.dataobj.inter)
-    if img.get_data_dtype().kind == "f" or img.dataobj.slope != 1 or img.dataobj.inter != 0:
+        volume = volume / img.shape[3] * np.float32(proxy.slope) + np.float32(proxy.inter)
+    if img.get_data_dtype().kind == "f" or proxy.slope != 1 or proxy.inter != 0:  # type: ignore[no-untyped-call]
         volume = np.nan_to_num(volume, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return volume
 
@@ -218,7 +221,7 @@ COARSE_FACE_STEP_MM = 4.0
 def _sample_face(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], margin_mm: float) -> np.ndarray:
     assets = tpl.load_assets()
     vox = np.linalg.solve(assets.affine, matrix @ affine)
-    sampled = ndimage.affine_transform(
+    sampled: np.ndarray = ndimage.affine_transform(
         _keep_mask_float(tpl.active_pair(), margin_mm), vox[:3, :3], vox[:3, 3], output_shape=shape, order=1,
         mode="nearest", prefilter=False,
     )
@@ -441,25 +444,29 @@ def choose_engine(engine: str) -> str:
 
 def _raw_zero(img: nib.Nifti1Image) -> np.generic:
     """The stored value that reads back as 0 under the image's scaling (or the closest one)."""
-    dtype = img.get_data_dtype()
-    slope = float(img.dataobj.slope)
-    inter = float(img.dataobj.inter)
+    dtype: np.dtype[Any] = img.get_data_dtype()  # type: ignore[no-untyped-call]
+    proxy: Any = img.dataobj
+    slope = float(proxy.slope)
+    inter = float(proxy.inter)
     if dtype.kind == "f":
-        return dtype.type(0.0 if inter == 0 else -inter / slope)
+        zero: np.generic = dtype.type(0.0 if inter == 0 else -inter / slope)
+        return zero
     value = 0.0 if inter == 0 else round(-inter / slope)
     info = np.iinfo(dtype)
-    return dtype.type(min(max(value, info.min), info.max))
+    closest: np.generic = dtype.type(min(max(value, info.min), info.max))
+    return closest
 
 
 def defaced_bytes(in_path: Path, img: nib.Nifti1Image, removal: np.ndarray, gzipped: bool) -> bytes:
     """The input file with face voxels zeroed: header and extensions byte for byte, data in the same type."""
-    offset = int(img.dataobj.offset)  # the loaded header's vox_offset reads 0; the proxy keeps the real one
+    proxy: Any = img.dataobj
+    offset = int(proxy.offset)  # the loaded header's vox_offset reads 0; the proxy keeps the real one
     opener = gzip.open if str(in_path).endswith(".gz") else open
     with opener(in_path, "rb") as handle:
         prefix = handle.read(offset)
-    raw = np.asanyarray(img.dataobj.get_unscaled())
-    if raw.dtype != img.get_data_dtype():
-        raw = raw.astype(img.get_data_dtype())
+    raw = np.asanyarray(proxy.get_unscaled())
+    if raw.dtype != img.get_data_dtype():  # type: ignore[no-untyped-call]
+        raw = raw.astype(img.get_data_dtype())  # type: ignore[no-untyped-call]
     raw = np.array(raw, copy=True, order="F")
     raw[removal] = _raw_zero(img)
     payload = prefix + raw.tobytes(order="F")
@@ -476,15 +483,17 @@ def _gzip(payload: bytes) -> bytes:
 
 
 def mask_bytes(removal: np.ndarray, img: nib.Nifti1Image, gzipped: bool) -> bytes:
-    header = nib.Nifti1Header()
+    # nibabel's header and image methods carry no annotations (mypy --strict: no-untyped-call)
+    header: Any = nib.Nifti1Header()  # type: ignore[no-untyped-call]
     header.set_data_shape(removal.shape)
     header.set_data_dtype(np.uint8)
-    mask = nib.Nifti1Image(removal.astype(np.uint8), None, header)
-    sform, sform_code = img.header.get_sform(coded=True)
-    qform, qform_code = img.header.get_qform(coded=True)
+    mask: Any = nib.Nifti1Image(removal.astype(np.uint8), None, header)  # type: ignore[no-untyped-call]
+    source: Any = img.header
+    sform, sform_code = source.get_sform(coded=True)
+    qform, qform_code = source.get_qform(coded=True)
     mask.set_sform(img.affine if sform is None else sform, code=int(sform_code or 1))
     mask.set_qform(img.affine if qform is None else qform, code=int(qform_code or 1))
-    mask.header.set_xyzt_units(*img.header.get_xyzt_units())
+    mask.header.set_xyzt_units(*source.get_xyzt_units())
     payload = mask.to_bytes()
     return _gzip(payload) if gzipped else payload
 
@@ -634,7 +643,7 @@ def deface_session(
             reference = None  # an empty T1w: refused below with its reason, the others registered on their own
     records: list[DefaceRecord] = []
     refused: list[str] = []
-    refused_records: list[dict] = []
+    refused_records: list[dict[str, Any]] = []
     with atomic_dir(out_dir) as staging:
         for path in sorted(in_dir.rglob("*")):
             relative = path.relative_to(in_dir)
@@ -652,8 +661,9 @@ def deface_session(
                 if relative == reference:
                     estimate = reference_estimate
                 elif reference_estimate is not None and not reference_estimate.failures:
-                    estimate = applied_or_registered(reference_estimate, in_dir / reference,
-                                                     reference.as_posix(), path, engine=engine, threads=threads)
+                    known = cast(Path, reference)  # reference_estimate is only set with a reference
+                    estimate = applied_or_registered(reference_estimate, in_dir / known,
+                                                     known.as_posix(), path, engine=engine, threads=threads)
                 record = deface_image(path, destination, engine=engine, qc_png=qc_png, threads=threads,
                                       name=relative.as_posix(), template=template, estimate=estimate)
             except GuardError as exc:
@@ -668,7 +678,7 @@ def deface_session(
     return records
 
 
-def session_records(records: list[DefaceRecord]) -> list[dict]:
+def session_records(records: list[DefaceRecord]) -> list[dict[str, Any]]:
     """records.json entries: each record with its released path and the output's SHA-256 up front."""
     return [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records]
 
@@ -712,7 +722,8 @@ def cli_template(args: argparse.Namespace) -> tpl.TemplatePair | None:
     missing = [f"--{k}" for k, v in given.items() if not v]
     if missing:
         raise ConfigError(f"--template, --facemask and --brainmask go together: {', '.join(missing)} missing")
-    return tpl.site_pair(Path(given["template"]).name, given["template"], given["facemask"], given["brainmask"],
+    paths = cast(dict[str, str], given)  # each one given (checked above)
+    return tpl.site_pair(Path(paths["template"]).name, paths["template"], paths["facemask"], paths["brainmask"],
                          getattr(args, "scale_range", None))
 
 
@@ -745,10 +756,11 @@ def cli_main(args: argparse.Namespace) -> int:
             refused = []
             for other in others:
                 _check_output(other, outputs[other])
-                estimates[other] = applied_or_registered(reference, in_path, in_path.name, other,
-                                                         engine=args.engine, threads=threads)
-                if estimates[other].failures:
-                    refused.append(f"{other.name}: " + "; ".join(estimates[other].failures))
+                estimate = applied_or_registered(reference, in_path, in_path.name, other,
+                                                 engine=args.engine, threads=threads)
+                estimates[other] = estimate
+                if estimate.failures:
+                    refused.append(f"{other.name}: " + "; ".join(estimate.failures))
             if refused:
                 raise GuardError("deface refused for " + " | ".join(refused), in_path.name)
         records = [deface_image(
