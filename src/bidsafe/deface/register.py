@@ -60,6 +60,8 @@ REFINE_ITERATIONS = 60  # per stage at 4 mm; 100 gained < 0.3 mm on the benchmar
 # benchmark the transforms ended within 0.1 mm (primary) and 0.5 mm (second initialisation) of full sampling's,
 # for ~1 s less CPU per stage.
 COARSE_AFFINE_SAMPLING = 0.5
+# The 4 mm similarity stage too (4 hard benchmark cases: face left and agreement within 0.5 % of full sampling's).
+SIMILARITY_SAMPLING = 0.5
 # The 2 mm stage samples a regular (seeded, jittered) 15 % of its grid for up to 120 iterations. Random 10 %
 # for 60 stopped unconverged 3.3-4.7 mm from the truth on T2-like Colin heads (face tissue left 6-11 %);
 # regular 15 % for 120 reached 1.6-3.7 mm for 6-7 s of CPU (regular sampling costs half of random per sample).
@@ -366,7 +368,8 @@ def refine(levels: dict[float, SubjectLevel], start: np.ndarray, centre: np.ndar
     history = []
     spacing = SIMILARITY_SPACING_MM
     stage = _stage(levels[spacing], tpl.template_level(spacing), "cranium")
-    matrix, metric = _optimise(stage, similarity_transform_of(start, centre), 1.0, REFINE_ITERATIONS, 1.0, 0.01)
+    matrix, metric = _optimise(stage, similarity_transform_of(start, centre), SIMILARITY_SAMPLING, REFINE_ITERATIONS,
+                               1.0, 0.01)
     history.append(f"similarity@{spacing:g}mm {metric:.4f}")
     for spacing in REFINE_SPACINGS_MM:
         stage = _stage(levels[spacing], tpl.template_level(spacing), "face")
