@@ -17,11 +17,12 @@ and pydeface's template under known poses, sizes, fields of view, grids and cont
    Mattes MI wins. With the single 0-degree start, of 16 cases one ended 70 mm off (refused by the guards),
    another 13 mm off while passing every guard, and one was refused for disagreeing initialisations; with five
    pitch starts all 16 ended within 4 mm.
-4. Refinement: similarity at 4 mm on the cranium, then affine at 4 mm and 2 mm on the head above the chin.
+4. Refinement: similarity at 4 mm on the cranium, then affine at 4 mm and 2 mm on the head above the chin
+   (the 4 mm stages sample a regular half of their grid, the 2 mm stage a regular 15 % for 90 iterations).
 5. The same refinement from a deliberately perturbed start (10 degrees, 8 mm, 5 %; half the samples at 2 mm)
    gives the second initialisation that the agreement guard compares with.
-Measured on one core per 1 mm T1: global 3-4 s, refinement 10-11 s, second initialisation 6-7 s; the whole
-`bidsafe deface` process 23 s CPU median on the robustness benchmark run on a loaded shared machine.
+Measured on one core per 1 mm T1 (before the half sampling at 4 mm): global 3-4 s, refinement 9-10 s, second
+initialisation 6-7 s; see benchmarks/deface_robustness_baseline.txt for the whole `bidsafe deface` process.
 """
 
 from __future__ import annotations
