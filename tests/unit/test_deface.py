@@ -223,6 +223,33 @@ def test_guards_trip_when_face_mask_slides_into_the_brain(known_grid):
     assert any("disagree" in f for f in report.failures)
 
 
+def test_face_mask_is_grown_by_the_margin_and_no_further():
+    # On the template's own grid (identity transform): the removal holds the whole face mask plus the voxels
+    # within the margin of it, and nothing 1 voxel (1 mm) beyond the margin.
+    assets = tpl.load_assets()
+    zooms = np.sqrt((assets.affine[:3, :3] ** 2).sum(axis=0))
+    distance = ndimage.distance_transform_edt(~assets.face, sampling=zooms)
+    grown = engine.face_in_grid(np.eye(4), assets.affine, assets.face.shape)
+    plain = engine.face_in_grid(np.eye(4), assets.affine, assets.face.shape, margin_mm=0.0)
+    assert engine.FACE_MARGIN_MM >= 1.0
+    assert np.array_equal(plain, assets.face)
+    assert np.all(grown[distance <= engine.FACE_MARGIN_MM])
+    assert not np.any(grown[distance > engine.FACE_MARGIN_MM + 1.0])
+    assert grown.sum() > plain.sum() * 1.02
+
+
+def test_agreement_guard_compares_the_face_masks_without_margin(known_grid):
+    # Two placements 4 mm apart: the margin must not make them agree more than the masks themselves do.
+    shift = np.eye(4)
+    shift[:3, 3] = (0.0, 4.0, 0.0)
+    other = shift @ known_grid["truth"]
+    _, report = engine.apply_guards(known_grid["truth"], known_grid["affine"], known_grid["shape"],
+                                    alternative=other, metric=-0.6)
+    a = engine.face_in_grid(known_grid["truth"], known_grid["affine"], known_grid["shape"], margin_mm=0.0)
+    b = engine.face_in_grid(other, known_grid["affine"], known_grid["shape"], margin_mm=0.0)
+    assert report.agreement_dice == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
 def test_guard_trips_on_poor_metric(known_grid):
     _, report = engine.apply_guards(known_grid["truth"], known_grid["affine"], known_grid["shape"], metric=-0.1)
     assert any("poor image match" in f for f in report.failures)

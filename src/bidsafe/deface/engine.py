@@ -5,469 +5,63 @@ Engines: `fsl` runs pydeface itself (FSL FLIRT), `builtin` registers pydeface's 
 (bidsafe.deface.guards) and the same writer produces the output: the input's header bytes unchanged, its data
 type and scaling kept, voxels outside the face untouched, face voxels set to zero. When a guard trips nothing
 is written and GuardError (exit 3) is raised.
+
+This module: one image (`deface_image`), a session (`deface_session`) and the command line. Where the face is
+(registration, face mask, guards, `--applyto`): bidsafe.deface.estimate and bidsafe.deface.facemask; reading
+and writing NIfTI: bidsafe.deface.nifti; records and the refusal error: bidsafe.deface.records.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import gzip
 import hashlib
-import io
-import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
-from bidsafe.bidsnames import NIFTI_EXTENSIONS, image_suffix, known_suffix
-from bidsafe.deface import guards, register
+from bidsafe.bidsnames import image_suffix, known_suffix
 from bidsafe.deface import template as tpl
-from bidsafe.errors import BidsafeError, ConfigError, GuardError
+from bidsafe.deface.estimate import (
+    ENGINES,
+    THREADS_ENV,
+    applied_or_registered,
+    choose_engine,
+    estimate_applied,
+    estimate_removal,
+    resolve_threads,
+)
+from bidsafe.deface.facemask import FACE_MARGIN_MM, apply_guards, face_in_grid
+from bidsafe.deface.nifti import (
+    NIFTI_SUFFIXES,
+    _check_output,
+    defaced_bytes,
+    load_nifti,
+    mask_bytes,
+    registration_volume,
+)
+from bidsafe.deface.records import (
+    DefaceRecord,
+    DefaceRefused,
+    RemovalEstimate,
+    guard_values_text,
+    refused_record,
+)
+from bidsafe.errors import ConfigError, GuardError
 from bidsafe.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
 from bidsafe.progress import Progress
 
-ENGINES = ("auto", "builtin", "fsl")
-THREADS_ENV = "BIDSAFE_DEFACE_THREADS"
-NIFTI_SUFFIXES = NIFTI_EXTENSIONS
-
-
-@dataclass
-class DefaceRecord:
-    """What was done to one image and the guard values that allowed it (JSON-ready via as_dict)."""
-
-    input: str
-    output_sha256: str
-    engine: str
-    singular_values: list[float]
-    shear: float
-    agreement_dice: float | None
-    brain_voxels_removed: int
-    brain_cm3_removed: float
-    metric: float | None
-    removed_voxels: int
-    removed_cm3: float
-    volumes: int
-    seconds: float
-    matrix: list[list[float]] = field(default_factory=list)  # subject world -> template world (RAS mm)
-    template_sha256: str = tpl.EXPECTED_TEMPLATE_SHA256
-    notes: list[str] = field(default_factory=list)
-    guards: dict = field(default_factory=dict)  # every guard's value, threshold and failures (GuardReport.as_dict)
-    refused: bool = False
-    template: str = tpl.SHIPPED_NAME  # the template pair's name (config `deface.templates`)
-    applied_from: str | None = None  # the image whose transform placed this face mask (`--applyto`)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-class DefaceRefused(GuardError):
-    """A guard tripped: nothing was written. `records` holds, for each image concerned, what the guards measured
-    (for the pipeline's records.json); the message names the guard values too (exit 3 output)."""
-
-    def __init__(self, message: str, path: str | Path | None, records: list[dict]) -> None:
-        super().__init__(message, path)
-        self.records = records
-
-
-def guard_values_text(values: dict) -> str:
-    """One line with every guard's value and its threshold, from GuardReport.as_dict()."""
-    limits = values.get("limits") or {}
-
-    def num(value: object, digits: int = 3) -> str:
-        return "n/a" if value is None else f"{float(value):.{digits}f}"  # type: ignore[arg-type]
-
-    svs = ", ".join(num(v) for v in values.get("singular_values") or [])
-    low, high = limits.get("singular_range") or (None, None)
-    return (
-        f"guard values: singular values {svs} (overall scale {num(values.get('scale'))} allowed [{low}, {high}], "
-        f"ratio {num(values.get('anisotropy'))} max {limits.get('max_anisotropy')}); shear {num(values.get('shear'))} "
-        f"(max {limits.get('max_shear')}); two-initialisation face-mask Dice {num(values.get('agreement_dice'))} "
-        f"(min {limits.get('min_agreement_dice')}); eroded template brain removed "
-        f"{values.get('brain_voxels_removed')} voxels (max {limits.get('max_brain_voxels_removed')}); "
-        f"metric {num(values.get('metric'), 4)} (max {limits.get('max_metric')})"
-    )
-
-
-def refused_record(label: str, estimate: RemovalEstimate) -> dict:
-    """The record of an image a guard refused: the same guard fields as a DefaceRecord, no output."""
-    values = estimate.guard_values
-    return {
-        "path": label, "input": label, "refused": True, "engine": estimate.engine,
-        "singular_values": values["singular_values"], "shear": values["shear"],
-        "agreement_dice": values["agreement_dice"], "brain_voxels_removed": values["brain_voxels_removed"],
-        "brain_cm3_removed": values["brain_cm3_removed"], "metric": values["metric"],
-        "volumes": estimate.volumes, "seconds": round(estimate.seconds, 2),
-        "matrix": [[round(float(v), 6) for v in row] for row in estimate.matrix],
-        "notes": list(estimate.notes), "guards": values,
-    }
-
-
-@dataclass
-class RemovalEstimate:
-    """The removal mask on the input's grid and everything the guards found (nothing written yet)."""
-
-    removal: np.ndarray  # bool, the input's first three dimensions; True = face, to be zeroed
-    affine: np.ndarray
-    matrix: np.ndarray  # subject world -> template world (RAS mm)
-    engine: str
-    report: guards.GuardReport
-    volumes: int
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-    alternative: np.ndarray | None = None  # the transform from the other initialisation (builtin engine)
-    pair: tpl.TemplatePair | None = None  # the template pair it was found with
-    applied_from: str | None = None  # set when the transform was found on another image of the session
-
-    @property
-    def failures(self) -> list[str]:
-        return self.report.failures
-
-    @property
-    def guard_values(self) -> dict:
-        return self.report.as_dict()
-
-
-# --- reading --------------------------------------------------------------------------------------------------
-
-
-def load_nifti(path: Path) -> nib.Nifti1Image:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("input image not found", path)
-    if not path.name.endswith(NIFTI_SUFFIXES):
-        raise ConfigError("input must be a single-file NIfTI (.nii or .nii.gz)", path)
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises several types for a damaged file
-        raise BidsafeError(f"cannot read NIfTI ({type(exc).__name__})", path) from exc
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise BidsafeError("not a NIfTI-1/2 image", path)
-    shape = img.shape
-    if len(shape) < 3 or len(shape) > 4 or min(shape[:3]) < 2:
-        raise BidsafeError(f"expected a 3D or 4D image, got shape {shape}", path)
-    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
-        raise BidsafeError("image has no usable orientation (affine)", path)
-    return img
-
-
-def registration_volume(img: nib.Nifti1Image) -> np.ndarray:
-    """The 3D volume to register: the image itself, or the mean of a 4D image's volumes (one at a time)."""
-    if img.ndim == 3:
-        volume = np.asarray(img.dataobj, dtype=np.float32)
-    else:
-        # read once (slicing a .gz proxy per volume decompresses from the start each time), average in float32
-        raw = np.asanyarray(img.dataobj.get_unscaled())
-        volume = np.zeros(img.shape[:3], dtype=np.float32)
-        for index in range(img.shape[3]):
-            volume += raw[..., index]
-        del raw
-        volume = volume / img.shape[3] * np.float32(img.dataobj.slope) + np.float32(img.dataobj.inter)
-    if img.get_data_dtype().kind == "f" or img.dataobj.slope != 1 or img.dataobj.inter != 0:
-        volume = np.nan_to_num(volume, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return volume
-
-
-# --- the mask and the guards ----------------------------------------------------------------------------------
-
-
-def face_in_grid(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """pydeface's face mask carried onto a grid: True where the face is.
-
-    Sampled at voxel centres (trilinear, 0.5 level). Beyond the template's field of view the nearest mask value
-    is used, so the face region continues forward and downward instead of stopping at the template's edge.
-    A first pass on every 4th voxel or so finds the face's bounding box (grown by two coarse steps, far more
-    than the mask's smallest feature), and only that box is sampled finely.
-    """
-    shape = tuple(int(n) for n in shape[:3])
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    step = np.maximum(1, np.floor(COARSE_FACE_STEP_MM / zooms)).astype(int)
-    coarse_shape = tuple(int(np.ceil((n - 1) / s)) + 1 for n, s in zip(shape, step, strict=True))
-    coarse = _sample_face(matrix, affine @ np.diag([*step, 1.0]), coarse_shape)
-    face = np.zeros(shape, dtype=bool)
-    if not coarse.any():
-        return face
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(coarse.any(axis=other))
-        start = max(0, int(hits[0] - 2) * int(step[axis]))
-        stop = min(shape[axis], int(hits[-1] + 2) * int(step[axis]) + 1)
-        box.append(slice(start, stop))
-    box_affine = affine.copy()
-    box_affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
-    face[tuple(box)] = _sample_face(matrix, box_affine, tuple(b.stop - b.start for b in box))
-    return face
-
-
-COARSE_FACE_STEP_MM = 4.0
-
-
-def _sample_face(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    assets = tpl.load_assets()
-    vox = np.linalg.solve(assets.affine, matrix @ affine)
-    sampled = ndimage.affine_transform(
-        _keep_mask_float(tpl.active_pair()), vox[:3, :3], vox[:3, 3], output_shape=shape, order=1, mode="nearest",
-        prefilter=False,
-    )
-    return sampled < 0.5
-
-
-@functools.lru_cache(maxsize=2)
-def _keep_mask_float(pair: tpl.TemplatePair) -> np.ndarray:
-    return (~tpl.pair_assets(pair).face).astype(np.float32)
-
-
-def apply_guards(
-    matrix: np.ndarray,
-    affine: np.ndarray,
-    shape: tuple[int, ...],
-    alternative: np.ndarray | None = None,
-    metric: float | None = None,
-    removal: np.ndarray | None = None,
-    agreement_region: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, guards.GuardReport]:
-    """Judge a transform (subject world -> template world) for an image grid; returns (removal, report).
-
-    `alternative` is the transform reached from another initialisation; `agreement_region` = (mask, affine)
-    of the head on a working grid where the two face masks are compared (the input grid when omitted).
-    """
-    report = guards.GuardReport()
-    guards.check_linear(matrix, report)
-    if removal is None:
-        removal = face_in_grid(matrix, affine, shape)
-    matrices = [matrix]
-    if alternative is not None:
-        matrices.append(alternative)
-        if agreement_region is not None:
-            region, region_affine = agreement_region
-            a = face_in_grid(matrix, region_affine, region.shape) & region
-            b = face_in_grid(alternative, region_affine, region.shape) & region
-        else:
-            a, b = removal, face_in_grid(alternative, affine, shape)
-        total = int(a.sum() + b.sum())
-        guards.check_agreement(2.0 * float((a & b).sum()) / total if total else 0.0, report)
-    guards.check_brain(removal, affine, matrices, report)
-    guards.check_metric(metric, report)
-    return removal, report
-
-
-def estimate_removal(
-    in_path: Path, engine: str = "builtin", threads: int | None = None, work_dir: Path | None = None,
-    template: tpl.TemplatePair | None = None,
-) -> RemovalEstimate:
-    """Register, build the removal mask and run every guard; raises only for unusable input, never for a guard.
-
-    `template`: the pair to register (default: the one in use, normally pydeface's adult pair)."""
-    with tpl.using(template) as pair:
-        estimate = _estimate_removal(in_path, engine, threads, work_dir)
-    estimate.pair = pair
-    return estimate
-
-
-def _estimate_removal(
-    in_path: Path, engine: str, threads: int | None, work_dir: Path | None
-) -> RemovalEstimate:
-    started = time.monotonic()
-    img = load_nifti(Path(in_path))
-    chosen = choose_engine(engine)
-    volume = registration_volume(img)
-    if not np.any(volume > 0):
-        raise GuardError("image is empty (no positive voxel): cannot place the face mask", Path(in_path).name)
-    shape = img.shape[:3]
-    notes: list[str] = []
-    if chosen == "fsl":
-        from bidsafe.deface import fsl
-
-        result = fsl.run_pydeface(volume, img, work_dir=work_dir)
-        removal, report = apply_guards(result.matrix, img.affine, shape, removal=result.removal,
-                                       metric=evaluate_metric(volume, img.affine, result.matrix))
-        notes.append("agreement guard not applicable: FSL FLIRT ran once")
-        matrix = result.matrix
-    else:
-        reg = register.register(volume, img.affine, threads=resolve_threads(threads))
-        head = reg.levels[min(reg.levels)]
-        removal, report = apply_guards(
-            reg.primary.matrix, img.affine, shape, alternative=reg.alternative.matrix, metric=reg.final_metric,
-            agreement_region=(head.head, head.grid.affine),
-        )
-        matrix = reg.primary.matrix
-    estimate = RemovalEstimate(
-        removal=removal, affine=img.affine.copy(), matrix=matrix, engine=chosen, report=report,
-        volumes=1 if img.ndim == 3 else img.shape[3], seconds=time.monotonic() - started, notes=notes,
-    )
-    if chosen != "fsl":
-        estimate.alternative = reg.alternative.matrix
-    return estimate
-
-
-# --- applying one image's transform to another (--applyto) ---------------------------------------------------
-
-SCANNER_CODE = 1  # NIfTI xform code "scanner anatomical": the coordinates dcm2niix writes
-# Largest distance (template mm) over the face mask's extent between the reference's transform and the one the
-# template settles on when refitted on the other image from it. Registration noise at 4 mm is ~1-2 mm; a head
-# that moved between the scans shows more, and the metric guard alone only notices about 10 mm.
-MAX_APPLY_DRIFT_MM = 3.0
-
-
-def scanner_frame(img: nib.Nifti1Image) -> bool:
-    """The affine nibabel uses (sform when coded, else qform) maps voxels to the scanner's coordinates.
-
-    Images of one session in scanner coordinates share a frame (DICOM's FrameOfReferenceUID is gone after
-    conversion): the same world point is the same place in the bore, whatever the grids."""
-    sform_code = int(img.header["sform_code"])
-    code = sform_code if sform_code > 0 else int(img.header["qform_code"])
-    return code == SCANNER_CODE
-
-
-def estimate_applied(reference: RemovalEstimate, reference_img: nib.Nifti1Image, in_path: Path,
-                     reference_label: str) -> RemovalEstimate | None:
-    """The reference image's transform carried onto another image of the session, every guard run again.
-
-    The face mask is carried from the template through the reference's transform straight onto this image's
-    grid (no second interpolation of the reference's mask), whatever its grid. The guards judge it on this
-    image: the brain guard on its grid, the metric on its intensities (a head that moved between the two
-    scans no longer matches the template there). None when the two are not both in scanner coordinates.
-    """
-    started = time.monotonic()
-    img = load_nifti(Path(in_path))
-    if not (scanner_frame(reference_img) and scanner_frame(img)):
-        return None
-    volume = registration_volume(img)
-    if not np.any(volume > 0):
-        raise GuardError("image is empty (no positive voxel): cannot place the face mask", Path(in_path).name)
-    with tpl.using(reference.pair):
-        levels = register.prepare_subject(volume, img.affine, (register.CHECK_SPACING_MM,))
-        metric = register.check_metric(levels, reference.matrix)
-        removal, report = apply_guards(reference.matrix, img.affine, img.shape[:3],
-                                       alternative=reference.alternative, metric=metric)
-        drift = face_drift_mm(reference.matrix, register.refit(levels, reference.matrix), removal, img.affine)
-    if drift > MAX_APPLY_DRIFT_MM:
-        report.failures.append(f"the head moved between the scans (the template refits {drift:.1f} mm away "
-                               f"> {MAX_APPLY_DRIFT_MM})")
-    return RemovalEstimate(
-        removal=removal, affine=img.affine.copy(), matrix=reference.matrix, engine=reference.engine,
-        report=report, volumes=1 if img.ndim == 3 else img.shape[3], seconds=time.monotonic() - started,
-        notes=[f"face mask of {reference_label} applied (same scanner frame)"], alternative=reference.alternative,
-        pair=reference.pair, applied_from=reference_label,
-    )
-
-
-def face_drift_mm(matrix: np.ndarray, other: np.ndarray, removal: np.ndarray, affine: np.ndarray) -> float:
-    """Largest distance (template mm) between where two transforms send the corners of the removal mask's
-    bounding box (the whole grid when nothing is removed)."""
-    hits = np.argwhere(removal) if removal.any() else np.array([[0, 0, 0], np.array(removal.shape) - 1])
-    low, high = hits.min(axis=0), hits.max(axis=0)
-    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1])
-                        for z in (low[2], high[2])])
-    world = affine @ corners.T
-    return float(np.max(np.linalg.norm((matrix @ world - other @ world)[:3], axis=0)))
-
-
-def applied_or_registered(reference: RemovalEstimate, reference_path: Path, reference_label: str, in_path: Path,
-                          engine: str = "builtin", threads: int | None = None) -> RemovalEstimate:
-    """The reference's face mask on `in_path` when it fits there (every guard passes), else the image
-    registered on its own (with the same template pair) and a note saying why."""
-    applied = estimate_applied(reference, load_nifti(reference_path), in_path, reference_label)
-    if applied is not None and not applied.failures:
-        return applied
-    why = ("not in scanner coordinates with " + reference_label if applied is None else
-           f"the face mask of {reference_label} does not fit ({'; '.join(applied.failures)})")
-    own = estimate_removal(in_path, engine=engine, threads=threads, template=reference.pair)
-    own.notes.append(f"{why}: registered on its own")
-    return own
-
-
-def evaluate_metric(volume: np.ndarray, affine: np.ndarray, matrix: np.ndarray) -> float:
-    """The guard's image-match metric for a transform found elsewhere (the FSL engine)."""
-    levels = register.prepare_subject(volume, affine, (register.CHECK_SPACING_MM,))
-    return register.check_metric(levels, matrix)
-
-
-def resolve_threads(threads: int | None) -> int:
-    if threads is not None:
-        return max(1, int(threads))
-    value = os.environ.get(THREADS_ENV, "1")
-    try:
-        return max(1, int(value))
-    except ValueError as exc:
-        raise ConfigError(f"{THREADS_ENV} must be a whole number, got {value!r}") from exc
-
-
-def choose_engine(engine: str) -> str:
-    from bidsafe.deface import fsl
-
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown deface engine {engine!r} (choose from {', '.join(ENGINES)})")
-    if engine == "auto":
-        return "fsl" if fsl.fsl_available() else "builtin"
-    if engine == "fsl" and not fsl.fsl_available():
-        raise ConfigError("engine 'fsl' requested but FSL is not usable (FSLDIR, fsl and flirt on PATH)")
-    return engine
-
-
-# --- writing --------------------------------------------------------------------------------------------------
-
-
-def _raw_zero(img: nib.Nifti1Image) -> np.generic:
-    """The stored value that reads back as 0 under the image's scaling (or the closest one)."""
-    dtype = img.get_data_dtype()
-    slope = float(img.dataobj.slope)
-    inter = float(img.dataobj.inter)
-    if dtype.kind == "f":
-        return dtype.type(0.0 if inter == 0 else -inter / slope)
-    value = 0.0 if inter == 0 else round(-inter / slope)
-    info = np.iinfo(dtype)
-    return dtype.type(min(max(value, info.min), info.max))
-
-
-def defaced_bytes(in_path: Path, img: nib.Nifti1Image, removal: np.ndarray, gzipped: bool) -> bytes:
-    """The input file with face voxels zeroed: header and extensions byte for byte, data in the same type."""
-    offset = int(img.dataobj.offset)  # the loaded header's vox_offset reads 0; the proxy keeps the real one
-    opener = gzip.open if str(in_path).endswith(".gz") else open
-    with opener(in_path, "rb") as handle:
-        prefix = handle.read(offset)
-    raw = np.asanyarray(img.dataobj.get_unscaled())
-    if raw.dtype != img.get_data_dtype():
-        raw = raw.astype(img.get_data_dtype())
-    raw = np.array(raw, copy=True, order="F")
-    raw[removal] = _raw_zero(img)
-    payload = prefix + raw.tobytes(order="F")
-    return _gzip(payload) if gzipped else payload
-
-
-def _gzip(payload: bytes) -> bytes:
-    buffer = io.BytesIO()
-    # mtime=0 and no file name: the same input gives the same bytes (and the same SHA-256) on every run.
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=6, mtime=0) as handle:
-        handle.write(payload)
-    return buffer.getvalue()
-
-
-def mask_bytes(removal: np.ndarray, img: nib.Nifti1Image, gzipped: bool) -> bytes:
-    header = nib.Nifti1Header()
-    header.set_data_shape(removal.shape)
-    header.set_data_dtype(np.uint8)
-    mask = nib.Nifti1Image(removal.astype(np.uint8), None, header)
-    sform, sform_code = img.header.get_sform(coded=True)
-    qform, qform_code = img.header.get_qform(coded=True)
-    mask.set_sform(img.affine if sform is None else sform, code=int(sform_code or 1))
-    mask.set_qform(img.affine if qform is None else qform, code=int(qform_code or 1))
-    mask.header.set_xyzt_units(*img.header.get_xyzt_units())
-    payload = mask.to_bytes()
-    return _gzip(payload) if gzipped else payload
-
-
-def _check_output(in_path: Path, out_path: Path) -> None:
-    if not out_path.name.endswith(NIFTI_SUFFIXES):
-        raise ConfigError("output must end in .nii or .nii.gz", out_path)
-    if out_path.exists() and in_path.exists() and out_path.resolve() == in_path.resolve():
-        raise ConfigError("output would overwrite the input", out_path)
+# The engine's API as it was before the split into records, nifti, facemask and estimate (tests, benchmarks and
+# bidsafe.deface import these names from here).
+__all__ = [
+    "ENGINES", "FACE_MARGIN_MM", "NIFTI_SUFFIXES", "THREADS_ENV", "DefaceRecord", "DefaceRefused",
+    "RemovalEstimate", "applied_or_registered", "apply_guards", "choose_engine", "cli_main", "deface_image",
+    "deface_session", "deface_targets", "defaced_bytes", "estimate_applied", "estimate_removal", "face_in_grid",
+    "guard_values_text", "load_nifti", "mask_bytes", "refused_record", "registration_volume", "resolve_threads",
+]
 
 
 def deface_image(
@@ -490,12 +84,7 @@ def deface_image(
     """
     in_path, out_path = Path(in_path), Path(out_path)
     label = name or in_path.name
-    _check_output(in_path, out_path)
-    for extra in (mask_path, qc_png):
-        if extra is not None and Path(extra).resolve() in {in_path.resolve(), out_path.resolve()}:
-            raise ConfigError("mask/QC path collides with the input or output", extra)
-    if mask_path is not None and not Path(mask_path).name.endswith(NIFTI_SUFFIXES):
-        raise ConfigError("mask must end in .nii or .nii.gz", mask_path)
+    _check_paths(in_path, out_path, mask_path, qc_png)
     started = time.monotonic()
     if estimate is None:
         estimate = estimate_removal(in_path, engine=engine, threads=threads, template=template)
@@ -517,6 +106,21 @@ def deface_image(
     atomic_write_bytes(out_path, data)
     if progress is not None:
         progress.advance()
+    return _record(label, estimate, data, img.affine, time.monotonic() - started)
+
+
+def _check_paths(in_path: Path, out_path: Path, mask_path: Path | None, qc_png: Path | None) -> None:
+    """Refuse an output, mask or QC path that would overwrite the input or each other, or a mask not NIfTI."""
+    _check_output(in_path, out_path)
+    for extra in (mask_path, qc_png):
+        if extra is not None and Path(extra).resolve() in {in_path.resolve(), out_path.resolve()}:
+            raise ConfigError("mask/QC path collides with the input or output", extra)
+    if mask_path is not None and not Path(mask_path).name.endswith(NIFTI_SUFFIXES):
+        raise ConfigError("mask must end in .nii or .nii.gz", mask_path)
+
+
+def _record(label: str, estimate: RemovalEstimate, data: bytes, affine: np.ndarray, seconds: float) -> DefaceRecord:
+    """The record of an image written as `data`: its guard values, transform and what was removed."""
     report = estimate.report
     removed = int(estimate.removal.sum())
     return DefaceRecord(
@@ -530,9 +134,9 @@ def deface_image(
         brain_cm3_removed=round(report.brain_cm3_removed, 3),
         metric=None if report.metric is None else round(report.metric, 4),
         removed_voxels=removed,
-        removed_cm3=round(removed * float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0, 2),
+        removed_cm3=round(removed * float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0, 2),
         volumes=estimate.volumes,
-        seconds=round(time.monotonic() - started, 2),
+        seconds=round(seconds, 2),
         matrix=[[round(float(v), 6) for v in row] for row in estimate.matrix],
         notes=estimate.notes,
         guards=estimate.guard_values,
@@ -590,17 +194,10 @@ def deface_session(
     if not in_dir.is_dir():
         raise ConfigError("session folder not found", in_dir)
     targets = set(deface_targets(in_dir, exempt, also))
-    reference = reference_image(targets) if applyto else None
-    reference_estimate = None
-    if reference is not None:
-        try:
-            reference_estimate = estimate_removal(in_dir / reference, engine=engine, threads=threads,
-                                                  template=template)
-        except GuardError:
-            reference = None  # an empty T1w: refused below with its reason, the others registered on their own
+    reference, reference_estimate = _session_reference(in_dir, targets, applyto, engine, threads, template)
     records: list[DefaceRecord] = []
     refused: list[str] = []
-    refused_records: list[dict] = []
+    refused_records: list[dict[str, Any]] = []
     with atomic_dir(out_dir) as staging:
         for path in sorted(in_dir.rglob("*")):
             relative = path.relative_to(in_dir)
@@ -614,12 +211,7 @@ def deface_session(
                 continue
             qc_png = None if qc_dir is None else Path(qc_dir) / (_stem(relative) + "_deface.png")
             try:
-                estimate = None
-                if relative == reference:
-                    estimate = reference_estimate
-                elif reference_estimate is not None and not reference_estimate.failures:
-                    estimate = applied_or_registered(reference_estimate, in_dir / reference,
-                                                     reference.as_posix(), path, engine=engine, threads=threads)
+                estimate = _session_estimate(in_dir, relative, reference, reference_estimate, engine, threads)
                 record = deface_image(path, destination, engine=engine, qc_png=qc_png, threads=threads,
                                       name=relative.as_posix(), template=template, estimate=estimate)
             except GuardError as exc:
@@ -634,7 +226,37 @@ def deface_session(
     return records
 
 
-def session_records(records: list[DefaceRecord]) -> list[dict]:
+def _session_reference(
+    in_dir: Path, targets: set[Path], applyto: bool, engine: str, threads: int | None,
+    template: tpl.TemplatePair | None,
+) -> tuple[Path | None, RemovalEstimate | None]:
+    """The session's reference image (`reference_image`, with `applyto`) and its estimate; (None, None) when
+    there is none or it cannot be estimated."""
+    reference = reference_image(targets) if applyto else None
+    if reference is None:
+        return None, None
+    try:
+        return reference, estimate_removal(in_dir / reference, engine=engine, threads=threads, template=template)
+    except GuardError:
+        return None, None  # an empty T1w: refused with its reason in the loop, the others registered on their own
+
+
+def _session_estimate(
+    in_dir: Path, relative: Path, reference: Path | None, reference_estimate: RemovalEstimate | None,
+    engine: str, threads: int | None,
+) -> RemovalEstimate | None:
+    """The estimate an image of the session gets before deface_image: the reference's own, the reference's face
+    mask carried onto it (or its own registration when that does not fit), or None (deface_image registers it)."""
+    if relative == reference:
+        return reference_estimate
+    if reference_estimate is not None and not reference_estimate.failures:
+        known = cast(Path, reference)  # reference_estimate is only set with a reference
+        return applied_or_registered(reference_estimate, in_dir / known, known.as_posix(), in_dir / relative,
+                                     engine=engine, threads=threads)
+    return None
+
+
+def session_records(records: list[DefaceRecord]) -> list[dict[str, Any]]:
     """records.json entries: each record with its released path and the output's SHA-256 up front."""
     return [{"path": r.input, "sha256": r.output_sha256, **r.as_dict()} for r in records]
 
@@ -678,7 +300,8 @@ def cli_template(args: argparse.Namespace) -> tpl.TemplatePair | None:
     missing = [f"--{k}" for k, v in given.items() if not v]
     if missing:
         raise ConfigError(f"--template, --facemask and --brainmask go together: {', '.join(missing)} missing")
-    return tpl.site_pair(Path(given["template"]).name, given["template"], given["facemask"], given["brainmask"],
+    paths = cast(dict[str, str], given)  # each one given (checked above)
+    return tpl.site_pair(Path(paths["template"]).name, paths["template"], paths["facemask"], paths["brainmask"],
                          getattr(args, "scale_range", None))
 
 
@@ -711,10 +334,11 @@ def cli_main(args: argparse.Namespace) -> int:
             refused = []
             for other in others:
                 _check_output(other, outputs[other])
-                estimates[other] = applied_or_registered(reference, in_path, in_path.name, other,
-                                                         engine=args.engine, threads=threads)
-                if estimates[other].failures:
-                    refused.append(f"{other.name}: " + "; ".join(estimates[other].failures))
+                estimate = applied_or_registered(reference, in_path, in_path.name, other,
+                                                 engine=args.engine, threads=threads)
+                estimates[other] = estimate
+                if estimate.failures:
+                    refused.append(f"{other.name}: " + "; ".join(estimate.failures))
             if refused:
                 raise GuardError("deface refused for " + " | ".join(refused), in_path.name)
         records = [deface_image(

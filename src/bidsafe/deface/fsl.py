@@ -14,6 +14,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -96,17 +97,18 @@ def flirt_to_world(
     r_affine, r_shape, r_zooms = reference
     m_vox_to_fsl = fsl_scaled_voxels(m_affine, m_shape, m_zooms)
     r_vox_to_fsl = fsl_scaled_voxels(r_affine, r_shape, r_zooms)
-    return r_affine @ np.linalg.inv(r_vox_to_fsl) @ mat @ m_vox_to_fsl @ np.linalg.inv(m_affine)
+    world: np.ndarray = r_affine @ np.linalg.inv(r_vox_to_fsl) @ mat @ m_vox_to_fsl @ np.linalg.inv(m_affine)
+    return world
 
 
 def run_pydeface(volume: np.ndarray, img: nib.Nifti1Image, work_dir: Path | None = None) -> FslResult:
     with tempfile.TemporaryDirectory(prefix="bidsafe-pydeface-", dir=work_dir) as tmp:
         in_path = Path(tmp) / "image.nii.gz"
         out_path = Path(tmp) / "defaced.nii.gz"
-        copy = nib.Nifti1Image(volume.astype(np.float32), img.affine)
-        copy.set_sform(img.affine, code=1)
-        copy.set_qform(img.affine, code=1)
-        copy.header.set_zooms(img.header.get_zooms()[:3])
+        copy = nib.Nifti1Image(volume.astype(np.float32), img.affine)  # type: ignore[no-untyped-call]
+        copy.set_sform(img.affine, code=1)  # type: ignore[no-untyped-call]
+        copy.set_qform(img.affine, code=1)  # type: ignore[no-untyped-call]
+        copy.header.set_zooms(img.header.get_zooms()[:3])  # type: ignore[no-untyped-call]
         copy.to_filename(in_path)
         proc = subprocess.run(fsl_command(in_path, out_path), cwd=tmp, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -116,14 +118,14 @@ def run_pydeface(volume: np.ndarray, img: nib.Nifti1Image, work_dir: Path | None
         mask_path, mat_path = nocleanup_outputs(in_path)
         if not mask_path.is_file() or not mat_path.is_file():
             raise BidsafeError("pydeface (FSL) finished without leaving its mask and matrix")
-        mask = np.asarray(nib.load(mask_path).dataobj, dtype=np.float32)
+        mask = np.asarray(cast(nib.Nifti1Image, nib.load(mask_path)).dataobj, dtype=np.float32)
         mat = np.loadtxt(mat_path)
     if mask.shape[:3] != volume.shape:
         raise BidsafeError(f"pydeface's mask has shape {mask.shape}, expected {volume.shape}")
-    template = nib.load(tpl.active_pair().template)
+    template = cast(nib.Nifti1Image, nib.load(tpl.active_pair().template))
     template_to_subject = flirt_to_world(
         mat,
-        (template.affine, template.shape, template.header.get_zooms()),
-        (img.affine, volume.shape, img.header.get_zooms()[:3]),
+        (template.affine, template.shape, template.header.get_zooms()),  # type: ignore[no-untyped-call]
+        (img.affine, volume.shape, img.header.get_zooms()[:3]),  # type: ignore[no-untyped-call]
     )
     return FslResult(matrix=np.linalg.inv(template_to_subject), removal=mask.reshape(volume.shape) < 0.5)

@@ -7,6 +7,7 @@ constants so the benchmark and the tests read the same numbers the engine applie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -42,7 +43,7 @@ class GuardReport:
     failures: list[str] = field(default_factory=list)
     limits: dict[str, object] = field(default_factory=dict)  # each guard's threshold as applied (for the record)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "singular_values": [round(v, 4) for v in self.singular_values],
             "scale": round(overall_scale(np.asarray(self.singular_values)), 4) if self.singular_values else None,
@@ -143,9 +144,10 @@ def brain_in_grid(matrix: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]
     """The (eroded) template brain carried by `matrix` onto a subject grid."""
     assets = tpl.load_assets()
     vox = np.linalg.solve(assets.affine, matrix @ affine)
-    return ndimage.affine_transform(
+    carried: np.ndarray = ndimage.affine_transform(
         brain.view(np.uint8), vox[:3, :3], vox[:3, 3], output_shape=tuple(shape[:3]), order=0, mode="constant"
     ).astype(bool)
+    return carried
 
 
 def check_brain(

@@ -7,7 +7,9 @@ face before removal, so it belongs to the QC area beside the release, never insi
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -21,8 +23,8 @@ DPI = 90
 
 def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder/flip voxel axes towards RAS (no resampling) and return the matching voxel sizes."""
-    ornt = nib.orientations.io_orientation(affine)
-    out = nib.orientations.apply_orientation(data, ornt)
+    ornt = nib.orientations.io_orientation(affine)  # type: ignore[no-untyped-call]
+    out = nib.orientations.apply_orientation(data, ornt)  # type: ignore[no-untyped-call]
     zooms = np.empty(3)
     zooms[ornt[:, 0].astype(int)] = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # input axis i -> output axis
     return out, zooms
@@ -43,7 +45,7 @@ def _centre(mask: np.ndarray, data: np.ndarray, vmax: float) -> tuple[int, int, 
     head = np.argwhere(tissue)
     if head.size:
         centre[0] = head[:, 0].mean()
-    return tuple(int(round(c)) for c in centre)
+    return cast(tuple[int, int, int], tuple(int(round(c)) for c in centre))
 
 
 def write_qc_png(img: nib.Nifti1Image, removal: np.ndarray, path: Path, title: str = "") -> Path:
@@ -58,7 +60,7 @@ def write_qc_png(img: nib.Nifti1Image, removal: np.ndarray, path: Path, title: s
     after = np.where(mask, 0.0, data)
     vmax = float(np.percentile(data[data > 0], 99.5)) if np.any(data > 0) else 1.0
     x, y, z = _centre(mask, data, vmax)
-    views = [
+    views: list[tuple[Callable[[np.ndarray], np.ndarray], float, str]] = [
         (lambda a: a[x, :, :], zooms[2] / zooms[1], "sagittal"),
         (lambda a: a[:, y, :], zooms[2] / zooms[0], "coronal"),
         (lambda a: a[:, :, z], zooms[1] / zooms[0], "axial"),

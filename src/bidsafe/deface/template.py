@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -191,8 +191,8 @@ def pair_assets(pair: TemplatePair) -> TemplateAssets:
             f"(sha256 {digest[:12]}...); install a pydeface 2.x whose template matches",
             template_path,
         )
-    template = nib.load(template_path)
-    mask = nib.load(mask_path)
+    template = cast(nib.Nifti1Image, nib.load(template_path))
+    mask = cast(nib.Nifti1Image, nib.load(mask_path))
     if not np.allclose(template.affine, mask.affine, atol=1e-3) or template.shape != mask.shape:
         raise BidsafeError("pydeface's face mask and template do not share a grid", mask_path)
     image = np.asarray(template.dataobj, dtype=np.float32)
@@ -205,11 +205,11 @@ def pair_assets(pair: TemplatePair) -> TemplateAssets:
 
 def _site_assets(pair: TemplatePair) -> TemplateAssets:
     """A site's pair: the three images on one grid, a non-empty face and brain that do not overlap."""
-    images = {}
+    images: dict[str, nib.Nifti1Image] = {}
     for label in ("template", "facemask", "brainmask"):
         path = getattr(pair, label)
         try:
-            images[label] = nib.load(path)
+            images[label] = cast(nib.Nifti1Image, nib.load(path))
         except Exception as exc:  # nibabel raises several types for a damaged file
             raise ConfigError(f"deface template {pair.name!r}: {label} is not a readable NIfTI", path) from exc
         if len(images[label].shape) != 3:
@@ -240,7 +240,8 @@ def _site_assets(pair: TemplatePair) -> TemplateAssets:
 
 def ball(radius_vox: int) -> np.ndarray:
     grid = np.mgrid[tuple(slice(-radius_vox, radius_vox + 1) for _ in range(3))]
-    return (grid**2).sum(axis=0) <= radius_vox**2 + 0.5
+    inside: np.ndarray = (grid**2).sum(axis=0) <= radius_vox**2 + 0.5
+    return inside
 
 
 def world_yz(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +294,7 @@ def resample(
 ) -> np.ndarray:
     """Sample `data` (voxel -> world by `data_affine`) at every voxel of a grid (voxel -> world by `grid_affine`)."""
     vox_to_vox = np.linalg.solve(data_affine, grid_affine)
-    return ndimage.affine_transform(
+    sampled: np.ndarray = ndimage.affine_transform(
         data,
         vox_to_vox[:3, :3],
         vox_to_vox[:3, 3],
@@ -303,6 +304,7 @@ def resample(
         cval=cval,
         prefilter=False,
     )
+    return sampled
 
 
 def smooth_for_spacing(data: np.ndarray, zooms: np.ndarray, spacing: float) -> np.ndarray:
@@ -311,7 +313,8 @@ def smooth_for_spacing(data: np.ndarray, zooms: np.ndarray, spacing: float) -> n
     sigma_vox = fwhm / 2.3548 / np.asarray(zooms, dtype=float)
     if not np.any(sigma_vox > 0.1):
         return data
-    return ndimage.gaussian_filter(data, sigma_vox, mode="nearest", truncate=3.0)
+    smoothed: np.ndarray = ndimage.gaussian_filter(data, sigma_vox, mode="nearest", truncate=3.0)
+    return smoothed
 
 
 def head_mask(image: np.ndarray, spacing: float, fraction: float = 0.15) -> np.ndarray:
@@ -327,7 +330,8 @@ def head_mask(image: np.ndarray, spacing: float, fraction: float = 0.15) -> np.n
     if count > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
         mask = labels == (1 + int(np.argmax(sizes)))
-    return ndimage.binary_fill_holes(mask)
+    filled: np.ndarray = ndimage.binary_fill_holes(mask)
+    return filled
 
 
 def normalise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -368,7 +372,8 @@ def _template_image(pair: TemplatePair, spacing: float) -> tuple[Grid, np.ndarra
     corners = corners_world(assets.affine, assets.image.shape)
     low, high = corners.min(axis=0), corners.max(axis=0)
     shape = tuple(int(n) for n in np.ceil((high - low) / spacing) + 1)
-    grid = Grid(origin=tuple(float(v) for v in low), spacing=spacing, shape=shape)
+    grid = Grid(origin=cast(tuple[float, float, float], tuple(float(v) for v in low)), spacing=spacing,
+                shape=cast(tuple[int, int, int], shape))
     if spacing > 2.0:
         source_grid, source = _template_image(pair, 2.0)
         source_affine, zooms = source_grid.affine, np.full(3, 2.0)
@@ -389,7 +394,9 @@ def crop_grid(grid: Grid, mask: np.ndarray, pad: int) -> tuple[tuple[slice, ...]
         hits = np.flatnonzero(mask.any(axis=other))
         box.append(slice(max(int(hits[0]) - pad, 0), min(int(hits[-1]) + 1 + pad, grid.shape[axis])))
     origin = tuple(float(o + grid.spacing * b.start) for o, b in zip(grid.origin, box, strict=True))
-    return tuple(box), Grid(origin=origin, spacing=grid.spacing, shape=tuple(b.stop - b.start for b in box))
+    shape = tuple(b.stop - b.start for b in box)
+    return tuple(box), Grid(origin=cast(tuple[float, float, float], origin), spacing=grid.spacing,
+                            shape=cast(tuple[int, int, int], shape))
 
 
 def corners_world(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -399,5 +406,6 @@ def corners_world(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     corners = np.array(
         [[c[0], c[1], c[2], 1.0] for c in np.array(np.meshgrid(*zip(lows, highs, strict=True))).T.reshape(-1, 3)]
     )
-    return (affine @ corners.T).T[:, :3]
+    world: np.ndarray = (affine @ corners.T).T[:, :3]
+    return world
 
