@@ -17,13 +17,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
-from test_deface import LPS, PIR, dice, head_pose, make_head, raw_data
 
 from bidsafe.cli import main as cli
 from bidsafe.deface import engine, guards
 from bidsafe.deface import template as tpl
 from bidsafe.deface.register import rotation_matrix
 from bidsafe.errors import ConfigError
+
+from helpers.deface_heads import LPS, PIR, dice, head_pose, make_head, raw_data
 
 slow = pytest.mark.slow
 CHILD = 0.65

@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from test_deface import LPS, head_pose, make_head, make_session
 
 from bidsafe.cli import main as cli
 from bidsafe.deface import engine, guards
+
+from helpers.deface_heads import LPS, head_pose, make_head, make_session
 
 slow = pytest.mark.slow
 
