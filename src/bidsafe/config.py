@@ -89,50 +89,19 @@ def config_problems(config: object, schema: Mapping[str, Any] | None = None) -> 
 
 
 def _formats() -> Any:
-    """The formats the schema uses, each a fact stated in `bidsafe.bidsnames` (the schema names it instead of
-    restating a pattern): `bids-suffix`, a suffix of the official BIDS schema (policy lists of suffixes are
-    checked against it); `label`, a subject or session label; `subject-label` and `session-label`, a label
-    with its `sub-`/`ses-` prefix optional; `released-session`, `sub-S` or `sub-S/ses-T`."""
+    """The formats the schema uses: `bids-suffix`, a name in the official BIDS schema (policy lists of suffixes
+    are checked against it, not restated). Text that is not letters and digits is left to the key's pattern."""
     from jsonschema import FormatChecker
-
-    from bidsafe.bidsnames import is_label, unknown_suffixes
 
     checker = FormatChecker(formats=())
 
     @checker.checks("bids-suffix")
     def _bids_suffix(value: object) -> bool:
-        return not isinstance(value, str) or (is_label(value) and not unknown_suffixes([value]))
+        from bidsafe.bidsnames import unknown_suffixes
 
-    @checker.checks("label")
-    def _label(value: object) -> bool:
-        return not isinstance(value, str) or is_label(value)
-
-    @checker.checks("subject-label")
-    def _subject_label(value: object) -> bool:
-        return not isinstance(value, str) or is_label(value.removeprefix("sub-"))
-
-    @checker.checks("session-label")
-    def _session_label(value: object) -> bool:
-        return not isinstance(value, str) or is_label(value.removeprefix("ses-"))
-
-    @checker.checks("released-session")
-    def _released_session(value: object) -> bool:
-        if not isinstance(value, str):
-            return True
-        subject, _, session = value.partition("/")
-        return (subject.startswith("sub-") and is_label(subject[4:])
-                and (not session or (session.startswith("ses-") and is_label(session[4:]))))
+        return not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9]+", value) or not unknown_suffixes([value])
 
     return checker
-
-
-_FORMAT_WORDS = {
-    "bids-suffix": "a suffix of the BIDS schema",
-    "label": "letters and digits",
-    "subject-label": "a subject label (letters and digits, `sub-` optional)",
-    "session-label": "a session label (letters and digits, `ses-` optional)",
-    "released-session": "`sub-S` or `sub-S/ses-T` with labels of letters and digits",
-}
 
 
 def _describe(error: Any) -> Iterable[str]:
@@ -156,7 +125,7 @@ def _describe(error: Any) -> Iterable[str]:
                 yield _line(_join(path, key), "missing (a required key)", None, None)
         return
     why = _why(node, kind)
-    if kind == "format":  # a name the official BIDS schema does not know, a label that is not one
+    if kind == "format":  # a name the official BIDS schema does not know (`format: bids-suffix`)
         yield _line(path, f"{_quote(value)} is not allowed", why, None)
         return
     if kind == "type":
@@ -338,8 +307,8 @@ def _allowed_text(node: Mapping[str, Any]) -> str | None:
             bounds.append(f"{sign} {node[keyword]}")
     if "pattern" in node:
         bounds.append(f"matching `{node['pattern']}`")
-    if node.get("format") in _FORMAT_WORDS:
-        bounds.append(_FORMAT_WORDS[node["format"]])
+    if node.get("format") == "bids-suffix":
+        bounds.append("a suffix of the BIDS schema")
     items = node.get("items")
     if isinstance(items, Mapping) and (inner := items.get("x-allowed") or _allowed_text(items)):
         bounds.append(f"items {inner}")
