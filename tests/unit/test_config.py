@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bidsafe.bidsnames import is_label
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.config import check_config, config_docs, config_problems, load_schema, schema_defaults
 from bidsafe.errors import ConfigError
@@ -119,6 +120,28 @@ def test_wrong_types_values_and_missing_keys_each_get_one_line():
         "config: release.version: 'next' is not allowed (allowed: auto or a whole number ≥ 1)",
     ]
     assert config_problems(None) == ["config: the configuration must be a mapping of keys (is the file empty?)"]
+
+
+def test_labels_in_the_config_are_letters_and_digits_with_their_optional_prefix():
+    """Every key that names a subject or session holds a label of letters and digits (bidsafe.bidsnames.LABEL)
+    with its `sub-`/`ses-` prefix where the key allows one. The schema states this as a pattern per key so
+    that any JSON Schema validator (Snakemake's `validate` too) enforces it without bidsafe's code."""
+    template = {"name": "kids", "template": "t.nii.gz", "facemask": "f.nii.gz", "brainmask": "b.nii.gz"}
+    good = {**BASE, "sessions": {"withhold": [{"subject": "sub-a7k2", "session": "ses-01", "reason": "review"},
+                                              {"subject": "b9", "session": "02", "reason": "review"}]},
+            "deface": {"templates": [{**template, "sessions": ["sub-a7k2", "sub-b9/ses-02"]}]}}
+    assert config_problems(good) == []
+    bad = {**BASE, "sessions": {"withhold": [{"subject": "sub-a_7", "session": "ses-0 1", "reason": "review"}]},
+           "deface": {"templates": [{**template, "sessions": ["a7k2", "sub-b9/02", "sub-b9/ses-0+2"]}]}}
+    problems = config_problems(bad)
+    for path in ("sessions.withhold[0].subject: 'sub-a_7'", "sessions.withhold[0].session: 'ses-0 1'",
+                 "deface.templates[0].sessions[0]: 'a7k2'", "deface.templates[0].sessions[1]: 'sub-b9/02'",
+                 "deface.templates[0].sessions[2]: 'sub-b9/ses-0+2'"):
+        assert any(line.startswith(f"config: {path}") for line in problems), (path, problems)
+    assert len(problems) == 5, problems
+    for label in ("sub-a7k2", "b9", "a7k2"):  # the schema's patterns and bidsnames agree
+        assert is_label(label.removeprefix("sub-"))
+    assert not is_label("a_7") and not is_label("0 1")
 
 
 def test_the_shipped_config_is_valid_and_defaults_come_from_the_schema_at_every_level():
