@@ -1,5 +1,4 @@
 # Config validation, data areas and every input function: rule bodies stay declarative.
-import gc
 import math
 import os
 from pathlib import Path
@@ -14,12 +13,6 @@ from bidsafe.private import check_areas, check_writable_area
 from bidsafe.pseudonymise.settings import STAGE_KEYS as PSEUDONYMISE_KEYS
 from bidsafe.recovery import scratch_dir
 from bidsafe.release.datalad_release import require_datalad_tools
-
-# Planning an archive builds ~6 long-lived Snakemake job objects per session (30,000 at 5,000 sessions), and
-# Python's collector, at its default of one young-generation pass per 700 allocations, kept rescanning them:
-# a fifth of a 5,000-session dry run's CPU (benchmarks/scale.py). Rarer young passes collect the same cycles,
-# later; the peak memory measured the same (863 MB).
-gc.set_threshold(50_000, 20, 10)
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
 check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
