@@ -13,17 +13,23 @@ MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 HANDOFF_KEY = bytes(range(32))
 
 
-def mr_instance(study: str, series: str, number: int, patient_id: str, instance: int,
-                implicit: bool = False) -> Dataset:
-    """An 8x8 MR image of patient DOE^JOHN as a scanner exports it (explicit VR unless `implicit`)."""
+def empty_mr(transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """An MR Image Storage data set with its file meta and a new SOP instance UID, nothing else yet."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MR_IMAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = MR_IMAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def mr_instance(study: str, series: str, number: int, patient_id: str, instance: int,
+                implicit: bool = False) -> Dataset:
+    """An 8x8 MR image of patient DOE^JOHN as a scanner exports it (explicit VR unless `implicit`)."""
+    ds = empty_mr(ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
     ds.PatientName = "DOE^JOHN"
     ds.PatientID = patient_id
     ds.PatientBirthDate = "19800101"
@@ -53,14 +59,7 @@ def save_dicom(ds: Dataset, path: Path) -> Path:
 
 def tiny_mr(study: str, series: str, instance: int) -> Dataset:
     """A 4x4 MR image of patient PID-X, pixel values offset by `instance`."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MR_IMAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = empty_mr()
     ds.PatientID = "PID-X"
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series

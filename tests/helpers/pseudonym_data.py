@@ -10,12 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bidsafe.ingest import INDEX_COLUMNS
 
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+from helpers.mr_instances import MR_IMAGE, empty_mr
 
 
 @dataclass(frozen=True)
@@ -43,14 +42,7 @@ def write_session(inbox: Path, session: FakeSession) -> tuple[str, list[str]]:
     folder.mkdir(parents=True, exist_ok=True)
     relpaths = []
     for number in range(1, session.files + 1):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_IMAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = MR_IMAGE
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = empty_mr()
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.PatientName = session.name

@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bidsafe.handoff import instance_filename, read_manifest, series_dirname, study_key
 from bidsafe.keys import load_key
 
 from helpers.loopback import STORESCU, free_port, listening, wait_for
+from helpers.mr_instances import empty_mr
 
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(),
                                 reason="dcmtk's storescu is not installed (apt-get install dcmtk; .ci/run does)")
 
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 QUIET = 1.5
 
 
@@ -66,14 +65,7 @@ def add_series(root: Path, study: Study, description: str, number: int, count: i
     series_uid = generate_uid()
     files = []
     for i in range(count):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_IMAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = MR_IMAGE
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = empty_mr()
         ds.PatientName = study.patient_name
         ds.PatientID = study.patient_id
         ds.StudyInstanceUID = study.uid

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bidsafe.cli import main as bidsafe_main
 from bidsafe.errors import BidsafeError, ConfigError
 from bidsafe.pseudonymise.consent import TEMPLATE_COLUMNS, decide, read_registry, write_consent_template
 
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+from helpers.mr_instances import empty_mr
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -72,13 +71,7 @@ def test_an_existing_registry_is_kept_unless_forced(two_session_demo, tmp_path: 
 
 
 def _image(path: Path, study: str, patient_id: str | None, study_date: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE, meta.MediaStorageSOPInstanceUID
+    ds = empty_mr()
     if patient_id is not None:
         ds.PatientID = patient_id
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
