@@ -494,6 +494,27 @@ def _receive(sub: Subparsers) -> None:
     p.set_defaults(handler="bidsafe.receiver.cli:cli_main")
 
 
+def _step(sub: Subparsers) -> None:
+    from bidsafe.steps import STEPS
+
+    p = _add(
+        sub, "step",
+        help="run one per-session stage as a workflow job does (the workflow's per-session rules call this)",
+        description="Run one per-session stage of the workflow (harvest, deid, convert, scrub, deface, qc) with "
+        "its inputs and outputs as options, logging to --log. `bidsafe step STAGE --help` lists a stage's "
+        "options: its function's keyword parameters (bidsafe.steps). Every line goes to the log; a failure "
+        "prints one line naming the error's type.",
+        epilog=exit_codes((0, "the stage finished (the session's status file says included or withheld)"),
+                          (1, "the stage failed; its log says why"),
+                          (2, "a missing or bad option (the message names it)")),
+    )
+    p.add_argument("stage", choices=tuple(STEPS),
+                   help="the per-session stage to run")
+    p.add_argument("options", nargs=argparse.REMAINDER, metavar="--OPTION VALUE ...",
+                   help="the stage's options and --log FILE")
+    p.set_defaults(handler="bidsafe.steps:cli_main")
+
+
 COMMANDS: tuple[Register, ...] = (
     _run,
     _demo_data,
@@ -512,6 +533,7 @@ COMMANDS: tuple[Register, ...] = (
     _withdraw_from_releases,
     _watch_drop,
     _receive,
+    _step,
 )
 
 

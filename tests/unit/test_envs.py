@@ -1,6 +1,7 @@
 """The conda envs are real (issue 13, item 5): each envs/*.yaml lists exactly what its rules' code needs, pinned.
 
-"What a rule's code needs" is found statically, per function: the rule's script, and from it every bidsafe
+"What a rule's code needs" is found statically, per function: the rule's script (or, for a rule running
+`bidsafe step STAGE`, the `bidsafe` command and that stage's function), and from it every bidsafe
 function, class and module body it can reach (a name used in a reached function leads to that name's
 definition; `from bidsafe.x import y` inside a function counts only when that function is reached, which is how
 bidsafe.stages keeps each stage's imports apart); each reached module's top-level code counts whole (it runs on
@@ -44,21 +45,34 @@ def normalise(name: str) -> str:
 class Rule:
     name: str
     env: Path
-    script: Path
+    # the code the job runs first: its script's source, or for `bidsafe step STAGE` the command's entry and
+    # the stage's function, as a script importing them would
+    entry: str
+
+
+def step_entry(stage: str) -> str:
+    from bidsafe.steps import STEPS
+
+    module, function, options_from = STEPS[stage]
+    names = ", ".join(n for n in (function, options_from) if n)
+    return f"from bidsafe.cli import main\nfrom bidsafe.steps import cli_main\nfrom {module} import {names}\n"
 
 
 def workflow_rules() -> list[Rule]:
-    """Every rule with a `script:` in workflow/rules/*.smk, with its `conda:` env (paths as the rule gives them)."""
+    """Every rule with a `script:` or a `bidsafe step` shell command in workflow/rules/*.smk, with its `conda:`
+    env (paths as the rule gives them)."""
     rules = []
     for smk in sorted(RULES.glob("*.smk")):
         blocks = re.split(r"^(?:rule|checkpoint) (\w+):\n", smk.read_text(encoding="utf-8"), flags=re.M)
         for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
             script = re.search(r"^    script:\n\s+\"([^\"]+)\"", body, re.M)
-            if script is None:
+            step = re.search(r"^    shell:\n\s+\"bidsafe step (\w+) ", body, re.M)
+            if script is None and step is None:
                 continue
             conda = re.search(r"^    conda:\n\s+\"([^\"]+)\"", body, re.M)
-            assert conda, f"rule {name} runs a script but names no conda env"
-            rules.append(Rule(name, (smk.parent / conda.group(1)).resolve(), (smk.parent / script.group(1)).resolve()))
+            assert conda, f"rule {name} runs bidsafe code but names no conda env"
+            entry = (smk.parent / script.group(1)).read_text(encoding="utf-8") if script else step_entry(step[1])
+            rules.append(Rule(name, (smk.parent / conda.group(1)).resolve(), entry))
     return rules
 
 
@@ -129,8 +143,8 @@ def third_party(top: str) -> bool:
 
 
 @cache
-def needed_imports(script: Path) -> frozenset[str]:
-    """Top-level names of every third-party module the script's code can import (see the module docstring)."""
+def needed_imports(entry: str) -> frozenset[str]:
+    """Top-level names of every third-party module the entry code can import (see the module docstring)."""
     found: set[str] = set()
     done: set[tuple[str, str | None]] = set()
     todo: list[tuple[str, str | None]] = []
@@ -170,7 +184,7 @@ def needed_imports(script: Path) -> frozenset[str]:
                 if target.startswith("bidsafe") and module_path(target):
                     reach(target, node.attr if node.attr in load(target).defs else None)
 
-    script_module = Module("__main__", ast.parse(script.read_text(encoding="utf-8")))
+    script_module = Module("__main__", ast.parse(entry))
     visit(script_module, script_module.tree.body, "")
     while todo:
         unit = todo.pop()
@@ -219,7 +233,7 @@ def distributions_of(imports: frozenset[str]) -> set[str]:
 RULE_LIST = workflow_rules()
 
 
-def test_every_scripted_rule_was_found() -> None:
+def test_every_rule_running_bidsafe_code_was_found() -> None:
     names = {rule.name for rule in RULE_LIST}
     assert {"ingest", "pseudonymise", "harvest", "deid", "convert", "scrub", "deface", "qc", "assemble",
             "gate_validator", "gate_leak_scan", "gate_deface", "gate_consent", "publish", "report"} <= names
@@ -229,15 +243,15 @@ def test_the_analysis_follows_function_level_imports() -> None:
     """Sanity of the analysis itself: stages' deface imports reach SimpleITK; ingest's code does not."""
     deface = next(r for r in RULE_LIST if r.name == "deface")
     ingest = next(r for r in RULE_LIST if r.name == "ingest")
-    assert {"SimpleITK", "nibabel", "numpy"} <= needed_imports(deface.script)
-    assert "SimpleITK" not in needed_imports(ingest.script)
-    assert "pydicom" in needed_imports(ingest.script)
+    assert {"SimpleITK", "nibabel", "numpy"} <= needed_imports(deface.entry)
+    assert "SimpleITK" not in needed_imports(ingest.entry)
+    assert "pydicom" in needed_imports(ingest.entry)
 
 
 @pytest.mark.parametrize("rule", RULE_LIST, ids=lambda r: r.name)
 def test_the_env_of_a_rule_provides_every_third_party_import_of_its_code(rule: Rule) -> None:
     provided = set(env_packages(rule.env))
-    needed = distributions_of(needed_imports(rule.script))
+    needed = distributions_of(needed_imports(rule.entry))
     assert not needed - provided, f"rule {rule.name}: {rule.env.name} lacks {sorted(needed - provided)}"
     tools = {normalise(t) for t in TOOLS.get(rule.name, {})}
     assert not tools - provided, f"rule {rule.name}: {rule.env.name} lacks the programs {sorted(tools - provided)}"
@@ -247,7 +261,7 @@ def test_the_env_of_a_rule_provides_every_third_party_import_of_its_code(rule: R
 def test_an_env_lists_only_what_its_rules_need_pinned_and_no_local_install(env: Path) -> None:
     rules = [r for r in RULE_LIST if r.env == env.resolve()]
     assert rules, f"{env.name}: no rule uses it"
-    needed = set().union(*(distributions_of(needed_imports(r.script)) for r in rules))
+    needed = set().union(*(distributions_of(needed_imports(r.entry)) for r in rules))
     needed |= {normalise(t) for r in rules for t in TOOLS.get(r.name, {})}
     packages = env_packages(env)
     # bidsafe itself comes from the env's post-deploy script (README: --sdm conda), never as a path here

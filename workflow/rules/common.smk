@@ -12,6 +12,7 @@ from bidsafe.keys import resolve_key_path
 from bidsafe.private import check_areas, check_writable_area
 from bidsafe.pseudonymise.settings import STAGE_KEYS as PSEUDONYMISE_KEYS
 from bidsafe.recovery import scratch_dir
+from bidsafe.steps import put_interpreter_first_on_path
 from bidsafe.release.datalad_release import require_datalad_tools
 
 # One line per problem naming the key and what is allowed (not a jsonschema dump); defaults filled in place.
@@ -44,6 +45,22 @@ PRIVATE_FOLDERS = [
 ]
 
 SESSION = "sub-{subject}/ses-{session}"
+
+
+# The per-session rules run `bidsafe step STAGE`: the bidsafe of this workflow's interpreter, put first on the
+# jobs' PATH (a cluster job parses this file with the shared venv's Python too: README); under `--sdm conda`
+# the job's env comes first and runs its own bidsafe (from the env's post-deploy script).
+put_interpreter_first_on_path()
+
+
+def as_json(value):
+    """A structured setting as a `bidsafe step` option's JSON text: a callable param, because Snakemake reads
+    the braces of a string param as wildcards."""
+    import json
+
+    text = json.dumps(value, sort_keys=True)
+    return lambda wildcards: text
+
 
 # `--sdm conda`: each env's post-deploy script installs bidsafe itself (no dependencies) from BIDSAFE_SOURCE;
 # run from a checkout, that is this checkout (a wheel-installed bidsafe: the site sets it to the wheel; README).

@@ -26,8 +26,12 @@ rule convert:
         # a string, not a Path: Snakemake fills the wildcards of string params only
         private_logs=str(PRIVATE / "dcm2bids" / SESSION),
         scratch=PRIVATE_SCRATCH,
-    script:
-        "../scripts/convert.py"
+    shell:
+        "bidsafe step convert --log {log:q} --dicom-dir {input.dicom:q} --out-bids {output.bids:q}"
+        " --summary-json {output.summary:q} --status-json {output.status:q}"
+        " --upstream-status {input.upstream_status:q} --subject {wildcards.subject:q}"
+        " --session {wildcards.session:q} --config {input.config:q} --log-dir {params.private_logs:q}"
+        " --deid-report {input.deid_report:q} --scratch {params.scratch:q} --profile-json {output.profile:q}"
 
 
 rule converted:

@@ -17,9 +17,15 @@ rule deface:
         runtime=sized(10, per_1000_files=0.3),
     params:
         engine=config["deface"]["engine"],
-        exempt=config["deface"]["exempt"],
+        # JSON, by callables: a string param's braces would be read as wildcards
+        exempt=as_json(config["deface"]["exempt"]),
         suffixes=config["deface"]["suffixes"],
-        templates=config["deface"]["templates"],
+        templates=as_json(config["deface"]["templates"]),
         applyto=config["deface"]["applyto"],
-    script:
-        "../scripts/deface.py"
+    shell:
+        "bidsafe step deface --log {log:q} --in-dir {input.bids:q} --out-bids {output.bids:q}"
+        " --status-json {output.status:q} --records-json {output.records:q}"
+        " --pictures-dir {output.pictures:q} --exempt {params.exempt:q} --suffixes {params.suffixes:q}"
+        " --engine {params.engine:q} --upstream-status {input.upstream_status:q}"
+        " --templates {params.templates:q} --applyto {params.applyto}"
+        " --subject {wildcards.subject:q} --session {wildcards.session:q}"

@@ -15,8 +15,9 @@ rule harvest:
         runtime=sized(5, per_1000_files=0.5),
     params:
         inbox=INBOX,
-    script:
-        "../scripts/harvest.py"
+    shell:
+        "bidsafe step harvest --log {log:q} --files-txt {input.files:q} --inbox {params.inbox:q}"
+        " --values-json {output.values:q}"
 
 
 rule deid:
@@ -51,8 +52,13 @@ rule deid:
         # private: files are built here (their text is cleaned of harvested values last); only the finished
         # tree is moved into work_dir
         scratch=PRIVATE_SCRATCH,
-    script:
-        "../scripts/deid.py"
+    shell:
+        "bidsafe step deid --log {log:q} --status-json {output.status:q} --files-txt {input.files:q}"
+        " --inbox {params.inbox:q} --out-dir {output.dicom:q} --values-json {output.values:q}"
+        " --report-json {output.report:q} --rules-path {input.rules:q} --key-path {params.key:q}"
+        " --subject {wildcards.subject:q} --jobs {threads} --vocabulary {input.vocabulary:q}"
+        " --allow-weaker-rules {params.allow_weaker_rules} --profile-json {output.profile:q}"
+        " --subject-values {input.subject_values:q} --scratch {params.scratch:q}"
 
 
 rule deidentified:

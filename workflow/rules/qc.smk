@@ -13,5 +13,7 @@ rule qc:
     resources:
         mem_mb=sized(600, per_1000_files=40),
         runtime=sized(5, per_1000_files=0.2),
-    script:
-        "../scripts/qc.py"
+    shell:
+        "bidsafe step qc --log {log:q} --in-bids {input.bids:q} --out-dir {output.metrics:q}"
+        " --status-json {output.status:q} --upstream-status {input.upstream_status:q}"
+        " --subject {wildcards.subject:q} --session {wildcards.session:q}"

@@ -22,5 +22,8 @@ rule scrub:
         runtime=sized(5, per_1000_files=0.5),
     params:
         content=content_digest(SIDECAR_ALLOWLIST, SHIPPED_VOCABULARY, *DEID_VOCABULARY),
-    script:
-        "../scripts/scrub.py"
+    shell:
+        "bidsafe step scrub --log {log:q} --in-bids {input.bids:q} --out-bids {output.bids:q}"
+        " --status-json {output.status:q} --upstream-status {input.upstream_status:q}"
+        " --values-json {input.values:q} --deid-dir {input.dicom:q} --allowlist {input.allowlist:q}"
+        " --vocabulary {input.vocabulary:q} --profile-json {output.profile:q}"
