@@ -8,7 +8,8 @@ consented to public sharing. For each archive size it prints:
   per-session job; on a fresh archive a dry run stops at the checkpoint), and the parse time alone (`--list`);
 - for the sizes given to `--process` (the whole pipeline is run on them): the first full run, a no-op rerun
   (nothing changed), and the run that publishes a new version after one more session arrived, next to what
-  that one session costs alone (a fresh site holding only it) and the release's size.
+  that one session costs alone (a fresh site holding only it), the seconds of that run's leak scan (the
+  release's text scan), the target (2x alone plus that scan) and the release's size.
 
 Targets (issue 13): dry-run DAG <= 60 s at 5,000 sessions; a no-op rerun on 500 <= 30 s; publishing one more
 session on 500 <= 2x that session alone plus the release's text scan.
@@ -145,11 +146,14 @@ def process(size: int, base: Path, cores: int) -> dict[str, float]:
     with open(root / "consent.tsv", "a", encoding="utf-8") as registry:
         registry.write(f"{patient_id}\t{study_id}\tpublic\tCF-{number:05d}\t\n")
     one_more = snakemake(root, cores=cores)
+    # the release's text scan inside that run: what the leak gate scanned again, and its seconds
+    leak = json.loads((root / "work" / "gates" / "leak_scan.json").read_text(encoding="utf-8"))["details"]
     alone = snakemake(make_site(base / f"alone-{size}", [number]), cores=cores)
     release = root / "release" / "latest"
     release_bytes = sum(p.stat().st_size for p in release.rglob("*") if p.is_file())
     return {"sessions": size, "first run s": first, "no-op rerun s": noop, "one more session s": one_more,
-            "that session alone s": alone, "version": published(root)["version"],
+            "that session alone s": alone, "leak scan s": leak.get("seconds", 0.0),
+            "target s": 2 * alone + leak.get("seconds", 0.0), "version": published(root)["version"],
             "release MB": release_bytes / 1e6}
 
 
@@ -171,13 +175,13 @@ def main() -> int:
                   f"{row['plan CPU s']:>10.1f}",
                   flush=True)
         if args.process:
-            print(f"\n{'sessions':>8} {'first s':>8} {'no-op s':>8} {'+1 sess s':>9} {'alone s':>8} {'version':>7} "
-                  f"{'release MB':>10}", flush=True)
+            print(f"\n{'sessions':>8} {'first s':>8} {'no-op s':>8} {'+1 sess s':>9} {'alone s':>8} "
+                  f"{'leak s':>7} {'target s':>8} {'version':>7} {'release MB':>10}", flush=True)
         for size in args.process:
             row = process(size, base, args.cores)
             print(f"{size:>8} {row['first run s']:>8.1f} {row['no-op rerun s']:>8.1f} "
-                  f"{row['one more session s']:>9.1f} {row['that session alone s']:>8.1f} {row['version']:>7} "
-                  f"{row['release MB']:>10.1f}", flush=True)
+                  f"{row['one more session s']:>9.1f} {row['that session alone s']:>8.1f} {row['leak scan s']:>7.1f} "
+                  f"{row['target s']:>8.1f} {row['version']:>7} {row['release MB']:>10.1f}", flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
