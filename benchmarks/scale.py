@@ -6,6 +6,9 @@ consented to public sharing. For each archive size it prints:
 
 - `plan s`: `snakemake --dry-run` of the whole workflow once ingest and pseudonymise have run (the DAG of every
   per-session job; on a fresh archive a dry run stops at the checkpoint), and the parse time alone (`--list`);
+  `DAG s`: building that DAG without listing its jobs (`--rulegraph`: one line per rule). A dry run also lists
+  every job, and Snakemake's listing formats each job's shell command three times (even with `--quiet all`):
+  about as long again as building the DAG, at 5,000 sessions;
 - for the sizes given to `--process` (the whole pipeline is run on them): the first full run, a no-op rerun
   (nothing changed), and the run that publishes a new version after one more session arrived, next to what
   that one session costs alone (a fresh site holding only it), the seconds of that run's leak scan (the
@@ -133,8 +136,9 @@ def plan(size: int, base: Path, cores: int) -> dict[str, float]:
     until = snakemake(root, "--until", "pseudonymise", cores=cores)
     parse = snakemake(root, "--list-target-rules", cores=cores)
     dry = snakemake(root, "--dry-run", cores=cores)
+    dag = snakemake(root, "--rulegraph", cores=cores)
     return {"sessions": size, "ingest+pseudonymise s": until, "parse s": parse, "plan s": dry,
-            "plan CPU s": CPU_SECONDS[(str(root), ("--dry-run",))]}
+            "plan CPU s": CPU_SECONDS[(str(root), ("--dry-run",))], "DAG s": dag}
 
 
 def process(size: int, base: Path, cores: int) -> dict[str, float]:
@@ -168,12 +172,12 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     try:
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-        print(f"{'sessions':>8} {'ingest+pseud s':>14} {'parse s':>8} {'plan s':>8} {'plan CPU s':>10}", flush=True)
+        print(f"{'sessions':>8} {'ingest+pseud s':>14} {'parse s':>8} {'plan s':>8} {'plan CPU s':>10} {'DAG s':>7}",
+              flush=True)
         for size in args.sizes:
             row = plan(size, base, args.cores)
             print(f"{size:>8} {row['ingest+pseudonymise s']:>14.1f} {row['parse s']:>8.1f} {row['plan s']:>8.1f} "
-                  f"{row['plan CPU s']:>10.1f}",
-                  flush=True)
+                  f"{row['plan CPU s']:>10.1f} {row['DAG s']:>7.1f}", flush=True)
         if args.process:
             print(f"\n{'sessions':>8} {'first s':>8} {'no-op s':>8} {'+1 sess s':>9} {'alone s':>8} "
                   f"{'leak s':>7} {'target s':>8} {'version':>7} {'release MB':>10}", flush=True)
