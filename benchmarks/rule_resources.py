@@ -9,12 +9,13 @@ plus the peak of Snakemake's own process (what every cluster job adds: a job re-
 node). The figures are what `resources:` in workflow/rules/*.smk are set from (see the comment in
 common.smk); the last measurement is in benchmarks/rule_resources_baseline.txt.
 
-How a job is measured: each `script:` job is a Python process (`.snakemake/scripts/tmpXXXX.<script>.py`)
-started by Snakemake; a sampler polls every process of the run every 50 ms and keeps, per job, the highest
-sum of resident memory over the job's process and its children (dcm2niix, the validator, pydeface's FSL
-tools) and the kernel's own high-water mark of the job's process (VmHWM, exact whatever the polling
-missed), and the job's first and last sighting as its wall time. Rule names come from the job's script
-file (the four gates share gate.py: the gate's name is in the file). Nothing is asserted.
+How a job is measured: each job is a Python process started by Snakemake (`bidsafe step STAGE` for the six
+per-session rules, `.snakemake/scripts/tmpXXXX.<script>.py` for the `script:` rules); a sampler polls every
+process of the run every 50 ms and keeps, per job, the highest sum of resident memory over the job's process
+and its children (dcm2niix, the validator, pydeface's FSL tools) and the kernel's own high-water mark of the
+job's process (VmHWM, exact whatever the polling missed), and the job's first and last sighting as its wall
+time. Rule names come from the step's stage or the job's script file (the four gates share gate.py: the gate's
+name is in the file). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def rule_of(script: Path, name: str) -> str:
     return "gate_?"
 
 
+def step_of(cmdline: list[str]) -> str | None:
+    """The stage a `bidsafe step STAGE` process runs (`.../bidsafe step STAGE` or `python -m bidsafe step STAGE`;
+    the per-session rules), else None."""
+    for i, arg in enumerate(cmdline[:-2]):
+        if (Path(arg).name == "bidsafe" or (arg == "bidsafe" and i and cmdline[i - 1] == "-m")) \
+                and cmdline[i + 1] == "step":
+            return cmdline[i + 2]
+    return None
+
+
 class Sampler(threading.Thread):
     """Polls the process tree under `root_pid`; one Job per script process seen."""
 
@@ -104,14 +115,18 @@ class Sampler(threading.Thread):
             except psutil.Error:
                 continue
             match = next((m for m in map(SCRIPT.search, cmdline) if m), None)
-            if match is None:
+            step = step_of(cmdline)
+            if match is None and step is None:
                 continue
             job = self.jobs.get(proc.pid)
-            if job is None:
+            if job is None and step is not None:
+                job = self.jobs[proc.pid] = Job(step, now, now)
+            elif job is None and match is not None:
                 script = Path(next(arg for arg in cmdline if SCRIPT.search(arg)))
                 if not script.is_absolute():
                     script = Path(proc.cwd()) / script
                 job = self.jobs[proc.pid] = Job(rule_of(script, match.group(1)), now, now)
+            assert job is not None
             job.end = now
             rss = 0
             try:
