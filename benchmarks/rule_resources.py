@@ -151,13 +151,14 @@ def write_site(root: Path, inbox: Path) -> Path:
 def measure(root: Path, volumes: int, cores: int) -> tuple[list[Job], int, int, float]:
     """Generate one session with `volumes` BOLD volumes, run the pipeline, return its jobs and totals."""
     from bidsafe import demo
+    from bidsafe.demo import session
 
-    saved = demo.BOLD_VOLUMES
-    demo.BOLD_VOLUMES = volumes
+    saved = session.BOLD_VOLUMES  # the name the BOLD series builder reads
+    session.BOLD_VOLUMES = volumes
     try:
         demo.generate(root / "inbox", subjects=1, sessions=1, seed=11)
     finally:
-        demo.BOLD_VOLUMES = saved
+        session.BOLD_VOLUMES = saved
     files = sum(1 for p in (root / "inbox").rglob("*") if p.is_file())
     configfile = write_site(root, root / "inbox")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -202,12 +203,12 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2)")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    from bidsafe import demo
+    from bidsafe.demo.protocol import BOLD_VOLUMES
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="bidsafe-rule-resources-"))
     runs = {}
     try:
-        for label, volumes in (("demo", demo.BOLD_VOLUMES), ("large", args.large_volumes)):
+        for label, volumes in (("demo", BOLD_VOLUMES), ("large", args.large_volumes)):
             root = base / label
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
