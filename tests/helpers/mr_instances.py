@@ -13,16 +13,29 @@ MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 HANDOFF_KEY = bytes(range(32))
 
 
-def empty_mr(transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
-    """An MR Image Storage data set with its file meta and a new SOP instance UID, nothing else yet."""
+def empty_mr(transfer_syntax: str = ExplicitVRLittleEndian, sop_class: str = MR_IMAGE) -> Dataset:
+    """A data set of `sop_class` (MR Image Storage unless given) with its file meta and a new SOP instance UID,
+    nothing else yet."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = MR_IMAGE
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def set_pixels(ds: Dataset, pixels: np.ndarray) -> Dataset:
+    """A square 16-bit unsigned MONOCHROME2 image of `pixels` (uint16, side x side)."""
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
     return ds
 
 
@@ -40,14 +53,7 @@ def mr_instance(study: str, series: str, number: int, patient_id: str, instance:
     ds.SeriesNumber = number
     ds.InstanceNumber = instance
     ds.Modality = "MR"
-    ds.Rows = ds.Columns = 8
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = (np.arange(64, dtype=np.uint16) * (instance + 1)).tobytes()
-    return ds
+    return set_pixels(ds, (np.arange(64, dtype=np.uint16) * (instance + 1)).reshape(8, 8))
 
 
 def save_dicom(ds: Dataset, path: Path) -> Path:
@@ -65,11 +71,4 @@ def tiny_mr(study: str, series: str, instance: int) -> Dataset:
     ds.SeriesInstanceUID = series
     ds.Modality = "MR"
     ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = (np.arange(16, dtype=np.uint16) + instance).tobytes()
-    return ds
+    return set_pixels(ds, (np.arange(16, dtype=np.uint16) + instance).reshape(4, 4))

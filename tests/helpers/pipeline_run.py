@@ -59,11 +59,17 @@ def make_run_folder(root: Path, seed: int) -> tuple[Path, list[DemoSession]]:
     (root / "consent.tsv").write_text(
         f"patient_id\tconsent\tconsent_form_id\n{sessions[0].patient_id}\tpublic\tCF-0001\n", encoding="utf-8"
     )
+    write_site_files(root)
+    write_config(root)
+    return root, sessions
+
+
+def write_site_files(root: Path) -> Path:
+    """root/site: the site's own copies of the shipped rules, mapping and allow-list, and a site vocabulary."""
     site = root / "site"
     site.mkdir()
     shutil.copy(REPO / "config" / "deid" / "basic-mr.yaml", site / "basic-mr.yaml")
     shutil.copy(REPO / "config" / "dcm2bids.json", site / "dcm2bids.json")
     shutil.copy(REPO / "config" / "sidecar_allowlist.yaml", site / "sidecar_allowlist.yaml")
     (site / "vocabulary.yaml").write_text(SITE_VOCABULARY, encoding="utf-8")
-    write_config(root)
-    return root, sessions
+    return site

@@ -20,7 +20,7 @@ import yaml
 from bidsafe.demo import generate
 from bidsafe.pseudonymise.linkage import LINKAGE_FILENAME, read_linkage
 
-from helpers.pipeline_run import BIN, REPO, SITE_VOCABULARY, planned_jobs, snakemake, write_config
+from helpers.pipeline_run import BIN, planned_jobs, snakemake, write_config, write_site_files
 
 pytestmark = pytest.mark.slow
 
@@ -71,12 +71,7 @@ def test_withdrawal_removes_the_participant_everywhere(tmp_path: Path, monkeypat
                 shutil.rmtree(series.folder)
     patients = [s.patient_id for s in sessions]
     _registry(root, patients)
-    site = root / "site"
-    site.mkdir()
-    shutil.copy(REPO / "config" / "deid" / "basic-mr.yaml", site / "basic-mr.yaml")
-    shutil.copy(REPO / "config" / "dcm2bids.json", site / "dcm2bids.json")
-    shutil.copy(REPO / "config" / "sidecar_allowlist.yaml", site / "sidecar_allowlist.yaml")
-    (site / "vocabulary.yaml").write_text(SITE_VOCABULARY, encoding="utf-8")
+    write_site_files(root)
     config = yaml.safe_load(write_config(root).read_text(encoding="utf-8"))
     config["release"]["datalad"] = True
     (root / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")

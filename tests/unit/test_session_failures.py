@@ -10,8 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bidsafe.deid.stage import deid_stage
 from bidsafe.demo import generate
@@ -31,6 +30,7 @@ from bidsafe.stages import (
     scrub_stage,
 )
 
+from helpers.mr_instances import empty_mr, save_dicom, set_pixels
 from helpers.pseudonym_data import FakeSession, config, write_index, write_registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,13 +161,7 @@ def check_withheld(work: Work, bad: str, stage: str, code: str, words: str) -> N
 
 
 def _mr(path: Path, study: str, series: str, number: int, sop_class: str, charset: str | None = None) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds = empty_mr(sop_class=sop_class)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.PatientName, ds.PatientID = "Orlowska^Thea", "PX-5521"
     ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "20230102", "MR", 7, number
@@ -176,12 +170,7 @@ def _mr(path: Path, study: str, series: str, number: int, sop_class: str, charse
         ds.SpecificCharacterSet = charset
     # a slice placed in the patient: an MR image without geometry is withheld as a possible screen capture
     ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(number)], [1, 0, 0, 0, 1, 0]
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom(set_pixels(ds, np.arange(16, dtype=np.uint16).reshape(4, 4)), path)
 
 
 # ------------------------------------------------------------------------------------------- each kind

@@ -8,36 +8,26 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bidsafe.deid.stage import deid_session
 from bidsafe.errors import BidsafeError
 from bidsafe.keys import create_key
 
+from helpers.mr_instances import empty_mr, save_dicom, set_pixels
+
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def _write_mr(path: Path, study: str, series: str, number: int) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MR, meta.MediaStorageSOPInstanceUID
+    ds = empty_mr()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Wexcombe^Isadora", "QZ-4481", "19790304"
     ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "20230102", "MR", 3, number
     ds.SeriesDescription = "t1 mprage Wexcombe"
-    ds.Rows = ds.Columns = 4
     # a slice placed in the patient: an image without geometry is withheld as a possible screen capture
     ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(number)], [1, 0, 0, 0, 1, 0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom(set_pixels(ds, np.arange(16, dtype=np.uint16).reshape(4, 4)), path)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 
 from bidsafe.phi import load_values
 from bidsafe.steps import STEPS, option_parameters, put_interpreter_first_on_path, run_step, step_parser
-from tests.helpers.mr_instances import mr_instance, save_dicom
+
+from helpers.mr_instances import mr_instance, save_dicom
 
 ROOT = Path(__file__).resolve().parents[2]
 
