@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import os
-import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -44,11 +43,11 @@ STEPS: dict[str, tuple[str, str, str | None]] = {
 def put_interpreter_first_on_path() -> None:
     """Put the folder of the running interpreter first on PATH, for the jobs this process starts: their
     `bidsafe step` is then the bidsafe of the venv running the workflow, even when the venv is not activated
-    (`.venv/bin/snakemake ...`). A job whose conda env is activated puts the env's folder before it."""
-    folder = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    if path.split(os.pathsep)[0] != folder:
-        os.environ["PATH"] = os.pathsep.join([folder, path]) if path else folder
+    (`.venv/bin/snakemake ...`), as `bidsafe run` arranges it. A job whose conda env is activated puts the env's
+    folder before it."""
+    from bidsafe.runner import tool_environment
+
+    os.environ["PATH"] = tool_environment()["PATH"]
 
 
 def step_function(stage: str) -> Callable[..., Any]:
